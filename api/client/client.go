@@ -1,0 +1,72 @@
+// Package client is the typed Kubernetes client for warmpool's API group:
+// IPPools and NodeLeases, with Create/Get/List/Watch/Update/UpdateStatus/
+// Patch/Delete, built on client-go's generic typed client (the code
+// client-gen would generate, without the generated files).
+package client
+
+import (
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/client-go/gentype"
+	"k8s.io/client-go/rest"
+
+	"github.com/warmpool/warmpool/api/v1alpha1"
+)
+
+// Scheme knows warmpool's types; use it for decoding warmpool objects.
+var Scheme = runtime.NewScheme()
+
+var parameterCodec = runtime.NewParameterCodec(Scheme)
+
+func init() {
+	if err := v1alpha1.AddToScheme(Scheme); err != nil {
+		panic(err) // a broken scheme is a programming error, found by any test
+	}
+}
+
+// IPPools is the client for IPPool objects.
+type IPPools = gentype.ClientWithList[*v1alpha1.IPPool, *v1alpha1.IPPoolList]
+
+// NodeLeases is the client for NodeLease objects.
+type NodeLeases = gentype.ClientWithList[*v1alpha1.NodeLease, *v1alpha1.NodeLeaseList]
+
+// Clientset holds the clients of warmpool's resources.
+type Clientset struct {
+	rest rest.Interface
+}
+
+// New returns a clientset for cfg. It copies cfg; the caller's is unchanged.
+func New(cfg *rest.Config) (*Clientset, error) {
+	c := rest.CopyConfig(cfg)
+	c.GroupVersion = &v1alpha1.SchemeGroupVersion
+	c.APIPath = "/apis"
+	c.NegotiatedSerializer = serializer.NewCodecFactory(Scheme).WithoutConversion()
+	if c.UserAgent == "" {
+		c.UserAgent = rest.DefaultKubernetesUserAgent()
+	}
+	rc, err := rest.RESTClientFor(c)
+	if err != nil {
+		return nil, fmt.Errorf("warmpool client: %w", err)
+	}
+	return &Clientset{rest: rc}, nil
+}
+
+// IPPools returns the IPPool client.
+func (c *Clientset) IPPools() *IPPools {
+	return gentype.NewClientWithList[*v1alpha1.IPPool, *v1alpha1.IPPoolList](
+		"ippools", c.rest, parameterCodec, "",
+		func() *v1alpha1.IPPool { return &v1alpha1.IPPool{} },
+		func() *v1alpha1.IPPoolList { return &v1alpha1.IPPoolList{} },
+	)
+}
+
+// NodeLeases returns the NodeLease client.
+func (c *Clientset) NodeLeases() *NodeLeases {
+	return gentype.NewClientWithList[*v1alpha1.NodeLease, *v1alpha1.NodeLeaseList](
+		"nodeleases", c.rest, parameterCodec, "",
+		func() *v1alpha1.NodeLease { return &v1alpha1.NodeLease{} },
+		func() *v1alpha1.NodeLeaseList { return &v1alpha1.NodeLeaseList{} },
+	)
+}

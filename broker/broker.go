@@ -1,0 +1,192 @@
+// Package broker owns warmpool's NATS side: the embedded nats-server that the
+// allocator starts in-process by default, and the client connection every
+// component opens, to that server or to an external NATS cluster by URL.
+// Subjects and the message codec live here too as the protocol grows
+// (docs/protocol.md).
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// ServerOptions configure the embedded server.
+type ServerOptions struct {
+	// Host to listen on; default 127.0.0.1.
+	Host string
+	// Port to listen on; 0 picks a free port.
+	Port int
+	// Name identifies the server in logs and monitoring; default "warmpool".
+	Name string
+	// ReadyTimeout bounds the wait for the listener; default 10 s.
+	ReadyTimeout time.Duration
+	// Logger receives the server's notices, warnings and errors; nil
+	// discards them.
+	Logger *slog.Logger
+}
+
+// Server is an embedded nats-server.
+type Server struct {
+	ns *server.Server
+}
+
+// ErrNotReady means the embedded server did not accept connections in time.
+var ErrNotReady = errors.New("nats server not ready")
+
+// StartServer starts an embedded nats-server and waits until it accepts
+// connections.
+func StartServer(opts ServerOptions) (*Server, error) {
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	port := opts.Port
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	if opts.Name == "" {
+		opts.Name = "warmpool"
+	}
+	if opts.ReadyTimeout == 0 {
+		opts.ReadyTimeout = 10 * time.Second
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: opts.Name,
+		Host:       opts.Host,
+		Port:       port,
+		// The embedding process owns signals; the server must not exit it.
+		NoSigs: true,
+		NoLog:  opts.Logger == nil,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nats server: %w", err)
+	}
+	if opts.Logger != nil {
+		ns.SetLoggerV2(slogAdapter{opts.Logger}, false, false, false)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(opts.ReadyTimeout) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("nats server on %s:%d: %w after %s", opts.Host, opts.Port, ErrNotReady, opts.ReadyTimeout)
+	}
+	return &Server{ns: ns}, nil
+}
+
+// ClientURL is the URL clients connect to, e.g. nats://127.0.0.1:40321.
+func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// Shutdown stops the server and waits until it has stopped.
+func (s *Server) Shutdown() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}
+
+// Connect opens a client connection to url that reconnects forever: the
+// components resynchronise their state on reconnect rather than give up.
+// It fails if the first connection is not up before ctx ends.
+func Connect(ctx context.Context, url, name string, extra ...nats.Option) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		opts = append(opts, nats.Timeout(time.Until(deadline)))
+	}
+	opts = append(opts, extra...)
+	type result struct {
+		nc  *nats.Conn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		nc, err := nats.Connect(url, opts...)
+		done <- result{nc, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return nil, fmt.Errorf("connect to nats at %s: %w", url, r.err)
+		}
+		return r.nc, nil
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.nc != nil {
+				r.nc.Close()
+			}
+		}()
+		return nil, fmt.Errorf("connect to nats at %s: %w", url, ctx.Err())
+	}
+}
+
+// Bus is a client connection plus, when no external URL was given, the
+// embedded server it is connected to.
+type Bus struct {
+	Conn   *nats.Conn
+	server *Server // nil with an external URL
+}
+
+// Config selects the bus: an external NATS URL, or an embedded server.
+type Config struct {
+	// URL of an external NATS server or cluster; empty starts an embedded
+	// server with Server.
+	URL string
+	// Server configures the embedded server.
+	Server ServerOptions
+	// ClientName names the connection in the server's monitoring.
+	ClientName string
+}
+
+// Open connects to the bus that cfg names, starting the embedded server
+// first when cfg.URL is empty.
+func Open(ctx context.Context, cfg Config) (*Bus, error) {
+	url := cfg.URL
+	var srv *Server
+	if url == "" {
+		var err error
+		if srv, err = StartServer(cfg.Server); err != nil {
+			return nil, err
+		}
+		url = srv.ClientURL()
+	}
+	nc, err := Connect(ctx, url, cfg.ClientName)
+	if err != nil {
+		if srv != nil {
+			srv.Shutdown()
+		}
+		return nil, err
+	}
+	return &Bus{Conn: nc, server: srv}, nil
+}
+
+// URL is the URL other components connect to.
+func (b *Bus) URL() string { return b.Conn.ConnectedUrl() }
+
+// Embedded reports whether the bus runs an in-process server.
+func (b *Bus) Embedded() bool { return b.server != nil }
+
+// Close flushes what the client has buffered (bounded by a second), closes
+// the connection, then stops the embedded server if any.
+func (b *Bus) Close() {
+	_ = b.Conn.FlushTimeout(time.Second)
+	b.Conn.Close()
+	if b.server != nil {
+		b.server.Shutdown()
+	}
+}
+
+// slogAdapter routes the server's log lines to slog.
+type slogAdapter struct{ l *slog.Logger }
+
+func (a slogAdapter) Noticef(format string, v ...any) { a.l.Info(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Warnf(format string, v ...any)   { a.l.Warn(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Fatalf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Errorf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Debugf(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Tracef(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }

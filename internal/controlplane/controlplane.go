@@ -1,0 +1,396 @@
+// Package controlplane runs a real, local Kubernetes control plane: etcd,
+// kube-apiserver and, on request, kube-controller-manager and kube-scheduler,
+// as child processes on loopback with free ports, self-signed certificates, a
+// service-account key and a token kubeconfig. It is the one way tests and the
+// perf harness get a cluster; it owns the processes and their working
+// directory and removes both on Stop.
+package controlplane
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/warmpool/warmpool/internal/toolchain"
+)
+
+// Options configure a control plane. The zero value starts etcd and
+// kube-apiserver from the binary cache in a temporary directory.
+type Options struct {
+	// EtcdBinary and KubeBinary default to the binaries in the cache
+	// (internal/toolchain). KubeBinary is the combined binary whose first
+	// argument names the component.
+	EtcdBinary string
+	KubeBinary string
+
+	// Dir holds certificates, etcd's data and the component logs. Empty means
+	// a new temporary directory, removed by Stop; a given Dir is kept.
+	Dir string
+
+	// ControllerManager and Scheduler start those components too, which
+	// tests need for Deployments to turn into bound pods.
+	ControllerManager bool
+	Scheduler         bool
+
+	// ClientQPS and ClientBurst set the controller-manager's and the
+	// scheduler's API client limits. Zero keeps the upstream defaults
+	// (controller-manager 20/30, scheduler 50/100), which make the ReplicaSet
+	// controller, not the IPAM, the bottleneck of a 1000-pod burst.
+	ClientQPS   int
+	ClientBurst int
+
+	// Extra flags appended to each component's command line.
+	EtcdArgs, APIServerArgs, ControllerManagerArgs, SchedulerArgs []string
+
+	// ReadyTimeout bounds the wait for all components; default 90 s.
+	ReadyTimeout time.Duration
+}
+
+// ControlPlane is a running control plane. Its methods are safe for
+// concurrent use.
+type ControlPlane struct {
+	dir     string
+	ownDir  bool
+	token   string
+	caFile  string
+	server  string
+	kubecfg string
+	etcdURL string
+
+	mu    sync.Mutex
+	procs []*process // in start order; stopped in reverse
+}
+
+const adminUser = "warmpool-admin"
+
+// Start builds the working directory, starts the components in order and
+// waits until each is ready. On error everything started is stopped.
+func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
+	cp, err := start(ctx, opts)
+	if errors.Is(err, errAddrInUse) {
+		// A free port was taken between reservation and bind: try once more.
+		cp, err = start(ctx, opts)
+	}
+	return cp, err
+}
+
+func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
+	if opts.ReadyTimeout == 0 {
+		opts.ReadyTimeout = 90 * time.Second
+	}
+	if opts.EtcdBinary == "" {
+		if opts.EtcdBinary, err = toolchain.Binary(toolchain.Etcd, "etcd"); err != nil {
+			return nil, err
+		}
+	}
+	if opts.KubeBinary == "" {
+		if opts.KubeBinary, err = toolchain.Binary(toolchain.Kube, "kube"); err != nil {
+			return nil, err
+		}
+	}
+	cp = &ControlPlane{dir: opts.Dir}
+	if cp.dir == "" {
+		if cp.dir, err = os.MkdirTemp("", "warmpool-cp-"); err != nil {
+			return nil, fmt.Errorf("control plane dir: %w", err)
+		}
+		cp.ownDir = true
+	}
+	defer func() {
+		if err != nil {
+			cp.Stop()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, opts.ReadyTimeout)
+	defer cancel()
+
+	for _, d := range []string{"certs", "etcd", "logs"} {
+		if err := os.MkdirAll(filepath.Join(cp.dir, d), 0o700); err != nil {
+			return cp, fmt.Errorf("control plane dir: %w", err)
+		}
+	}
+	saKey, err := cp.writeCredentials()
+	if err != nil {
+		return cp, err
+	}
+	ports, err := freePorts(5)
+	if err != nil {
+		return cp, err
+	}
+	etcdClient, etcdPeer, apiPort, cmPort, schedPort := ports[0], ports[1], ports[2], ports[3], ports[4]
+	logs := filepath.Join(cp.dir, "logs")
+
+	cp.etcdURL = "http://" + hostPort(etcdClient)
+	peerURL := "http://" + hostPort(etcdPeer)
+	etcd, err := cp.launch("etcd", logs, opts.EtcdBinary, append([]string{
+		"--name=default",
+		"--data-dir=" + filepath.Join(cp.dir, "etcd"),
+		"--listen-client-urls=" + cp.etcdURL,
+		"--advertise-client-urls=" + cp.etcdURL,
+		"--listen-peer-urls=" + peerURL,
+		"--initial-advertise-peer-urls=" + peerURL,
+		"--initial-cluster=default=" + peerURL,
+		"--log-level=warn",
+		// A test cluster's data dies with it; fsync only slows every write.
+		"--unsafe-no-fsync",
+	}, opts.EtcdArgs...)...)
+	if err != nil {
+		return cp, err
+	}
+	if err := etcd.waitReady(ctx, httpCheck(http.DefaultClient, cp.etcdURL+"/health", "")); err != nil {
+		return cp, classify(etcd, err)
+	}
+
+	cp.server = "https://" + hostPort(apiPort)
+	certDir := filepath.Join(cp.dir, "certs")
+	apiArgs := []string{
+		"kube-apiserver",
+		"--etcd-servers=" + cp.etcdURL,
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(apiPort),
+		"--cert-dir=" + certDir,
+		"--service-account-key-file=" + saKey,
+		"--service-account-signing-key-file=" + saKey,
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--token-auth-file=" + filepath.Join(certDir, "tokens.csv"),
+		"--authorization-mode=RBAC",
+		"--service-cluster-ip-range=10.96.0.0/16",
+		// The default reconciler refuses a loopback advertise address.
+		"--endpoint-reconciler-type=none",
+		// No kubelet mounts service-account tokens here, and without the
+		// controller-manager no default ServiceAccount exists to admit pods.
+		"--disable-admission-plugins=ServiceAccount",
+	}
+	api, err := cp.launch("kube-apiserver", logs, opts.KubeBinary, append(apiArgs, opts.APIServerArgs...)...)
+	if err != nil {
+		return cp, err
+	}
+	// The serving certificate is self-signed and written at start-up, so the
+	// readiness probe cannot verify it yet; the client config below does.
+	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	if err := api.waitReady(ctx, httpCheck(insecure, cp.server+"/readyz", cp.token)); err != nil {
+		return cp, classify(api, err)
+	}
+	cp.caFile = filepath.Join(certDir, "apiserver.crt")
+	if err := cp.writeKubeconfig(); err != nil {
+		return cp, err
+	}
+	// The same probe again, now verifying the server against the CA we hand
+	// out: a bad config fails here rather than in the first test.
+	cfg := cp.RESTConfig()
+	verified, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return cp, fmt.Errorf("client for %s: %w", cp.server, err)
+	}
+	if err := httpCheck(verified, cp.server+"/readyz", "")(ctx); err != nil {
+		return cp, fmt.Errorf("kube-apiserver with the generated kubeconfig: %w", err)
+	}
+
+	if opts.ControllerManager {
+		args := []string{
+			"kube-controller-manager",
+			"--kubeconfig=" + cp.kubecfg,
+			"--bind-address=127.0.0.1",
+			"--secure-port=" + strconv.Itoa(cmPort),
+			"--leader-elect=false",
+			"--controllers=*",
+			"--service-account-private-key-file=" + saKey,
+			"--use-service-account-credentials=false",
+		}
+		args = append(args, qpsArgs(opts)...)
+		cm, err := cp.launch("kube-controller-manager", logs, opts.KubeBinary, append(args, opts.ControllerManagerArgs...)...)
+		if err != nil {
+			return cp, err
+		}
+		if err := cm.waitReady(ctx, httpCheck(insecure, "https://"+hostPort(cmPort)+"/healthz", "")); err != nil {
+			return cp, classify(cm, err)
+		}
+	}
+	if opts.Scheduler {
+		args := []string{
+			"kube-scheduler",
+			"--kubeconfig=" + cp.kubecfg,
+			"--bind-address=127.0.0.1",
+			"--secure-port=" + strconv.Itoa(schedPort),
+			"--leader-elect=false",
+		}
+		args = append(args, qpsArgs(opts)...)
+		sched, err := cp.launch("kube-scheduler", logs, opts.KubeBinary, append(args, opts.SchedulerArgs...)...)
+		if err != nil {
+			return cp, err
+		}
+		if err := sched.waitReady(ctx, httpCheck(insecure, "https://"+hostPort(schedPort)+"/healthz", "")); err != nil {
+			return cp, classify(sched, err)
+		}
+	}
+	return cp, nil
+}
+
+func qpsArgs(opts Options) []string {
+	var args []string
+	if opts.ClientQPS > 0 {
+		args = append(args, "--kube-api-qps="+strconv.Itoa(opts.ClientQPS))
+	}
+	if opts.ClientBurst > 0 {
+		args = append(args, "--kube-api-burst="+strconv.Itoa(opts.ClientBurst))
+	}
+	return args
+}
+
+func (cp *ControlPlane) launch(name, logDir, bin string, args ...string) (*process, error) {
+	p, err := startProcess(name, logDir, bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	cp.mu.Lock()
+	cp.procs = append(cp.procs, p)
+	cp.mu.Unlock()
+	return p, nil
+}
+
+// classify marks a readiness failure caused by a port taken after we
+// reserved it, which Start retries.
+func classify(p *process, err error) error {
+	if p.exited() && strings.Contains(p.tail(8000), "address already in use") {
+		return fmt.Errorf("%w: %w", errAddrInUse, err)
+	}
+	return err
+}
+
+func httpCheck(client *http.Client, url, token string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		return nil
+	}
+}
+
+// writeCredentials writes the admin token file and the service-account
+// signing key, and returns the key's path.
+func (cp *ControlPlane) writeCredentials() (string, error) {
+	tok := make([]byte, 24)
+	if _, err := rand.Read(tok); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	cp.token = hex.EncodeToString(tok)
+	certDir := filepath.Join(cp.dir, "certs")
+	line := fmt.Sprintf("%s,%s,%s,\"system:masters\"\n", cp.token, adminUser, adminUser)
+	if err := os.WriteFile(filepath.Join(certDir, "tokens.csv"), []byte(line), 0o600); err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return "", fmt.Errorf("service-account key: %w", err)
+	}
+	keyPath := filepath.Join(certDir, "sa.key")
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
+	if err := os.WriteFile(keyPath, pemBytes, 0o600); err != nil {
+		return "", fmt.Errorf("service-account key: %w", err)
+	}
+	return keyPath, nil
+}
+
+func (cp *ControlPlane) writeKubeconfig() error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["warmpool"] = &clientcmdapi.Cluster{Server: cp.server, CertificateAuthority: cp.caFile}
+	cfg.AuthInfos[adminUser] = &clientcmdapi.AuthInfo{Token: cp.token}
+	cfg.Contexts["warmpool"] = &clientcmdapi.Context{Cluster: "warmpool", AuthInfo: adminUser}
+	cfg.CurrentContext = "warmpool"
+	cp.kubecfg = filepath.Join(cp.dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, cp.kubecfg); err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	return nil
+}
+
+// RESTConfig returns a new client config for the cluster admin
+// (system:masters). Callers may modify the copy they get.
+func (cp *ControlPlane) RESTConfig() *rest.Config {
+	return &rest.Config{
+		Host:            cp.server,
+		BearerToken:     cp.token,
+		TLSClientConfig: rest.TLSClientConfig{CAFile: cp.caFile},
+		QPS:             -1, // tests and the harness measure the cluster, not a client limiter
+	}
+}
+
+// Kubeconfig returns the path of an admin kubeconfig for the cluster, for
+// child processes such as the controller-manager or kubectl.
+func (cp *ControlPlane) Kubeconfig() string { return cp.kubecfg }
+
+// EtcdURL returns etcd's client URL.
+func (cp *ControlPlane) EtcdURL() string { return cp.etcdURL }
+
+// Dir returns the working directory; logs are in Dir()/logs.
+func (cp *ControlPlane) Dir() string { return cp.dir }
+
+// PIDs returns the process ids of the running components, by name.
+func (cp *ControlPlane) PIDs() map[string]int {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	pids := make(map[string]int, len(cp.procs))
+	for _, p := range cp.procs {
+		if !p.exited() {
+			pids[p.name] = p.cmd.Process.Pid
+		}
+	}
+	return pids
+}
+
+// LogTails returns the end of every component's log, for a failed test to
+// print.
+func (cp *ControlPlane) LogTails(n int) string {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	var b strings.Builder
+	for _, p := range cp.procs {
+		fmt.Fprintf(&b, "==> %s (%s) <==\n%s\n", p.name, p.logPath, p.tail(n))
+	}
+	return b.String()
+}
+
+// Stop stops the components in reverse start order (clients, then the
+// apiserver, then etcd: stopping etcd first hangs the apiserver's shutdown)
+// and removes the working directory if Start created it. It is idempotent.
+func (cp *ControlPlane) Stop() {
+	cp.mu.Lock()
+	procs := cp.procs
+	cp.procs = nil
+	cp.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		procs[i].stop(15 * time.Second)
+	}
+	if cp.ownDir && cp.dir != "" {
+		os.RemoveAll(cp.dir)
+	}
+}

@@ -1,0 +1,227 @@
+// Package netsim builds the network side of a simulated node: a "host"
+// network namespace per node holding a veth pair whose end m0 serves as the
+// macvlan master (the kernel here has no dummy, ipvlan or VLAN links), and a
+// network namespace per pod. It owns every namespace it creates and removes
+// them all on Close. Tests and the perf harness share it.
+package netsim
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+// Master is the name of the macvlan master link inside every host namespace.
+const Master = "m0"
+
+// netnsDir is where `ip netns` keeps named namespaces.
+const netnsDir = "/run/netns"
+
+// Prefix starts the name of every namespace this package creates, so that a
+// person can tell them apart in `ip netns list`.
+const Prefix = "wp-"
+
+// Host is a simulated node's host network namespace. Its methods are safe
+// for concurrent use.
+type Host struct {
+	// Name is the namespace's name in `ip netns`.
+	Name string
+
+	mu     sync.Mutex
+	pods   map[string]*Pod
+	closed bool
+}
+
+// Pod is a pod's network namespace.
+type Pod struct {
+	// Name is the namespace's name in `ip netns`.
+	Name string
+}
+
+// Path is the namespace's bind mount, the CNI_NETNS a runtime passes.
+func (p *Pod) Path() string { return filepath.Join(netnsDir, p.Name) }
+
+// Path is the host namespace's bind mount.
+func (h *Host) Path() string { return filepath.Join(netnsDir, h.Name) }
+
+// NewHost creates a host namespace for the node called node, with loopback
+// up and a veth pair m0 <-> m0p, both up, as the macvlan master.
+func NewHost(node string) (h *Host, err error) {
+	name, err := uniqueName(node)
+	if err != nil {
+		return nil, err
+	}
+	if err := ip("netns", "add", name); err != nil {
+		return nil, fmt.Errorf("host namespace for %s: %w", node, err)
+	}
+	h = &Host{Name: name, pods: make(map[string]*Pod)}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, h.Close())
+		}
+	}()
+	for _, args := range [][]string{
+		{"-n", name, "link", "set", "lo", "up"},
+		{"-n", name, "link", "add", Master, "type", "veth", "peer", "name", Master + "p"},
+		{"-n", name, "link", "set", Master, "up"},
+		{"-n", name, "link", "set", Master + "p", "up"},
+	} {
+		if err := ip(args...); err != nil {
+			return h, fmt.Errorf("host namespace %s: %w", name, err)
+		}
+	}
+	return h, nil
+}
+
+// NewPod creates a network namespace for a pod of this host, with loopback up.
+func (h *Host) NewPod(pod string) (*Pod, error) {
+	name, err := uniqueName(pod)
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil, fmt.Errorf("pod namespace for %s: host %s is closed", pod, h.Name)
+	}
+	p := &Pod{Name: name}
+	h.pods[name] = p // recorded first, so Close removes it even if set-up fails
+	h.mu.Unlock()
+	if err := ip("netns", "add", name); err != nil {
+		h.forget(p)
+		return nil, fmt.Errorf("pod namespace for %s: %w", pod, err)
+	}
+	if err := ip("-n", name, "link", "set", "lo", "up"); err != nil {
+		return nil, errors.Join(fmt.Errorf("pod namespace %s: %w", name, err), h.RemovePod(p))
+	}
+	return p, nil
+}
+
+// RemovePod deletes a pod namespace, and with it whatever interfaces a CNI
+// plugin left inside. Removing a pod twice is not an error.
+func (h *Host) RemovePod(p *Pod) error {
+	h.forget(p)
+	return removeNetns(p.Name)
+}
+
+func (h *Host) forget(p *Pod) {
+	h.mu.Lock()
+	delete(h.pods, p.Name)
+	h.mu.Unlock()
+}
+
+// Do runs fn on a thread inside the host namespace: a CNI plugin exec'd from
+// fn sees the host's links, m0 among them, as a runtime on that node would.
+func (h *Host) Do(fn func() error) error {
+	netns, err := ns.GetNS(h.Path())
+	if err != nil {
+		return fmt.Errorf("host namespace %s: %w", h.Name, err)
+	}
+	defer netns.Close()
+	return netns.Do(func(ns.NetNS) error { return fn() })
+}
+
+// DisableDAD turns IPv6 duplicate address detection off inside the pod
+// namespace, as the perf harness does by default: with it on, every
+// dual-stack ADD through macvlan waits ~1.5-2 s for DAD, which hides the
+// IPAM's own cost.
+func (p *Pod) DisableDAD() error {
+	netns, err := ns.GetNS(p.Path())
+	if err != nil {
+		return fmt.Errorf("pod namespace %s: %w", p.Name, err)
+	}
+	defer netns.Close()
+	return netns.Do(func(ns.NetNS) error {
+		// /proc/sys/net shows the namespace of the thread that opens it.
+		for _, conf := range []string{"all", "default"} {
+			f := "/proc/sys/net/ipv6/conf/" + conf + "/accept_dad"
+			if err := os.WriteFile(f, []byte("0"), 0o644); err != nil {
+				return fmt.Errorf("pod namespace %s: %w", p.Name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Close removes every pod namespace of the host, then the host namespace.
+// It is idempotent and keeps going past errors, returning them joined.
+func (h *Host) Close() error {
+	h.mu.Lock()
+	h.closed = true
+	pods := h.pods
+	h.pods = map[string]*Pod{}
+	h.mu.Unlock()
+	var errs []error
+	for _, p := range pods {
+		errs = append(errs, removeNetns(p.Name))
+	}
+	errs = append(errs, removeNetns(h.Name))
+	return errors.Join(errs...)
+}
+
+// Exists reports whether a named namespace exists.
+func Exists(name string) bool {
+	_, err := os.Stat(filepath.Join(netnsDir, name))
+	return err == nil
+}
+
+func removeNetns(name string) error {
+	if !Exists(name) {
+		return nil
+	}
+	if err := ip("netns", "del", name); err != nil {
+		return fmt.Errorf("remove namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+// uniqueName makes a namespace name that is unique across concurrent test
+// processes and still says which node or pod it is for.
+func uniqueName(base string) (string, error) {
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("namespace name: %w", err)
+	}
+	base = strings.Map(func(r rune) rune {
+		if r == '/' || r == ' ' {
+			return '-'
+		}
+		return r
+	}, base)
+	if len(base) > 40 {
+		base = base[:40]
+	}
+	return Prefix + base + "-" + hex.EncodeToString(b), nil
+}
+
+func ip(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Available reports why this machine cannot create namespaces, or nil: it
+// needs the ip command (iproute2) and the rights to add a namespace.
+func Available() error {
+	if _, err := exec.LookPath("ip"); err != nil {
+		return fmt.Errorf("ip (iproute2) not found: %w", err)
+	}
+	name, err := uniqueName("probe")
+	if err != nil {
+		return err
+	}
+	if err := ip("netns", "add", name); err != nil {
+		return err
+	}
+	return removeNetns(name)
+}

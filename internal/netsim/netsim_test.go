@@ -1,0 +1,119 @@
+package netsim_test
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/warmpool/warmpool/internal/netsim"
+	"github.com/warmpool/warmpool/internal/testenv"
+)
+
+const chain = `{
+  "cniVersion": "1.1.0",
+  "name": "netsim-test",
+  "plugins": [{
+    "type": "macvlan",
+    "master": "m0",
+    "mode": "bridge",
+    "ipam": {
+      "type": "static",
+      "addresses": [{"address": "10.10.0.5/24"}, {"address": "fd00:10::5/64"}]
+    }
+  }]
+}`
+
+// TestMacvlanOnHostMaster runs the real macvlan plugin, exec'd through
+// libcni from inside a host namespace, into a pod namespace: the helper's m0
+// must work as a macvlan master. Then it checks that Close leaves no
+// namespace behind.
+func TestMacvlanOnHostMaster(t *testing.T) {
+	host := testenv.Host(t, "node-1")
+	pluginDir := testenv.CNIPluginDir(t)
+	pod, err := host.NewPod("default-web-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pod.DisableDAD(); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := libcni.ConfListFromBytes([]byte(chain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), nil)
+	rt := &libcni.RuntimeConf{ContainerID: "c0ffee", NetNS: pod.Path(), IfName: "eth0"}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	var res *types100.Result
+	err = host.Do(func() error {
+		r, err := cni.AddNetworkList(ctx, conf, rt)
+		if err != nil {
+			return err
+		}
+		res, err = types100.NewResultFromResult(r)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("ADD through macvlan on %s: %v", netsim.Master, err)
+	}
+	if len(res.IPs) != 2 || res.IPs[0].Address.String() != "10.10.0.5/24" || res.IPs[1].Address.String() != "fd00:10::5/64" {
+		t.Fatalf("result IPs %v, want 10.10.0.5/24 and fd00:10::5/64", res.IPs)
+	}
+	out, err := exec.Command("ip", "-n", pod.Name, "-d", "addr", "show", "eth0").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip addr in pod: %v: %s", err, out)
+	}
+	for _, want := range []string{"macvlan", "10.10.0.5/24", "fd00:10::5/64"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("pod eth0 lacks %q:\n%s", want, out)
+		}
+	}
+	if err := host.Do(func() error { return cni.DelNetworkList(ctx, conf, rt) }); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+
+	if err := host.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{host.Name, pod.Name} {
+		if netsim.Exists(ns) {
+			t.Errorf("namespace %s still exists after Close", ns)
+		}
+	}
+	if _, err := host.NewPod("late"); err == nil {
+		t.Error("NewPod on a closed host succeeded")
+	}
+}
+
+// TestPodsAreIsolated checks that two hosts get separate masters and that a
+// pod namespace removed twice is not an error.
+func TestPodsAreIsolated(t *testing.T) {
+	a := testenv.Host(t, "node-a")
+	b := testenv.Host(t, "node-b")
+	if a.Name == b.Name {
+		t.Fatalf("two hosts share namespace %s", a.Name)
+	}
+	for _, h := range []*netsim.Host{a, b} {
+		out, err := exec.Command("ip", "-n", h.Name, "-o", "link", "show", netsim.Master).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "UP") {
+			t.Fatalf("%s: master %s not up: %v %s", h.Name, netsim.Master, err, out)
+		}
+	}
+	p, err := a.NewPod("p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RemovePod(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RemovePod(p); err != nil {
+		t.Fatalf("second RemovePod: %v", err)
+	}
+}

@@ -1,0 +1,109 @@
+// Package testenv gives tests the real components they need, tied to the
+// test's lifetime: a control plane (etcd + kube-apiserver, optionally the
+// controller-manager and scheduler), host and pod network namespaces, and the
+// reference CNI plugins. Everything it starts is stopped and removed by
+// t.Cleanup, also when the test fails.
+//
+// A component that cannot be had fails the test under CI=true and skips it
+// otherwise, with what to run to get it: CI must never pass by skipping.
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/warmpool/warmpool/internal/controlplane"
+	"github.com/warmpool/warmpool/internal/netsim"
+	"github.com/warmpool/warmpool/internal/toolchain"
+	"github.com/warmpool/warmpool/manifests"
+)
+
+// InCI reports whether the tests run under CI (CI=true).
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Missing stops a test that lacks a real component: it fails under CI and
+// is skipped elsewhere.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if InCI() {
+		t.Fatalf("CI=true and a required component is missing: %s", msg)
+	}
+	t.Skipf("skipped, a required component is missing: %s", msg)
+}
+
+// ControlPlane starts a control plane for the test and stops it when the
+// test ends; on failure the test log gets the tail of every component's log.
+func ControlPlane(t testing.TB, opts controlplane.Options) *controlplane.ControlPlane {
+	t.Helper()
+	if _, err := toolchain.Dir(toolchain.Etcd); err != nil {
+		Missing(t, "%v", err)
+	}
+	if _, err := toolchain.Dir(toolchain.Kube); err != nil {
+		Missing(t, "%v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cp, err := controlplane.Start(ctx, opts)
+	if err != nil {
+		t.Fatalf("start control plane: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("control plane logs:\n%s", cp.LogTails(3000))
+		}
+		cp.Stop()
+	})
+	return cp
+}
+
+// APIServerWithCRDs starts etcd and kube-apiserver, installs warmpool's CRDs
+// and returns an admin client config.
+func APIServerWithCRDs(t testing.TB) *rest.Config {
+	t.Helper()
+	cp := ControlPlane(t, controlplane.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := manifests.InstallCRDs(ctx, cp.RESTConfig()); err != nil {
+		t.Fatal(err)
+	}
+	return cp.RESTConfig()
+}
+
+// Host creates a host network namespace for a simulated node, removed with
+// all its pod namespaces when the test ends.
+func Host(t testing.TB, node string) *netsim.Host {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Missing(t, "network namespaces need root (running as uid %d)", os.Geteuid())
+	}
+	if err := netsim.Available(); err != nil {
+		Missing(t, "network namespaces: %v (install iproute2)", err)
+	}
+	h, err := netsim.NewHost(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := h.Close(); err != nil {
+			t.Errorf("remove namespaces of %s: %v", node, err)
+		}
+	})
+	return h
+}
+
+// CNIPluginDir returns the directory holding the reference CNI plugins
+// (macvlan, host-local, static).
+func CNIPluginDir(t testing.TB) string {
+	t.Helper()
+	dir, err := toolchain.Dir(toolchain.CNIPlugins)
+	if err != nil {
+		Missing(t, "%v", err)
+	}
+	return dir
+}

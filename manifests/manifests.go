@@ -1,0 +1,111 @@
+// Package manifests owns warmpool's Kubernetes manifests: the generated CRDs
+// in crds/ and the example pools in examples/, embedded so that tests, the
+// demo and the perf harness install exactly the files that are shipped.
+package manifests
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+	"path"
+	"time"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/warmpool/warmpool/api/v1alpha1"
+)
+
+//go:embed crds/*.yaml
+var crdFiles embed.FS
+
+//go:embed examples/*.yaml
+var exampleFiles embed.FS
+
+// CRDs returns the CustomResourceDefinitions in crds/.
+func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	names, err := fs.Glob(crdFiles, "crds/*.yaml")
+	if err != nil {
+		return nil, err
+	}
+	var crds []*apiextensionsv1.CustomResourceDefinition
+	for _, name := range names {
+		b, err := crdFiles.ReadFile(name)
+		if err != nil {
+			return nil, err
+		}
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		if err := yaml.UnmarshalStrict(b, crd); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		crds = append(crds, crd)
+	}
+	return crds, nil
+}
+
+// ExamplePool returns the IPPool of examples/<name>.yaml.
+func ExamplePool(name string) (*v1alpha1.IPPool, error) {
+	b, err := exampleFiles.ReadFile(path.Join("examples", name+".yaml"))
+	if err != nil {
+		return nil, err
+	}
+	pool := &v1alpha1.IPPool{}
+	if err := yaml.UnmarshalStrict(b, pool); err != nil {
+		return nil, fmt.Errorf("examples/%s.yaml: %w", name, err)
+	}
+	return pool, nil
+}
+
+// InstallCRDs creates or updates warmpool's CRDs and waits until the
+// apiserver serves them (Established), bounded by ctx.
+func InstallCRDs(ctx context.Context, cfg *rest.Config) error {
+	crds, err := CRDs()
+	if err != nil {
+		return err
+	}
+	cs, err := apiextensions.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("apiextensions client: %w", err)
+	}
+	api := cs.ApiextensionsV1().CustomResourceDefinitions()
+	for _, crd := range crds {
+		_, err := api.Create(ctx, crd, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			var cur *apiextensionsv1.CustomResourceDefinition
+			if cur, err = api.Get(ctx, crd.Name, metav1.GetOptions{}); err == nil {
+				crd.ResourceVersion = cur.ResourceVersion
+				_, err = api.Update(ctx, crd, metav1.UpdateOptions{})
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("install CRD %s: %w", crd.Name, err)
+		}
+	}
+	for _, crd := range crds {
+		err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+			cur, err := api.Get(ctx, crd.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			for _, c := range cur.Status.Conditions {
+				if c.Type == apiextensionsv1.NamesAccepted && c.Status == apiextensionsv1.ConditionFalse {
+					return false, fmt.Errorf("names not accepted: %s", c.Message)
+				}
+				if c.Type == apiextensionsv1.Established && c.Status == apiextensionsv1.ConditionTrue {
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+		if err != nil {
+			return fmt.Errorf("CRD %s not established: %w", crd.Name, err)
+		}
+	}
+	return nil
+}
