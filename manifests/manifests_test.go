@@ -2,11 +2,15 @@ package manifests
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"testing"
 
 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/validation"
+
+	"github.com/warmpool/warmpool/api/v1alpha1"
 )
 
 // TestCRDsPassServerValidation runs the apiserver's own CRD validation,
@@ -44,4 +48,38 @@ func TestExamplesDecode(t *testing.T) {
 			t.Errorf("example %s has no subnet", name)
 		}
 	}
+}
+
+// TestWarmDefaultsMatchGo keeps the CRD's defaults and the Go defaults that
+// Warm.Resolved applies to objects built in code the same.
+func TestWarmDefaultsMatchGo(t *testing.T) {
+	crds, err := CRDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, crd := range crds {
+		if crd.Spec.Names.Kind != "IPPool" {
+			continue
+		}
+		warm := crd.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"].Properties["warm"]
+		for field, want := range map[string]int32{
+			"minWarm":    v1alpha1.DefaultMinWarm,
+			"warmTarget": v1alpha1.DefaultWarmTarget,
+			"maxWarm":    v1alpha1.DefaultMaxWarm,
+		} {
+			d := warm.Properties[field].Default
+			if d == nil || string(d.Raw) != fmt.Sprint(want) {
+				t.Errorf("CRD default of warm.%s = %v, Go default %d", field, d, want)
+			}
+			var whole map[string]int32
+			if err := json.Unmarshal(warm.Default.Raw, &whole); err != nil {
+				t.Fatalf("warm default: %v", err)
+			}
+			if whole[field] != want {
+				t.Errorf("CRD default of warm = %s, want %s: %d", warm.Default.Raw, field, want)
+			}
+		}
+		return
+	}
+	t.Fatal("no IPPool CRD")
 }

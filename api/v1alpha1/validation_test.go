@@ -142,8 +142,8 @@ func TestPoolValidation(t *testing.T) {
 		{"ranges-contained", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", ranges("10.0.0.10", "10.0.0.90", "10.0.0.20", "10.0.0.30"))}, []string{"spec.ipv4.ranges", "ranges must not overlap"}},
 		{"ranges-share-an-address", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", ranges("10.0.0.10", "10.0.0.20", "10.0.0.20", "10.0.0.30"))}, []string{"spec.ipv4.ranges", "ranges must not overlap"}},
 		{"ranges-v6-overlap", v1alpha1.IPPoolSpec{IPv6: v4("fd00:1::/64", ranges("fd00:1::10", "fd00:1::ff", "fd00:1::fe", "fd00:1::1:0"))}, []string{"spec.ipv6.ranges", "ranges must not overlap"}},
-		{"gateway-outside-subnet", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", gateway("10.0.1.1"))}, []string{"spec.ipv4.gateway", "gateway must lie inside cidr"}},
-		{"gateway-other-family", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", gateway("fd00::1"))}, []string{"spec.ipv4.gateway", "gateway must lie inside cidr"}},
+		{"gateway-outside-subnet", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", gateway("10.0.1.1"))}, []string{"spec.ipv4.gateway", "gateway 10.0.1.1 must lie inside cidr 10.0.0.0/24"}},
+		{"gateway-other-family", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", gateway("fd00::1"))}, []string{"spec.ipv4.gateway", "gateway fd00::1 must lie inside cidr 10.0.0.0/24"}},
 		{"gateway-not-canonical", v1alpha1.IPPoolSpec{IPv6: v4("fd00:1::/64", gateway("FD00:1::1"))}, []string{"spec.ipv6.gateway", "canonical"}},
 		{"exclusion-outside-subnet", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", func(s *v1alpha1.Subnet) { s.Exclude = []string{"10.0.0.7", "10.0.9.0/28"} })}, []string{"spec.ipv4.exclude", "every exclusion must lie inside cidr"}},
 		{"route-other-family", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", func(s *v1alpha1.Subnet) { s.Routes = []v1alpha1.Route{{Dst: "fd00::/8"}} })}, []string{"spec.ipv4.routes", "address family"}},
@@ -165,6 +165,7 @@ func TestPoolValidation(t *testing.T) {
 					t.Errorf("message does not contain %q:\n%v", w, err)
 				}
 			}
+			t.Logf("rejected: %v", err)
 		})
 	}
 

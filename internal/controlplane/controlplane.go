@@ -203,41 +203,39 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		return cp, fmt.Errorf("kube-apiserver with the generated kubeconfig: %w", err)
 	}
 
-	if opts.ControllerManager {
-		args := []string{
-			"kube-controller-manager",
-			"--kubeconfig=" + cp.kubecfg,
-			"--bind-address=127.0.0.1",
-			"--secure-port=" + strconv.Itoa(cmPort),
-			"--leader-elect=false",
+	// The controller-manager and the scheduler are API clients of the same
+	// shape: a kubeconfig, a loopback health port, no leader election.
+	clients := []struct {
+		on    bool
+		name  string
+		port  int
+		extra []string
+	}{
+		{opts.ControllerManager, "kube-controller-manager", cmPort, append([]string{
 			"--controllers=*",
 			"--service-account-private-key-file=" + saKey,
 			"--use-service-account-credentials=false",
-		}
-		args = append(args, qpsArgs(opts)...)
-		cm, err := cp.launch("kube-controller-manager", logs, opts.KubeBinary, append(args, opts.ControllerManagerArgs...)...)
-		if err != nil {
-			return cp, err
-		}
-		if err := cm.waitReady(ctx, httpCheck(insecure, "https://"+hostPort(cmPort)+"/healthz", "")); err != nil {
-			return cp, classify(cm, err)
-		}
+		}, opts.ControllerManagerArgs...)},
+		{opts.Scheduler, "kube-scheduler", schedPort, opts.SchedulerArgs},
 	}
-	if opts.Scheduler {
+	for _, c := range clients {
+		if !c.on {
+			continue
+		}
 		args := []string{
-			"kube-scheduler",
+			c.name,
 			"--kubeconfig=" + cp.kubecfg,
 			"--bind-address=127.0.0.1",
-			"--secure-port=" + strconv.Itoa(schedPort),
+			"--secure-port=" + strconv.Itoa(c.port),
 			"--leader-elect=false",
 		}
-		args = append(args, qpsArgs(opts)...)
-		sched, err := cp.launch("kube-scheduler", logs, opts.KubeBinary, append(args, opts.SchedulerArgs...)...)
+		args = append(append(args, qpsArgs(opts)...), c.extra...)
+		p, err := cp.launch(c.name, logs, opts.KubeBinary, args...)
 		if err != nil {
 			return cp, err
 		}
-		if err := sched.waitReady(ctx, httpCheck(insecure, "https://"+hostPort(schedPort)+"/healthz", "")); err != nil {
-			return cp, classify(sched, err)
+		if err := p.waitReady(ctx, httpCheck(insecure, "https://"+hostPort(c.port)+"/healthz", "")); err != nil {
+			return cp, classify(p, err)
 		}
 	}
 	return cp, nil
