@@ -13,8 +13,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 )
@@ -184,7 +186,9 @@ func removeNetns(name string) error {
 }
 
 // uniqueName makes a namespace name that is unique across concurrent test
-// processes and still says which node or pod it is for.
+// processes and still says which node or pod it is for. It carries the
+// creating process's pid, so SweepStale can tell a leftover of a killed
+// process from a namespace in use: wp-<pid>-<base>-<random>.
 func uniqueName(base string) (string, error) {
 	b := make([]byte, 4)
 	if _, err := rand.Read(b); err != nil {
@@ -199,7 +203,55 @@ func uniqueName(base string) (string, error) {
 	if len(base) > 40 {
 		base = base[:40]
 	}
-	return Prefix + base + "-" + hex.EncodeToString(b), nil
+	return fmt.Sprintf("%s%d-%s-%s", Prefix, os.Getpid(), base, hex.EncodeToString(b)), nil
+}
+
+// SweepStale removes the namespaces this package created in processes that
+// no longer exist: what a test binary killed with SIGKILL could not clean
+// up. Namespaces of live processes are left alone. It returns the names it
+// removed.
+func SweepStale() ([]string, error) {
+	entries, err := os.ReadDir(netnsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sweep namespaces: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range entries {
+		pid, ok := creatorPID(e.Name())
+		if !ok || pid == os.Getpid() || processAlive(pid) {
+			continue
+		}
+		if err := removeNetns(e.Name()); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, e.Name())
+	}
+	return removed, errors.Join(errs...)
+}
+
+// creatorPID parses the pid out of a name made by uniqueName.
+func creatorPID(name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, Prefix)
+	if !ok {
+		return 0, false
+	}
+	digits, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(digits)
+	return pid, err == nil && pid > 0
+}
+
+func processAlive(pid int) bool {
+	// Signal 0 checks for existence; EPERM still means it exists.
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 func ip(args ...string) error {

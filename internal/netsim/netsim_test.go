@@ -2,7 +2,9 @@ package netsim_test
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,5 +117,33 @@ func TestPodsAreIsolated(t *testing.T) {
 	}
 	if err := a.RemovePod(p); err != nil {
 		t.Fatalf("second RemovePod: %v", err)
+	}
+}
+
+// TestSweepStale leaves a namespace named as if by a process that has exited
+// (as after kill -9 of a test binary) and checks that SweepStale removes it
+// and spares this process's own.
+func TestSweepStale(t *testing.T) {
+	host := testenv.Host(t, "node-live")
+	// A child that has exited gives a pid that no longer exists.
+	child := exec.Command("true")
+	if err := child.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := fmt.Sprintf("%s%d-node-dead-0000", netsim.Prefix, child.Process.Pid)
+	if out, err := exec.Command("ip", "netns", "add", stale).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", stale).Run() })
+
+	removed, err := netsim.SweepStale()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(removed, stale) || netsim.Exists(stale) {
+		t.Errorf("stale namespace %s not removed (removed %v)", stale, removed)
+	}
+	if !netsim.Exists(host.Name) {
+		t.Errorf("SweepStale removed the live namespace %s", host.Name)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,6 +76,8 @@ func APIServerWithCRDs(t testing.TB) *rest.Config {
 	return cp.RESTConfig()
 }
 
+var sweepOnce sync.Once
+
 // Host creates a host network namespace for a simulated node, removed with
 // all its pod namespaces when the test ends.
 func Host(t testing.TB, node string) *netsim.Host {
@@ -85,6 +88,15 @@ func Host(t testing.TB, node string) *netsim.Host {
 	if err := netsim.Available(); err != nil {
 		Missing(t, "network namespaces: %v (install iproute2)", err)
 	}
+	sweepOnce.Do(func() {
+		removed, err := netsim.SweepStale()
+		if len(removed) > 0 {
+			t.Logf("removed %d namespaces left by killed test processes: %v", len(removed), removed)
+		}
+		if err != nil {
+			t.Logf("sweeping stale namespaces: %v", err)
+		}
+	})
 	h, err := netsim.NewHost(node)
 	if err != nil {
 		t.Fatal(err)
