@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/warmpool/warmpool/internal/controlplane"
 	"github.com/warmpool/warmpool/internal/testenv"
@@ -49,14 +50,22 @@ func TestDeploymentPodsGetBound(t *testing.T) {
 
 	nodes := map[string]bool{"node-a": true, "node-b": true}
 	for name := range nodes {
-		n, err := cs.CoreV1().Nodes().Create(ctx, readyNode(name), metav1.CreateOptions{})
-		if err != nil {
+		if _, err := cs.CoreV1().Nodes().Create(ctx, readyNode(name), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		// Status is a subresource: Create ignores it.
-		n.Status = readyNode(name).Status
-		if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
+		// Status is a subresource: Create ignores it. The node controllers
+		// write to a new Node too, so the update retries on a conflict.
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			n.Status = readyNode(name).Status
+			_, err = cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+			return err
+		})
+		if err != nil {
+			t.Fatalf("node %s status: %v", name, err)
 		}
 	}
 
