@@ -61,18 +61,27 @@ func StartServer(opts ServerOptions) (*Server, error) {
 		Port:       port,
 		// The embedding process owns signals; the server must not exit it.
 		NoSigs: true,
-		NoLog:  opts.Logger == nil,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("nats server: %w", err)
 	}
-	if opts.Logger != nil {
-		ns.SetLoggerV2(slogAdapter{opts.Logger}, false, false, false)
-	}
+	// The server reports a failed listen only through its logger's Fatalf:
+	// catch it, so a taken port fails at once and says so.
+	logger := &captureLogger{next: opts.Logger, fatal: make(chan string, 1)}
+	ns.SetLoggerV2(logger, false, false, false)
 	ns.Start()
-	if !ns.ReadyForConnections(opts.ReadyTimeout) {
-		ns.Shutdown()
-		return nil, fmt.Errorf("nats server on %s:%d: %w after %s", opts.Host, opts.Port, ErrNotReady, opts.ReadyTimeout)
+	deadline := time.Now().Add(opts.ReadyTimeout)
+	for !ns.ReadyForConnections(50 * time.Millisecond) {
+		select {
+		case msg := <-logger.fatal:
+			ns.Shutdown()
+			return nil, fmt.Errorf("nats server on %s:%d: %s", opts.Host, opts.Port, msg)
+		default:
+		}
+		if time.Now().After(deadline) {
+			ns.Shutdown()
+			return nil, fmt.Errorf("nats server on %s:%d: %w after %s", opts.Host, opts.Port, ErrNotReady, opts.ReadyTimeout)
+		}
 	}
 	return &Server{ns: ns}, nil
 }
@@ -165,8 +174,14 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	return &Bus{Conn: nc, server: srv}, nil
 }
 
-// URL is the URL other components connect to.
-func (b *Bus) URL() string { return b.Conn.ConnectedUrl() }
+// URL is the URL other components connect to: the embedded server's, or
+// the external server's with any password redacted (it is printed).
+func (b *Bus) URL() string {
+	if b.server != nil {
+		return b.server.ClientURL()
+	}
+	return b.Conn.ConnectedUrlRedacted()
+}
 
 // Embedded reports whether the bus runs an in-process server.
 func (b *Bus) Embedded() bool { return b.server != nil }
@@ -181,12 +196,28 @@ func (b *Bus) Close() {
 	}
 }
 
-// slogAdapter routes the server's log lines to slog.
-type slogAdapter struct{ l *slog.Logger }
+// captureLogger routes the server's log lines to slog (when a logger was
+// given) and hands the first fatal one to StartServer.
+type captureLogger struct {
+	next  *slog.Logger
+	fatal chan string
+}
 
-func (a slogAdapter) Noticef(format string, v ...any) { a.l.Info(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Warnf(format string, v ...any)   { a.l.Warn(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Fatalf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Errorf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Debugf(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Tracef(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
+func (c *captureLogger) log(level slog.Level, format string, v ...any) {
+	if c.next != nil {
+		c.next.Log(context.Background(), level, fmt.Sprintf(format, v...))
+	}
+}
+
+func (c *captureLogger) Noticef(format string, v ...any) { c.log(slog.LevelInfo, format, v...) }
+func (c *captureLogger) Warnf(format string, v ...any)   { c.log(slog.LevelWarn, format, v...) }
+func (c *captureLogger) Errorf(format string, v ...any)  { c.log(slog.LevelError, format, v...) }
+func (c *captureLogger) Debugf(format string, v ...any)  { c.log(slog.LevelDebug, format, v...) }
+func (c *captureLogger) Tracef(format string, v ...any)  { c.log(slog.LevelDebug, format, v...) }
+func (c *captureLogger) Fatalf(format string, v ...any) {
+	c.log(slog.LevelError, format, v...)
+	select {
+	case c.fatal <- fmt.Sprintf(format, v...):
+	default:
+	}
+}

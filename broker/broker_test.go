@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,9 +90,12 @@ func TestPortInUseFails(t *testing.T) {
 	}
 	defer l.Close()
 	port := l.Addr().(*net.TCPAddr).Port
-	srv, err := StartServer(ServerOptions{Port: port, ReadyTimeout: 500 * time.Millisecond})
+	srv, err := StartServer(ServerOptions{Port: port})
 	if err == nil {
 		srv.Shutdown()
 		t.Fatalf("StartServer on a taken port %d succeeded", port)
+	}
+	if !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("StartServer on a taken port: %v, want it to say the address is in use", err)
 	}
 }

@@ -1,6 +1,7 @@
 // Package client is the typed Kubernetes client for warmpool's API group:
-// IPPools and NodeLeases, with Create/Get/List/Watch/Update/UpdateStatus/
-// Patch/Delete, built on client-go's generic typed client (the code
+// IPPools (Create/Get/List/Watch/Update/UpdateStatus/Patch/Delete) and
+// NodeLeases (the same but UpdateStatus: a NodeLease has no status
+// subresource), built on client-go's generic typed client (the code
 // client-gen would generate, without the generated files).
 package client
 

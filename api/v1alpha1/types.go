@@ -43,13 +43,12 @@ type IPPool struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.ipv6) || !isCIDR(self.ipv6.cidr) || cidr(self.ipv6.cidr).ip().family() == 6",message="ipv6.cidr must be an IPv6 CIDR",fieldPath=".ipv6.cidr"
 // +kubebuilder:validation:XValidation:rule="has(self.ipv4) == has(oldSelf.ipv4) && has(self.ipv6) == has(oldSelf.ipv6)",message="the address families of a pool are immutable: create a new pool"
 type IPPoolSpec struct {
-	// IPv4 is the pool's IPv4 subnet. Immutable.
+	// IPv4 is the pool's IPv4 subnet. Its addresses (cidr, ranges, exclude,
+	// gateway) are immutable; its routes are not.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="ipv4 is immutable: create a new pool to add addresses"
 	IPv4 *Subnet `json:"ipv4,omitempty"`
-	// IPv6 is the pool's IPv6 subnet. Immutable.
+	// IPv6 is the pool's IPv6 subnet, immutable as IPv4 is.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="ipv6 is immutable: create a new pool to add addresses"
 	IPv6 *Subnet `json:"ipv6,omitempty"`
 
 	// VLAN is the 802.1Q id of the underlay segment the subnets live on. warmpool
@@ -82,6 +81,9 @@ type IPPoolSpec struct {
 
 // Subnet is one address family of a pool.
 //
+// +kubebuilder:validation:XValidation:rule="self.cidr == oldSelf.cidr && has(self.ranges) == has(oldSelf.ranges) && (!has(self.ranges) || self.ranges == oldSelf.ranges) && has(self.exclude) == has(oldSelf.exclude) && (!has(self.exclude) || self.exclude == oldSelf.exclude) && has(self.gateway) == has(oldSelf.gateway) && (!has(self.gateway) || self.gateway == oldSelf.gateway)",message="the addresses of a pool (cidr, ranges, exclude, gateway) are immutable: create a new pool; only routes may change"
+// +kubebuilder:validation:XValidation:rule="!isCIDR(self.cidr) || !has(self.gateway) || !isIP(self.gateway) || !(cidr(self.cidr).ip() == ip(self.gateway))",message="gateway must not be the subnet's network address",fieldPath=".gateway"
+// +kubebuilder:validation:XValidation:rule="!has(self.routes) || self.routes.all(r, !has(r.via) || !isIP(r.via) || !isCIDR(r.dst) || ip(r.via).family() == cidr(r.dst).ip().family())",message="a route's via must be of its dst's address family",fieldPath=".routes"
 // +kubebuilder:validation:XValidation:rule="!isCIDR(self.cidr) || !has(self.ranges) || self.ranges.all(r, !isIP(r.start) || !isIP(r.end) || (cidr(self.cidr).containsIP(r.start) && cidr(self.cidr).containsIP(r.end)))",message="every range must lie inside cidr",fieldPath=".ranges"
 // +kubebuilder:validation:XValidation:rule="!isCIDR(self.cidr) || !has(self.ranges) || !self.ranges.all(r, isIP(r.start) && isIP(r.end) && ip(r.start).family() == cidr(self.cidr).ip().family() && ip(r.end).family() == cidr(self.cidr).ip().family()) || self.ranges.all(i, a, self.ranges.all(j, b, i >= j || (ip(a.end).family() == 4 ? {'/0': '/1', '/1': '/2', '/2': '/3', '/3': '/4', '/4': '/5', '/5': '/6', '/6': '/7', '/7': '/8', '/8': '/9', '/9': '/10', '/10': '/11', '/11': '/12', '/12': '/13', '/13': '/14', '/14': '/15', '/15': '/16', '/16': '/17', '/17': '/18', '/18': '/19', '/19': '/20', '/20': '/21', '/21': '/22', '/22': '/23', '/23': '/24', '/24': '/25', '/25': '/26', '/26': '/27', '/27': '/28', '/28': '/29', '/29': '/30', '/30': '/31', '/31': '/32'}.exists(pa, pb, cidr(a.end + pa).masked() == cidr(b.start + pa).masked() && cidr(a.end + pb).masked().ip() == cidr(a.end + pa).masked().ip() && !(cidr(b.start + pb).masked().ip() == cidr(b.start + pa).masked().ip())) : {'/0': '/1', '/1': '/2', '/2': '/3', '/3': '/4', '/4': '/5', '/5': '/6', '/6': '/7', '/7': '/8', '/8': '/9', '/9': '/10', '/10': '/11', '/11': '/12', '/12': '/13', '/13': '/14', '/14': '/15', '/15': '/16', '/16': '/17', '/17': '/18', '/18': '/19', '/19': '/20', '/20': '/21', '/21': '/22', '/22': '/23', '/23': '/24', '/24': '/25', '/25': '/26', '/26': '/27', '/27': '/28', '/28': '/29', '/29': '/30', '/30': '/31', '/31': '/32', '/32': '/33', '/33': '/34', '/34': '/35', '/35': '/36', '/36': '/37', '/37': '/38', '/38': '/39', '/39': '/40', '/40': '/41', '/41': '/42', '/42': '/43', '/43': '/44', '/44': '/45', '/45': '/46', '/46': '/47', '/47': '/48', '/48': '/49', '/49': '/50', '/50': '/51', '/51': '/52', '/52': '/53', '/53': '/54', '/54': '/55', '/55': '/56', '/56': '/57', '/57': '/58', '/58': '/59', '/59': '/60', '/60': '/61', '/61': '/62', '/62': '/63', '/63': '/64', '/64': '/65', '/65': '/66', '/66': '/67', '/67': '/68', '/68': '/69', '/69': '/70', '/70': '/71', '/71': '/72', '/72': '/73', '/73': '/74', '/74': '/75', '/75': '/76', '/76': '/77', '/77': '/78', '/78': '/79', '/79': '/80', '/80': '/81', '/81': '/82', '/82': '/83', '/83': '/84', '/84': '/85', '/85': '/86', '/86': '/87', '/87': '/88', '/88': '/89', '/89': '/90', '/90': '/91', '/91': '/92', '/92': '/93', '/93': '/94', '/94': '/95', '/95': '/96', '/96': '/97', '/97': '/98', '/98': '/99', '/99': '/100', '/100': '/101', '/101': '/102', '/102': '/103', '/103': '/104', '/104': '/105', '/105': '/106', '/106': '/107', '/107': '/108', '/108': '/109', '/109': '/110', '/110': '/111', '/111': '/112', '/112': '/113', '/113': '/114', '/114': '/115', '/115': '/116', '/116': '/117', '/117': '/118', '/118': '/119', '/119': '/120', '/120': '/121', '/121': '/122', '/122': '/123', '/123': '/124', '/124': '/125', '/125': '/126', '/126': '/127', '/127': '/128'}.exists(pa, pb, cidr(a.end + pa).masked() == cidr(b.start + pa).masked() && cidr(a.end + pb).masked().ip() == cidr(a.end + pa).masked().ip() && !(cidr(b.start + pb).masked().ip() == cidr(b.start + pa).masked().ip()))) || (ip(b.end).family() == 4 ? {'/0': '/1', '/1': '/2', '/2': '/3', '/3': '/4', '/4': '/5', '/5': '/6', '/6': '/7', '/7': '/8', '/8': '/9', '/9': '/10', '/10': '/11', '/11': '/12', '/12': '/13', '/13': '/14', '/14': '/15', '/15': '/16', '/16': '/17', '/17': '/18', '/18': '/19', '/19': '/20', '/20': '/21', '/21': '/22', '/22': '/23', '/23': '/24', '/24': '/25', '/25': '/26', '/26': '/27', '/27': '/28', '/28': '/29', '/29': '/30', '/30': '/31', '/31': '/32'}.exists(pa, pb, cidr(b.end + pa).masked() == cidr(a.start + pa).masked() && cidr(b.end + pb).masked().ip() == cidr(b.end + pa).masked().ip() && !(cidr(a.start + pb).masked().ip() == cidr(a.start + pa).masked().ip())) : {'/0': '/1', '/1': '/2', '/2': '/3', '/3': '/4', '/4': '/5', '/5': '/6', '/6': '/7', '/7': '/8', '/8': '/9', '/9': '/10', '/10': '/11', '/11': '/12', '/12': '/13', '/13': '/14', '/14': '/15', '/15': '/16', '/16': '/17', '/17': '/18', '/18': '/19', '/19': '/20', '/20': '/21', '/21': '/22', '/22': '/23', '/23': '/24', '/24': '/25', '/25': '/26', '/26': '/27', '/27': '/28', '/28': '/29', '/29': '/30', '/30': '/31', '/31': '/32', '/32': '/33', '/33': '/34', '/34': '/35', '/35': '/36', '/36': '/37', '/37': '/38', '/38': '/39', '/39': '/40', '/40': '/41', '/41': '/42', '/42': '/43', '/43': '/44', '/44': '/45', '/45': '/46', '/46': '/47', '/47': '/48', '/48': '/49', '/49': '/50', '/50': '/51', '/51': '/52', '/52': '/53', '/53': '/54', '/54': '/55', '/55': '/56', '/56': '/57', '/57': '/58', '/58': '/59', '/59': '/60', '/60': '/61', '/61': '/62', '/62': '/63', '/63': '/64', '/64': '/65', '/65': '/66', '/66': '/67', '/67': '/68', '/68': '/69', '/69': '/70', '/70': '/71', '/71': '/72', '/72': '/73', '/73': '/74', '/74': '/75', '/75': '/76', '/76': '/77', '/77': '/78', '/78': '/79', '/79': '/80', '/80': '/81', '/81': '/82', '/82': '/83', '/83': '/84', '/84': '/85', '/85': '/86', '/86': '/87', '/87': '/88', '/88': '/89', '/89': '/90', '/90': '/91', '/91': '/92', '/92': '/93', '/93': '/94', '/94': '/95', '/95': '/96', '/96': '/97', '/97': '/98', '/98': '/99', '/99': '/100', '/100': '/101', '/101': '/102', '/102': '/103', '/103': '/104', '/104': '/105', '/105': '/106', '/106': '/107', '/107': '/108', '/108': '/109', '/109': '/110', '/110': '/111', '/111': '/112', '/112': '/113', '/113': '/114', '/114': '/115', '/115': '/116', '/116': '/117', '/117': '/118', '/118': '/119', '/119': '/120', '/120': '/121', '/121': '/122', '/122': '/123', '/123': '/124', '/124': '/125', '/125': '/126', '/126': '/127', '/127': '/128'}.exists(pa, pb, cidr(b.end + pa).masked() == cidr(a.start + pa).masked() && cidr(b.end + pb).masked().ip() == cidr(b.end + pa).masked().ip() && !(cidr(a.start + pb).masked().ip() == cidr(a.start + pa).masked().ip())))))",message="ranges must not overlap",fieldPath=".ranges"
 // +kubebuilder:validation:XValidation:rule="!isCIDR(self.cidr) || !has(self.gateway) || !isIP(self.gateway) || cidr(self.cidr).containsIP(self.gateway)",messageExpression="'gateway ' + self.gateway + ' must lie inside cidr ' + self.cidr",fieldPath=".gateway"
@@ -113,6 +115,7 @@ type Subnet struct {
 	// +kubebuilder:validation:MaxItems=64
 	// +kubebuilder:validation:items:MaxLength=49
 	// +kubebuilder:validation:items:XValidation:rule="isIP(self) || isCIDR(self)",messageExpression="'exclusion ' + self + ' is neither an address nor a CIDR'"
+	// +kubebuilder:validation:items:XValidation:rule="isIP(self) ? ip.isCanonical(self) : (!isCIDR(self) || string(cidr(self).masked()) == self)",messageExpression="'exclusion ' + self + ' is not canonical: write addresses in canonical form and CIDRs without host bits'"
 	Exclude []string `json:"exclude,omitempty"`
 
 	// Gateway is the default gateway given to pods for this family. Unset
@@ -155,6 +158,7 @@ type Route struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=49
 	// +kubebuilder:validation:XValidation:rule="isCIDR(self)",messageExpression="'route dst ' + self + ' is not a CIDR'"
+	// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || string(cidr(self).masked()) == self",messageExpression="'route dst ' + self + ' has host bits set or is not canonical'"
 	Dst string `json:"dst"`
 	// Via is the next hop. Unset uses the subnet's gateway.
 	// +optional
@@ -181,19 +185,19 @@ type Warm struct {
 	// +optional
 	// +kubebuilder:default=2
 	// +kubebuilder:validation:Minimum=0
-	// +kubebuilder:validation:Maximum=65536
+	// +kubebuilder:validation:Maximum=4096
 	MinWarm *int32 `json:"minWarm,omitempty"`
 	// WarmTarget is the headroom kept on top of the node's current demand.
 	// +optional
 	// +kubebuilder:default=4
 	// +kubebuilder:validation:Minimum=0
-	// +kubebuilder:validation:Maximum=65536
+	// +kubebuilder:validation:Maximum=4096
 	WarmTarget *int32 `json:"warmTarget,omitempty"`
 	// MaxWarm caps the warm addresses on one node.
 	// +optional
 	// +kubebuilder:default=64
 	// +kubebuilder:validation:Minimum=0
-	// +kubebuilder:validation:Maximum=65536
+	// +kubebuilder:validation:Maximum=4096
 	MaxWarm *int32 `json:"maxWarm,omitempty"`
 }
 
@@ -229,23 +233,25 @@ func (w *Warm) Resolved() WarmKnobs {
 }
 
 // IPPoolStatus is written by the allocator. Counts are of allocation units:
-// an IPv4/IPv6 pair counts once in a dual-stack pool.
+// an IPv4/IPv6 pair counts once in a dual-stack pool. A count that does not
+// fit (a large IPv6 subnet) saturates at 2^63-1. Zero counts are written out:
+// free: 0 is what an exhausted pool shows.
 type IPPoolStatus struct {
 	// ObservedGeneration is the spec generation the counts were computed for.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 	// Total is the number of allocatable units.
 	// +optional
-	Total int64 `json:"total,omitempty"`
+	Total int64 `json:"total"`
 	// Free is the number of units held by no node.
 	// +optional
-	Free int64 `json:"free,omitempty"`
+	Free int64 `json:"free"`
 	// Warm is the number of units leased to a node and not assigned to a pod.
 	// +optional
-	Warm int64 `json:"warm,omitempty"`
+	Warm int64 `json:"warm"`
 	// Assigned is the number of units assigned to pods.
 	// +optional
-	Assigned int64 `json:"assigned,omitempty"`
+	Assigned int64 `json:"assigned"`
 	// Conditions: Ready (the allocator accepted the pool) and Exhausted (no
 	// free and no warm unit is left).
 	// +optional
@@ -275,8 +281,7 @@ type IPPoolList struct {
 // by one node: warm ones and the ones assigned to pods. It is written only by
 // the leader allocator, one write per node and pool per planning round, so a
 // burst of pods costs a few writes per node rather than one per pod. Its name
-// is <pool>.<node> (hashed when that is too long); spec.pool and spec.node are
-// authoritative.
+// is NodeLeaseName(pool, node); spec.pool and spec.node are authoritative.
 //
 // +genclient
 // +genclient:nonNamespaced
@@ -312,15 +317,21 @@ type NodeLeaseSpec struct {
 	// agents ignore messages from a lower epoch than the highest they saw.
 	// +kubebuilder:validation:Minimum=0
 	Epoch int64 `json:"epoch"`
-	// Units are the units the node holds.
+	// Units are the units the node holds. At most 4096: an assigned
+	// dual-stack unit takes ~270 bytes of JSON, and the object must stay well
+	// inside etcd's 1.5 MiB request limit.
 	// +optional
 	// +listType=atomic
-	// +kubebuilder:validation:MaxItems=8192
+	// +kubebuilder:validation:MaxItems=4096
 	Units []LeasedUnit `json:"units,omitempty"`
 }
 
 // LeasedUnit is one allocation unit (an address, or an IPv4/IPv6 pair in a
 // dual-stack pool) held by a node.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.ipv4) || has(self.ipv6)",message="a unit needs ipv4, ipv6 or both"
+// +kubebuilder:validation:XValidation:rule="(self.state == 'Assigned') == has(self.pod)",message="pod is set exactly when state is Assigned"
+// +kubebuilder:validation:XValidation:rule="(self.state == 'Revoking') == has(self.deadline)",message="deadline is set exactly when state is Revoking"
 type LeasedUnit struct {
 	// IPv4 is the unit's IPv4 address, in a pool with ipv4.
 	// +optional
@@ -358,16 +369,21 @@ const (
 // PodRef identifies the pod and interface a unit is assigned to.
 type PodRef struct {
 	// +required
+	// +kubebuilder:validation:MaxLength=63
 	Namespace string `json:"namespace"`
 	// +required
+	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
 	// +required
+	// +kubebuilder:validation:MaxLength=128
 	UID string `json:"uid"`
 	// ContainerID is the sandbox the CNI ADD was for.
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	ContainerID string `json:"containerID,omitempty"`
 	// Interface is the CNI ifname inside the sandbox.
 	// +optional
+	// +kubebuilder:validation:MaxLength=15
 	Interface string `json:"interface,omitempty"`
 }
 

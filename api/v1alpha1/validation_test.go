@@ -146,6 +146,11 @@ func TestPoolValidation(t *testing.T) {
 		{"gateway-other-family", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", gateway("fd00::1"))}, []string{"spec.ipv4.gateway", "gateway fd00::1 must lie inside cidr 10.0.0.0/24"}},
 		{"gateway-not-canonical", v1alpha1.IPPoolSpec{IPv6: v4("fd00:1::/64", gateway("FD00:1::1"))}, []string{"spec.ipv6.gateway", "canonical"}},
 		{"exclusion-outside-subnet", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", func(s *v1alpha1.Subnet) { s.Exclude = []string{"10.0.0.7", "10.0.9.0/28"} })}, []string{"spec.ipv4.exclude", "every exclusion must lie inside cidr"}},
+		{"gateway-is-network-address", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", gateway("10.0.0.0"))}, []string{"spec.ipv4.gateway", "must not be the subnet's network address"}},
+		{"exclusion-host-bits", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", func(s *v1alpha1.Subnet) { s.Exclude = []string{"10.0.0.5/28"} })}, []string{"spec.ipv4.exclude[0]", "exclusion 10.0.0.5/28 is not canonical"}},
+		{"exclusion-not-canonical", v1alpha1.IPPoolSpec{IPv6: v4("fd00:1::/64", func(s *v1alpha1.Subnet) { s.Exclude = []string{"FD00:1::7"} })}, []string{"spec.ipv6.exclude[0]", "is not canonical"}},
+		{"route-dst-host-bits", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", func(s *v1alpha1.Subnet) { s.Routes = []v1alpha1.Route{{Dst: "10.9.0.5/16"}} })}, []string{"spec.ipv4.routes[0].dst", "has host bits set"}},
+		{"route-via-other-family", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", func(s *v1alpha1.Subnet) { s.Routes = []v1alpha1.Route{{Dst: "10.9.0.0/16", Via: "fd00::1"}} })}, []string{"spec.ipv4.routes", "via must be of its dst's address family"}},
 		{"route-other-family", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24", func(s *v1alpha1.Subnet) { s.Routes = []v1alpha1.Route{{Dst: "fd00::/8"}} })}, []string{"spec.ipv4.routes", "address family"}},
 		{"min-warm-above-max-warm", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24"), Warm: warm(10, 4, 5)}, []string{"spec.warm.minWarm", "minWarm must not exceed maxWarm"}},
 		{"negative-warm-target", v1alpha1.IPPoolSpec{IPv4: v4("10.0.0.0/24"), Warm: warm(0, -1, 5)}, []string{"spec.warm.warmTarget"}},
@@ -174,22 +179,30 @@ func TestPoolValidation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p.Spec.IPv4.CIDR = "10.9.1.0/24"
-		_, err = pools.Update(ctx, p, metav1.UpdateOptions{})
-		if err == nil || !strings.Contains(err.Error(), "spec.ipv4") || !strings.Contains(err.Error(), "immutable") {
-			t.Fatalf("changing spec.ipv4.cidr: got %v, want an immutability error naming spec.ipv4", err)
+		for name, mutate := range map[string]func(*v1alpha1.Subnet){
+			"cidr":    func(s *v1alpha1.Subnet) { s.CIDR = "10.9.1.0/24" },
+			"ranges":  ranges("10.9.0.10", "10.9.0.20"),
+			"exclude": func(s *v1alpha1.Subnet) { s.Exclude = []string{"10.9.0.7"} },
+			"gateway": gateway("10.9.0.1"),
+		} {
+			changed := p.DeepCopy()
+			mutate(changed.Spec.IPv4)
+			_, err = pools.Update(ctx, changed, metav1.UpdateOptions{})
+			if err == nil || !strings.Contains(err.Error(), "spec.ipv4") || !strings.Contains(err.Error(), "immutable") {
+				t.Fatalf("changing spec.ipv4.%s: got %v, want an immutability error naming spec.ipv4", name, err)
+			}
 		}
-		p.Spec.IPv4.CIDR = "10.9.0.0/24"
 		p.Spec.IPv6 = v4("fd00:9::/64")
 		_, err = pools.Update(ctx, p, metav1.UpdateOptions{})
 		if err == nil || !strings.Contains(err.Error(), "immutable") {
 			t.Fatalf("adding ipv6 to a pool: got %v, want an immutability error", err)
 		}
-		// The knobs stay mutable.
+		// The knobs and the routes stay mutable.
 		p.Spec.IPv6 = nil
 		p.Spec.Warm = warm(2, 4, 16)
+		p.Spec.IPv4.Routes = []v1alpha1.Route{{Dst: "172.16.0.0/12"}}
 		if _, err := pools.Update(ctx, p, metav1.UpdateOptions{}); err != nil {
-			t.Fatalf("changing warm.maxWarm: %v", err)
+			t.Fatalf("changing warm.maxWarm and the routes: %v", err)
 		}
 	})
 }
@@ -206,7 +219,7 @@ func TestNodeLeaseRoundTrip(t *testing.T) {
 	defer cancel()
 	deadline := metav1.NewTime(time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC))
 	lease := &v1alpha1.NodeLease{
-		ObjectMeta: metav1.ObjectMeta{Name: "underlay-dual.node-1"},
+		ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.NodeLeaseName("underlay-dual", "node-1")},
 		Spec: v1alpha1.NodeLeaseSpec{
 			Pool: "underlay-dual", Node: "node-1", Epoch: 3,
 			Units: []v1alpha1.LeasedUnit{
@@ -232,11 +245,22 @@ func TestNodeLeaseRoundTrip(t *testing.T) {
 	if _, err := leases.Update(ctx, got, metav1.UpdateOptions{}); err == nil || !strings.Contains(err.Error(), "immutable") {
 		t.Fatalf("moving a lease to another node: got %v, want an immutability error", err)
 	}
-	bad := lease.DeepCopy()
-	bad.Name = "bad-state"
-	bad.ResourceVersion = ""
-	bad.Spec.Units[0].State = "Borrowed"
-	if _, err := leases.Create(ctx, bad, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "spec.units[0].state") {
-		t.Fatalf("unknown unit state: got %v, want an error naming spec.units[0].state", err)
+	for name, tc := range map[string]struct {
+		mutate func(*v1alpha1.LeasedUnit)
+		want   string
+	}{
+		"unknown state":         {func(u *v1alpha1.LeasedUnit) { u.State = "Borrowed" }, "spec.units[0].state"},
+		"assigned without pod":  {func(u *v1alpha1.LeasedUnit) { u.State = v1alpha1.UnitAssigned }, "pod is set exactly when state is Assigned"},
+		"warm with a pod":       {func(u *v1alpha1.LeasedUnit) { u.Pod = &v1alpha1.PodRef{Namespace: "a", Name: "b", UID: "c"} }, "pod is set exactly when state is Assigned"},
+		"revoking, no deadline": {func(u *v1alpha1.LeasedUnit) { u.State = v1alpha1.UnitRevoking }, "deadline is set exactly when state is Revoking"},
+		"no address":            {func(u *v1alpha1.LeasedUnit) { u.IPv4, u.IPv6 = "", "" }, "a unit needs ipv4, ipv6 or both"},
+	} {
+		bad := lease.DeepCopy()
+		bad.Name = "bad"
+		bad.ResourceVersion = ""
+		tc.mutate(&bad.Spec.Units[0])
+		if _, err := leases.Create(ctx, bad, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "spec.units[0]") {
+			t.Errorf("%s: got %v, want an error naming spec.units[0] with %q", name, err, tc.want)
+		}
 	}
 }

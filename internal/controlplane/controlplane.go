@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -107,10 +108,14 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	}
 	cp = &ControlPlane{dir: opts.Dir}
 	if cp.dir == "" {
-		if cp.dir, err = os.MkdirTemp("", "warmpool-cp-"); err != nil {
+		sweepStaleDirs()
+		if cp.dir, err = os.MkdirTemp("", dirPrefix+strconv.Itoa(os.Getpid())+"-"); err != nil {
 			return nil, fmt.Errorf("control plane dir: %w", err)
 		}
 		cp.ownDir = true
+	} else if err := os.RemoveAll(filepath.Join(cp.dir, "etcd")); err != nil {
+		// A given Dir may hold the data of an earlier (or half-started) run.
+		return nil, fmt.Errorf("control plane dir: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -153,7 +158,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	if err != nil {
 		return cp, err
 	}
-	if err := etcd.waitReady(ctx, httpCheck(http.DefaultClient, cp.etcdURL+"/health", "")); err != nil {
+	if err := etcd.waitListening(ctx, etcdClient, httpCheck(http.DefaultClient, cp.etcdURL+"/health", "")); err != nil {
 		return cp, classify(etcd, err)
 	}
 
@@ -185,7 +190,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	// The serving certificate is self-signed and written at start-up, so the
 	// readiness probe cannot verify it yet; the client config below does.
 	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	if err := api.waitReady(ctx, httpCheck(insecure, cp.server+"/readyz", cp.token)); err != nil {
+	if err := api.waitListening(ctx, apiPort, httpCheck(insecure, cp.server+"/readyz", cp.token)); err != nil {
 		return cp, classify(api, err)
 	}
 	cp.caFile = filepath.Join(certDir, "apiserver.crt")
@@ -234,7 +239,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		if err != nil {
 			return cp, err
 		}
-		if err := p.waitReady(ctx, httpCheck(insecure, "https://"+hostPort(c.port)+"/healthz", "")); err != nil {
+		if err := p.waitListening(ctx, c.port, httpCheck(insecure, "https://"+hostPort(c.port)+"/healthz", "")); err != nil {
 			return cp, classify(p, err)
 		}
 	}
@@ -375,6 +380,35 @@ func (cp *ControlPlane) LogTails(n int) string {
 		fmt.Fprintf(&b, "==> %s (%s) <==\n%s\n", p.name, p.logPath, p.tail(n))
 	}
 	return b.String()
+}
+
+// dirPrefix starts the name of every temporary directory Start creates;
+// the creator's pid follows, so sweepStaleDirs can find those of processes
+// that were killed before their cleanup ran.
+const dirPrefix = "warmpool-cp-"
+
+// sweepStaleDirs removes the temporary directories of control planes whose
+// process no longer exists (a test binary killed by -timeout, say): etcd
+// preallocates 64 MB of WAL in each.
+func sweepStaleDirs() {
+	entries, err := os.ReadDir(os.TempDir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), dirPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		digits, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(digits)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			os.RemoveAll(filepath.Join(os.TempDir(), e.Name()))
+		}
+	}
 }
 
 // Stop stops the components in reverse start order (clients, then the

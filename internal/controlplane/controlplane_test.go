@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"context"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -63,6 +64,9 @@ func TestStartServeStop(t *testing.T) {
 	}
 	if len(cp.PIDs()) != 0 {
 		t.Errorf("PIDs after Stop: %v", cp.PIDs())
+	}
+	if _, err := os.Stat(cp.Dir()); !os.IsNotExist(err) {
+		t.Errorf("working directory %s still exists after Stop (%v)", cp.Dir(), err)
 	}
 }
 

@@ -9,7 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -37,7 +40,7 @@ func startProcess(name, logDir, bin string, args ...string) (*process, error) {
 	// a parent death signal, so a test binary killed by `go test -timeout`
 	// leaves no orphaned control plane behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := spawn(cmd); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("%s: start %s: %w", name, bin, err)
 	}
@@ -127,6 +130,96 @@ func (p *process) waitReady(ctx context.Context, check func(context.Context) err
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// spawnReq asks the spawner to start a command.
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+var (
+	spawnOnce sync.Once
+	spawnCh   chan spawnReq
+)
+
+// spawn starts cmd from one goroutine locked to its OS thread for the life
+// of the process. Pdeathsig fires when the thread that forked the child
+// exits, not the process (golang/go#27505), and the Go runtime ends a
+// thread whenever a goroutine locked to it returns, which network-namespace
+// code does: forking from a thread that never exits makes the signal mean
+// "the test process died", as intended.
+func spawn(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnCh = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread lives as long as the process
+			for req := range spawnCh {
+				req.done <- req.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	spawnCh <- spawnReq{cmd, done}
+	return <-done
+}
+
+// listensOn reports whether process pid owns a listening TCP socket on port,
+// by matching the socket inodes in /proc/net/tcp{,6} with the process's file
+// descriptors. A readiness probe that succeeded may have reached another
+// process that took the port between reservation and bind; this tells.
+func listensOn(pid, port int) (bool, error) {
+	inodes := map[string]bool{}
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			return false, err
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			// local_address is ADDR:PORT in hex; state 0A is LISTEN; inode is field 9.
+			if len(f) < 10 || f[3] != "0A" {
+				continue
+			}
+			_, hexPort, ok := strings.Cut(f[1], ":")
+			if p, err := strconv.ParseUint(hexPort, 16, 16); ok && err == nil && int(p) == port {
+				inodes[f[9]] = true
+			}
+		}
+	}
+	if len(inodes) == 0 {
+		return false, nil
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return false, err
+	}
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err != nil {
+			continue
+		}
+		if inode, ok := strings.CutPrefix(link, "socket:["); ok && inodes[strings.TrimSuffix(inode, "]")] {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// waitListening is waitReady plus the check that the answer came from this
+// process: a port squatted by another process fails with errAddrInUse.
+func (p *process) waitListening(ctx context.Context, port int, check func(context.Context) error) error {
+	if err := p.waitReady(ctx, check); err != nil {
+		return err
+	}
+	own, err := listensOn(p.cmd.Process.Pid, port)
+	if err != nil {
+		return fmt.Errorf("%s: check the listener on port %d: %w", p.name, port, err)
+	}
+	if !own {
+		return fmt.Errorf("%w: %s: port %d answers, but from another process", errAddrInUse, p.name, port)
+	}
+	return nil
 }
 
 // freePorts reserves n distinct loopback ports by listening on port 0, then

@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 )
@@ -101,6 +100,14 @@ func (h *Host) NewPod(pod string) (*Pod, error) {
 		h.forget(p)
 		return nil, fmt.Errorf("pod namespace for %s: %w", pod, err)
 	}
+	// A Close that ran while the namespace was being added found nothing to
+	// remove: undo here, or the namespace would outlive its host.
+	h.mu.Lock()
+	closed := h.closed
+	h.mu.Unlock()
+	if closed {
+		return nil, errors.Join(fmt.Errorf("pod namespace for %s: host %s was closed meanwhile", pod, h.Name), removeNetns(name))
+	}
 	if err := ip("-n", name, "link", "set", "lo", "up"); err != nil {
 		return nil, errors.Join(fmt.Errorf("pod namespace %s: %w", name, err), h.RemovePod(p))
 	}
@@ -175,11 +182,13 @@ func Exists(name string) bool {
 	return err == nil
 }
 
+// removeNetns deletes a namespace; one that is already gone (a concurrent
+// remover won) is not an error.
 func removeNetns(name string) error {
 	if !Exists(name) {
 		return nil
 	}
-	if err := ip("netns", "del", name); err != nil {
+	if err := ip("netns", "del", name); err != nil && Exists(name) {
 		return fmt.Errorf("remove namespace %s: %w", name, err)
 	}
 	return nil
@@ -187,8 +196,9 @@ func removeNetns(name string) error {
 
 // uniqueName makes a namespace name that is unique across concurrent test
 // processes and still says which node or pod it is for. It carries the
-// creating process's pid, so SweepStale can tell a leftover of a killed
-// process from a namespace in use: wp-<pid>-<base>-<random>.
+// creating process's pid and start time, so SweepStale can tell a leftover
+// of a killed process from a namespace in use, even once the pid is reused:
+// wp-<pid>.<start>-<base>-<random>.
 func uniqueName(base string) (string, error) {
 	b := make([]byte, 4)
 	if _, err := rand.Read(b); err != nil {
@@ -203,7 +213,7 @@ func uniqueName(base string) (string, error) {
 	if len(base) > 40 {
 		base = base[:40]
 	}
-	return fmt.Sprintf("%s%d-%s-%s", Prefix, os.Getpid(), base, hex.EncodeToString(b)), nil
+	return fmt.Sprintf("%s%s-%s-%s", Prefix, self, base, hex.EncodeToString(b)), nil
 }
 
 // SweepStale removes the namespaces this package created in processes that
@@ -221,8 +231,8 @@ func SweepStale() ([]string, error) {
 	var removed []string
 	var errs []error
 	for _, e := range entries {
-		pid, ok := creatorPID(e.Name())
-		if !ok || pid == os.Getpid() || processAlive(pid) {
+		creator, ok := creatorOf(e.Name())
+		if !ok || creator == self || processAlive(creator) {
 			continue
 		}
 		if err := removeNetns(e.Name()); err != nil {
@@ -234,24 +244,52 @@ func SweepStale() ([]string, error) {
 	return removed, errors.Join(errs...)
 }
 
-// creatorPID parses the pid out of a name made by uniqueName.
-func creatorPID(name string) (int, bool) {
-	rest, ok := strings.CutPrefix(name, Prefix)
-	if !ok {
-		return 0, false
+// self is this process as "<pid>.<start time>", the creator tag in names.
+var self = processTag(os.Getpid())
+
+// processTag returns "<pid>.<start time in clock ticks since boot>", or ""
+// when the process does not exist.
+func processTag(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
 	}
-	digits, _, ok := strings.Cut(rest, "-")
-	if !ok {
-		return 0, false
+	// The command name (field 2) may hold spaces; fields after it are plain.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return ""
 	}
-	pid, err := strconv.Atoi(digits)
-	return pid, err == nil && pid > 0
+	fields := strings.Fields(string(b[i+1:]))
+	// starttime is field 22 of stat, the 20th after the command name.
+	if len(fields) < 20 {
+		return ""
+	}
+	return strconv.Itoa(pid) + "." + fields[19]
 }
 
-func processAlive(pid int) bool {
-	// Signal 0 checks for existence; EPERM still means it exists.
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+// creatorOf parses the creator tag out of a name made by uniqueName.
+func creatorOf(name string) (string, bool) {
+	rest, ok := strings.CutPrefix(name, Prefix)
+	if !ok {
+		return "", false
+	}
+	tag, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return "", false
+	}
+	pid, _, ok := strings.Cut(tag, ".")
+	if n, err := strconv.Atoi(pid); !ok || err != nil || n <= 0 {
+		return "", false
+	}
+	return tag, true
+}
+
+// processAlive reports whether the process of a creator tag still runs: a
+// process with that pid exists and started at the same time.
+func processAlive(tag string) bool {
+	pid, _, _ := strings.Cut(tag, ".")
+	n, _ := strconv.Atoi(pid)
+	return processTag(n) == tag
 }
 
 func ip(args ...string) error {

@@ -3,9 +3,11 @@ package netsim_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -130,20 +132,66 @@ func TestSweepStale(t *testing.T) {
 	if err := child.Run(); err != nil {
 		t.Fatal(err)
 	}
-	stale := fmt.Sprintf("%s%d-node-dead-0000", netsim.Prefix, child.Process.Pid)
-	if out, err := exec.Command("ip", "netns", "add", stale).CombinedOutput(); err != nil {
-		t.Fatalf("%v: %s", err, out)
+	stale := fmt.Sprintf("%s%d.12345-node-dead-0000", netsim.Prefix, child.Process.Pid)
+	// A live pid with another start time is a reused pid: also stale.
+	reused := fmt.Sprintf("%s%d.1-node-reused-0000", netsim.Prefix, os.Getpid())
+	for _, ns := range []string{stale, reused} {
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", stale).Run() })
 
 	removed, err := netsim.SweepStale()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(removed, stale) || netsim.Exists(stale) {
-		t.Errorf("stale namespace %s not removed (removed %v)", stale, removed)
+	for _, ns := range []string{stale, reused} {
+		if !slices.Contains(removed, ns) || netsim.Exists(ns) {
+			t.Errorf("stale namespace %s not removed (removed %v)", ns, removed)
+		}
 	}
 	if !netsim.Exists(host.Name) {
 		t.Errorf("SweepStale removed the live namespace %s", host.Name)
+	}
+}
+
+// TestCloseRacesNewPod closes a host while pods are being added to it and
+// removed: no namespace may outlive the host, and Close must not fail on a
+// namespace that a concurrent remover already deleted.
+func TestCloseRacesNewPod(t *testing.T) {
+	host := testenv.Host(t, "node-race")
+	var wg sync.WaitGroup
+	created := make(chan string, 1000)
+	for w := range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				p, err := host.NewPod(fmt.Sprintf("w%d-%d", w, i))
+				if err != nil {
+					return // the host was closed
+				}
+				created <- p.Name
+				if i%2 == 0 {
+					_ = host.RemovePod(p) // races Close's removal of the same pod
+				}
+			}
+		})
+	}
+	// Close once the workers are demonstrably mid-flight.
+	for range 8 {
+		<-created
+	}
+	if err := host.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	wg.Wait()
+	close(created)
+	for n := range created {
+		if netsim.Exists(n) {
+			t.Errorf("pod namespace %s outlived its host", n)
+		}
+	}
+	if netsim.Exists(host.Name) {
+		t.Errorf("host namespace %s survived Close", host.Name)
 	}
 }

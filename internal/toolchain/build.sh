@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Builds the real components warmpool's tests run against (etcd, the
-# Kubernetes control plane, the reference CNI plugins) from the Go module
-# proxy, at the versions pinned by the wrapper modules beside this script.
+# Kubernetes control plane, the reference CNI plugins, controller-gen) from
+# the Go module proxy, at the versions pinned by the wrapper modules beside
+# this script.
 #
 # Binaries land OUTSIDE the clone, in
 #   ${WARMPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/warmpool}/bin/<component>-<version>-<key>/
-# where <key> hashes the wrapper module's files and the Go version, so a fresh
-# clone on the same machine reuses them and a changed pin rebuilds. A directory
-# is only renamed into place once its build succeeded, so an interrupted build
-# never leaves a half-built cache entry.
+# where <key> hashes the wrapper module's files and the build flags, so a
+# fresh clone on the same machine reuses them and a changed pin rebuilds.
+# A build goes to a temporary directory that is renamed into place only once
+# it succeeded, under a lock, so an interrupted or concurrent build never
+# leaves a half-built or clobbered entry. Entries of a component with another
+# key are pruned after a successful build.
 #
 # Usage: build.sh [--print-dir] [component...]   (default: all)
 #   --print-dir   print the cache directory of each component and build nothing
@@ -16,9 +19,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${WARMPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/warmpool}"
-goversion="$(go env GOVERSION)"
 
-# component -> "version|wrapper dir|packages to build (out=pkg ...)|ldflags"
+# component -> "version|wrapper dir|binaries to build (out=pkg ...)|ldflags"
 declare -A spec=(
 	[etcd]="v3.7.3|etcd|etcd=go.etcd.io/etcd/server/v3|-s -w"
 	[kube]="v1.37.2|kube|kube=.|-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/component-base/version.gitTreeState=clean"
@@ -26,7 +28,7 @@ declare -A spec=(
 	[controller-gen]="v0.23.0|controllergen|controller-gen=sigs.k8s.io/controller-tools/cmd/controller-gen|-s -w"
 )
 # First-run times measured on 2 cores with an empty module and build cache.
-declare -A expect=([etcd]="~2 min" [kube]="~12 min" [cniplugins]="~30 s" [controller-gen]="~1 min")
+declare -A expect=([etcd]="~1-2 min" [kube]="~6-12 min" [cniplugins]="~30 s" [controller-gen]="~1 min")
 
 print_only=0
 if [[ "${1:-}" == "--print-dir" ]]; then
@@ -41,12 +43,30 @@ fi
 dir_of() {
 	local name="$1" version wrapper key
 	IFS='|' read -r version wrapper _ _ <<<"${spec[$name]}"
-	key="$(cd "$here/$wrapper" && cat go.mod go.sum *.go | { cat; echo "$goversion ${spec[$name]}"; } | sha256sum | cut -c1-12)"
+	key="$(cd "$here/$wrapper" && cat go.mod go.sum ./*.go | { cat; echo "${spec[$name]}"; } | sha256sum | cut -c1-12)"
 	echo "$cache/bin/$name-$version-$key"
 }
 
+# Whatever happens (a failed go build under set -e, Ctrl-C, a kill), the
+# progress ticker stops and the temporary directory goes.
+ticker=""
+tmp=""
+cleanup() {
+	if [[ -n "$ticker" ]]; then
+		kill "$ticker" 2>/dev/null || true
+		wait "$ticker" 2>/dev/null || true
+		ticker=""
+	fi
+	if [[ -n "$tmp" ]]; then
+		rm -rf "$tmp"
+		tmp=""
+	fi
+}
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
+
 build() {
-	local name="$1" version wrapper pkgs ldflags dest tmp start
+	local name="$1" version wrapper pkgs ldflags dest start
 	IFS='|' read -r version wrapper pkgs ldflags <<<"${spec[$name]}"
 	dest="$(dir_of "$name")"
 	if [[ -f "$dest/.complete" ]]; then
@@ -54,8 +74,19 @@ build() {
 		return
 	fi
 	mkdir -p "$cache/bin"
+	# One builder at a time per cache: a second one waits, then finds the
+	# entry built.
+	exec {lock}>"$cache/bin/.lock"
+	if ! flock -n "$lock"; then
+		echo "warmpool: waiting for another build in $cache/bin"
+		flock "$lock"
+	fi
+	if [[ -f "$dest/.complete" ]]; then
+		echo "warmpool: $name $version cached in $dest"
+		exec {lock}>&-
+		return
+	fi
 	tmp="$(mktemp -d "$cache/bin/.$name-XXXXXX")"
-	trap 'rm -rf "$tmp"; kill "${ticker:-0}" 2>/dev/null || true' RETURN
 	start=$SECONDS
 	echo "warmpool: building $name $version into $dest (first run takes ${expect[$name]} on 2 cores)"
 	(
@@ -71,13 +102,21 @@ build() {
 	for pair in $pkgs; do
 		out="${pair%%=*}"
 		pkg="${pair#*=}"
-		(cd "$here/$wrapper" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/$out" "$pkg")
+		# -mod=readonly: the committed go.mod/go.sum are the pin; a build
+		# must never rewrite them.
+		(cd "$here/$wrapper" && GOFLAGS=-mod=readonly CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/$out" "$pkg")
 	done
-	kill "$ticker" 2>/dev/null || true
-	wait "$ticker" 2>/dev/null || true
-	echo "$version $goversion" >"$tmp/.complete"
-	rm -rf "$dest"
-	mv "$tmp" "$dest"
+	echo "$version $(go env GOVERSION)" >"$tmp/.complete"
+	rm -rf "$dest" # an incomplete leftover of an older script, if any
+	mv -T "$tmp" "$dest"
+	tmp=""
+	cleanup
+	# Older builds of this component are dead weight once this one exists.
+	local old
+	for old in "$cache/bin/$name-"*; do
+		[[ "$old" == "$dest" || ! -d "$old" ]] || rm -rf "$old"
+	done
+	exec {lock}>&-
 	echo "warmpool: built $name $version in $((SECONDS - start)) s"
 }
 
