@@ -1,0 +1,408 @@
+// Package store is the node agent's durable record, in bbolt: the units
+// (an address, or an IPv4/IPv6 pair) the node holds of each pool and their
+// state, the assignments it made to pods, the pools' network parameters
+// needed to answer an ADD, and the highest allocator epoch it has seen. The
+// agent writes an assignment here before ADD returns (persist before
+// acknowledge) and rebuilds its cache from here on restart.
+//
+// A Store is safe for concurrent use: bbolt serialises writers, and
+// concurrent Assign, Release and Rewarm calls are coalesced into one commit
+// (one fsync) by a group committer that never waits for company.
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// FormatVersion is stamped in the file; a file of another version is
+// refused rather than misread.
+const FormatVersion = "1"
+
+// State is the state of a unit on this node.
+type State string
+
+// Unit states on the node.
+const (
+	// Warm: free for this node's next pod.
+	Warm State = "warm"
+	// Assigned: given to the pod of Unit.Attachment.
+	Assigned State = "assigned"
+	// Cooling: released by a DEL, waiting out the reuse delay before it is
+	// warm again (neighbours' ARP/ND caches may still point at the old pod).
+	Cooling State = "cooling"
+)
+
+// Unit is one allocation unit the node holds.
+type Unit struct {
+	Pool string `json:"pool"`
+	// ID is the unit's primary address: its IPv4, or its IPv6 in an
+	// IPv6-only pool. Unique within the pool.
+	ID   string `json:"id"`
+	IPv4 string `json:"ipv4,omitempty"`
+	IPv6 string `json:"ipv6,omitempty"`
+	// State and, by state, the attachment it is assigned to or when it
+	// started cooling.
+	State      State     `json:"state"`
+	Attachment string    `json:"attachment,omitempty"`
+	Since      time.Time `json:"since,omitzero"`
+}
+
+// Key identifies a unit across pools.
+type Key struct{ Pool, ID string }
+
+// Key returns the unit's key.
+func (u Unit) Key() Key { return Key{u.Pool, u.ID} }
+
+// Pod identifies a pod.
+type Pod struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid,omitempty"`
+}
+
+// Assignment is a unit given to a pod's interface.
+type Assignment struct {
+	// Attachment is "<containerID>/<ifname>", the key ADD is idempotent on.
+	Attachment string    `json:"attachment"`
+	Pool       string    `json:"pool"`
+	UnitID     string    `json:"unitID"`
+	Pod        Pod       `json:"pod"`
+	Network    string    `json:"network,omitempty"`
+	At         time.Time `json:"at"`
+}
+
+// Route is a route handed to pods of a pool.
+type Route struct {
+	Dst string `json:"dst"`
+	GW  string `json:"gw,omitempty"`
+}
+
+// Pool holds what the agent needs to answer an ADD from a pool without the
+// API: prefix lengths, gateways and routes per family.
+type Pool struct {
+	Name     string  `json:"name"`
+	Prefix4  int     `json:"prefix4,omitempty"`
+	Prefix6  int     `json:"prefix6,omitempty"`
+	Gateway4 string  `json:"gateway4,omitempty"`
+	Gateway6 string  `json:"gateway6,omitempty"`
+	Routes   []Route `json:"routes,omitempty"`
+}
+
+// Snapshot is the whole record, as Load reads it.
+type Snapshot struct {
+	Epoch       uint64
+	Pools       map[string]Pool
+	Units       map[Key]Unit
+	Assignments map[string]Assignment
+}
+
+// Errors callers act on.
+var (
+	// ErrUnitNotWarm: Assign was asked for a unit that is not warm on this
+	// node (unknown, assigned or cooling).
+	ErrUnitNotWarm = errors.New("unit is not warm on this node")
+	// ErrAttachmentTaken: Assign was asked for an attachment that already
+	// holds a unit.
+	ErrAttachmentTaken = errors.New("attachment already holds a unit")
+	// ErrUnitAssigned: a unit was to be dropped or re-granted while assigned.
+	ErrUnitAssigned = errors.New("unit is assigned")
+	// ErrFormat: the file is of another format version.
+	ErrFormat = errors.New("unsupported store format")
+)
+
+var (
+	bucketMeta        = []byte("meta")
+	bucketPools       = []byte("pools")
+	bucketUnits       = []byte("units")
+	bucketAssignments = []byte("assignments")
+	keyFormat         = []byte("format")
+	keyEpoch          = []byte("epoch")
+)
+
+// Store is the agent's bbolt file.
+type Store struct {
+	db     *bolt.DB
+	commit committer // Assign, Release and Rewarm, the per-pod writes
+}
+
+// Options tune the store. The zero value is what production uses.
+type Options struct {
+	// NoSync skips fsync on commit. Only for tests and benchmarks that
+	// measure everything else: a crash may then lose acknowledged writes.
+	NoSync bool
+}
+
+// Open opens or creates the store at path, creating its directory.
+func Open(path string, opts Options) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: opts.NoSync})
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketPools, bucketUnits, bucketAssignments} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		switch v := meta.Get(keyFormat); {
+		case v == nil:
+			return meta.Put(keyFormat, []byte(FormatVersion))
+		case string(v) != FormatVersion:
+			return fmt.Errorf("%w: file has version %s, this agent reads %s", ErrFormat, v, FormatVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	return &Store{db: db, commit: committer{db: db}}, nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Load reads the whole record.
+func (s *Store) Load() (*Snapshot, error) {
+	snap := &Snapshot{Pools: map[string]Pool{}, Units: map[Key]Unit{}, Assignments: map[string]Assignment{}}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyEpoch); len(v) == 8 {
+			snap.Epoch = binary.BigEndian.Uint64(v)
+		}
+		if err := tx.Bucket(bucketPools).ForEach(func(_, v []byte) error {
+			var p Pool
+			if err := json.Unmarshal(v, &p); err != nil {
+				return fmt.Errorf("pool record: %w", err)
+			}
+			snap.Pools[p.Name] = p
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketUnits).ForEach(func(_, v []byte) error {
+			var u Unit
+			if err := json.Unmarshal(v, &u); err != nil {
+				return fmt.Errorf("unit record: %w", err)
+			}
+			snap.Units[u.Key()] = u
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketAssignments).ForEach(func(_, v []byte) error {
+			var a Assignment
+			if err := json.Unmarshal(v, &a); err != nil {
+				return fmt.Errorf("assignment record: %w", err)
+			}
+			snap.Assignments[a.Attachment] = a
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load store: %w", err)
+	}
+	return snap, nil
+}
+
+// SetEpoch records the highest allocator epoch seen; a lower one is ignored.
+// It returns the epoch in force afterwards.
+func (s *Store) SetEpoch(epoch uint64) (uint64, error) {
+	var cur uint64
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(keyEpoch); len(v) == 8 {
+			cur = binary.BigEndian.Uint64(v)
+		}
+		if epoch <= cur {
+			return nil
+		}
+		cur = epoch
+		return meta.Put(keyEpoch, binary.BigEndian.AppendUint64(nil, epoch))
+	})
+	if err != nil {
+		return 0, fmt.Errorf("set epoch %d: %w", epoch, err)
+	}
+	return cur, nil
+}
+
+// PutPool records a pool's network parameters.
+func (s *Store) PutPool(p Pool) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bucketPools), []byte(p.Name), p)
+	})
+}
+
+// Grant records units as warm on this node. A unit the node already holds
+// warm or cooling is left as it is (grants are idempotent); granting a unit
+// that is assigned here fails with ErrUnitAssigned and writes nothing.
+func (s *Store) Grant(units []Unit) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketUnits)
+		for _, u := range units {
+			k := unitKey(u.Key())
+			if cur, ok, err := getUnit(b, k); err != nil {
+				return err
+			} else if ok {
+				if cur.State == Assigned {
+					return fmt.Errorf("grant %s/%s: %w to %s", u.Pool, u.ID, ErrUnitAssigned, cur.Attachment)
+				}
+				continue
+			}
+			u.State, u.Attachment, u.Since = Warm, "", time.Time{}
+			if err := putJSON(b, k, u); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Assign records a as made: its unit goes from warm to assigned and the
+// assignment is stored, in one transaction. It fails with ErrUnitNotWarm or
+// ErrAttachmentTaken and writes nothing if either record disagrees.
+func (s *Store) Assign(a Assignment) error {
+	err := s.commit.do(func(tx *bolt.Tx) error {
+		units, assignments := tx.Bucket(bucketUnits), tx.Bucket(bucketAssignments)
+		if v := assignments.Get([]byte(a.Attachment)); v != nil {
+			return ErrAttachmentTaken
+		}
+		k := unitKey(Key{a.Pool, a.UnitID})
+		u, ok, err := getUnit(units, k)
+		if err != nil {
+			return err
+		}
+		if !ok || u.State != Warm {
+			return ErrUnitNotWarm
+		}
+		u.State, u.Attachment, u.Since = Assigned, a.Attachment, time.Time{}
+		if err := putJSON(units, k, u); err != nil {
+			return err
+		}
+		return putJSON(assignments, []byte(a.Attachment), a)
+	})
+	if err != nil {
+		return fmt.Errorf("assign %s/%s to %s: %w", a.Pool, a.UnitID, a.Attachment, err)
+	}
+	return nil
+}
+
+// Release removes the assignment of attachment and starts its unit cooling
+// at now, in one transaction. It returns the assignment, or false when the
+// attachment holds nothing (a DEL of the unknown succeeds).
+func (s *Store) Release(attachment string, now time.Time) (Assignment, bool, error) {
+	var a Assignment
+	var found bool
+	err := s.commit.do(func(tx *bolt.Tx) error {
+		found = false
+		units, assignments := tx.Bucket(bucketUnits), tx.Bucket(bucketAssignments)
+		v := assignments.Get([]byte(attachment))
+		if v == nil {
+			return nil
+		}
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("assignment record: %w", err)
+		}
+		found = true
+		if err := assignments.Delete([]byte(attachment)); err != nil {
+			return err
+		}
+		k := unitKey(Key{a.Pool, a.UnitID})
+		u, ok, err := getUnit(units, k)
+		if err != nil {
+			return err
+		}
+		if !ok || u.State != Assigned || u.Attachment != attachment {
+			// The unit record moved on (revoked after a crash, say): the
+			// assignment is gone either way, and the unit is not ours to cool.
+			return nil
+		}
+		u.State, u.Attachment, u.Since = Cooling, "", now
+		return putJSON(units, k, u)
+	})
+	if err != nil {
+		return Assignment{}, false, fmt.Errorf("release %s: %w", attachment, err)
+	}
+	return a, found, nil
+}
+
+// Rewarm moves cooling units to warm. Units in another state are left alone.
+func (s *Store) Rewarm(keys []Key) error {
+	return s.commit.do(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketUnits)
+		for _, key := range keys {
+			k := unitKey(key)
+			u, ok, err := getUnit(b, k)
+			if err != nil {
+				return err
+			}
+			if !ok || u.State != Cooling {
+				continue
+			}
+			u.State, u.Since = Warm, time.Time{}
+			if err := putJSON(b, k, u); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Drop removes units the node gives up (revoked, or not in the allocator's
+// lease). Assigned units are never dropped: the call fails with
+// ErrUnitAssigned and writes nothing. Unknown units are ignored.
+func (s *Store) Drop(keys []Key) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketUnits)
+		for _, key := range keys {
+			k := unitKey(key)
+			u, ok, err := getUnit(b, k)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			if u.State == Assigned {
+				return fmt.Errorf("drop %s/%s: %w to %s", key.Pool, key.ID, ErrUnitAssigned, u.Attachment)
+			}
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func unitKey(k Key) []byte { return []byte(k.Pool + "\x00" + k.ID) }
+
+func getUnit(b *bolt.Bucket, k []byte) (Unit, bool, error) {
+	v := b.Get(k)
+	if v == nil {
+		return Unit{}, false, nil
+	}
+	var u Unit
+	if err := json.Unmarshal(v, &u); err != nil {
+		return Unit{}, false, fmt.Errorf("unit record %q: %w", k, err)
+	}
+	return u, true, nil
+}
+
+func putJSON(b *bolt.Bucket, k []byte, v any) error {
+	buf, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put(k, buf)
+}
