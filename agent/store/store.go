@@ -112,7 +112,7 @@ var (
 	// ErrAttachmentTaken: Assign was asked for an attachment that already
 	// holds a unit.
 	ErrAttachmentTaken = errors.New("attachment already holds a unit")
-	// ErrUnitAssigned: a unit was to be dropped or re-granted while assigned.
+	// ErrUnitAssigned: a unit was to be dropped while assigned.
 	ErrUnitAssigned = errors.New("unit is assigned")
 	// ErrFormat: the file is of another format version.
 	ErrFormat = errors.New("unsupported store format")
@@ -244,20 +244,17 @@ func (s *Store) PutPool(p Pool) error {
 	})
 }
 
-// Grant records units as warm on this node. A unit the node already holds
-// warm or cooling is left as it is (grants are idempotent); granting a unit
-// that is assigned here fails with ErrUnitAssigned and writes nothing.
+// Grant records units as warm on this node. A unit the node already holds,
+// in any state, is left as it is: grants are idempotent, and a grant that
+// crossed the report of an assignment must not undo it.
 func (s *Store) Grant(units []Unit) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketUnits)
 		for _, u := range units {
 			k := unitKey(u.Key())
-			if cur, ok, err := getUnit(b, k); err != nil {
+			if _, ok, err := getUnit(b, k); err != nil {
 				return err
 			} else if ok {
-				if cur.State == Assigned {
-					return fmt.Errorf("grant %s/%s: %w to %s", u.Pool, u.ID, ErrUnitAssigned, cur.Attachment)
-				}
 				continue
 			}
 			u.State, u.Attachment, u.Since = Warm, "", time.Time{}

@@ -134,7 +134,7 @@ func TestReleaseUnknownSucceeds(t *testing.T) {
 	}
 }
 
-func TestGrantAndDropNeverTouchAssigned(t *testing.T) {
+func TestGrantAndDropNeverUndoAnAssignment(t *testing.T) {
 	s, _ := open(t)
 	us := units("p", 2)
 	if err := s.Grant(us); err != nil {
@@ -143,8 +143,11 @@ func TestGrantAndDropNeverTouchAssigned(t *testing.T) {
 	if err := s.Assign(assignment("c1/eth0", us[0])); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Grant(us[:1]); !errors.Is(err, ErrUnitAssigned) {
+	if err := s.Grant(us[:1]); err != nil {
 		t.Errorf("re-grant an assigned unit: %v", err)
+	}
+	if snap, _ := s.Load(); snap.Units[us[0].Key()].State != Assigned || len(snap.Assignments) != 1 {
+		t.Errorf("a re-grant undid an assignment: %+v", snap.Units[us[0].Key()])
 	}
 	if err := s.Drop([]Key{us[1].Key(), us[0].Key()}); !errors.Is(err, ErrUnitAssigned) {
 		t.Errorf("drop an assigned unit: %v", err)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -50,7 +49,7 @@ func TestMacvlanOnHostMaster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cni := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), nil)
+	cni := testenv.CNI(t, pluginDir)
 	rt := &libcni.RuntimeConf{ContainerID: "c0ffee", NetNS: pod.Path(), IfName: "eth0"}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -142,12 +141,14 @@ func TestSweepStale(t *testing.T) {
 		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	}
 
+	// Another test process sweeping at the same moment may be the one that
+	// removes them: what counts is that they are gone.
 	removed, err := netsim.SweepStale()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, ns := range []string{stale, reused} {
-		if !slices.Contains(removed, ns) || netsim.Exists(ns) {
+		if netsim.Exists(ns) {
 			t.Errorf("stale namespace %s not removed (removed %v)", ns, removed)
 		}
 	}

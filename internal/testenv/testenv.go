@@ -12,10 +12,16 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
 	"k8s.io/client-go/rest"
 
 	"github.com/warmpool/warmpool/internal/controlplane"
@@ -118,4 +124,33 @@ func CNIPluginDir(t testing.TB) string {
 		Missing(t, "%v", err)
 	}
 	return dir
+}
+
+// PluginDir builds the warmpool plugin binary (cmd/warmpool) into a new
+// directory of the test's and returns it, for a CNI path beside
+// CNIPluginDir. The Go build cache makes every build after the first a link.
+func PluginDir(t testing.TB) string {
+	t.Helper()
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(out)))
+	dir := t.TempDir()
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, "warmpool"), "./cmd/warmpool")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the plugin: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// CNI returns a libcni runtime that execs plugins from paths, with a result
+// cache of the test's own. The exec is given explicitly: libcni's lazy
+// default (a nil exec) is initialised without a lock, a data race when one
+// CNIConfig serves concurrent ADDs as a runtime's does.
+func CNI(t testing.TB, paths ...string) *libcni.CNIConfig {
+	t.Helper()
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
+	return libcni.NewCNIConfigWithCacheDir(paths, t.TempDir(), exec)
 }

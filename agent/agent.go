@@ -1,0 +1,450 @@
+// Package agent is the per-node daemon. It serves the CNI plugin's socket,
+// owns the node's warm cache (the units of each pool leased to this node
+// and not assigned), records every assignment in its bbolt store before ADD
+// returns, takes DELs into the cache after a reuse delay, and rebuilds from
+// the store on restart.
+//
+// Concurrency: ADD, DEL and CHECK of one attachment (containerID/ifname) are
+// serialised by a per-attachment lock; the cache is guarded by Agent.mu,
+// which is never held across a store commit, an API call or a bus round
+// trip. Store commits of concurrent ADDs share one fsync.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/agent/wire"
+)
+
+// DefaultReuseDelay is how long a released unit cools before it is warm
+// again: neighbours on the underlay may still hold the old pod's MAC in
+// their ARP/ND caches, and a new pod answering on that address too soon
+// gets its traffic misdelivered. 1 s covers a gratuitous-ARP-refreshed cache
+// and costs little in a re-creation burst.
+const DefaultReuseDelay = time.Second
+
+// PoolResolver picks the pool of a pod's attachment: the netconf's pool if
+// set, else the pod's or its namespace's annotation, else the pools whose
+// selectors match. It returns a wire error (unknown pool, no pool, pod not
+// found) that the plugin passes to the runtime.
+type PoolResolver interface {
+	Resolve(ctx context.Context, pod wire.Pod, netconfPool string) (string, *wire.Error)
+}
+
+// Allocator is the agent's view of the cluster allocator: the cache-miss
+// path. Miss asks for count units of pool for this node and returns them
+// once the allocator has persisted the lease.
+type Allocator interface {
+	Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, error)
+}
+
+// ErrPoolExhausted is what an Allocator returns when the pool has no free
+// unit anywhere.
+var ErrPoolExhausted = errors.New("pool exhausted")
+
+// Config configures an agent.
+type Config struct {
+	Node       string
+	Store      *store.Store
+	Resolver   PoolResolver
+	Allocator  Allocator // nil: no miss path (every miss fails at once)
+	ReuseDelay time.Duration
+	// MissTimeout bounds a cache miss's wait for the allocator.
+	MissTimeout time.Duration
+	// Now is the clock; time.Now in production, a fake in tests.
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Agent is the node agent's state and CNI operations.
+type Agent struct {
+	cfg   Config
+	store *store.Store
+	log   *slog.Logger
+
+	locks keyedMutex
+
+	mu          sync.Mutex
+	pools       map[string]store.Pool
+	units       map[store.Key]store.Unit
+	warm        map[string][]store.Key // per pool, oldest-warm first
+	assignments map[string]store.Assignment
+	epoch       uint64
+}
+
+// New builds an agent from its store: what the store says the node holds
+// is the cache (a restart loses nothing that was acknowledged).
+func New(cfg Config) (*Agent, error) {
+	if cfg.Node == "" || cfg.Store == nil || cfg.Resolver == nil {
+		return nil, errors.New("agent: Node, Store and Resolver are required")
+	}
+	if cfg.ReuseDelay < 0 {
+		return nil, fmt.Errorf("agent: negative reuse delay %s", cfg.ReuseDelay)
+	}
+	if cfg.MissTimeout == 0 {
+		cfg.MissTimeout = 5 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	snap, err := cfg.Store.Load()
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg:         cfg,
+		store:       cfg.Store,
+		log:         cfg.Logger.With("node", cfg.Node),
+		pools:       snap.Pools,
+		units:       snap.Units,
+		warm:        map[string][]store.Key{},
+		assignments: snap.Assignments,
+		epoch:       snap.Epoch,
+	}
+	keys := make([]store.Key, 0, len(snap.Units))
+	for k, u := range snap.Units {
+		if u.State == store.Warm {
+			keys = append(keys, k)
+		}
+	}
+	// A stable order makes a restarted agent hand out what it would have.
+	sort.Slice(keys, func(i, j int) bool {
+		return keys[i].Pool < keys[j].Pool || keys[i].Pool == keys[j].Pool && keys[i].ID < keys[j].ID
+	})
+	for _, k := range keys {
+		a.warm[k.Pool] = append(a.warm[k.Pool], k)
+	}
+	a.log.Info("agent state loaded", "units", len(snap.Units), "warm", len(keys), "assignments", len(snap.Assignments), "epoch", snap.Epoch)
+	return a, nil
+}
+
+// Grant adds units of pool to the node's cache, persisted first. It is the
+// allocator's push; tests call it directly.
+func (a *Agent) Grant(pool store.Pool, units []store.Unit) error {
+	if err := a.store.PutPool(pool); err != nil {
+		return fmt.Errorf("grant to %s: %w", pool.Name, err)
+	}
+	if err := a.store.Grant(units); err != nil {
+		return fmt.Errorf("grant to %s: %w", pool.Name, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.pools[pool.Name] = pool
+	for _, u := range units {
+		k := u.Key()
+		if _, held := a.units[k]; held {
+			continue // grants are idempotent
+		}
+		u.State, u.Attachment, u.Since = store.Warm, "", time.Time{}
+		a.units[k] = u
+		a.warm[k.Pool] = append(a.warm[k.Pool], k)
+	}
+	return nil
+}
+
+// WarmCount returns how many units of pool are warm on the node.
+func (a *Agent) WarmCount(pool string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.warm[pool])
+}
+
+// Handle serves one request of the plugin.
+func (a *Agent) Handle(ctx context.Context, req *wire.Request) *wire.Response {
+	resp := &wire.Response{V: wire.Version}
+	if req.V != wire.Version {
+		resp.Error = &wire.Error{Code: wire.CodeIncompatible,
+			Msg: fmt.Sprintf("the plugin speaks protocol v%d, this agent v%d", req.V, wire.Version), Details: "upgrade the plugin and the agent together"}
+		return resp
+	}
+	switch req.Op {
+	case wire.OpAdd:
+		resp.Result, resp.Error = a.add(ctx, req)
+	case wire.OpDel:
+		resp.Error = a.del(req)
+	case wire.OpCheck:
+		resp.Result, resp.Error = a.check(req)
+	case wire.OpGC:
+		resp.Error = a.gc(req)
+	case wire.OpStatus:
+		resp.Error = a.status(req)
+	default:
+		resp.Error = &wire.Error{Code: wire.CodeInvalidConfig, Msg: fmt.Sprintf("unknown operation %q", req.Op)}
+	}
+	return resp
+}
+
+// lockAttachment checks the request's attachment and locks it: ADD, DEL
+// and CHECK of one attachment never interleave.
+func (a *Agent) lockAttachment(req *wire.Request) (string, func(), *wire.Error) {
+	if req.ContainerID == "" || req.IfName == "" {
+		return "", nil, &wire.Error{Code: wire.CodeInvalidEnv, Msg: "CNI_CONTAINERID and CNI_IFNAME are required"}
+	}
+	key := req.Attachment.String()
+	return key, a.locks.lock(key), nil
+}
+
+func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire.Error) {
+	key, unlock, werr := a.lockAttachment(req)
+	if werr != nil {
+		return nil, werr
+	}
+	defer unlock()
+
+	a.mu.Lock()
+	if as, ok := a.assignments[key]; ok {
+		// ADD is idempotent per attachment: a retried ADD (the runtime did
+		// not see our answer) gets what was assigned.
+		res, err := a.resultLocked(as)
+		a.mu.Unlock()
+		return res, err
+	}
+	a.mu.Unlock()
+
+	pool, werr := a.cfg.Resolver.Resolve(ctx, req.Pod, req.Pool)
+	if werr != nil {
+		return nil, werr
+	}
+	unit, hit, werr := a.take(ctx, pool)
+	if werr != nil {
+		return nil, werr
+	}
+	as := store.Assignment{
+		Attachment: key, Pool: pool, UnitID: unit.ID, Network: req.Network, At: a.cfg.Now(),
+		Pod: store.Pod{Namespace: req.Pod.Namespace, Name: req.Pod.Name, UID: req.Pod.UID},
+	}
+	if err := a.store.Assign(as); err != nil {
+		// Nothing was recorded: the unit goes back to the cache, unless the
+		// store says it is not ours to give (then the cache was wrong).
+		if !errors.Is(err, store.ErrUnitNotWarm) {
+			a.putBack(unit.Key())
+		}
+		a.log.Error("persist assignment", "attachment", key, "pool", pool, "unit", unit.ID, "err", err)
+		return nil, &wire.Error{Code: wire.CodeIOFailure, Msg: "the agent could not record the assignment", Details: err.Error()}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	unit.State, unit.Attachment = store.Assigned, key
+	a.units[unit.Key()] = unit
+	a.assignments[key] = as
+	res, werr := a.resultLocked(as)
+	if res != nil {
+		res.Hit = hit
+	}
+	a.log.Debug("assigned", "attachment", key, "pool", pool, "unit", unit.ID, "pod", req.Pod.Namespace+"/"+req.Pod.Name, "hit", hit)
+	return res, werr
+}
+
+// take pops a warm unit of pool, or on a miss asks the allocator.
+func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.Error) {
+	if u, ok := a.pop(pool); ok {
+		return u, true, nil
+	}
+	if a.cfg.Allocator == nil {
+		return store.Unit{}, false, &wire.Error{Code: wire.CodeMissTimeout,
+			Msg:     fmt.Sprintf("node %s holds no warm address of pool %s", a.cfg.Node, pool),
+			Details: "no allocator is connected to refill it; the runtime retries"}
+	}
+	mctx, cancel := context.WithTimeout(ctx, a.cfg.MissTimeout)
+	defer cancel()
+	units, info, err := a.cfg.Allocator.Miss(mctx, pool, 1)
+	switch {
+	case errors.Is(err, ErrPoolExhausted):
+		return store.Unit{}, false, &wire.Error{Code: wire.CodePoolExhausted,
+			Msg: fmt.Sprintf("pool %s has no free address left", pool), Details: "free addresses or add a pool with the same selectors"}
+	case err != nil:
+		return store.Unit{}, false, &wire.Error{Code: wire.CodeMissTimeout,
+			Msg: fmt.Sprintf("node %s holds no warm address of pool %s and the allocator did not answer in %s", a.cfg.Node, pool, a.cfg.MissTimeout), Details: err.Error()}
+	}
+	if err := a.Grant(info, units); err != nil {
+		return store.Unit{}, false, &wire.Error{Code: wire.CodeIOFailure, Msg: "the agent could not record the allocator's grant", Details: err.Error()}
+	}
+	if u, ok := a.pop(pool); ok {
+		return u, false, nil
+	}
+	return store.Unit{}, false, &wire.Error{Code: wire.CodeMissTimeout, Msg: fmt.Sprintf("pool %s: the allocator granted nothing usable", pool)}
+}
+
+func (a *Agent) pop(pool string) (store.Unit, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	q := a.warm[pool]
+	if len(q) == 0 {
+		return store.Unit{}, false
+	}
+	k := q[0]
+	a.warm[pool] = q[1:]
+	return a.units[k], true
+}
+
+func (a *Agent) putBack(k store.Key) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.warm[k.Pool] = append([]store.Key{k}, a.warm[k.Pool]...)
+}
+
+// resultLocked builds the plugin's answer for an assignment.
+func (a *Agent) resultLocked(as store.Assignment) (*wire.Result, *wire.Error) {
+	p, ok := a.pools[as.Pool]
+	u, uok := a.units[store.Key{Pool: as.Pool, ID: as.UnitID}]
+	if !ok || !uok {
+		return nil, &wire.Error{Code: wire.CodeInternal, Msg: fmt.Sprintf("assignment %s refers to unknown pool or unit %s/%s", as.Attachment, as.Pool, as.UnitID)}
+	}
+	res := &wire.Result{Pool: as.Pool}
+	if u.IPv4 != "" {
+		res.IPs = append(res.IPs, wire.Address{CIDR: u.IPv4 + "/" + strconv.Itoa(p.Prefix4), Gateway: p.Gateway4})
+	}
+	if u.IPv6 != "" {
+		res.IPs = append(res.IPs, wire.Address{CIDR: u.IPv6 + "/" + strconv.Itoa(p.Prefix6), Gateway: p.Gateway6})
+	}
+	for _, r := range p.Routes {
+		res.Routes = append(res.Routes, wire.Route{Dst: r.Dst, GW: r.GW})
+	}
+	return res, nil
+}
+
+func (a *Agent) del(req *wire.Request) *wire.Error {
+	key, unlock, werr := a.lockAttachment(req)
+	if werr != nil {
+		return werr
+	}
+	defer unlock()
+	as, found, err := a.store.Release(key, a.cfg.Now())
+	if err != nil {
+		return &wire.Error{Code: wire.CodeIOFailure, Msg: "the agent could not record the release", Details: err.Error()}
+	}
+	if !found {
+		return nil // DEL of the unknown succeeds
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.assignments, key)
+	k := store.Key{Pool: as.Pool, ID: as.UnitID}
+	if u, ok := a.units[k]; ok && u.State == store.Assigned && u.Attachment == key {
+		u.State, u.Attachment, u.Since = store.Cooling, "", a.cfg.Now()
+		a.units[k] = u
+	}
+	a.log.Debug("released", "attachment", key, "pool", as.Pool, "unit", as.UnitID)
+	return nil
+}
+
+func (a *Agent) check(req *wire.Request) (*wire.Result, *wire.Error) {
+	key, unlock, werr := a.lockAttachment(req)
+	if werr != nil {
+		return nil, werr
+	}
+	defer unlock()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	as, ok := a.assignments[key]
+	if !ok {
+		return nil, &wire.Error{Code: wire.CodeCheckMismatch, Msg: fmt.Sprintf("%s holds no address", key),
+			Details: "the runtime should delete and re-create the sandbox"}
+	}
+	return a.resultLocked(as)
+}
+
+// gc releases the assignments of req.Network whose attachment the runtime
+// no longer lists.
+func (a *Agent) gc(req *wire.Request) *wire.Error {
+	valid := make(map[string]bool, len(req.Valid))
+	for _, v := range req.Valid {
+		valid[v.String()] = true
+	}
+	a.mu.Lock()
+	var stale []string
+	for key, as := range a.assignments {
+		if as.Network == req.Network && !valid[key] {
+			stale = append(stale, key)
+		}
+	}
+	a.mu.Unlock()
+	for _, key := range stale {
+		i := strings.LastIndex(key, "/")
+		ctr, ifn := key[:i], key[i+1:]
+		if werr := a.del(&wire.Request{Attachment: wire.Attachment{ContainerID: ctr, IfName: ifn}}); werr != nil {
+			return werr
+		}
+		a.log.Info("gc released", "attachment", key, "network", req.Network)
+	}
+	return nil
+}
+
+// status is ready when the node holds a warm unit of the pool (of any pool
+// if none is named), or an allocator can refill it.
+func (a *Agent) status(req *wire.Request) *wire.Error {
+	if a.cfg.Allocator != nil {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if req.Pool != "" {
+		if len(a.warm[req.Pool]) > 0 {
+			return nil
+		}
+	} else {
+		for _, q := range a.warm {
+			if len(q) > 0 {
+				return nil
+			}
+		}
+	}
+	return &wire.Error{Code: wire.CodeNotAvailable, Msg: fmt.Sprintf("node %s holds no usable address and no allocator is connected", a.cfg.Node)}
+}
+
+// Recycle re-warms the units whose reuse delay has passed at now, persisted
+// first. The agent's loop calls it; tests call it with a moved clock.
+func (a *Agent) Recycle(now time.Time) error {
+	a.mu.Lock()
+	var due []store.Key
+	for k, u := range a.units {
+		if u.State == store.Cooling && !now.Before(u.Since.Add(a.cfg.ReuseDelay)) {
+			due = append(due, k)
+		}
+	}
+	a.mu.Unlock()
+	if len(due) == 0 {
+		return nil
+	}
+	if err := a.store.Rewarm(due); err != nil {
+		return fmt.Errorf("recycle %d units: %w", len(due), err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, k := range due {
+		if u, ok := a.units[k]; ok && u.State == store.Cooling {
+			u.State, u.Since = store.Warm, time.Time{}
+			a.units[k] = u
+			a.warm[k.Pool] = append(a.warm[k.Pool], k)
+		}
+	}
+	return nil
+}
+
+// RunRecycler calls Recycle every interval until ctx ends.
+func (a *Agent) RunRecycler(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := a.Recycle(a.cfg.Now()); err != nil {
+				a.log.Error("recycle", "err", err)
+			}
+		}
+	}
+}

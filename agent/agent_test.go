@@ -1,0 +1,304 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/agent/wire"
+)
+
+var t0 = time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
+
+// clock is a test clock that only moves when told to.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+var dualPool = store.Pool{Name: "dual", Prefix4: 24, Prefix6: 64, Gateway4: "10.0.0.1", Gateway6: "fd00::1",
+	Routes: []store.Route{{Dst: "172.16.0.0/12"}}}
+
+func dualUnits(n int) []store.Unit {
+	us := make([]store.Unit, n)
+	for i := range us {
+		v4 := fmt.Sprintf("10.0.0.%d", i+10)
+		us[i] = store.Unit{Pool: "dual", ID: v4, IPv4: v4, IPv6: fmt.Sprintf("fd00::%x", i+0x10)}
+	}
+	return us
+}
+
+type fixture struct {
+	agent *Agent
+	store *store.Store
+	path  string
+	clock *clock
+}
+
+func newFixture(t *testing.T, units int) *fixture {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "agent.db")
+	f := &fixture{path: path, clock: &clock{now: t0}}
+	f.reopen(t)
+	if units > 0 {
+		if err := f.agent.Grant(dualPool, dualUnits(units)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+// reopen simulates an agent restart: a new Agent from the same file.
+func (f *fixture) reopen(t *testing.T) {
+	t.Helper()
+	if f.store != nil {
+		f.store.Close()
+	}
+	s, err := store.Open(f.path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	a, err := New(Config{Node: "node-1", Store: s, Resolver: StaticResolver{Default: "dual", Known: map[string]bool{"dual": true}},
+		ReuseDelay: DefaultReuseDelay, Now: f.clock.Now, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.agent, f.store = a, s
+}
+
+func req(op wire.Op, ctr string) *wire.Request {
+	return &wire.Request{V: wire.Version, Op: op, Network: "underlay", Attachment: wire.Attachment{ContainerID: ctr, IfName: "eth0"},
+		Pod: wire.Pod{Namespace: "default", Name: "pod-" + ctr, UID: "uid-" + ctr}}
+}
+
+func (f *fixture) do(t *testing.T, r *wire.Request) *wire.Response {
+	t.Helper()
+	return f.agent.Handle(context.Background(), r)
+}
+
+func mustAdd(t *testing.T, f *fixture, ctr string) *wire.Result {
+	t.Helper()
+	resp := f.do(t, req(wire.OpAdd, ctr))
+	if resp.Error != nil {
+		t.Fatalf("ADD %s: %v", ctr, resp.Error)
+	}
+	return resp.Result
+}
+
+func TestAddReturnsAPairWithGatewaysAndRoutes(t *testing.T) {
+	f := newFixture(t, 2)
+	res := mustAdd(t, f, "c1")
+	want := []wire.Address{{CIDR: "10.0.0.10/24", Gateway: "10.0.0.1"}, {CIDR: "fd00::10/64", Gateway: "fd00::1"}}
+	if fmt.Sprint(res.IPs) != fmt.Sprint(want) || len(res.Routes) != 1 || !res.Hit || res.Pool != "dual" {
+		t.Fatalf("result %+v, want IPs %v, one route, a hit", res, want)
+	}
+}
+
+func TestAddIsIdempotentAndDelIsToo(t *testing.T) {
+	f := newFixture(t, 3)
+	first := mustAdd(t, f, "c1")
+	again := mustAdd(t, f, "c1")
+	if fmt.Sprint(first.IPs) != fmt.Sprint(again.IPs) {
+		t.Fatalf("second ADD gave %v, first %v", again.IPs, first.IPs)
+	}
+	if n := f.agent.WarmCount("dual"); n != 2 {
+		t.Fatalf("warm after idempotent ADD = %d, want 2", n)
+	}
+	for i := range 2 {
+		if resp := f.do(t, req(wire.OpDel, "c1")); resp.Error != nil {
+			t.Fatalf("DEL #%d: %v", i+1, resp.Error)
+		}
+	}
+	if resp := f.do(t, req(wire.OpDel, "never-added")); resp.Error != nil {
+		t.Fatalf("DEL of an unknown container: %v", resp.Error)
+	}
+	if resp := f.do(t, req(wire.OpCheck, "c1")); resp.Error == nil || resp.Error.Code != wire.CodeCheckMismatch {
+		t.Fatalf("CHECK after DEL: %+v, want a mismatch", resp.Error)
+	}
+}
+
+func TestReleasedUnitCoolsBeforeReuse(t *testing.T) {
+	f := newFixture(t, 1)
+	first := mustAdd(t, f, "c1")
+	if resp := f.do(t, req(wire.OpDel, "c1")); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	// Cooling: the only unit is not handed out yet.
+	if resp := f.do(t, req(wire.OpAdd, "c2")); resp.Error == nil || resp.Error.Code != wire.CodeMissTimeout {
+		t.Fatalf("ADD while the only unit cools: %+v", resp)
+	}
+	f.clock.Advance(DefaultReuseDelay - time.Millisecond)
+	if err := f.agent.Recycle(f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if f.agent.WarmCount("dual") != 0 {
+		t.Fatal("re-warmed before the reuse delay")
+	}
+	f.clock.Advance(time.Millisecond)
+	if err := f.agent.Recycle(f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustAdd(t, f, "c2"); fmt.Sprint(got.IPs) != fmt.Sprint(first.IPs) {
+		t.Fatalf("after cooling got %v, want the recycled %v", got.IPs, first.IPs)
+	}
+}
+
+func TestRestartKeepsEverything(t *testing.T) {
+	f := newFixture(t, 3)
+	a1 := mustAdd(t, f, "c1")
+	mustAdd(t, f, "c2")
+	if resp := f.do(t, req(wire.OpDel, "c2")); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	f.reopen(t)
+	// The retried ADD of c1 (its answer was lost in the crash) gets the same pair.
+	if got := mustAdd(t, f, "c1"); fmt.Sprint(got.IPs) != fmt.Sprint(a1.IPs) {
+		t.Fatalf("ADD after restart gave %v, want %v", got.IPs, a1.IPs)
+	}
+	if n := f.agent.WarmCount("dual"); n != 1 {
+		t.Fatalf("warm after restart = %d, want 1 (one assigned, one cooling)", n)
+	}
+	f.clock.Advance(DefaultReuseDelay)
+	if err := f.agent.Recycle(f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.agent.WarmCount("dual"); n != 2 {
+		t.Fatalf("warm after the cooling unit recycled = %d, want 2", n)
+	}
+}
+
+func TestGCFreesWhatIsNotValid(t *testing.T) {
+	f := newFixture(t, 3)
+	for _, c := range []string{"c1", "c2", "c3"} {
+		mustAdd(t, f, c)
+	}
+	other := req(wire.OpAdd, "c4")
+	other.Network = "another"
+	if err := f.agent.Grant(dualPool, dualUnits(4)); err != nil {
+		t.Fatal(err)
+	}
+	if resp := f.do(t, other); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	gc := &wire.Request{V: wire.Version, Op: wire.OpGC, Network: "underlay", Valid: []wire.Attachment{{ContainerID: "c2", IfName: "eth0"}}}
+	if resp := f.do(t, gc); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	for c, held := range map[string]bool{"c1": false, "c2": true, "c3": false, "c4": true} {
+		r := req(wire.OpCheck, c)
+		if resp := f.do(t, r); (resp.Error == nil) != held {
+			t.Errorf("after GC, %s held = %v, want %v", c, resp.Error == nil, held)
+		}
+	}
+}
+
+func TestStatus(t *testing.T) {
+	f := newFixture(t, 1)
+	st := &wire.Request{V: wire.Version, Op: wire.OpStatus, Pool: "dual"}
+	if resp := f.do(t, st); resp.Error != nil {
+		t.Fatalf("STATUS with a warm unit: %v", resp.Error)
+	}
+	mustAdd(t, f, "c1")
+	if resp := f.do(t, st); resp.Error == nil || resp.Error.Code != wire.CodeNotAvailable {
+		t.Fatalf("STATUS with nothing warm and no allocator: %+v", resp.Error)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	f := newFixture(t, 1)
+	for name, tc := range map[string]struct {
+		r    *wire.Request
+		code uint
+	}{
+		"old protocol":  {&wire.Request{V: 0, Op: wire.OpAdd}, wire.CodeIncompatible},
+		"unknown op":    {&wire.Request{V: wire.Version, Op: "FROB"}, wire.CodeInvalidConfig},
+		"no container":  {&wire.Request{V: wire.Version, Op: wire.OpAdd, Attachment: wire.Attachment{IfName: "eth0"}}, wire.CodeInvalidEnv},
+		"unknown pool":  {func() *wire.Request { r := req(wire.OpAdd, "c1"); r.Pool = "nope"; return r }(), wire.CodeUnknownPool},
+		"empty to miss": {func() *wire.Request { f.do(t, req(wire.OpAdd, "x")); return req(wire.OpAdd, "c2") }(), wire.CodeMissTimeout},
+	} {
+		if resp := f.do(t, tc.r); resp.Error == nil || resp.Error.Code != tc.code {
+			t.Errorf("%s: got %+v, want code %d", name, resp.Error, tc.code)
+		}
+	}
+}
+
+// TestConcurrentAddsGetDistinctUnits: 50 concurrent ADDs against 100 units.
+func TestConcurrentAddsGetDistinctUnits(t *testing.T) {
+	f := newFixture(t, 100)
+	var wg sync.WaitGroup
+	results := make([]*wire.Result, 50)
+	for i := range results {
+		wg.Go(func() {
+			resp := f.do(t, req(wire.OpAdd, fmt.Sprintf("c%d", i)))
+			if resp.Error != nil {
+				t.Errorf("ADD c%d: %v", i, resp.Error)
+				return
+			}
+			results[i] = resp.Result
+		})
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for _, r := range results {
+		for _, ip := range r.IPs {
+			if seen[ip.CIDR] {
+				t.Fatalf("%s handed out twice", ip.CIDR)
+			}
+			seen[ip.CIDR] = true
+		}
+	}
+	if len(seen) != 100 {
+		t.Fatalf("%d distinct addresses, want 100 (50 pairs)", len(seen))
+	}
+	if f.agent.locks.held() != 0 {
+		t.Fatalf("%d attachment locks left behind", f.agent.locks.held())
+	}
+}
+
+// TestAddDelRaceEndsConsistent races ADD and DEL of one attachment: the end
+// state is either assigned and recorded, or released, in memory and in the
+// store alike.
+func TestAddDelRaceEndsConsistent(t *testing.T) {
+	f := newFixture(t, 4)
+	for round := range 50 {
+		ctr := fmt.Sprintf("race%d", round)
+		var wg sync.WaitGroup
+		wg.Go(func() { f.do(t, req(wire.OpAdd, ctr)) })
+		wg.Go(func() { f.do(t, req(wire.OpDel, ctr)) })
+		wg.Wait()
+		snap, err := f.store.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := ctr + "/eth0"
+		stored, inStore := snap.Assignments[key]
+		f.agent.mu.Lock()
+		mem, inMem := f.agent.assignments[key]
+		f.agent.mu.Unlock()
+		if inStore != inMem || inStore && stored.UnitID != mem.UnitID {
+			t.Fatalf("round %d: store has %v (%+v), memory has %v (%+v)", round, inStore, stored, inMem, mem)
+		}
+		if inStore && snap.Units[store.Key{Pool: stored.Pool, ID: stored.UnitID}].Attachment != key {
+			t.Fatalf("round %d: unit record does not point back at %s", round, key)
+		}
+		// Clean up for the next round and let the unit cool down.
+		f.do(t, req(wire.OpDel, ctr))
+		f.clock.Advance(DefaultReuseDelay)
+		if err := f.agent.Recycle(f.clock.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
