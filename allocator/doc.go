@@ -1,5 +1,6 @@
-// Package allocator will hold the leader-elected cluster controller: the
-// source of truth for which node holds which address of each IPPool, which
-// it persists in NodeLeases before pushing them to agents over the bus.
-// Nothing is implemented yet; see docs/architecture.md for the plan.
+// Package allocator is the leader-elected cluster controller: the single
+// source of truth for which node holds which unit of each IPPool. It
+// enumerates pools' units, persists each node's holdings in its NodeLease
+// before it pushes them to the node's agent, serves the agents' cache
+// misses and records the assignments they report.
 package allocator
