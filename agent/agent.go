@@ -23,6 +23,8 @@ import (
 
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/agent/wire"
+	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/internal/keyed"
 )
 
 // DefaultReuseDelay is how long a released unit cools before it is warm
@@ -47,9 +49,15 @@ type Allocator interface {
 	Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, error)
 }
 
-// ErrPoolExhausted is what an Allocator returns when the pool has no free
-// unit anywhere.
-var ErrPoolExhausted = errors.New("pool exhausted")
+// Errors an Allocator returns from Miss.
+var (
+	// ErrPoolExhausted: the pool has no free unit anywhere.
+	ErrPoolExhausted = errors.New("pool exhausted")
+	// ErrBusy: nothing could be granted now, but units may be freed
+	// shortly (revokes under way); the agent asks again until its miss
+	// timeout.
+	ErrBusy = errors.New("allocator busy")
+)
 
 // Config configures an agent.
 type Config struct {
@@ -63,6 +71,10 @@ type Config struct {
 	// Now is the clock; time.Now in production, a fake in tests.
 	Now    func() time.Time
 	Logger *slog.Logger
+	// OnEvent is told of every assignment and release once persisted, in
+	// order per attachment; the bus reports them to the allocator. It must
+	// not block.
+	OnEvent func(broker.Event)
 }
 
 // Agent is the node agent's state and CNI operations.
@@ -71,7 +83,7 @@ type Agent struct {
 	store *store.Store
 	log   *slog.Logger
 
-	locks keyedMutex
+	locks keyed.Mutex
 
 	mu          sync.Mutex
 	pools       map[string]store.Pool
@@ -154,6 +166,146 @@ func (a *Agent) Grant(pool store.Pool, units []store.Unit) error {
 	return nil
 }
 
+func (a *Agent) emit(kind string, as store.Assignment) {
+	if a.cfg.OnEvent != nil {
+		a.cfg.OnEvent(broker.Event{Kind: kind, Pool: as.Pool, UnitID: as.UnitID, Attachment: as.Attachment,
+			Pod: broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}})
+	}
+}
+
+// AcceptEpoch records an allocator's epoch and reports whether a message
+// of that epoch may be obeyed: not if a higher epoch was seen (fencing of
+// a deposed leader). The highest epoch is persisted, so a restart keeps it.
+func (a *Agent) AcceptEpoch(epoch uint64) (bool, error) {
+	highest, err := a.store.SetEpoch(epoch)
+	if err != nil {
+		return false, err
+	}
+	a.mu.Lock()
+	a.epoch = highest
+	a.mu.Unlock()
+	return epoch >= highest, nil
+}
+
+// Held returns the node's record for a sync: every unit, and for assigned
+// ones the attachment and pod.
+func (a *Agent) Held() []broker.HeldUnit {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]broker.HeldUnit, 0, len(a.units))
+	for _, u := range a.units {
+		h := broker.HeldUnit{Pool: u.Pool, Unit: broker.Unit{ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6}}
+		if u.State == store.Assigned {
+			h.Assigned, h.Attachment = true, u.Attachment
+			if as, ok := a.assignments[u.Attachment]; ok {
+				h.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
+			}
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// Reconcile makes the node's record agree with the allocator's after a
+// sync: units the allocator lists are granted (idempotently), and warm or
+// cooling units it does not list are dropped. Assigned units are never
+// dropped: the sync that produced leases already told the allocator of them.
+func (a *Agent) Reconcile(leases []broker.Lease) error {
+	listed := map[store.Key]bool{}
+	for _, l := range leases {
+		units := make([]store.Unit, 0, len(l.Units))
+		for _, u := range l.Units {
+			units = append(units, store.Unit{Pool: l.Pool.Name, ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6})
+			listed[store.Key{Pool: l.Pool.Name, ID: u.ID}] = true
+		}
+		if err := a.Grant(StorePool(l.Pool), units); err != nil {
+			return err
+		}
+	}
+	a.mu.Lock()
+	var drop []store.Key
+	for k, u := range a.units {
+		if !listed[k] && u.State != store.Assigned {
+			drop = append(drop, k)
+		}
+	}
+	a.mu.Unlock()
+	if len(drop) == 0 {
+		return nil
+	}
+	if err := a.store.Drop(drop); err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	gone := map[store.Key]bool{}
+	for _, k := range drop {
+		delete(a.units, k)
+		gone[k] = true
+	}
+	for pool, q := range a.warm {
+		kept := q[:0]
+		for _, k := range q {
+			if !gone[k] {
+				kept = append(kept, k)
+			}
+		}
+		a.warm[pool] = kept
+	}
+	a.log.Info("reconciled with the allocator", "dropped", len(drop))
+	return nil
+}
+
+// Revoke gives back the listed units of pool that are warm here: they
+// leave the cache at once (no ADD can take them any more), then the record.
+// It returns the IDs given back; units not warm here are kept.
+func (a *Agent) Revoke(pool string, ids []string) ([]string, error) {
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	a.mu.Lock()
+	var taken []store.Key
+	kept := a.warm[pool][:0]
+	for _, k := range a.warm[pool] {
+		if want[k.ID] {
+			taken = append(taken, k)
+		} else {
+			kept = append(kept, k)
+		}
+	}
+	a.warm[pool] = kept
+	a.mu.Unlock()
+	if len(taken) == 0 {
+		return nil, nil
+	}
+	if err := a.store.Drop(taken); err != nil {
+		// Nothing was dropped: the units are warm here again.
+		a.mu.Lock()
+		a.warm[pool] = append(a.warm[pool], taken...)
+		a.mu.Unlock()
+		return nil, fmt.Errorf("revoke: %w", err)
+	}
+	a.mu.Lock()
+	out := make([]string, 0, len(taken))
+	for _, k := range taken {
+		delete(a.units, k)
+		out = append(out, k.ID)
+	}
+	a.mu.Unlock()
+	a.log.Info("units revoked", "pool", pool, "units", len(out))
+	return out, nil
+}
+
+// StorePool converts a pool's parameters from the bus to the store's form.
+func StorePool(p broker.PoolInfo) store.Pool {
+	sp := store.Pool{Name: p.Name, Prefix4: p.Prefix4, Prefix6: p.Prefix6, Gateway4: p.Gateway4, Gateway6: p.Gateway6}
+	for _, r := range p.Routes {
+		sp.Routes = append(sp.Routes, store.Route{Dst: r.Dst, GW: r.GW})
+	}
+	return sp
+}
+
 // WarmCount returns how many units of pool are warm on the node.
 func (a *Agent) WarmCount(pool string) int {
 	a.mu.Lock()
@@ -193,7 +345,7 @@ func (a *Agent) lockAttachment(req *wire.Request) (string, func(), *wire.Error) 
 		return "", nil, &wire.Error{Code: wire.CodeInvalidEnv, Msg: "CNI_CONTAINERID and CNI_IFNAME are required"}
 	}
 	key := req.Attachment.String()
-	return key, a.locks.lock(key), nil
+	return key, a.locks.Lock(key), nil
 }
 
 func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire.Error) {
@@ -244,6 +396,7 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 		res.Hit = hit
 	}
 	a.log.Debug("assigned", "attachment", key, "pool", pool, "unit", unit.ID, "pod", req.Pod.Namespace+"/"+req.Pod.Name, "hit", hit)
+	a.emit(broker.EventAssigned, as)
 	return res, werr
 }
 
@@ -260,6 +413,19 @@ func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.
 	mctx, cancel := context.WithTimeout(ctx, a.cfg.MissTimeout)
 	defer cancel()
 	units, info, err := a.cfg.Allocator.Miss(mctx, pool, 1)
+	backoff := 20 * time.Millisecond
+	for errors.Is(err, ErrBusy) && mctx.Err() == nil {
+		select {
+		case <-mctx.Done():
+		case <-time.After(backoff):
+			backoff = min(2*backoff, 500*time.Millisecond)
+			// A grant pushed meanwhile may have refilled the cache.
+			if u, ok := a.pop(pool); ok {
+				return u, false, nil
+			}
+			units, info, err = a.cfg.Allocator.Miss(mctx, pool, 1)
+		}
+	}
 	switch {
 	case errors.Is(err, ErrPoolExhausted):
 		return store.Unit{}, false, &wire.Error{Code: wire.CodePoolExhausted,
@@ -337,6 +503,7 @@ func (a *Agent) del(req *wire.Request) *wire.Error {
 		a.units[k] = u
 	}
 	a.log.Debug("released", "attachment", key, "pool", as.Pool, "unit", as.UnitID)
+	a.emit(broker.EventReleased, as)
 	return nil
 }
 

@@ -263,8 +263,8 @@ func TestConcurrentAddsGetDistinctUnits(t *testing.T) {
 	if len(seen) != 100 {
 		t.Fatalf("%d distinct addresses, want 100 (50 pairs)", len(seen))
 	}
-	if f.agent.locks.held() != 0 {
-		t.Fatalf("%d attachment locks left behind", f.agent.locks.held())
+	if f.agent.locks.Held() != 0 {
+		t.Fatalf("%d attachment locks left behind", f.agent.locks.Held())
 	}
 }
 

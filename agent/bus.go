@@ -1,0 +1,273 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/broker"
+)
+
+// Bus connects an agent to the allocator over NATS: it answers the
+// allocator's grants, asks it on a cache miss, reports assignments and
+// releases in batches, and resynchronises the whole record on start and on
+// every reconnection. While the bus is down the agent keeps serving ADD
+// from its cache and DEL into it; the sync on reconnect settles the rest.
+type Bus struct {
+	agent *Agent
+	conn  *nats.Conn
+	node  string
+	log   *slog.Logger
+	// RequestTimeout bounds one request to the allocator.
+	timeout time.Duration
+
+	mu      sync.Mutex
+	pending []broker.Event
+	seq     uint64
+	kick    chan struct{} // a report or a sync is due
+
+	syncDue chan struct{}
+}
+
+// SyncInterval is how often an agent resynchronises without a reason.
+const SyncInterval = 30 * time.Second
+
+// NewBus wires an agent to a bus connection: the agent's cache misses go
+// to the allocator through it, its events to the bus's reports, and every
+// reconnection triggers a sync. Call it before the agent serves ADDs.
+func NewBus(a *Agent, conn *nats.Conn, timeout time.Duration) *Bus {
+	if timeout == 0 {
+		timeout = 2 * time.Second
+	}
+	b := &Bus{agent: a, conn: conn, node: a.cfg.Node, log: a.log, timeout: timeout,
+		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1)}
+	a.cfg.OnEvent = b.Record
+	a.cfg.Allocator = b
+	conn.SetReconnectHandler(func(*nats.Conn) { b.Resync() })
+	return b
+}
+
+// Record queues an assignment or release for the next report.
+func (b *Bus) Record(e broker.Event) {
+	b.mu.Lock()
+	b.pending = append(b.pending, e)
+	b.mu.Unlock()
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Resync asks for a full sync, as after a reconnection.
+func (b *Bus) Resync() {
+	select {
+	case b.syncDue <- struct{}{}:
+	default:
+	}
+}
+
+// Run subscribes to grants, syncs, and then reports until ctx ends.
+func (b *Bus) Run(ctx context.Context) error {
+	sub, err := b.conn.Subscribe(broker.SubjectGrant(b.node), func(m *nats.Msg) {
+		_ = m.Respond(broker.Encode(b.handleGrant(m.Data)))
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe to grants: %w", err)
+	}
+	defer sub.Unsubscribe()
+	rsub, err := b.conn.Subscribe(broker.SubjectRevoke(b.node), func(m *nats.Msg) {
+		_ = m.Respond(broker.Encode(b.handleRevoke(m.Data)))
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe to revokes: %w", err)
+	}
+	defer rsub.Unsubscribe()
+	b.Resync()
+	retry := time.NewTimer(0)
+	<-retry.C
+	// A periodic sync heals what a lost message left behind (a grant that
+	// crossed a sync reply, say) even without a reconnection.
+	periodic := time.NewTicker(SyncInterval)
+	defer periodic.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-b.syncDue:
+			if err := b.sync(ctx); err != nil {
+				b.log.Warn("sync with the allocator", "err", err)
+				b.Resync()
+				retry.Reset(time.Second)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-retry.C:
+				}
+			}
+		case <-b.kick:
+			if err := b.report(ctx); err != nil {
+				b.log.Warn("report to the allocator", "err", err)
+				retry.Reset(500 * time.Millisecond)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-retry.C:
+				}
+				b.rearm()
+			}
+		case <-periodic.C:
+			b.Resync()
+		}
+	}
+}
+
+// rearm makes the report loop try again without a new event.
+func (b *Bus) rearm() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (b *Bus) handleGrant(data []byte) *broker.Ack {
+	ack := &broker.Ack{V: broker.ProtocolVersion}
+	var g broker.Grant
+	if err := broker.Decode(data, &g); err != nil {
+		ack.Error = err.Error()
+		return ack
+	}
+	ok, err := b.agent.AcceptEpoch(g.Epoch)
+	switch {
+	case err != nil:
+		ack.Error = err.Error()
+		return ack
+	case !ok:
+		ack.Error = fmt.Sprintf("epoch %d is older than one this node has seen: ignored", g.Epoch)
+		b.log.Warn("grant from a deposed allocator ignored", "epoch", g.Epoch, "pool", g.Pool.Name)
+		return ack
+	}
+	if err := b.agent.Grant(StorePool(g.Pool), storeUnits(g.Pool.Name, g.Units)); err != nil {
+		ack.Error = err.Error()
+	}
+	return ack
+}
+
+func (b *Bus) handleRevoke(data []byte) *broker.Revoked {
+	out := &broker.Revoked{V: broker.ProtocolVersion}
+	var r broker.Revoke
+	if err := broker.Decode(data, &r); err != nil {
+		out.Error = err.Error()
+		return out
+	}
+	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
+		out.Error = fmt.Sprintf("revoke of epoch %d refused (stale or unrecorded: %v)", r.Epoch, err)
+		return out
+	}
+	ids, err := b.agent.Revoke(r.Pool, r.IDs)
+	if err != nil {
+		out.Error = err.Error()
+	}
+	out.IDs = ids
+	return out
+}
+
+func storeUnits(pool string, us []broker.Unit) []store.Unit {
+	out := make([]store.Unit, 0, len(us))
+	for _, u := range us {
+		out = append(out, store.Unit{Pool: pool, ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6})
+	}
+	return out
+}
+
+// Miss implements Allocator: one request for units of pool.
+func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, error) {
+	msg := broker.Encode(&broker.MissRequest{V: broker.ProtocolVersion, Node: b.node, Pool: pool, Count: count})
+	resp, err := b.conn.RequestWithContext(ctx, broker.SubjectMiss, msg)
+	if err != nil {
+		return nil, store.Pool{}, fmt.Errorf("miss request: %w", err)
+	}
+	var r broker.MissReply
+	if err := broker.Decode(resp.Data, &r); err != nil {
+		return nil, store.Pool{}, err
+	}
+	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
+		return nil, store.Pool{}, fmt.Errorf("miss answered by a deposed allocator (epoch %d): %w", r.Epoch, err)
+	}
+	switch {
+	case r.Exhausted:
+		return nil, store.Pool{}, ErrPoolExhausted
+	case r.Retry:
+		return nil, store.Pool{}, ErrBusy
+	case r.Error != "":
+		return nil, store.Pool{}, errors.New(r.Error)
+	}
+	return storeUnits(pool, r.Units), StorePool(r.Pool), nil
+}
+
+// report sends what is pending, in one request, and forgets it once the
+// allocator acknowledged it (persisted).
+func (b *Bus) report(ctx context.Context) error {
+	b.mu.Lock()
+	events := b.pending
+	b.seq++
+	seq := b.seq
+	b.mu.Unlock()
+	if len(events) == 0 {
+		return nil
+	}
+	var r broker.ReportReply
+	if err := b.request(ctx, broker.SubjectReport, &broker.Report{V: broker.ProtocolVersion, Node: b.node, Seq: seq, Events: events}, &r); err != nil {
+		return err
+	}
+	if r.Error != "" {
+		return errors.New(r.Error)
+	}
+	b.mu.Lock()
+	b.pending = b.pending[len(events):]
+	b.mu.Unlock()
+	return nil
+}
+
+// sync sends the whole record and reconciles with the allocator's answer.
+// Events pending before the snapshot are covered by it.
+func (b *Bus) sync(ctx context.Context) error {
+	b.mu.Lock()
+	covered := len(b.pending)
+	b.mu.Unlock()
+	var r broker.SyncReply
+	if err := b.request(ctx, broker.SubjectSync, &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Units: b.agent.Held()}, &r); err != nil {
+		return err
+	}
+	if r.Error != "" {
+		return errors.New(r.Error)
+	}
+	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
+		return fmt.Errorf("sync answered by a deposed allocator (epoch %d): %w", r.Epoch, err)
+	}
+	if err := b.agent.Reconcile(r.Leases); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.pending = b.pending[covered:]
+	b.mu.Unlock()
+	b.log.Info("synced with the allocator", "epoch", r.Epoch, "pools", len(r.Leases))
+	return nil
+}
+
+// request sends msg to subject and decodes the reply, bounded by the bus
+// timeout.
+func (b *Bus) request(ctx context.Context, subject string, msg, reply any) error {
+	rctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
+	resp, err := b.conn.RequestWithContext(rctx, subject, broker.Encode(msg))
+	if err != nil {
+		return fmt.Errorf("%s: %w", subject, err)
+	}
+	return broker.Decode(resp.Data, reply)
+}

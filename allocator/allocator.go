@@ -1,0 +1,643 @@
+package allocator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/warmpool/warmpool/api/client"
+	"github.com/warmpool/warmpool/api/v1alpha1"
+	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/internal/keyed"
+)
+
+// Config configures an allocator.
+type Config struct {
+	Client *client.Clientset
+	Conn   *nats.Conn
+	// Epoch is this leader's epoch; every message it sends carries it.
+	Epoch uint64
+	// PushTimeout bounds a grant pushed to an agent; an agent that does not
+	// answer gets its units at its next sync.
+	PushTimeout time.Duration
+	// Handlers bounds the bus requests served at once.
+	Handlers int
+	Logger   *slog.Logger
+}
+
+// Allocator serves the bus while it leads. Its ledger is guarded by mu,
+// never held across an API write or a bus round trip; writes of one
+// NodeLease are serialised by leaseLocks.
+type Allocator struct {
+	cfg Config
+	log *slog.Logger
+
+	leaseLocks keyed.Mutex
+
+	mu     sync.Mutex
+	ledger *ledger
+
+	sem  chan struct{}
+	wg   sync.WaitGroup
+	subs []*nats.Subscription
+}
+
+// Errors of a grant.
+var (
+	errUnknownPool = errors.New("unknown pool")
+	errExhausted   = errors.New("pool exhausted")
+	// errBusy: nothing is free, but other nodes hold warm units that could
+	// not be taken this time (their agents had just assigned them, say).
+	errBusy = errors.New("pool busy")
+	// ErrDeposed means a newer leader has written: this allocator must stop.
+	ErrDeposed = errors.New("allocator deposed by a newer epoch")
+)
+
+// New loads every pool and NodeLease from the API (not a cache: the
+// leader starts from what is persisted) into a new allocator.
+func New(ctx context.Context, cfg Config) (*Allocator, error) {
+	if cfg.Client == nil || cfg.Conn == nil || cfg.Epoch == 0 {
+		return nil, errors.New("allocator: Client, Conn and a non-zero Epoch are required")
+	}
+	if cfg.PushTimeout == 0 {
+		cfg.PushTimeout = 2 * time.Second
+	}
+	if cfg.Handlers == 0 {
+		cfg.Handlers = 64
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), sem: make(chan struct{}, cfg.Handlers)}
+	pools, err := cfg.Client.IPPools().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list pools: %w", err)
+	}
+	leases, err := cfg.Client.NodeLeases().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list node leases: %w", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := range pools.Items {
+		if err := a.ledger.upsertPoolLocked(&pools.Items[i]); err != nil {
+			a.log.Error("pool not served", "pool", pools.Items[i].Name, "err", err)
+		}
+	}
+	for i := range leases.Items {
+		for _, err := range a.ledger.loadLeaseLocked(&leases.Items[i]) {
+			a.log.Error("inconsistent lease", "lease", leases.Items[i].Name, "err", err)
+		}
+	}
+	a.log.Info("allocator loaded", "pools", len(pools.Items), "leases", len(leases.Items))
+	return a, nil
+}
+
+// Start subscribes to the agents' requests.
+func (a *Allocator) Start(ctx context.Context) error {
+	for subject, handle := range map[string]func(context.Context, *nats.Msg) any{
+		broker.SubjectMiss:   a.handleMiss,
+		broker.SubjectReport: a.handleReport,
+		broker.SubjectSync:   a.handleSync,
+	} {
+		sub, err := a.cfg.Conn.Subscribe(subject, func(m *nats.Msg) {
+			// NATS calls a subscription's handler in order on one goroutine;
+			// an API write must not hold up every other node's request.
+			a.sem <- struct{}{}
+			a.wg.Add(1)
+			go func() {
+				defer func() { <-a.sem; a.wg.Done() }()
+				if err := m.Respond(broker.Encode(handle(ctx, m))); err != nil {
+					a.log.Warn("respond", "subject", m.Subject, "err", err)
+				}
+			}()
+		})
+		if err != nil {
+			a.Stop()
+			return fmt.Errorf("subscribe %s: %w", subject, err)
+		}
+		a.subs = append(a.subs, sub)
+	}
+	return a.cfg.Conn.Flush()
+}
+
+// Stop unsubscribes and waits for the requests in flight.
+func (a *Allocator) Stop() {
+	for _, s := range a.subs {
+		_ = s.Unsubscribe()
+	}
+	a.subs = nil
+	a.wg.Wait()
+}
+
+func (a *Allocator) handleMiss(ctx context.Context, m *nats.Msg) any {
+	var req broker.MissRequest
+	reply := &broker.MissReply{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch}
+	if err := broker.Decode(m.Data, &req); err != nil {
+		reply.Error = err.Error()
+		return reply
+	}
+	units, info, err := a.grant(ctx, req.Pool, req.Node, max(req.Count, 1))
+	if errors.Is(err, errExhausted) {
+		units, info, err = a.steal(ctx, req.Pool, req.Node, max(req.Count, 1))
+	}
+	reply.Pool, reply.Units = info, units
+	switch {
+	case errors.Is(err, errBusy):
+		reply.Retry = true
+	case errors.Is(err, errExhausted):
+		reply.Exhausted = true
+	case err != nil:
+		reply.Error = err.Error()
+	default:
+		a.log.Debug("miss served", "node", req.Node, "pool", req.Pool, "units", len(units))
+		// The miss drained the node's cache: refill it in the background.
+		a.topUpLater(ctx, req.Node, req.Pool)
+	}
+	return reply
+}
+
+func (a *Allocator) handleReport(ctx context.Context, m *nats.Msg) any {
+	var r broker.Report
+	reply := &broker.ReportReply{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch}
+	if err := broker.Decode(m.Data, &r); err != nil {
+		reply.Error = err.Error()
+		return reply
+	}
+	reply.Seq = r.Seq
+	pools, err := a.applyByPool(ctx, r.Node, r.Events)
+	if err != nil {
+		reply.Error = err.Error()
+		return reply
+	}
+	for _, pool := range pools {
+		a.topUpLater(ctx, r.Node, pool)
+	}
+	return reply
+}
+
+// applyByPool applies a node's events, one lease write per pool, and
+// returns the pools touched.
+func (a *Allocator) applyByPool(ctx context.Context, node string, events []broker.Event) ([]string, error) {
+	byPool := map[string][]broker.Event{}
+	var pools []string
+	for _, e := range events {
+		if _, ok := byPool[e.Pool]; !ok {
+			pools = append(pools, e.Pool)
+		}
+		byPool[e.Pool] = append(byPool[e.Pool], e)
+	}
+	for _, pool := range pools {
+		if err := a.applyEvents(ctx, pool, node, byPool[pool]); err != nil {
+			return nil, err
+		}
+	}
+	return pools, nil
+}
+
+func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
+	var req broker.SyncRequest
+	reply := &broker.SyncReply{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch}
+	if err := broker.Decode(m.Data, &req); err != nil {
+		reply.Error = err.Error()
+		return reply
+	}
+	// The agent's record says which of its units are assigned: it made the
+	// assignments, and reports of them may have been lost.
+	events := make([]broker.Event, 0, len(req.Units))
+	for _, h := range req.Units {
+		kind := broker.EventReleased
+		if h.Assigned {
+			kind = broker.EventAssigned
+		}
+		events = append(events, broker.Event{Kind: kind, Pool: h.Pool, UnitID: h.Unit.ID, Attachment: h.Attachment, Pod: h.Pod})
+	}
+	if _, err := a.applyByPool(ctx, req.Node, events); err != nil {
+		reply.Error = err.Error()
+		return reply
+	}
+	a.mu.Lock()
+	pools := make([]string, 0, len(a.ledger.pools))
+	for name := range a.ledger.pools {
+		pools = append(pools, name)
+	}
+	a.mu.Unlock()
+	for _, pool := range pools {
+		if _, err := a.topUp(ctx, req.Node, pool); err != nil {
+			a.log.Warn("top up at sync", "node", req.Node, "pool", pool, "err", err)
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ps := range a.ledger.pools {
+		ls, ok := ps.leases[req.Node]
+		if !ok || len(ls.units) == 0 {
+			continue
+		}
+		lease := broker.Lease{Pool: ps.info}
+		for _, u := range leaseUnits(ls.units) {
+			lease.Units = append(lease.Units, broker.Unit{ID: unitID(u), IPv4: u.IPv4, IPv6: u.IPv6})
+		}
+		reply.Leases = append(reply.Leases, lease)
+	}
+	return reply
+}
+
+// target is how many warm units a node keeps of a pool. Until the
+// allocator sees pod demand, it is max(minWarm, warmTarget) capped by
+// maxWarm.
+func target(spec v1alpha1.IPPoolSpec) int {
+	k := spec.Warm.Resolved()
+	return int(min(max(k.MinWarm, k.WarmTarget), k.MaxWarm))
+}
+
+// topUpLater refills a node's warm units of a pool without holding up the
+// reply that triggered it.
+func (a *Allocator) topUpLater(ctx context.Context, node, pool string) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		units, err := a.topUp(ctx, node, pool)
+		if err != nil {
+			if !errors.Is(err, errExhausted) {
+				a.log.Warn("top up", "node", node, "pool", pool, "err", err)
+			}
+			return
+		}
+		if len(units) > 0 {
+			a.push(ctx, node, pool, units)
+		}
+	}()
+}
+
+// topUp grants the node what it lacks of its warm target, persisted.
+func (a *Allocator) topUp(ctx context.Context, node, pool string) ([]broker.Unit, error) {
+	a.mu.Lock()
+	ps, ok := a.ledger.pools[pool]
+	deficit := 0
+	if ok {
+		warm := 0
+		if ls := ps.leases[node]; ls != nil {
+			for _, u := range ls.units {
+				if u.State == v1alpha1.UnitWarm {
+					warm++
+				}
+			}
+		}
+		deficit = target(ps.spec) - warm
+	}
+	a.mu.Unlock()
+	if deficit <= 0 {
+		return nil, nil
+	}
+	units, _, err := a.grant(ctx, pool, node, deficit)
+	return units, err
+}
+
+// push sends a grant to the node's agent. A lost push is not lost units:
+// they are in the node's lease, and the agent's next sync returns them.
+func (a *Allocator) push(ctx context.Context, node, pool string, units []broker.Unit) {
+	a.mu.Lock()
+	info := a.ledger.pools[pool].info
+	a.mu.Unlock()
+	msg := broker.Encode(&broker.Grant{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Node: node, Pool: info, Units: units})
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.PushTimeout)
+	defer cancel()
+	resp, err := a.cfg.Conn.RequestWithContext(rctx, broker.SubjectGrant(node), msg)
+	if err != nil {
+		a.log.Warn("push grant", "node", node, "pool", pool, "units", len(units), "err", err)
+		return
+	}
+	var ack broker.Ack
+	if err := broker.Decode(resp.Data, &ack); err != nil || ack.Error != "" {
+		a.log.Warn("grant refused", "node", node, "pool", pool, "err", err, "reason", ack.Error)
+	}
+}
+
+// grant reserves up to n free units of pool for node and grants them.
+func (a *Allocator) grant(ctx context.Context, pool, node string, n int) ([]broker.Unit, broker.PoolInfo, error) {
+	a.mu.Lock()
+	ps, ok := a.ledger.pools[pool]
+	a.mu.Unlock()
+	if !ok {
+		if err := a.loadPool(ctx, pool); err != nil {
+			return nil, broker.PoolInfo{}, err
+		}
+	}
+	a.mu.Lock()
+	ps = a.ledger.pools[pool]
+	info := ps.info
+	idx := ps.reserveLocked(n)
+	a.mu.Unlock()
+	if len(idx) == 0 {
+		return nil, info, fmt.Errorf("pool %s: %w", pool, errExhausted)
+	}
+	return a.grantReserved(ctx, pool, node, idx)
+}
+
+// grantReserved persists reserved units (by index) in the node's lease,
+// and only then commits them to the ledger and returns them. The units are
+// unreserved either way.
+func (a *Allocator) grantReserved(ctx context.Context, pool, node string, idx []int) ([]broker.Unit, broker.PoolInfo, error) {
+	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	defer unlock()
+	a.mu.Lock()
+	ps := a.ledger.pools[pool]
+	info := ps.info
+	next, name, rv := a.leaseCopyLocked(ps, node)
+	var units []broker.Unit
+	for _, i := range idx {
+		lu := leasedUnit(ps.units[i])
+		next[unitID(lu)] = lu
+		units = append(units, brokerUnit(ps.units[i]))
+	}
+	a.mu.Unlock()
+
+	newRV, err := a.writeLease(ctx, pool, node, name, rv, next)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ps.unreserveLocked(idx)
+	if err != nil {
+		return nil, info, err
+	}
+	for _, i := range idx {
+		ps.holder[i] = node
+	}
+	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, units: next}
+	return units, info, nil
+}
+
+// steal serves a miss on an exhausted pool from other nodes' surplus: the
+// nodes holding the most warm units, in turn, give back what they still
+// hold warm of what is asked (each agent drops them from cache and record
+// before it answers), their leases are rewritten without them, and the
+// units are granted to node. It fails with errExhausted when no other node
+// holds a warm unit, and errBusy when some do but none could be taken now.
+func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]broker.Unit, broker.PoolInfo, error) {
+	a.mu.Lock()
+	ps, ok := a.ledger.pools[pool]
+	if !ok {
+		a.mu.Unlock()
+		return nil, broker.PoolInfo{}, fmt.Errorf("pool %s: %w", pool, errUnknownPool)
+	}
+	info := ps.info
+	type donor struct {
+		node string
+		warm int
+	}
+	var donors []donor
+	for other, ls := range ps.leases {
+		warm := 0
+		for _, u := range ls.units {
+			if u.State == v1alpha1.UnitWarm {
+				warm++
+			}
+		}
+		if other != node && warm > 0 {
+			donors = append(donors, donor{other, warm})
+		}
+	}
+	a.mu.Unlock()
+	if len(donors) == 0 {
+		return nil, info, fmt.Errorf("pool %s: %w", pool, errExhausted)
+	}
+	slices.SortFunc(donors, func(x, y donor) int { return y.warm - x.warm })
+	var idx []int
+	for _, d := range donors {
+		if len(idx) == n {
+			break
+		}
+		taken, err := a.takeFrom(ctx, ps, d.node, n-len(idx))
+		if err != nil {
+			a.log.Warn("revoke", "pool", pool, "donor", d.node, "err", err)
+		}
+		idx = append(idx, taken...)
+	}
+	if len(idx) == 0 {
+		return nil, info, fmt.Errorf("pool %s: %w", pool, errBusy)
+	}
+	a.log.Info("units moved under scarcity", "pool", pool, "to", node, "units", len(idx))
+	return a.grantReserved(ctx, pool, node, idx)
+}
+
+// takeFrom revokes up to n warm units from donor and rewrites its lease
+// without those it gave back. They are returned reserved (by index), for
+// the caller to grant. A donor that does not answer in time keeps its
+// units.
+func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n int) ([]int, error) {
+	unlock := a.leaseLocks.Lock(ps.name + "\x00" + donor)
+	defer unlock()
+	a.mu.Lock()
+	var ids []string
+	if ls := ps.leases[donor]; ls != nil {
+		for id, u := range ls.units {
+			if u.State == v1alpha1.UnitWarm && len(ids) < n {
+				ids = append(ids, id)
+			}
+		}
+	}
+	a.mu.Unlock()
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	released, err := a.revoke(ctx, donor, ps.name, ids)
+	if len(released) == 0 {
+		return nil, err
+	}
+	a.mu.Lock()
+	next, name, rv := a.leaseCopyLocked(ps, donor)
+	var idx []int
+	for _, id := range released {
+		if i, ok := ps.byID[id]; ok && ps.holder[i] == donor {
+			delete(next, id)
+			idx = append(idx, i)
+			ps.reserved[i] = true // kept for the taker while the donor's lease is rewritten
+		}
+	}
+	a.mu.Unlock()
+	newRV, werr := a.writeLease(ctx, ps.name, donor, name, rv, next)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if werr != nil {
+		// The donor's lease still lists them; its agent, which dropped
+		// them, gets them back at its next sync.
+		ps.unreserveLocked(idx)
+		return nil, werr
+	}
+	for _, i := range idx {
+		ps.holder[i] = ""
+	}
+	ps.leases[donor] = &leaseState{name: name, resourceVersion: newRV, units: next}
+	return idx, err
+}
+
+// revoke asks a node's agent to give back warm units and returns those it
+// gave back.
+func (a *Allocator) revoke(ctx context.Context, node, pool string, ids []string) ([]string, error) {
+	msg := broker.Encode(&broker.Revoke{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Pool: pool, IDs: ids})
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.PushTimeout)
+	defer cancel()
+	resp, err := a.cfg.Conn.RequestWithContext(rctx, broker.SubjectRevoke(node), msg)
+	if err != nil {
+		return nil, fmt.Errorf("revoke from %s: %w", node, err)
+	}
+	var r broker.Revoked
+	if err := broker.Decode(resp.Data, &r); err != nil {
+		return nil, err
+	}
+	if r.Error != "" {
+		return r.IDs, fmt.Errorf("revoke from %s: %s", node, r.Error)
+	}
+	return r.IDs, nil
+}
+
+// applyEvents records assignments and releases of a node's units of one
+// pool in its lease. An assigned unit the node does not hold is adopted if
+// free (the agent assigned it, so it is in use there); if another node
+// holds it, the conflict is logged and the event skipped: that is an
+// invariant violation no event may paper over.
+func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events []broker.Event) error {
+	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	defer unlock()
+	a.mu.Lock()
+	ps, ok := a.ledger.pools[pool]
+	if !ok {
+		a.mu.Unlock()
+		return fmt.Errorf("pool %s: %w", pool, errUnknownPool)
+	}
+	next, name, rv := a.leaseCopyLocked(ps, node)
+	var adopt []int
+	changed := false
+	for _, e := range events {
+		i, known := ps.byID[e.UnitID]
+		if !known {
+			a.log.Error("event for a unit not in the pool", "node", node, "pool", pool, "unit", e.UnitID)
+			continue
+		}
+		u, held := next[e.UnitID]
+		if !held {
+			if h := ps.holder[i]; h != "" || ps.reserved[i] {
+				a.log.Error("unit held by another node", "node", node, "holder", h, "pool", pool, "unit", e.UnitID, "event", e.Kind)
+				continue
+			}
+			if e.Kind != broker.EventAssigned {
+				continue // a release of what the node no longer holds
+			}
+			u = leasedUnit(ps.units[i])
+			adopt = append(adopt, i)
+		}
+		switch e.Kind {
+		case broker.EventAssigned:
+			ctr, ifname := splitAttachment(e.Attachment)
+			u.State = v1alpha1.UnitAssigned
+			u.Pod = &v1alpha1.PodRef{Namespace: e.Pod.Namespace, Name: e.Pod.Name, UID: e.Pod.UID, ContainerID: ctr, Interface: ifname}
+		case broker.EventReleased:
+			u.State, u.Pod = v1alpha1.UnitWarm, nil
+		}
+		if old, ok := next[e.UnitID]; !ok || old.State != u.State || (old.Pod == nil) != (u.Pod == nil) || old.Pod != nil && *old.Pod != *u.Pod {
+			changed = true
+		}
+		next[e.UnitID] = u
+	}
+	for _, i := range adopt {
+		ps.reserved[i] = true
+	}
+	a.mu.Unlock()
+	if !changed {
+		return nil
+	}
+	newRV, err := a.writeLease(ctx, pool, node, name, rv, next)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ps.unreserveLocked(adopt)
+	if err != nil {
+		return err
+	}
+	for _, i := range adopt {
+		ps.holder[i] = node
+	}
+	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, units: next}
+	return nil
+}
+
+// leaseCopyLocked returns a copy of a node's lease units to modify, with
+// the lease's name and resourceVersion.
+func (a *Allocator) leaseCopyLocked(ps *poolState, node string) (map[string]v1alpha1.LeasedUnit, string, string) {
+	next := map[string]v1alpha1.LeasedUnit{}
+	name, rv := v1alpha1.NodeLeaseName(ps.name, node), ""
+	if ls := ps.leases[node]; ls != nil {
+		name, rv = ls.name, ls.resourceVersion
+		for id, u := range ls.units {
+			next[id] = *u.DeepCopy()
+		}
+	}
+	return next, name, rv
+}
+
+// writeLease persists a node's lease of a pool: create it, or update it at
+// the resourceVersion we last wrote. The leader is the only writer, so a
+// conflict means our resourceVersion is stale (our own write's answer was
+// lost): re-read it and write again, once.
+func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string, units map[string]v1alpha1.LeasedUnit) (string, error) {
+	nl := &v1alpha1.NodeLease{
+		ObjectMeta: metav1.ObjectMeta{Name: name, ResourceVersion: rv},
+		Spec:       v1alpha1.NodeLeaseSpec{Pool: pool, Node: node, Epoch: int64(a.cfg.Epoch), Units: leaseUnits(units)},
+	}
+	leases := a.cfg.Client.NodeLeases()
+	for attempt := 0; ; attempt++ {
+		var out *v1alpha1.NodeLease
+		var err error
+		if nl.ResourceVersion == "" {
+			out, err = leases.Create(ctx, nl, metav1.CreateOptions{})
+		} else {
+			out, err = leases.Update(ctx, nl, metav1.UpdateOptions{})
+		}
+		if err == nil {
+			return out.ResourceVersion, nil
+		}
+		if attempt > 0 || !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)) {
+			return "", fmt.Errorf("write lease %s: %w", name, err)
+		}
+		cur, gerr := leases.Get(ctx, name, metav1.GetOptions{})
+		if gerr != nil {
+			return "", fmt.Errorf("write lease %s: %w (re-read: %w)", name, err, gerr)
+		}
+		if uint64(cur.Spec.Epoch) > a.cfg.Epoch {
+			// A newer leader wrote it: this allocator is deposed and must
+			// not overwrite its successor's record.
+			return "", fmt.Errorf("write lease %s: %w: it was written at epoch %d, this allocator's is %d", name, ErrDeposed, cur.Spec.Epoch, a.cfg.Epoch)
+		}
+		nl.ResourceVersion = cur.ResourceVersion
+	}
+}
+
+// loadPool reads a pool the ledger does not know yet from the API.
+func (a *Allocator) loadPool(ctx context.Context, pool string) error {
+	p, err := a.cfg.Client.IPPools().Get(ctx, pool, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("pool %s: %w", pool, errUnknownPool)
+	}
+	if err != nil {
+		return fmt.Errorf("pool %s: %w", pool, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ledger.upsertPoolLocked(p)
+}
+
+func splitAttachment(att string) (string, string) {
+	i := strings.LastIndex(att, "/")
+	if i < 0 {
+		return att, ""
+	}
+	return att[:i], att[i+1:]
+}

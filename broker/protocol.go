@@ -1,0 +1,218 @@
+package broker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ProtocolVersion is the version of the bus messages. A message of another
+// version is refused with ErrVersion, never guessed at.
+const ProtocolVersion = 1
+
+// Subjects. Every exchange is a request with a reply: core NATS may drop a
+// message, so each sender retries until answered, and every message is
+// idempotent (a grant of a unit already held, a report already applied,
+// changes nothing). docs/protocol.md describes each one.
+const (
+	// SubjectMiss: agent -> allocator, MissRequest / MissReply.
+	SubjectMiss = "warmpool.v1.alloc.miss"
+	// SubjectReport: agent -> allocator, Report / ReportReply.
+	SubjectReport = "warmpool.v1.alloc.report"
+	// SubjectSync: agent -> allocator, SyncRequest / SyncReply.
+	SubjectSync = "warmpool.v1.alloc.sync"
+)
+
+// SubjectGrant is where the allocator pushes Grants to a node's agent.
+// Node names may hold dots, which NATS reads as token separators; they
+// cannot hold underscores, so the mapping is one to one.
+func SubjectGrant(node string) string {
+	return "warmpool.v1.node." + strings.ReplaceAll(node, ".", "_") + ".grant"
+}
+
+// SubjectRevoke is where the allocator asks a node's agent to give back
+// warm units, under scarcity.
+func SubjectRevoke(node string) string {
+	return "warmpool.v1.node." + strings.ReplaceAll(node, ".", "_") + ".revoke"
+}
+
+// ErrVersion means a message is of another protocol version.
+var ErrVersion = errors.New("bus protocol version mismatch")
+
+// Route is a route of a pool.
+type Route struct {
+	Dst string `json:"dst"`
+	GW  string `json:"gw,omitempty"`
+}
+
+// PoolInfo is what an agent needs to answer an ADD from a pool.
+type PoolInfo struct {
+	Name     string  `json:"name"`
+	Prefix4  int     `json:"prefix4,omitempty"`
+	Prefix6  int     `json:"prefix6,omitempty"`
+	Gateway4 string  `json:"gateway4,omitempty"`
+	Gateway6 string  `json:"gateway6,omitempty"`
+	Routes   []Route `json:"routes,omitempty"`
+}
+
+// Unit is one allocation unit: its ID (primary address) and addresses.
+type Unit struct {
+	ID   string `json:"id"`
+	IPv4 string `json:"ipv4,omitempty"`
+	IPv6 string `json:"ipv6,omitempty"`
+}
+
+// Grant pushes warm units of a pool to a node. The allocator has persisted
+// them in the node's NodeLease before sending.
+type Grant struct {
+	V     int      `json:"v"`
+	Epoch uint64   `json:"epoch"`
+	Node  string   `json:"node"`
+	Pool  PoolInfo `json:"pool"`
+	Units []Unit   `json:"units"`
+}
+
+// Ack answers a Grant. Error is set when the agent refused it (a stale
+// epoch, or a store failure).
+type Ack struct {
+	V     int    `json:"v"`
+	Error string `json:"error,omitempty"`
+}
+
+// Revoke asks a node to give back warm units of a pool.
+type Revoke struct {
+	V     int      `json:"v"`
+	Epoch uint64   `json:"epoch"`
+	Pool  string   `json:"pool"`
+	IDs   []string `json:"ids"`
+}
+
+// Revoked lists the units the node gave back: removed from its cache and
+// its record before it answered. Units it was no longer holding warm (an
+// ADD took them) are not listed.
+type Revoked struct {
+	V     int      `json:"v"`
+	IDs   []string `json:"ids"`
+	Error string   `json:"error,omitempty"`
+}
+
+// MissRequest asks for units of a pool for a node whose cache is empty.
+type MissRequest struct {
+	V     int    `json:"v"`
+	Node  string `json:"node"`
+	Pool  string `json:"pool"`
+	Count int    `json:"count"`
+}
+
+// MissReply grants the units (persisted first), or says why not.
+type MissReply struct {
+	V         int      `json:"v"`
+	Epoch     uint64   `json:"epoch"`
+	Pool      PoolInfo `json:"pool"`
+	Units     []Unit   `json:"units,omitempty"`
+	Exhausted bool     `json:"exhausted,omitempty"`
+	// Retry: nothing could be granted now, but units warm on other nodes
+	// may be freed by the revokes under way; ask again shortly.
+	Retry bool   `json:"retry,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// Event kinds of a Report.
+const (
+	EventAssigned = "assigned"
+	EventReleased = "released"
+)
+
+// Pod identifies a pod.
+type Pod struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid,omitempty"`
+}
+
+// Event is one assignment or release made by an agent.
+type Event struct {
+	Kind       string `json:"kind"`
+	Pool       string `json:"pool"`
+	UnitID     string `json:"unitID"`
+	Attachment string `json:"attachment"`
+	Pod        Pod    `json:"pod,omitzero"`
+}
+
+// Report carries an agent's assignments and releases since its last
+// acknowledged report, in order. Seq numbers reports per agent run.
+type Report struct {
+	V      int     `json:"v"`
+	Node   string  `json:"node"`
+	Seq    uint64  `json:"seq"`
+	Events []Event `json:"events"`
+}
+
+// ReportReply acknowledges a Report once its events are persisted.
+type ReportReply struct {
+	V     int    `json:"v"`
+	Epoch uint64 `json:"epoch"`
+	Seq   uint64 `json:"seq"`
+	Error string `json:"error,omitempty"`
+}
+
+// HeldUnit is a unit as an agent's record has it.
+type HeldUnit struct {
+	Pool       string `json:"pool"`
+	Unit       Unit   `json:"unit"`
+	Assigned   bool   `json:"assigned,omitempty"`
+	Attachment string `json:"attachment,omitempty"`
+	Pod        Pod    `json:"pod,omitzero"`
+}
+
+// SyncRequest is an agent's full record, sent on start and on every
+// reconnection to the bus.
+type SyncRequest struct {
+	V     int        `json:"v"`
+	Node  string     `json:"node"`
+	Units []HeldUnit `json:"units"`
+}
+
+// Lease is what the node holds of one pool, as the allocator's record has
+// it after reconciliation.
+type Lease struct {
+	Pool  PoolInfo `json:"pool"`
+	Units []Unit   `json:"units"`
+}
+
+// SyncReply is the allocator's record of the node: the agent keeps these
+// units and drops the warm ones that are not listed.
+type SyncReply struct {
+	V      int     `json:"v"`
+	Epoch  uint64  `json:"epoch"`
+	Leases []Lease `json:"leases"`
+	Error  string  `json:"error,omitempty"`
+}
+
+// Encode marshals a message. Messages are plain structs: this cannot fail
+// for them, and a failure is a programming error worth its panic in tests.
+func Encode(msg any) []byte {
+	b, err := json.Marshal(msg)
+	if err != nil {
+		panic(fmt.Sprintf("encode %T: %v", msg, err))
+	}
+	return b
+}
+
+// Decode unmarshals a message and checks its version.
+func Decode(data []byte, msg any) error {
+	var head struct {
+		V int `json:"v"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return fmt.Errorf("decode %T: %w", msg, err)
+	}
+	if head.V != ProtocolVersion {
+		return fmt.Errorf("decode %T: %w: got v%d, want v%d", msg, ErrVersion, head.V, ProtocolVersion)
+	}
+	if err := json.Unmarshal(data, msg); err != nil {
+		return fmt.Errorf("decode %T: %w", msg, err)
+	}
+	return nil
+}

@@ -1,0 +1,272 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/warmpool/warmpool/agent"
+	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/allocator"
+	"github.com/warmpool/warmpool/api/client"
+	"github.com/warmpool/warmpool/api/v1alpha1"
+	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/internal/netsim"
+	"github.com/warmpool/warmpool/internal/testenv"
+)
+
+// cluster is the control plane, the bus and the allocator.
+type cluster struct {
+	t      *testing.T
+	client *client.Clientset
+	nats   *broker.Server
+	port   int
+	alloc  *allocator.Allocator
+	paths  []string
+}
+
+func i32(v int32) *int32 { return &v }
+
+// dualPool has n pairs: 10.20.0.10... with fd00:20::10...
+func dualPool(n int, warm *v1alpha1.Warm) *v1alpha1.IPPool {
+	return &v1alpha1.IPPool{
+		ObjectMeta: metav1.ObjectMeta{Name: "dual"},
+		Spec: v1alpha1.IPPoolSpec{
+			IPv4: &v1alpha1.Subnet{CIDR: "10.20.0.0/24", Gateway: "10.20.0.1",
+				Ranges: []v1alpha1.IPRange{{Start: "10.20.0.10", End: fmt.Sprintf("10.20.0.%d", 10+n-1)}},
+				Routes: []v1alpha1.Route{{Dst: "172.16.0.0/12"}}},
+			IPv6: &v1alpha1.Subnet{CIDR: "fd00:20::/64", Gateway: "fd00:20::1",
+				Ranges: []v1alpha1.IPRange{{Start: "fd00:20::10", End: "fd00:20::ffff"}}},
+			Warm: warm,
+		},
+	}
+}
+
+func newCluster(t *testing.T, pool *v1alpha1.IPPool) *cluster {
+	t.Helper()
+	cfg := testenv.APIServerWithCRDs(t)
+	cs, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := cs.IPPools().Create(ctx, pool, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, client: cs, paths: []string{testenv.CNIPluginDir(t), testenv.PluginDir(t)}}
+	c.startNATS(0)
+	conn, err := broker.Connect(ctx, c.nats.ClientURL(), "allocator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Close)
+	a, err := allocator.New(ctx, allocator.Config{Client: cs, Conn: conn, Epoch: 1, Logger: testenv.Logger(t).With("component", "allocator")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Stop)
+	c.alloc = a
+	return c
+}
+
+// startNATS starts the embedded server, on port if non-zero (a restart).
+func (c *cluster) startNATS(port int) {
+	c.t.Helper()
+	srv, err := broker.StartServer(broker.ServerOptions{Port: port})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.nats = srv
+	var p int
+	if _, err := fmt.Sscanf(srv.ClientURL()[len("nats://127.0.0.1:"):], "%d", &p); err != nil {
+		c.t.Fatalf("port of %s: %v", srv.ClientURL(), err)
+	}
+	c.port = p
+	c.t.Cleanup(srv.Shutdown)
+}
+
+// node is a simulated node: host namespace, agent, socket, bus client.
+type node struct {
+	name   string
+	host   *netsim.Host
+	agent  *agent.Agent
+	store  *store.Store
+	socket string
+	cni    *libcni.CNIConfig
+	chain  *libcni.NetworkConfigList
+}
+
+func (c *cluster) addNode(name string) *node {
+	t := c.t
+	t.Helper()
+	n := &node{name: name, host: testenv.Host(t, name)}
+	dir := t.TempDir()
+	s, err := store.Open(filepath.Join(dir, "agent.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	n.store = s
+	a, err := agent.New(agent.Config{Node: name, Store: s, Logger: testenv.Logger(t).With("component", "agent"), MissTimeout: 5 * time.Second,
+		Resolver: agent.StaticResolver{Known: map[string]bool{"dual": true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.agent = a
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, err := broker.Connect(ctx, c.nats.ClientURL(), "agent-"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus := agent.NewBus(a, conn, 0)
+	n.socket = filepath.Join(dir, "agent.sock")
+	srv, err := agent.Listen(a, n.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served, bused := make(chan error, 1), make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	go func() { bused <- bus.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-served
+		<-bused
+		conn.Close()
+	})
+	n.cni = testenv.CNI(t, c.paths...)
+	if n.chain, err = libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"macvlan","master":%q,"mode":"bridge","ipam":{"type":"warmpool","pool":"dual","socket":%q}}]}`, netsim.Master, n.socket))); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (n *node) rt(ctr string, pod *netsim.Pod) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: ctr, NetNS: pod.Path(), IfName: "eth0", Args: [][2]string{
+		{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", ctr}, {"K8S_POD_UID", "uid-" + ctr}}}
+}
+
+// add creates a pod namespace and runs the chain's ADD into it.
+func (n *node) add(ctx context.Context, ctr string) (*types100.Result, *netsim.Pod, error) {
+	pod, err := n.host.NewPod(ctr)
+	if err == nil {
+		err = pod.DisableDAD()
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var res *types100.Result
+	err = n.host.Do(func() error {
+		r, err := n.cni.AddNetworkList(ctx, n.chain, n.rt(ctr, pod))
+		if err == nil {
+			res, err = types100.NewResultFromResult(r)
+		}
+		return err
+	})
+	return res, pod, err
+}
+
+func (n *node) del(ctx context.Context, ctr string, pod *netsim.Pod) error {
+	return n.host.Do(func() error { return n.cni.DelNetworkList(ctx, n.chain, n.rt(ctr, pod)) })
+}
+
+// waitWarm waits until the node's agent holds want warm units.
+func (n *node) waitWarm(t *testing.T, want int) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
+		return n.agent.WarmCount("dual") == want, nil
+	})
+	if err != nil {
+		t.Fatalf("node %s: %d warm, want %d", n.name, n.agent.WarmCount("dual"), want)
+	}
+}
+
+// leases reads every NodeLease of the pool, by node.
+func (c *cluster) leases(ctx context.Context) (map[string]*v1alpha1.NodeLease, error) {
+	list, err := c.client.NodeLeases().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*v1alpha1.NodeLease{}
+	for i := range list.Items {
+		out[list.Items[i].Spec.Node] = &list.Items[i]
+	}
+	return out, nil
+}
+
+// checkLedger checks the persisted record: no unit in two leases, and the
+// assignments of each node's lease are exactly its agent's.
+func (c *cluster) waitAgree(t *testing.T, nodes ...*node) {
+	t.Helper()
+	var last error
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		last = c.agree(ctx, nodes...)
+		return last == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("allocator and agents disagree: %v", last)
+	}
+}
+
+func (c *cluster) agree(ctx context.Context, nodes ...*node) error {
+	leases, err := c.leases(ctx)
+	if err != nil {
+		return err
+	}
+	holder := map[string]string{}
+	for node, l := range leases {
+		for _, u := range l.Spec.Units {
+			if h, ok := holder[u.IPv4]; ok {
+				return fmt.Errorf("unit %s in the leases of %s and %s", u.IPv4, h, node)
+			}
+			holder[u.IPv4] = node
+		}
+	}
+	for _, n := range nodes {
+		snap, err := n.store.Load()
+		if err != nil {
+			return err
+		}
+		leased := map[string]string{} // unit -> attachment, assigned ones
+		if l := leases[n.name]; l != nil {
+			for _, u := range l.Spec.Units {
+				if u.State == v1alpha1.UnitAssigned {
+					leased[u.IPv4] = u.Pod.ContainerID + "/" + u.Pod.Interface
+				}
+			}
+		}
+		held := map[string]string{}
+		for _, a := range snap.Assignments {
+			held[a.UnitID] = a.Attachment
+		}
+		if fmt.Sprint(leased) != fmt.Sprint(held) {
+			return fmt.Errorf("node %s: lease has assigned %v, agent has %v", n.name, leased, held)
+		}
+		for k, u := range snap.Units {
+			if holder[k.ID] != n.name {
+				return fmt.Errorf("node %s holds %s (%s) that its lease does not list", n.name, k.ID, u.State)
+			}
+		}
+	}
+	return nil
+}
+
+func cniCode(err error) uint {
+	var e *types.Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return 0
+}

@@ -1,0 +1,164 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/warmpool/warmpool/agent/wire"
+	"github.com/warmpool/warmpool/api/v1alpha1"
+	"github.com/warmpool/warmpool/internal/netsim"
+)
+
+// TestWarmAddEndToEnd: the allocator warms a new node at its first sync;
+// a dual-stack ADD through libcni and macvlan pops a warm pair, the pod's
+// interface carries both addresses, and the assignment reaches the node's
+// NodeLease.
+func TestWarmAddEndToEnd(t *testing.T) {
+	c := newCluster(t, dualPool(20, &v1alpha1.Warm{MinWarm: i32(2), WarmTarget: i32(4), MaxWarm: i32(16)}))
+	n := c.addNode("node-1")
+	n.waitWarm(t, 4)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	res, pod, err := n.add(ctx, "c1")
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if len(res.IPs) != 2 || !strings.HasPrefix(res.IPs[0].Address.String(), "10.20.0.") || !strings.HasPrefix(res.IPs[1].Address.String(), "fd00:20::") {
+		t.Fatalf("ADD gave %v, want a pair of the pool", res.IPs)
+	}
+	if res.IPs[0].Gateway.String() != "10.20.0.1" || len(res.Routes) != 1 || res.Routes[0].GW.String() != "10.20.0.1" {
+		t.Errorf("gateway %v routes %v", res.IPs[0].Gateway, res.Routes)
+	}
+	out, err := exec.Command("ip", "-n", pod.Name, "addr", "show", "eth0").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), res.IPs[0].Address.String()) || !strings.Contains(string(out), res.IPs[1].Address.String()) {
+		t.Fatalf("pod eth0 lacks %v (%v):\n%s", res.IPs, err, out)
+	}
+	// Consumption is refilled: back to 4 warm.
+	n.waitWarm(t, 4)
+	c.waitAgree(t, n)
+	leases, err := c.leases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, u := range leases["node-1"].Spec.Units {
+		if u.State == v1alpha1.UnitAssigned && u.Pod.Name == "c1" && u.Pod.UID == "uid-c1" && u.IPv4+"/24" == res.IPs[0].Address.String() {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("the NodeLease does not record c1's assignment: %+v", leases["node-1"].Spec.Units)
+	}
+	if err := n.del(ctx, "c1", pod); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	c.waitAgree(t, n)
+}
+
+// TestMissAndExhaustion: a pool with no warm cache (maxWarm 0) serves
+// every ADD as a miss through the allocator, and the ADD after the last
+// pair fails with the exhausted code, leaving nothing behind.
+func TestMissAndExhaustion(t *testing.T) {
+	c := newCluster(t, dualPool(3, &v1alpha1.Warm{MinWarm: i32(0), WarmTarget: i32(0), MaxWarm: i32(0)}))
+	n := c.addNode("node-1")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i := range 3 {
+		if _, _, err := n.add(ctx, fmt.Sprintf("c%d", i)); err != nil {
+			t.Fatalf("ADD %d (a miss): %v", i, err)
+		}
+	}
+	_, _, err := n.add(ctx, "c3")
+	if err == nil || cniCode(err) != wire.CodePoolExhausted || !strings.Contains(err.Error(), "no free address") {
+		t.Fatalf("ADD beyond the pool: %v, want code %d", err, wire.CodePoolExhausted)
+	}
+	c.waitAgree(t, n)
+}
+
+// TestTwoNodesFiftyConcurrentAdds: 2 nodes x 50 concurrent ADDs against a
+// 100-pair pool: 100 distinct pairs, none held by both nodes, and the
+// persisted leases agree with both agents.
+func TestTwoNodesFiftyConcurrentAdds(t *testing.T) {
+	c := newCluster(t, dualPool(100, &v1alpha1.Warm{MinWarm: i32(2), WarmTarget: i32(8), MaxWarm: i32(16)}))
+	nodes := []*node{c.addNode("node-a"), c.addNode("node-b")}
+	for _, n := range nodes {
+		n.waitWarm(t, 8)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var mu sync.Mutex
+	owner := map[netip.Addr]string{}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, n := range nodes {
+		for i := range 50 {
+			wg.Go(func() {
+				ctr := fmt.Sprintf("%s-c%d", n.name, i)
+				res, _, err := n.add(ctx, ctr)
+				if err != nil {
+					t.Errorf("ADD %s: %v", ctr, err)
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for _, ip := range res.IPs {
+					a, _ := netip.AddrFromSlice(ip.Address.IP)
+					a = a.Unmap()
+					if prev, ok := owner[a]; ok {
+						t.Errorf("%s given to %s and %s", a, prev, ctr)
+					}
+					owner[a] = ctr
+				}
+			})
+		}
+	}
+	wg.Wait()
+	t.Logf("100 ADDs on 2 nodes in %s", time.Since(start).Round(time.Millisecond))
+	if len(owner) != 200 {
+		t.Fatalf("%d distinct addresses, want 200", len(owner))
+	}
+	c.waitAgree(t, nodes...)
+}
+
+// TestNATSDown: with the bus stopped, an agent keeps serving ADD from its
+// warm cache and takes DEL; when the bus is back, agent and allocator
+// resynchronise and agree.
+func TestNATSDown(t *testing.T) {
+	c := newCluster(t, dualPool(20, &v1alpha1.Warm{MinWarm: i32(2), WarmTarget: i32(4), MaxWarm: i32(16)}))
+	n := c.addNode("node-1")
+	n.waitWarm(t, 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, pod0, err := n.add(ctx, "before")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.waitWarm(t, 4)
+	c.waitAgree(t, n)
+
+	c.nats.Shutdown()
+	var pods []*netsim.Pod
+	for i := range 3 {
+		_, pod, err := n.add(ctx, fmt.Sprintf("during%d", i))
+		if err != nil {
+			t.Fatalf("ADD %d with NATS down (from the warm cache): %v", i, err)
+		}
+		pods = append(pods, pod)
+	}
+	if err := n.del(ctx, "before", pod0); err != nil {
+		t.Fatalf("DEL with NATS down: %v", err)
+	}
+	if err := n.del(ctx, "during0", pods[0]); err != nil {
+		t.Fatalf("DEL with NATS down: %v", err)
+	}
+
+	c.startNATS(c.port)
+	c.waitAgree(t, n)
+}
