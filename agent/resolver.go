@@ -1,0 +1,177 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	listerscorev1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/warmpool/warmpool/agent/wire"
+	"github.com/warmpool/warmpool/api/client"
+	"github.com/warmpool/warmpool/api/v1alpha1"
+)
+
+// PoolAnnotation on a pod, or on its namespace, names the pool its
+// attachments use when the network config names none.
+const PoolAnnotation = "warmpool.io/pool"
+
+// InformerResolver resolves pools from informers: the pods of this node
+// (field selector on spec.nodeName), all namespaces, and all IPPools. No
+// API call is on an ADD's path unless the pod is not in the informer yet
+// (a pod bound a moment ago), when one live GET decides.
+type InformerResolver struct {
+	node       string
+	kube       kubernetes.Interface
+	pods       listerscorev1.PodLister
+	namespaces listerscorev1.NamespaceLister
+	pools      cache.Indexer
+	nodeLabels func() labels.Set
+	synced     []cache.InformerSynced
+	starters   []func(stop <-chan struct{})
+	// LiveGetTimeout bounds the GET of a pod missing from the informer.
+	LiveGetTimeout time.Duration
+}
+
+// NewInformerResolver builds the informers; Run starts them.
+func NewInformerResolver(node string, kube kubernetes.Interface, wp *client.Clientset) *InformerResolver {
+	nodeScoped := informers.NewSharedInformerFactoryWithOptions(kube, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
+		}))
+	cluster := informers.NewSharedInformerFactory(kube, 0)
+	podInf := nodeScoped.Core().V1().Pods()
+	nsInf := cluster.Core().V1().Namespaces()
+	nodeInf := informers.NewSharedInformerFactoryWithOptions(kube, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", node).String()
+		})).Core().V1().Nodes()
+	poolInf := cache.NewSharedIndexInformer(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return wp.IPPools().List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return wp.IPPools().Watch(ctx, o)
+		},
+	}, &v1alpha1.IPPool{}, 0, cache.Indexers{})
+	r := &InformerResolver{
+		node: node, kube: kube,
+		pods: podInf.Lister(), namespaces: nsInf.Lister(), pools: poolInf.GetIndexer(),
+		synced:         []cache.InformerSynced{podInf.Informer().HasSynced, nsInf.Informer().HasSynced, poolInf.HasSynced, nodeInf.Informer().HasSynced},
+		LiveGetTimeout: 2 * time.Second,
+	}
+	nodeLister := nodeInf.Lister()
+	r.nodeLabels = func() labels.Set {
+		if n, err := nodeLister.Get(node); err == nil {
+			return n.Labels
+		}
+		return nil
+	}
+	r.starters = []func(<-chan struct{}){nodeScoped.Start, cluster.Start, func(stop <-chan struct{}) { go poolInf.Run(stop) },
+		func(stop <-chan struct{}) { go nodeInf.Informer().Run(stop) }}
+	return r
+}
+
+// Run starts the informers and waits for their caches, bounded by ctx.
+func (r *InformerResolver) Run(ctx context.Context) error {
+	for _, start := range r.starters {
+		start(ctx.Done())
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), r.synced...) {
+		return fmt.Errorf("pool resolver: caches not synced: %w", ctx.Err())
+	}
+	return nil
+}
+
+// Resolve implements PoolResolver: the netconf's pool, else the pod's
+// annotation, else its namespace's, else the one pool whose selectors
+// match the pod, its namespace and this node.
+func (r *InformerResolver) Resolve(ctx context.Context, pod wire.Pod, netconfPool string) (string, *wire.Error) {
+	if netconfPool != "" {
+		return r.known(netconfPool, "the network config's ipam.pool")
+	}
+	p, werr := r.pod(ctx, pod)
+	if werr != nil {
+		return "", werr
+	}
+	if name := p.Annotations[PoolAnnotation]; name != "" {
+		return r.known(name, "the pod's "+PoolAnnotation+" annotation")
+	}
+	ns, err := r.namespaces.Get(p.Namespace)
+	if err != nil {
+		return "", &wire.Error{Code: wire.CodePodNotFound, Msg: fmt.Sprintf("namespace %s of pod %s/%s is not known", p.Namespace, p.Namespace, p.Name), Details: err.Error()}
+	}
+	if name := ns.Annotations[PoolAnnotation]; name != "" {
+		return r.known(name, "namespace "+ns.Name+"'s "+PoolAnnotation+" annotation")
+	}
+	var matches []string
+	for _, obj := range r.pools.List() {
+		pool := obj.(*v1alpha1.IPPool)
+		if selects(pool.Spec.NamespaceSelector, ns.Labels) && selects(pool.Spec.PodSelector, p.Labels) && selects(pool.Spec.NodeSelector, r.nodeLabels()) {
+			matches = append(matches, pool.Name)
+		}
+	}
+	slices.Sort(matches)
+	switch len(matches) {
+	case 0:
+		return "", &wire.Error{Code: wire.CodeNoPool, Msg: fmt.Sprintf("no IPPool selects pod %s/%s on node %s", p.Namespace, p.Name, r.node),
+			Details: "set ipam.pool in the network config, the " + PoolAnnotation + " annotation, or a pool's selectors"}
+	case 1:
+		return matches[0], nil
+	default:
+		return "", &wire.Error{Code: wire.CodeNoPool, Msg: fmt.Sprintf("several IPPools select pod %s/%s: %s", p.Namespace, p.Name, strings.Join(matches, ", ")),
+			Details: "name one with the " + PoolAnnotation + " annotation or ipam.pool"}
+	}
+}
+
+func (r *InformerResolver) known(name, source string) (string, *wire.Error) {
+	if _, ok, _ := r.pools.GetByKey(name); !ok {
+		return "", &wire.Error{Code: wire.CodeUnknownPool, Msg: fmt.Sprintf("pool %q, named by %s, does not exist", name, source),
+			Details: "create the IPPool or fix the name"}
+	}
+	return name, nil
+}
+
+// pod finds the pod in the informer, or by one live GET when the informer
+// has not seen it yet; a UID mismatch means the pod was re-created.
+func (r *InformerResolver) pod(ctx context.Context, want wire.Pod) (*corev1.Pod, *wire.Error) {
+	p, err := r.pods.Pods(want.Namespace).Get(want.Name)
+	if apierrors.IsNotFound(err) {
+		gctx, cancel := context.WithTimeout(ctx, r.LiveGetTimeout)
+		defer cancel()
+		p, err = r.kube.CoreV1().Pods(want.Namespace).Get(gctx, want.Name, metav1.GetOptions{})
+	}
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, &wire.Error{Code: wire.CodePodNotFound, Msg: fmt.Sprintf("pod %s/%s is not in the API", want.Namespace, want.Name),
+			Details: "the runtime asked for a pod that does not exist (deleted meanwhile?)"}
+	case err != nil:
+		return nil, &wire.Error{Code: wire.CodeTryAgainLater, Msg: fmt.Sprintf("pod %s/%s could not be read", want.Namespace, want.Name), Details: err.Error()}
+	case want.UID != "" && string(p.UID) != want.UID:
+		return nil, &wire.Error{Code: wire.CodePodNotFound, Msg: fmt.Sprintf("pod %s/%s has UID %s, not %s: it was re-created", want.Namespace, want.Name, p.UID, want.UID)}
+	}
+	return p, nil
+}
+
+func selects(sel *metav1.LabelSelector, set labels.Set) bool {
+	if sel == nil {
+		return true
+	}
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		return false
+	}
+	return s.Matches(set)
+}
