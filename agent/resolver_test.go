@@ -43,7 +43,9 @@ func TestInformerResolver(t *testing.T) {
 	}
 	must(kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "annotated",
 		Annotations: map[string]string{agent.PoolAnnotation: "pool-ns"}}}, metav1.CreateOptions{}))
-	sel := func(k, v string) *metav1.LabelSelector { return &metav1.LabelSelector{MatchLabels: map[string]string{k: v}} }
+	sel := func(k, v string) *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchLabels: map[string]string{k: v}}
+	}
 	for name, spec := range map[string]v1alpha1.IPPoolSpec{
 		"pool-team-a": {IPv4: &v1alpha1.Subnet{CIDR: "10.1.0.0/24"}, NamespaceSelector: sel("team", "a")},
 		"pool-app-b":  {IPv4: &v1alpha1.Subnet{CIDR: "10.2.0.0/24"}, PodSelector: sel("app", "b")},
