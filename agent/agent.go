@@ -75,6 +75,9 @@ type Config struct {
 	// order per attachment; the bus reports them to the allocator. It must
 	// not block.
 	OnEvent func(broker.Event)
+	// AfterPersist, if set, runs between an ADD's commit and its answer:
+	// the fault tests' failpoint (they kill the agent there).
+	AfterPersist func()
 }
 
 // Agent is the node agent's state and CNI operations.
@@ -385,6 +388,9 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 		}
 		a.log.Error("persist assignment", "attachment", key, "pool", pool, "unit", unit.ID, "err", err)
 		return nil, &wire.Error{Code: wire.CodeIOFailure, Msg: "the agent could not record the assignment", Details: err.Error()}
+	}
+	if a.cfg.AfterPersist != nil {
+		a.cfg.AfterPersist()
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -11,8 +11,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"regexp"
+	"syscall"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -155,6 +157,10 @@ func (p *Plugin) call(conf *NetConf, timeout time.Duration, req *wire.Request) (
 		return nil, types.NewError(code,
 			fmt.Sprintf("the warmpool agent is not running on this node (no socket at %s)", conf.IPAM.Socket),
 			"check the warmpool-agent DaemonSet's pod on this node; the runtime retries")
+	case errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+		return nil, types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("the warmpool agent closed the connection before answering %s (restarting?)", req.Op),
+			"the runtime retries; an ADD retried for the same container gets what the agent recorded")
 	case errors.Is(err, context.DeadlineExceeded):
 		return nil, types.NewError(types.ErrTryAgainLater,
 			fmt.Sprintf("the warmpool agent did not answer %s within %s", req.Op, timeout), err.Error())

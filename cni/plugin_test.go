@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 
@@ -105,7 +106,8 @@ func TestAgentErrorsBecomeCNIErrors(t *testing.T) {
 		{"del unreachable", (*Plugin).Del, fmt.Errorf("%w: boom", wire.ErrAgentUnreachable), nil, types.ErrTryAgainLater, "not running on this node"},
 		{"status unreachable", (*Plugin).Status, fmt.Errorf("%w: boom", wire.ErrAgentUnreachable), nil, types.ErrPluginNotAvailable, "not running on this node"},
 		{"add timeout", (*Plugin).Add, fmt.Errorf("x: %w", context.DeadlineExceeded), nil, types.ErrTryAgainLater, "did not answer ADD within 2s"},
-		{"add io", (*Plugin).Add, errors.New("broken pipe"), nil, types.ErrIOFailure, "failed"},
+		{"add io", (*Plugin).Add, errors.New("garbled"), nil, types.ErrIOFailure, "failed"},
+		{"agent died mid-ADD", (*Plugin).Add, fmt.Errorf("read: %w", io.EOF), nil, types.ErrTryAgainLater, "closed the connection before answering ADD"},
 		{"add exhausted", (*Plugin).Add, nil, &wire.Response{Error: &wire.Error{Code: wire.CodePoolExhausted, Msg: "pool underlay-dual is exhausted"}}, wire.CodePoolExhausted, "exhausted"},
 		{"add no result", (*Plugin).Add, nil, &wire.Response{}, types.ErrInternal, "without a result"},
 		{"add bad result", (*Plugin).Add, nil, &wire.Response{Result: &wire.Result{IPs: []wire.Address{{CIDR: "nonsense"}}}}, types.ErrInternal, "malformed"},

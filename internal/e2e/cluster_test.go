@@ -20,13 +20,16 @@ import (
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/internal/controlplane"
 	"github.com/warmpool/warmpool/internal/netsim"
 	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/manifests"
 )
 
 // cluster is the control plane, the bus and the allocator.
 type cluster struct {
 	t      *testing.T
+	cp     *controlplane.ControlPlane
 	client *client.Clientset
 	nats   *broker.Server
 	port   int
@@ -53,17 +56,20 @@ func dualPool(n int, warm *v1alpha1.Warm) *v1alpha1.IPPool {
 
 func newCluster(t *testing.T, pool *v1alpha1.IPPool) *cluster {
 	t.Helper()
-	cfg := testenv.APIServerWithCRDs(t)
-	cs, err := client.New(cfg)
+	cp := testenv.ControlPlane(t, controlplane.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := manifests.InstallCRDs(ctx, cp.RESTConfig()); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := client.New(cp.RESTConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	if _, err := cs.IPPools().Create(ctx, pool, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, client: cs, paths: []string{testenv.CNIPluginDir(t), testenv.PluginDir(t)}}
+	c := &cluster{t: t, cp: cp, client: cs, paths: []string{testenv.CNIPluginDir(t), testenv.PluginDir(t)}}
 	c.startNATS(0)
 	conn, err := broker.Connect(ctx, c.nats.ClientURL(), "allocator")
 	if err != nil {

@@ -129,21 +129,29 @@ func CNIPluginDir(t testing.TB) string {
 
 // PluginDir builds the warmpool plugin binary (cmd/warmpool) into a new
 // directory of the test's and returns it, for a CNI path beside
-// CNIPluginDir. The Go build cache makes every build after the first a link.
+// CNIPluginDir.
 func PluginDir(t testing.TB) string {
+	t.Helper()
+	return filepath.Dir(Binary(t, "warmpool"))
+}
+
+// Binary builds ./cmd/<name> of this module into a new directory of the
+// test's and returns its path. The Go build cache makes every build after
+// the first a link.
+func Binary(t testing.TB, name string) string {
 	t.Helper()
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		t.Fatalf("go env GOMOD: %v", err)
 	}
 	root := filepath.Dir(strings.TrimSpace(string(out)))
-	dir := t.TempDir()
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, "warmpool"), "./cmd/warmpool")
+	bin := filepath.Join(t.TempDir(), name)
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./cmd/"+name)
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the plugin: %v\n%s", err, out)
+		t.Fatalf("build %s: %v\n%s", name, err, out)
 	}
-	return dir
+	return bin
 }
 
 // CNI returns a libcni runtime that execs plugins from paths, with a result

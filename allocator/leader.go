@@ -1,0 +1,68 @@
+package allocator
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+)
+
+// Election configures leader election through a coordination.k8s.io Lease.
+type Election struct {
+	Namespace, Name, Identity           string
+	LeaseDuration, RenewDeadline, Retry time.Duration
+}
+
+// RunLeader runs lead while this process holds the Lease, with the leader
+// epoch: the Lease's leaseTransitions + 1 when leadership was taken, which
+// rises with every change of holder, so a successor's epoch is always
+// higher than its predecessor's. lead's context ends when leadership is
+// lost; RunLeader returns then, or when ctx ends. A process that lost
+// leadership should exit, as a deposed leader's state is not to be reused.
+func RunLeader(ctx context.Context, kube kubernetes.Interface, e Election, lead func(ctx context.Context, epoch uint64)) error {
+	if e.LeaseDuration == 0 {
+		e.LeaseDuration, e.RenewDeadline, e.Retry = 15*time.Second, 10*time.Second, 2*time.Second
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: e.Namespace, Name: e.Name},
+		Client:     kube.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: e.Identity},
+	}
+	var leadErr error
+	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		LeaseDuration:   e.LeaseDuration,
+		RenewDeadline:   e.RenewDeadline,
+		RetryPeriod:     e.Retry,
+		ReleaseOnCancel: true,
+		Name:            e.Name,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(lctx context.Context) {
+				lease, err := kube.CoordinationV1().Leases(e.Namespace).Get(lctx, e.Name, metav1.GetOptions{})
+				if err != nil {
+					leadErr = fmt.Errorf("read the leader lease for the epoch: %w", err)
+					return
+				}
+				if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != e.Identity {
+					leadErr = fmt.Errorf("leader lease held by %v right after we took it", lease.Spec.HolderIdentity)
+					return
+				}
+				var transitions int32
+				if lease.Spec.LeaseTransitions != nil {
+					transitions = *lease.Spec.LeaseTransitions
+				}
+				lead(lctx, uint64(transitions)+1)
+			},
+			OnStoppedLeading: func() {},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("leader election: %w", err)
+	}
+	le.Run(ctx)
+	return leadErr
+}

@@ -1,0 +1,118 @@
+// Command warmpool-agent is the node agent (one per node, a DaemonSet): it
+// serves the CNI plugin's socket from the node's warm cache and its bbolt
+// record, and talks to the allocator over NATS.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/warmpool/warmpool/agent"
+	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/agent/wire"
+	"github.com/warmpool/warmpool/api/client"
+	"github.com/warmpool/warmpool/broker"
+)
+
+// failpointEnv names a failpoint for the fault tests: "after-persist" kills
+// the agent with SIGKILL between an ADD's commit and its answer.
+const failpointEnv = "WARMPOOL_FAILPOINT"
+
+func main() {
+	var (
+		node        = flag.String("node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+		socket      = flag.String("socket", wire.DefaultSocket, "the CNI plugin's socket")
+		state       = flag.String("state", "/var/lib/warmpool/agent.db", "the agent's bbolt record")
+		natsURL     = flag.String("nats-url", "", "the allocator's NATS URL (required)")
+		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file; empty uses the in-cluster config")
+		reuseDelay  = flag.Duration("reuse-delay", agent.DefaultReuseDelay, "how long a released address cools before reuse")
+		missTimeout = flag.Duration("miss-timeout", 5*time.Second, "how long an ADD with an empty cache waits for the allocator")
+		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
+	)
+	flag.Parse()
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil || *node == "" || *natsURL == "" {
+		fmt.Fprintln(os.Stderr, "warmpool-agent: --node (or $NODE_NAME) and --nats-url are required; --log-level is debug, info, warn or error")
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", *node)
+	if err := run(*node, *socket, *state, *natsURL, *kubeconfig, *reuseDelay, *missTimeout, log); err != nil {
+		log.Error("agent stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(node, socket, state, natsURL, kubeconfig string, reuseDelay, missTimeout time.Duration, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var cfg *rest.Config
+	var err error
+	if kubeconfig == "" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return err
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	wp, err := client.New(cfg)
+	if err != nil {
+		return err
+	}
+	s, err := store.Open(state, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	resolver := agent.NewInformerResolver(node, kube, wp)
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	err = resolver.Run(sctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	acfg := agent.Config{Node: node, Store: s, Resolver: resolver, ReuseDelay: reuseDelay, MissTimeout: missTimeout, Logger: log}
+	if os.Getenv(failpointEnv) == "after-persist" {
+		acfg.AfterPersist = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
+	}
+	a, err := agent.New(acfg)
+	if err != nil {
+		return err
+	}
+	// The agent serves from its record while the bus is away: connect
+	// without failing, and keep reconnecting.
+	conn, err := broker.Connect(ctx, natsURL, "warmpool-agent-"+node, nats.RetryOnFailedConnect(true))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	bus := agent.NewBus(a, conn, 0)
+	srv, err := agent.Listen(a, socket)
+	if err != nil {
+		return err
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- bus.Run(ctx) }()
+	go func() { errs <- srv.Serve(ctx) }()
+	go a.RunRecycler(ctx, 100*time.Millisecond)
+	log.Info("agent serving", "socket", socket, "state", state)
+	err = <-errs
+	stop()
+	return errors.Join(err, <-errs)
+}
