@@ -86,7 +86,8 @@ type Agent struct {
 	store *store.Store
 	log   *slog.Logger
 
-	locks keyed.Mutex
+	locks   keyed.Mutex
+	metrics *metrics
 
 	mu          sync.Mutex
 	pools       map[string]store.Pool
@@ -128,6 +129,7 @@ func New(cfg Config) (*Agent, error) {
 		assignments: snap.Assignments,
 		epoch:       snap.Epoch,
 	}
+	a.metrics = newMetrics(a)
 	keys := make([]store.Key, 0, len(snap.Units))
 	for k, u := range snap.Units {
 		if u.State == store.Warm {
@@ -324,11 +326,20 @@ func (a *Agent) Handle(ctx context.Context, req *wire.Request) *wire.Response {
 			Msg: fmt.Sprintf("the plugin speaks protocol v%d, this agent v%d", req.V, wire.Version), Details: "upgrade the plugin and the agent together"}
 		return resp
 	}
+	start := time.Now()
 	switch req.Op {
 	case wire.OpAdd:
 		resp.Result, resp.Error = a.add(ctx, req)
+		result := "error"
+		if resp.Result != nil && resp.Result.Hit {
+			result = "hit"
+		} else if resp.Result != nil {
+			result = "miss"
+		}
+		a.metrics.add.WithLabelValues(result).Observe(time.Since(start).Seconds())
 	case wire.OpDel:
 		resp.Error = a.del(req)
+		a.metrics.del.Observe(time.Since(start).Seconds())
 	case wire.OpCheck:
 		resp.Result, resp.Error = a.check(req)
 	case wire.OpGC:
@@ -373,6 +384,11 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 		return nil, werr
 	}
 	unit, hit, werr := a.take(ctx, pool)
+	if hit {
+		a.metrics.hits.WithLabelValues(pool).Inc()
+	} else {
+		a.metrics.misses.WithLabelValues(pool).Inc()
+	}
 	if werr != nil {
 		return nil, werr
 	}
@@ -380,7 +396,10 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 		Attachment: key, Pool: pool, UnitID: unit.ID, Network: req.Network, At: a.cfg.Now(),
 		Pod: store.Pod{Namespace: req.Pod.Namespace, Name: req.Pod.Name, UID: req.Pod.UID},
 	}
-	if err := a.store.Assign(as); err != nil {
+	t0 := time.Now()
+	err := a.store.Assign(as)
+	a.metrics.persist.WithLabelValues("assign").Observe(time.Since(t0).Seconds())
+	if err != nil {
 		// Nothing was recorded: the unit goes back to the cache, unless the
 		// store says it is not ours to give (then the cache was wrong).
 		if !errors.Is(err, store.ErrUnitNotWarm) {
@@ -493,7 +512,9 @@ func (a *Agent) del(req *wire.Request) *wire.Error {
 		return werr
 	}
 	defer unlock()
+	t0 := time.Now()
 	as, found, err := a.store.Release(key, a.cfg.Now())
+	a.metrics.persist.WithLabelValues("release").Observe(time.Since(t0).Seconds())
 	if err != nil {
 		return &wire.Error{Code: wire.CodeIOFailure, Msg: "the agent could not record the release", Details: err.Error()}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,6 +76,7 @@ func (b *Bus) Resync() {
 // Run subscribes to grants, syncs, and then reports until ctx ends.
 func (b *Bus) Run(ctx context.Context) error {
 	sub, err := b.conn.Subscribe(broker.SubjectGrant(b.node), func(m *nats.Msg) {
+		b.agent.metrics.bus.WithLabelValues("grant", "received").Inc()
 		_ = m.Respond(broker.Encode(b.handleGrant(m.Data)))
 	})
 	if err != nil {
@@ -82,6 +84,7 @@ func (b *Bus) Run(ctx context.Context) error {
 	}
 	defer sub.Unsubscribe()
 	rsub, err := b.conn.Subscribe(broker.SubjectRevoke(b.node), func(m *nats.Msg) {
+		b.agent.metrics.bus.WithLabelValues("revoke", "received").Inc()
 		_ = m.Respond(broker.Encode(b.handleRevoke(m.Data)))
 	})
 	if err != nil {
@@ -188,6 +191,7 @@ func storeUnits(pool string, us []broker.Unit) []store.Unit {
 // Miss implements Allocator: one request for units of pool.
 func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, error) {
 	msg := broker.Encode(&broker.MissRequest{V: broker.ProtocolVersion, Node: b.node, Pool: pool, Count: count})
+	b.agent.metrics.bus.WithLabelValues("miss", "sent").Inc()
 	resp, err := b.conn.RequestWithContext(ctx, broker.SubjectMiss, msg)
 	if err != nil {
 		return nil, store.Pool{}, fmt.Errorf("miss request: %w", err)
@@ -265,6 +269,7 @@ func (b *Bus) sync(ctx context.Context) error {
 func (b *Bus) request(ctx context.Context, subject string, msg, reply any) error {
 	rctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
+	b.agent.metrics.bus.WithLabelValues(subject[strings.LastIndex(subject, ".")+1:], "sent").Inc()
 	resp, err := b.conn.RequestWithContext(rctx, subject, broker.Encode(msg))
 	if err != nil {
 		return fmt.Errorf("%s: %w", subject, err)

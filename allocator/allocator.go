@@ -46,8 +46,9 @@ type Allocator struct {
 	mu     sync.Mutex
 	ledger *ledger
 
-	sem  chan struct{}
-	wg   sync.WaitGroup
+	metrics *metrics
+	sem     chan struct{}
+	wg      sync.WaitGroup
 	subs []*nats.Subscription
 }
 
@@ -78,6 +79,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 		cfg.Logger = slog.Default()
 	}
 	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), sem: make(chan struct{}, cfg.Handlers)}
+	a.metrics = newMetrics(a)
 	pools, err := cfg.Client.IPPools().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list pools: %w", err)
@@ -96,6 +98,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	for i := range leases.Items {
 		for _, err := range a.ledger.loadLeaseLocked(&leases.Items[i]) {
 			a.log.Error("inconsistent lease", "lease", leases.Items[i].Name, "err", err)
+			a.metrics.conflicts.Inc()
 		}
 	}
 	a.log.Info("allocator loaded", "pools", len(pools.Items), "leases", len(leases.Items))
@@ -109,7 +112,9 @@ func (a *Allocator) Start(ctx context.Context) error {
 		broker.SubjectReport: a.handleReport,
 		broker.SubjectSync:   a.handleSync,
 	} {
+		kind := subject[strings.LastIndex(subject, ".")+1:]
 		sub, err := a.cfg.Conn.Subscribe(subject, func(m *nats.Msg) {
+			a.metrics.requests.WithLabelValues(kind).Inc()
 			// NATS calls a subscription's handler in order on one goroutine;
 			// an API write must not hold up every other node's request.
 			a.sem <- struct{}{}
@@ -426,6 +431,7 @@ func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]brok
 		return nil, info, fmt.Errorf("pool %s: %w", pool, errBusy)
 	}
 	a.log.Info("units moved under scarcity", "pool", pool, "to", node, "units", len(idx))
+	a.metrics.moved.Add(float64(len(idx)))
 	return a.grantReserved(ctx, pool, node, idx)
 }
 
@@ -527,6 +533,7 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 		if !held {
 			if h := ps.holder[i]; h != "" || ps.reserved[i] {
 				a.log.Error("unit held by another node", "node", node, "holder", h, "pool", pool, "unit", e.UnitID, "event", e.Kind)
+				a.metrics.conflicts.Inc()
 				continue
 			}
 			if e.Kind != broker.EventAssigned {
@@ -596,14 +603,18 @@ func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string,
 	for attempt := 0; ; attempt++ {
 		var out *v1alpha1.NodeLease
 		var err error
+		start := time.Now()
 		if nl.ResourceVersion == "" {
 			out, err = leases.Create(ctx, nl, metav1.CreateOptions{})
 		} else {
 			out, err = leases.Update(ctx, nl, metav1.UpdateOptions{})
 		}
+		a.metrics.writeTime.Observe(time.Since(start).Seconds())
 		if err == nil {
+			a.metrics.writes.WithLabelValues("ok").Inc()
 			return out.ResourceVersion, nil
 		}
+		a.metrics.writes.WithLabelValues("error").Inc()
 		if attempt > 0 || !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)) {
 			return "", fmt.Errorf("write lease %s: %w", name, err)
 		}

@@ -24,6 +24,7 @@ import (
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/internal/metrics"
 )
 
 // failpointEnv names a failpoint for the fault tests: "after-persist" kills
@@ -40,6 +41,7 @@ func main() {
 		reuseDelay  = flag.Duration("reuse-delay", agent.DefaultReuseDelay, "how long a released address cools before reuse")
 		missTimeout = flag.Duration("miss-timeout", 5*time.Second, "how long an ADD with an empty cache waits for the allocator")
 		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
+		metricsAddr = flag.String("metrics-addr", ":9420", "where to serve /metrics; empty serves none")
 	)
 	flag.Parse()
 	var level slog.Level
@@ -48,13 +50,13 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", *node)
-	if err := run(*node, *socket, *state, *natsURL, *kubeconfig, *reuseDelay, *missTimeout, log); err != nil {
+	if err := run(*node, *socket, *state, *natsURL, *kubeconfig, *metricsAddr, *reuseDelay, *missTimeout, log); err != nil {
 		log.Error("agent stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(node, socket, state, natsURL, kubeconfig string, reuseDelay, missTimeout time.Duration, log *slog.Logger) error {
+func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, reuseDelay, missTimeout time.Duration, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var cfg *rest.Config
@@ -93,6 +95,9 @@ func run(node, socket, state, natsURL, kubeconfig string, reuseDelay, missTimeou
 	}
 	a, err := agent.New(acfg)
 	if err != nil {
+		return err
+	}
+	if err := metrics.Serve(ctx, metricsAddr, a.Registry(), log); err != nil {
 		return err
 	}
 	// The agent serves from its record while the bus is away: connect

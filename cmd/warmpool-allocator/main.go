@@ -25,16 +25,18 @@ import (
 	"github.com/warmpool/warmpool/allocator"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/internal/metrics"
 )
 
 func main() {
 	var (
-		kubeconfig = flag.String("kubeconfig", "", "kubeconfig file; empty uses the in-cluster config")
-		natsURL    = flag.String("nats-url", "", "external NATS URL; empty starts an embedded server while leading")
-		natsListen = flag.String("nats-listen", "0.0.0.0:4222", "address of the embedded NATS server")
-		namespace  = flag.String("namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of the leader-election Lease")
-		leaseName  = flag.String("lease-name", "warmpool-allocator", "name of the leader-election Lease")
-		logLevel   = flag.String("log-level", "info", "debug, info, warn or error")
+		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file; empty uses the in-cluster config")
+		natsURL     = flag.String("nats-url", "", "external NATS URL; empty starts an embedded server while leading")
+		natsListen  = flag.String("nats-listen", "0.0.0.0:4222", "address of the embedded NATS server")
+		namespace   = flag.String("namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of the leader-election Lease")
+		leaseName   = flag.String("lease-name", "warmpool-allocator", "name of the leader-election Lease")
+		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
+		metricsAddr = flag.String("metrics-addr", ":9421", "where to serve /metrics while leading; empty serves none")
 	)
 	flag.Parse()
 	var level slog.Level
@@ -43,13 +45,13 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if err := run(*kubeconfig, *natsURL, *natsListen, *namespace, *leaseName, log); err != nil {
+	if err := run(*kubeconfig, *natsURL, *natsListen, *namespace, *leaseName, *metricsAddr, log); err != nil {
 		log.Error("allocator stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(kubeconfig, natsURL, natsListen, namespace, leaseName string, log *slog.Logger) error {
+func run(kubeconfig, natsURL, natsListen, namespace, leaseName, metricsAddr string, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cfg, err := restConfig(kubeconfig)
@@ -73,7 +75,7 @@ func run(kubeconfig, natsURL, natsListen, namespace, leaseName string, log *slog
 	err = allocator.RunLeader(ctx, kube, e, func(lctx context.Context, epoch uint64) {
 		log := log.With("epoch", epoch, "identity", identity)
 		log.Info("leading")
-		leadErr = lead(lctx, wp, natsURL, natsListen, epoch, log)
+		leadErr = lead(lctx, wp, natsURL, natsListen, metricsAddr, epoch, log)
 	})
 	if err != nil {
 		return err
@@ -86,7 +88,7 @@ func run(kubeconfig, natsURL, natsListen, namespace, leaseName string, log *slog
 	return leadErr
 }
 
-func lead(ctx context.Context, wp *client.Clientset, natsURL, natsListen string, epoch uint64, log *slog.Logger) error {
+func lead(ctx context.Context, wp *client.Clientset, natsURL, natsListen, metricsAddr string, epoch uint64, log *slog.Logger) error {
 	url := natsURL
 	if url == "" {
 		host, portStr, err := net.SplitHostPort(natsListen)
@@ -116,6 +118,9 @@ func lead(ctx context.Context, wp *client.Clientset, natsURL, natsListen string,
 		return err
 	}
 	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	if err := metrics.Serve(ctx, metricsAddr, a.Registry(), log); err != nil {
 		return err
 	}
 	log.Info("serving the bus", "nats", conn.ConnectedUrlRedacted())

@@ -33,7 +33,7 @@ type agentProc struct {
 func startAgent(t *testing.T, bin string, c *cluster, node, dir string, env ...string) *agentProc {
 	t.Helper()
 	cmd := exec.Command(bin, "--node", node, "--socket", filepath.Join(dir, "agent.sock"), "--state", filepath.Join(dir, "agent.db"),
-		"--nats-url", c.nats.ClientURL(), "--kubeconfig", c.cp.Kubeconfig(), "--log-level", "debug")
+		"--nats-url", c.nats.ClientURL(), "--kubeconfig", c.cp.Kubeconfig(), "--log-level", "debug", "--metrics-addr", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

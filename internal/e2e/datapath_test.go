@@ -60,6 +60,25 @@ func TestWarmAddEndToEnd(t *testing.T) {
 		t.Fatalf("DEL: %v", err)
 	}
 	c.waitAgree(t, n)
+	reg := n.agent.Registry()
+	if hits, misses := metric(t, reg, "warmpool_agent_cache_hits_total", map[string]string{"pool": "dual"}),
+		metric(t, reg, "warmpool_agent_cache_misses_total", nil); hits != 1 || misses != 0 {
+		t.Errorf("hits %v misses %v, want 1 and 0", hits, misses)
+	}
+	if n := metric(t, reg, "warmpool_agent_add_duration_seconds", map[string]string{"result": "hit"}); n != 1 {
+		t.Errorf("%v ADDs timed as hits, want 1", n)
+	}
+	// 4 topped up after the ADD, plus the unit the DEL gave back: surplus
+	// is not returned to the pool yet.
+	if n := metric(t, c.alloc.Registry(), "warmpool_allocator_pool_units", map[string]string{"pool": "dual", "state": "warm"}); n != 5 {
+		t.Errorf("allocator counts %v warm units, want 5", n)
+	}
+	if n := metric(t, c.alloc.Registry(), "warmpool_allocator_pool_units", map[string]string{"pool": "dual", "state": "free"}); n != 15 {
+		t.Errorf("allocator counts %v free units, want 15 of 20", n)
+	}
+	if n := metric(t, c.alloc.Registry(), "warmpool_allocator_conflicts_total", nil); n != 0 {
+		t.Errorf("%v conflicts", n)
+	}
 }
 
 // TestMissAndExhaustion: a pool with no warm cache (maxWarm 0) serves
@@ -80,6 +99,13 @@ func TestMissAndExhaustion(t *testing.T) {
 		t.Fatalf("ADD beyond the pool: %v, want code %d", err, wire.CodePoolExhausted)
 	}
 	c.waitAgree(t, n)
+	if hits, misses := metric(t, n.agent.Registry(), "warmpool_agent_cache_hits_total", nil),
+		metric(t, n.agent.Registry(), "warmpool_agent_cache_misses_total", map[string]string{"pool": "dual"}); hits != 0 || misses != 4 {
+		t.Errorf("hits %v misses %v, want 0 and 4", hits, misses)
+	}
+	if free := metric(t, c.alloc.Registry(), "warmpool_allocator_pool_units", map[string]string{"pool": "dual", "state": "free"}); free != 0 {
+		t.Errorf("allocator counts %v free units of an exhausted pool", free)
+	}
 }
 
 // TestTwoNodesFiftyConcurrentAdds: 2 nodes x 50 concurrent ADDs against a

@@ -1,0 +1,62 @@
+package allocator
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the allocator's Prometheus metrics; docs/metrics.md lists
+// them.
+type metrics struct {
+	registry    *prometheus.Registry
+	writes      *prometheus.CounterVec // lease writes by result
+	writeTime   prometheus.Histogram
+	requests    *prometheus.CounterVec // bus requests served, by kind
+	moved       prometheus.Counter
+	conflicts   prometheus.Counter
+	epochMetric prometheus.Gauge
+}
+
+func newMetrics(a *Allocator) *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warmpool_allocator_lease_writes_total", Help: "NodeLease writes, by result (ok, error)."}, []string{"result"}),
+		writeTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "warmpool_allocator_lease_write_duration_seconds", Help: "One NodeLease write to the Kubernetes API.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12)}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warmpool_allocator_bus_requests_total", Help: "Bus requests served, by kind (miss, report, sync)."}, []string{"kind"}),
+		moved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "warmpool_allocator_units_moved_total", Help: "Warm units revoked from one node and granted to another under scarcity."}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "warmpool_allocator_conflicts_total", Help: "Events or leases naming a unit another node holds: invariant violations, expected to stay 0."}),
+		epochMetric: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "warmpool_allocator_epoch", Help: "The leader epoch this allocator serves with."}),
+	}
+	m.epochMetric.Set(float64(a.cfg.Epoch))
+	m.registry.MustRegister(m.writes, m.writeTime, m.requests, m.moved, m.conflicts, m.epochMetric, poolCollector{a},
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+var poolUnitsDesc = prometheus.NewDesc("warmpool_allocator_pool_units", "Units of a pool by state: free, warm (on a node, unassigned) or assigned.",
+	[]string{"pool", "state"}, nil)
+
+// poolCollector reports the ledger's counts at scrape time.
+type poolCollector struct{ a *Allocator }
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- poolUnitsDesc }
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	c.a.mu.Lock()
+	defer c.a.mu.Unlock()
+	for name, ps := range c.a.ledger.pools {
+		free, warm, assigned := ps.countsLocked()
+		ch <- prometheus.MustNewConstMetric(poolUnitsDesc, prometheus.GaugeValue, float64(free), name, "free")
+		ch <- prometheus.MustNewConstMetric(poolUnitsDesc, prometheus.GaugeValue, float64(warm), name, "warm")
+		ch <- prometheus.MustNewConstMetric(poolUnitsDesc, prometheus.GaugeValue, float64(assigned), name, "assigned")
+	}
+}
+
+// Registry returns the allocator's metrics registry, to serve on /metrics.
+func (a *Allocator) Registry() *prometheus.Registry { return a.metrics.registry }
