@@ -49,7 +49,7 @@ type Allocator struct {
 	metrics *metrics
 	sem     chan struct{}
 	wg      sync.WaitGroup
-	subs []*nats.Subscription
+	subs    []*nats.Subscription
 }
 
 // Errors of a grant.
