@@ -44,9 +44,12 @@ type PoolResolver interface {
 
 // Allocator is the agent's view of the cluster allocator: the cache-miss
 // path. Miss asks for count units of pool for this node and returns them
-// once the allocator has persisted the lease.
+// once the allocator has persisted the lease. CanServe reports whether a
+// miss of pool could be served now: the allocator is reachable and did not
+// last say the pool is exhausted.
 type Allocator interface {
 	Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, error)
+	CanServe(pool string) bool
 }
 
 // Errors an Allocator returns from Miss.
@@ -577,25 +580,30 @@ func (a *Agent) gc(req *wire.Request) *wire.Error {
 }
 
 // status is ready when the node holds a warm unit of the pool (of any pool
-// if none is named), or an allocator can refill it.
+// if none is named), or when the allocator can serve a miss of it.
 func (a *Agent) status(req *wire.Request) *wire.Error {
-	if a.cfg.Allocator != nil {
+	a.mu.Lock()
+	warm := len(a.warm[req.Pool])
+	if req.Pool == "" {
+		for _, q := range a.warm {
+			warm += len(q)
+		}
+	}
+	a.mu.Unlock()
+	if warm > 0 {
 		return nil
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if req.Pool != "" {
-		if len(a.warm[req.Pool]) > 0 {
-			return nil
-		}
-	} else {
-		for _, q := range a.warm {
-			if len(q) > 0 {
-				return nil
-			}
-		}
+	what := "pool " + req.Pool
+	if req.Pool == "" {
+		what = "any pool"
 	}
-	return &wire.Error{Code: wire.CodeNotAvailable, Msg: fmt.Sprintf("node %s holds no usable address and no allocator is connected", a.cfg.Node)}
+	switch {
+	case a.cfg.Allocator == nil:
+		return &wire.Error{Code: wire.CodeNotAvailable, Msg: fmt.Sprintf("node %s holds no warm address of %s and no allocator is connected", a.cfg.Node, what)}
+	case !a.cfg.Allocator.CanServe(req.Pool):
+		return &wire.Error{Code: wire.CodeNotAvailable, Msg: fmt.Sprintf("node %s holds no warm address of %s, and the allocator is unreachable or the pool exhausted", a.cfg.Node, what)}
+	}
+	return nil
 }
 
 // Recycle re-warms the units whose reuse delay has passed at now, persisted

@@ -34,6 +34,36 @@ type Bus struct {
 	kick    chan struct{} // a report or a sync is due
 
 	syncDue chan struct{}
+
+	// exhausted records when the allocator last called a pool exhausted;
+	// a grant of the pool clears it. Guarded by mu.
+	exhausted map[string]time.Time
+}
+
+// ExhaustedFor is how long an "exhausted" answer keeps STATUS not-ready
+// without news from the allocator.
+const ExhaustedFor = 10 * time.Second
+
+// CanServe implements Allocator: the bus is connected and the pool was not
+// called exhausted in the last ExhaustedFor.
+func (b *Bus) CanServe(pool string) bool {
+	if !b.conn.IsConnected() {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	at, ok := b.exhausted[pool]
+	return !ok || b.agent.cfg.Now().Sub(at) > ExhaustedFor
+}
+
+func (b *Bus) setExhausted(pool string, yes bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if yes {
+		b.exhausted[pool] = b.agent.cfg.Now()
+	} else {
+		delete(b.exhausted, pool)
+	}
 }
 
 // SyncInterval is how often an agent resynchronises without a reason.
@@ -47,7 +77,7 @@ func NewBus(a *Agent, conn *nats.Conn, timeout time.Duration) *Bus {
 		timeout = 2 * time.Second
 	}
 	b := &Bus{agent: a, conn: conn, node: a.cfg.Node, log: a.log, timeout: timeout,
-		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1)}
+		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}}
 	a.cfg.OnEvent = b.Record
 	a.cfg.Allocator = b
 	conn.SetReconnectHandler(func(*nats.Conn) { b.Resync() })
@@ -157,7 +187,9 @@ func (b *Bus) handleGrant(data []byte) *broker.Ack {
 	}
 	if err := b.agent.Grant(StorePool(g.Pool), storeUnits(g.Pool.Name, g.Units)); err != nil {
 		ack.Error = err.Error()
+		return ack
 	}
+	b.setExhausted(g.Pool.Name, false)
 	return ack
 }
 
@@ -203,6 +235,7 @@ func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, s
 	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
 		return nil, store.Pool{}, fmt.Errorf("miss answered by a deposed allocator (epoch %d): %w", r.Epoch, err)
 	}
+	b.setExhausted(pool, r.Exhausted)
 	switch {
 	case r.Exhausted:
 		return nil, store.Pool{}, ErrPoolExhausted

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
+
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/internal/netsim"
@@ -89,14 +91,25 @@ func TestMissAndExhaustion(t *testing.T) {
 	n := c.addNode("node-1")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	alone, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"warmpool","ipam":{"type":"warmpool","pool":"dual","socket":%q}}]}`, n.socket)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := func() error { return n.host.Do(func() error { return n.cni.GetStatusNetworkList(ctx, alone) }) }
+	if err := status(); err != nil {
+		t.Fatalf("STATUS with nothing warm but the allocator reachable: %v", err)
+	}
 	for i := range 3 {
 		if _, _, err := n.add(ctx, fmt.Sprintf("c%d", i)); err != nil {
 			t.Fatalf("ADD %d (a miss): %v", i, err)
 		}
 	}
-	_, _, err := n.add(ctx, "c3")
+	_, _, err = n.add(ctx, "c3")
 	if err == nil || cniCode(err) != wire.CodePoolExhausted || !strings.Contains(err.Error(), "no free address") {
 		t.Fatalf("ADD beyond the pool: %v, want code %d", err, wire.CodePoolExhausted)
+	}
+	if err := status(); err == nil || cniCode(err) != wire.CodeNotAvailable {
+		t.Fatalf("STATUS with nothing warm and the pool exhausted: %v, want code %d", err, wire.CodeNotAvailable)
 	}
 	c.waitAgree(t, n)
 	if hits, misses := metric(t, n.agent.Registry(), "warmpool_agent_cache_hits_total", nil),
