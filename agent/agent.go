@@ -48,7 +48,7 @@ type PoolResolver interface {
 // miss of pool could be served now: the allocator is reachable and did not
 // last say the pool is exhausted.
 type Allocator interface {
-	Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, error)
+	Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, int64, error)
 	CanServe(pool string) bool
 }
 
@@ -92,12 +92,24 @@ type Agent struct {
 	locks   keyed.Mutex
 	metrics *metrics
 
+	// recordMu serialises the changes to the node's holdings that come
+	// from the allocator (Grant, Revoke, Reconcile), each across its store
+	// write and its memory update, so memory and bbolt never diverge.
+	recordMu sync.Mutex
+
 	mu          sync.Mutex
 	pools       map[string]store.Pool
 	units       map[store.Key]store.Unit
 	warm        map[string][]store.Key // per pool, oldest-warm first
 	assignments map[string]store.Assignment
 	epoch       uint64
+	// grantedAt is the lease generation a unit was granted at (0: loaded
+	// from the store); revokedAt the generation at which the node gave a
+	// unit back. A message listing a unit at a generation not newer than
+	// its revokedAt is stale; a sync reply older than a unit's grantedAt
+	// cannot have listed it.
+	grantedAt map[store.Key]int64
+	revokedAt map[store.Key]int64
 }
 
 // New builds an agent from its store: what the store says the node holds
@@ -131,6 +143,8 @@ func New(cfg Config) (*Agent, error) {
 		warm:        map[string][]store.Key{},
 		assignments: snap.Assignments,
 		epoch:       snap.Epoch,
+		grantedAt:   map[store.Key]int64{},
+		revokedAt:   map[store.Key]int64{},
 	}
 	a.metrics = newMetrics(a)
 	keys := make([]store.Key, 0, len(snap.Units))
@@ -150,20 +164,41 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// Grant adds units of pool to the node's cache, persisted first. It is the
-// allocator's push; tests call it directly.
-func (a *Agent) Grant(pool store.Pool, units []store.Unit) error {
+// Grant adds units of pool, granted at lease generation gen, to the node's
+// cache, persisted first. Units the node gave back at a generation not
+// older than gen are stale and skipped. It is the allocator's push; tests
+// call it directly (gen 0 is "no generation").
+func (a *Agent) Grant(pool store.Pool, units []store.Unit, gen int64) error {
+	a.recordMu.Lock()
+	defer a.recordMu.Unlock()
+	return a.grantRecordLocked(pool, units, gen)
+}
+
+// grantRecordLocked is Grant; the caller holds recordMu.
+func (a *Agent) grantRecordLocked(pool store.Pool, units []store.Unit, gen int64) error {
+	a.mu.Lock()
+	fresh := make([]store.Unit, 0, len(units))
+	for _, u := range units {
+		if r, revoked := a.revokedAt[u.Key()]; revoked && gen <= r {
+			continue
+		}
+		fresh = append(fresh, u)
+	}
+	a.mu.Unlock()
 	if err := a.store.PutPool(pool); err != nil {
 		return fmt.Errorf("grant to %s: %w", pool.Name, err)
 	}
-	if err := a.store.Grant(units); err != nil {
+	if err := a.store.Grant(fresh); err != nil {
 		return fmt.Errorf("grant to %s: %w", pool.Name, err)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.pools[pool.Name] = pool
-	for _, u := range units {
+	for _, u := range fresh {
 		k := u.Key()
+		if gen > a.grantedAt[k] {
+			a.grantedAt[k] = gen
+		}
 		if _, held := a.units[k]; held {
 			continue // grants are idempotent
 		}
@@ -215,25 +250,30 @@ func (a *Agent) Held() []broker.HeldUnit {
 }
 
 // Reconcile makes the node's record agree with the allocator's after a
-// sync: units the allocator lists are granted (idempotently), and warm or
-// cooling units it does not list are dropped. Assigned units are never
-// dropped: the sync that produced leases already told the allocator of them.
+// sync: the warm units the allocator lists are granted (idempotently, and
+// not those given back since), and warm or cooling units it does not list
+// are dropped, unless they were granted at a newer generation than the
+// reply (a grant that crossed it). Assigned units are never dropped.
 func (a *Agent) Reconcile(leases []broker.Lease) error {
+	a.recordMu.Lock()
+	defer a.recordMu.Unlock()
 	listed := map[store.Key]bool{}
+	genOf := map[string]int64{}
 	for _, l := range leases {
+		genOf[l.Pool.Name] = l.Gen
 		units := make([]store.Unit, 0, len(l.Units))
 		for _, u := range l.Units {
 			units = append(units, store.Unit{Pool: l.Pool.Name, ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6})
 			listed[store.Key{Pool: l.Pool.Name, ID: u.ID}] = true
 		}
-		if err := a.Grant(StorePool(l.Pool), units); err != nil {
+		if err := a.grantRecordLocked(StorePool(l.Pool), units, l.Gen); err != nil {
 			return err
 		}
 	}
 	a.mu.Lock()
 	var drop []store.Key
 	for k, u := range a.units {
-		if !listed[k] && u.State != store.Assigned {
+		if !listed[k] && u.State != store.Assigned && a.grantedAt[k] <= genOf[k.Pool] {
 			drop = append(drop, k)
 		}
 	}
@@ -241,14 +281,24 @@ func (a *Agent) Reconcile(leases []broker.Lease) error {
 	if len(drop) == 0 {
 		return nil
 	}
-	if err := a.store.Drop(drop); err != nil {
+	dropped, err := a.store.Drop(drop)
+	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
+	a.forgetRecordLocked(dropped)
+	a.log.Info("reconciled with the allocator", "dropped", len(dropped))
+	return nil
+}
+
+// forgetRecordLocked removes dropped units from memory; the caller holds
+// recordMu.
+func (a *Agent) forgetRecordLocked(dropped []store.Key) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	gone := map[store.Key]bool{}
-	for _, k := range drop {
+	for _, k := range dropped {
 		delete(a.units, k)
+		delete(a.grantedAt, k)
 		gone[k] = true
 	}
 	for pool, q := range a.warm {
@@ -260,14 +310,16 @@ func (a *Agent) Reconcile(leases []broker.Lease) error {
 		}
 		a.warm[pool] = kept
 	}
-	a.log.Info("reconciled with the allocator", "dropped", len(drop))
-	return nil
 }
 
-// Revoke gives back the listed units of pool that are warm here: they
-// leave the cache at once (no ADD can take them any more), then the record.
-// It returns the IDs given back; units not warm here are kept.
-func (a *Agent) Revoke(pool string, ids []string) ([]string, error) {
+// Revoke gives back the listed units of pool that are warm here, as of
+// lease generation gen: they leave the cache at once (no ADD can take them
+// any more), then the record, and no message listing them at a generation
+// up to gen brings them back. It returns the IDs given back; units not
+// warm here are kept.
+func (a *Agent) Revoke(pool string, ids []string, gen int64) ([]string, error) {
+	a.recordMu.Lock()
+	defer a.recordMu.Unlock()
 	want := map[string]bool{}
 	for _, id := range ids {
 		want[id] = true
@@ -287,21 +339,23 @@ func (a *Agent) Revoke(pool string, ids []string) ([]string, error) {
 	if len(taken) == 0 {
 		return nil, nil
 	}
-	if err := a.store.Drop(taken); err != nil {
+	dropped, err := a.store.Drop(taken)
+	if err != nil {
 		// Nothing was dropped: the units are warm here again.
 		a.mu.Lock()
 		a.warm[pool] = append(a.warm[pool], taken...)
 		a.mu.Unlock()
 		return nil, fmt.Errorf("revoke: %w", err)
 	}
+	a.forgetRecordLocked(dropped)
 	a.mu.Lock()
-	out := make([]string, 0, len(taken))
-	for _, k := range taken {
-		delete(a.units, k)
+	out := make([]string, 0, len(dropped))
+	for _, k := range dropped {
+		a.revokedAt[k] = gen
 		out = append(out, k.ID)
 	}
 	a.mu.Unlock()
-	a.log.Info("units revoked", "pool", pool, "units", len(out))
+	a.log.Info("units revoked", "pool", pool, "units", len(out), "gen", gen)
 	return out, nil
 }
 
@@ -386,30 +440,39 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 	if werr != nil {
 		return nil, werr
 	}
-	unit, hit, werr := a.take(ctx, pool)
-	if hit {
-		a.metrics.hits.WithLabelValues(pool).Inc()
-	} else {
-		a.metrics.misses.WithLabelValues(pool).Inc()
-	}
-	if werr != nil {
-		return nil, werr
-	}
-	as := store.Assignment{
-		Attachment: key, Pool: pool, UnitID: unit.ID, Network: req.Network, At: a.cfg.Now(),
-		Pod: store.Pod{Namespace: req.Pod.Namespace, Name: req.Pod.Name, UID: req.Pod.UID},
-	}
-	t0 := time.Now()
-	err := a.store.Assign(as)
-	a.metrics.persist.WithLabelValues("assign").Observe(time.Since(t0).Seconds())
-	if err != nil {
-		// Nothing was recorded: the unit goes back to the cache, unless the
-		// store says it is not ours to give (then the cache was wrong).
-		if !errors.Is(err, store.ErrUnitNotWarm) {
-			a.putBack(unit.Key())
+	var unit store.Unit
+	var hit bool
+	var as store.Assignment
+	for attempt := 0; ; attempt++ {
+		var werr *wire.Error
+		unit, hit, werr = a.take(ctx, pool)
+		if hit {
+			a.metrics.hits.WithLabelValues(pool).Inc()
+		} else {
+			a.metrics.misses.WithLabelValues(pool).Inc()
 		}
+		if werr != nil {
+			return nil, werr
+		}
+		as = store.Assignment{
+			Attachment: key, Pool: pool, UnitID: unit.ID, Network: req.Network, At: a.cfg.Now(),
+			Pod: store.Pod{Namespace: req.Pod.Namespace, Name: req.Pod.Name, UID: req.Pod.UID},
+		}
+		t0 := time.Now()
+		err := a.store.Assign(as)
+		a.metrics.persist.WithLabelValues("assign").Observe(time.Since(t0).Seconds())
+		if err == nil {
+			break
+		}
+		if errors.Is(err, store.ErrUnitNotWarm) && attempt < 3 {
+			// The unit left the node between pop and commit (revoked or
+			// reconciled away): take another.
+			continue
+		}
+		// Nothing was recorded: the unit goes back to the cache.
+		a.putBack(unit.Key())
 		a.log.Error("persist assignment", "attachment", key, "pool", pool, "unit", unit.ID, "err", err)
-		return nil, &wire.Error{Code: wire.CodeIOFailure, Msg: "the agent could not record the assignment", Details: err.Error()}
+		return nil, &wire.Error{Code: wire.CodeTryAgainLater, Msg: "the agent could not record the assignment", Details: err.Error()}
 	}
 	if a.cfg.AfterPersist != nil {
 		a.cfg.AfterPersist()
@@ -440,7 +503,7 @@ func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.
 	}
 	mctx, cancel := context.WithTimeout(ctx, a.cfg.MissTimeout)
 	defer cancel()
-	units, info, err := a.cfg.Allocator.Miss(mctx, pool, 1)
+	units, info, gen, err := a.cfg.Allocator.Miss(mctx, pool, 1)
 	backoff := 20 * time.Millisecond
 	for errors.Is(err, ErrBusy) && mctx.Err() == nil {
 		select {
@@ -451,7 +514,7 @@ func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.
 			if u, ok := a.pop(pool); ok {
 				return u, false, nil
 			}
-			units, info, err = a.cfg.Allocator.Miss(mctx, pool, 1)
+			units, info, gen, err = a.cfg.Allocator.Miss(mctx, pool, 1)
 		}
 	}
 	switch {
@@ -462,8 +525,8 @@ func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.
 		return store.Unit{}, false, &wire.Error{Code: wire.CodeMissTimeout,
 			Msg: fmt.Sprintf("node %s holds no warm address of pool %s and the allocator did not answer in %s", a.cfg.Node, pool, a.cfg.MissTimeout), Details: err.Error()}
 	}
-	if err := a.Grant(info, units); err != nil {
-		return store.Unit{}, false, &wire.Error{Code: wire.CodeIOFailure, Msg: "the agent could not record the allocator's grant", Details: err.Error()}
+	if err := a.Grant(info, units, gen); err != nil {
+		return store.Unit{}, false, &wire.Error{Code: wire.CodeTryAgainLater, Msg: "the agent could not record the allocator's grant", Details: err.Error()}
 	}
 	if u, ok := a.pop(pool); ok {
 		return u, false, nil
@@ -474,19 +537,24 @@ func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.
 func (a *Agent) pop(pool string) (store.Unit, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	q := a.warm[pool]
-	if len(q) == 0 {
-		return store.Unit{}, false
+	for len(a.warm[pool]) > 0 {
+		k := a.warm[pool][0]
+		a.warm[pool] = a.warm[pool][1:]
+		if u, ok := a.units[k]; ok && u.State == store.Warm {
+			return u, true
+		}
 	}
-	k := q[0]
-	a.warm[pool] = q[1:]
-	return a.units[k], true
+	return store.Unit{}, false
 }
 
+// putBack returns a popped unit to the cache, unless it left the node
+// meanwhile (revoked or reconciled away).
 func (a *Agent) putBack(k store.Key) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.warm[k.Pool] = append([]store.Key{k}, a.warm[k.Pool]...)
+	if u, ok := a.units[k]; ok && u.State == store.Warm {
+		a.warm[k.Pool] = append([]store.Key{k}, a.warm[k.Pool]...)
+	}
 }
 
 // resultLocked builds the plugin's answer for an assignment.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/agent/wire"
+	"github.com/warmpool/warmpool/broker"
 )
 
 var t0 = time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
@@ -53,7 +54,7 @@ func newFixture(t *testing.T, units int) *fixture {
 	f := &fixture{path: path, clock: &clock{now: t0}}
 	f.reopen(t)
 	if units > 0 {
-		if err := f.agent.Grant(dualPool, dualUnits(units)); err != nil {
+		if err := f.agent.Grant(dualPool, dualUnits(units), 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -187,7 +188,7 @@ func TestGCFreesWhatIsNotValid(t *testing.T) {
 	}
 	other := req(wire.OpAdd, "c4")
 	other.Network = "another"
-	if err := f.agent.Grant(dualPool, dualUnits(4)); err != nil {
+	if err := f.agent.Grant(dualPool, dualUnits(4), 0); err != nil {
 		t.Fatal(err)
 	}
 	if resp := f.do(t, other); resp.Error != nil {
@@ -300,5 +301,67 @@ func TestAddDelRaceEndsConsistent(t *testing.T) {
 		if err := f.agent.Recycle(f.clock.Now()); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestStaleListingsCannotResurrectARevokedUnit: a sync reply or grant built
+// before a revoke (at a generation not newer than the revoke's) must not
+// bring the unit back: the allocator may already have granted it to
+// another node. A grant at a newer generation may.
+func TestStaleListingsCannotResurrectARevokedUnit(t *testing.T) {
+	f := newFixture(t, 0)
+	us := dualUnits(2)
+	if err := f.agent.Grant(dualPool, us, 5); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.agent.Revoke("dual", []string{us[0].ID}, 5); err != nil || len(got) != 1 {
+		t.Fatalf("revoke: %v %v", got, err)
+	}
+	stale := []broker.Lease{{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}, Gen: 5,
+		Units: []broker.Unit{{ID: us[0].ID, IPv4: us[0].IPv4, IPv6: us[0].IPv6}, {ID: us[1].ID, IPv4: us[1].IPv4, IPv6: us[1].IPv6}}}}
+	if err := f.agent.Reconcile(stale); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.agent.Grant(dualPool, us[:1], 5); err != nil {
+		t.Fatal(err)
+	}
+	snap, _ := f.store.Load()
+	if _, back := snap.Units[us[0].Key()]; back || f.agent.WarmCount("dual") != 1 {
+		t.Fatalf("a stale listing brought the revoked unit back (store %v, warm %d)", snap.Units, f.agent.WarmCount("dual"))
+	}
+	if err := f.agent.Grant(dualPool, us[:1], 7); err != nil {
+		t.Fatal(err)
+	}
+	if f.agent.WarmCount("dual") != 2 {
+		t.Fatalf("a grant at a newer generation was refused: warm %d", f.agent.WarmCount("dual"))
+	}
+}
+
+// TestReconcileKeepsWhatCrossedTheReply: a unit granted at a newer
+// generation than a sync reply is not dropped for being absent from it.
+func TestReconcileKeepsWhatCrossedTheReply(t *testing.T) {
+	f := newFixture(t, 0)
+	us := dualUnits(2)
+	if err := f.agent.Grant(dualPool, us[:1], 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.agent.Grant(dualPool, us[1:], 4); err != nil { // crossed the reply below
+		t.Fatal(err)
+	}
+	reply := []broker.Lease{{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}, Gen: 3,
+		Units: []broker.Unit{{ID: us[0].ID, IPv4: us[0].IPv4, IPv6: us[0].IPv6}}}}
+	if err := f.agent.Reconcile(reply); err != nil {
+		t.Fatal(err)
+	}
+	if f.agent.WarmCount("dual") != 2 {
+		t.Fatalf("warm %d, want 2: the newer grant was dropped", f.agent.WarmCount("dual"))
+	}
+	// A reply at generation 4 that does not list it does drop it.
+	reply[0].Gen = 4
+	if err := f.agent.Reconcile(reply); err != nil {
+		t.Fatal(err)
+	}
+	if f.agent.WarmCount("dual") != 1 {
+		t.Fatalf("warm %d, want 1", f.agent.WarmCount("dual"))
 	}
 }

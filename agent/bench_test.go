@@ -60,7 +60,7 @@ func servingAgent(b *testing.B, n int) string {
 		v4 := fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255)
 		units[i] = store.Unit{Pool: "dual", ID: v4, IPv4: v4, IPv6: fmt.Sprintf("fd00::%x", i)}
 	}
-	if err := a.Grant(store.Pool{Name: "dual", Prefix4: 8, Prefix6: 64}, units); err != nil {
+	if err := a.Grant(store.Pool{Name: "dual", Prefix4: 8, Prefix6: 64}, units, 0); err != nil {
 		b.Fatal(err)
 	}
 	sock := filepath.Join(dir, "agent.sock")

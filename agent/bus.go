@@ -2,11 +2,14 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -28,9 +31,14 @@ type Bus struct {
 	// RequestTimeout bounds one request to the allocator.
 	timeout time.Duration
 
+	// run identifies this agent process to the allocator; seq numbers its
+	// reports and syncs, so that a retried request overtaken by a later
+	// one is not applied after it.
+	run string
+	seq atomic.Uint64
+
 	mu      sync.Mutex
 	pending []broker.Event
-	seq     uint64
 	kick    chan struct{} // a report or a sync is due
 
 	syncDue chan struct{}
@@ -76,7 +84,9 @@ func NewBus(a *Agent, conn *nats.Conn, timeout time.Duration) *Bus {
 	if timeout == 0 {
 		timeout = 2 * time.Second
 	}
-	b := &Bus{agent: a, conn: conn, node: a.cfg.Node, log: a.log, timeout: timeout,
+	runID := make([]byte, 8)
+	_, _ = rand.Read(runID)
+	b := &Bus{agent: a, conn: conn, node: a.cfg.Node, log: a.log, timeout: timeout, run: hex.EncodeToString(runID),
 		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}}
 	a.cfg.OnEvent = b.Record
 	a.cfg.Allocator = b
@@ -185,7 +195,7 @@ func (b *Bus) handleGrant(data []byte) *broker.Ack {
 		b.log.Warn("grant from a deposed allocator ignored", "epoch", g.Epoch, "pool", g.Pool.Name)
 		return ack
 	}
-	if err := b.agent.Grant(StorePool(g.Pool), storeUnits(g.Pool.Name, g.Units)); err != nil {
+	if err := b.agent.Grant(StorePool(g.Pool), storeUnits(g.Pool.Name, g.Units), g.Gen); err != nil {
 		ack.Error = err.Error()
 		return ack
 	}
@@ -204,7 +214,7 @@ func (b *Bus) handleRevoke(data []byte) *broker.Revoked {
 		out.Error = fmt.Sprintf("revoke of epoch %d refused (stale or unrecorded: %v)", r.Epoch, err)
 		return out
 	}
-	ids, err := b.agent.Revoke(r.Pool, r.IDs)
+	ids, err := b.agent.Revoke(r.Pool, r.IDs, r.Gen)
 	if err != nil {
 		out.Error = err.Error()
 	}
@@ -221,30 +231,33 @@ func storeUnits(pool string, us []broker.Unit) []store.Unit {
 }
 
 // Miss implements Allocator: one request for units of pool.
-func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, error) {
+func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, int64, error) {
 	msg := broker.Encode(&broker.MissRequest{V: broker.ProtocolVersion, Node: b.node, Pool: pool, Count: count})
 	b.agent.metrics.bus.WithLabelValues("miss", "sent").Inc()
 	resp, err := b.conn.RequestWithContext(ctx, broker.SubjectMiss, msg)
 	if err != nil {
-		return nil, store.Pool{}, fmt.Errorf("miss request: %w", err)
+		// The allocator may have granted before the answer was lost: the
+		// next sync brings what the node's lease holds.
+		b.Resync()
+		return nil, store.Pool{}, 0, fmt.Errorf("miss request: %w", err)
 	}
 	var r broker.MissReply
 	if err := broker.Decode(resp.Data, &r); err != nil {
-		return nil, store.Pool{}, err
+		return nil, store.Pool{}, 0, err
 	}
 	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
-		return nil, store.Pool{}, fmt.Errorf("miss answered by a deposed allocator (epoch %d): %w", r.Epoch, err)
+		return nil, store.Pool{}, 0, fmt.Errorf("miss answered by a deposed allocator (epoch %d): %w", r.Epoch, err)
 	}
 	b.setExhausted(pool, r.Exhausted)
 	switch {
 	case r.Exhausted:
-		return nil, store.Pool{}, ErrPoolExhausted
+		return nil, store.Pool{}, 0, ErrPoolExhausted
 	case r.Retry:
-		return nil, store.Pool{}, ErrBusy
+		return nil, store.Pool{}, 0, ErrBusy
 	case r.Error != "":
-		return nil, store.Pool{}, errors.New(r.Error)
+		return nil, store.Pool{}, 0, errors.New(r.Error)
 	}
-	return storeUnits(pool, r.Units), StorePool(r.Pool), nil
+	return storeUnits(pool, r.Units), StorePool(r.Pool), r.Gen, nil
 }
 
 // report sends what is pending, in one request, and forgets it once the
@@ -252,18 +265,19 @@ func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, s
 func (b *Bus) report(ctx context.Context) error {
 	b.mu.Lock()
 	events := b.pending
-	b.seq++
-	seq := b.seq
 	b.mu.Unlock()
 	if len(events) == 0 {
 		return nil
 	}
 	var r broker.ReportReply
-	if err := b.request(ctx, broker.SubjectReport, &broker.Report{V: broker.ProtocolVersion, Node: b.node, Seq: seq, Events: events}, &r); err != nil {
+	if err := b.request(ctx, broker.SubjectReport, &broker.Report{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: b.nextSeq(), Events: events}, &r); err != nil {
 		return err
 	}
 	if r.Error != "" {
 		return errors.New(r.Error)
+	}
+	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
+		return fmt.Errorf("report acknowledged by a deposed allocator (epoch %d): %w", r.Epoch, err)
 	}
 	b.mu.Lock()
 	b.pending = b.pending[len(events):]
@@ -278,7 +292,7 @@ func (b *Bus) sync(ctx context.Context) error {
 	covered := len(b.pending)
 	b.mu.Unlock()
 	var r broker.SyncReply
-	if err := b.request(ctx, broker.SubjectSync, &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Units: b.agent.Held()}, &r); err != nil {
+	if err := b.request(ctx, broker.SubjectSync, &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: b.nextSeq(), Units: b.agent.Held()}, &r); err != nil {
 		return err
 	}
 	if r.Error != "" {
@@ -309,3 +323,5 @@ func (b *Bus) request(ctx context.Context, subject string, msg, reply any) error
 	}
 	return broker.Decode(resp.Data, reply)
 }
+
+func (b *Bus) nextSeq() uint64 { return b.seq.Add(1) }

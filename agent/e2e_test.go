@@ -65,7 +65,7 @@ func newNode(t *testing.T, name string, units []store.Unit) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Grant(dual, units); err != nil {
+	if err := a.Grant(dual, units, 0); err != nil {
 		t.Fatal(err)
 	}
 	n := &node{host: host, agent: a, socket: filepath.Join(dir, "run", "agent.sock")}

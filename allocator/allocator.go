@@ -43,8 +43,9 @@ type Allocator struct {
 
 	leaseLocks keyed.Mutex
 
-	mu     sync.Mutex
-	ledger *ledger
+	mu      sync.Mutex
+	ledger  *ledger
+	lastSeq map[string]runSeq // per node: the newest report or sync applied
 
 	metrics *metrics
 	sem     chan struct{}
@@ -78,7 +79,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), sem: make(chan struct{}, cfg.Handlers)}
+	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{}, sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
 	pools, err := cfg.Client.IPPools().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -88,6 +89,17 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list node leases: %w", err)
 	}
+	// An epoch must exceed every epoch that wrote a lease: if the election
+	// Lease was recreated (its transitions restart at 0), agents that saw
+	// the old epochs would refuse this leader forever.
+	for _, nl := range leases.Items {
+		if e := uint64(nl.Spec.Epoch); e >= a.cfg.Epoch {
+			a.log.Warn("leader epoch below a lease's; raising it", "given", a.cfg.Epoch, "lease", nl.Name, "lease_epoch", e)
+			a.cfg.Epoch = e + 1
+		}
+	}
+	a.log = cfg.Logger.With("epoch", a.cfg.Epoch)
+	a.metrics.epochMetric.Set(float64(a.cfg.Epoch))
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for i := range pools.Items {
@@ -151,11 +163,11 @@ func (a *Allocator) handleMiss(ctx context.Context, m *nats.Msg) any {
 		reply.Error = err.Error()
 		return reply
 	}
-	units, info, err := a.grant(ctx, req.Pool, req.Node, max(req.Count, 1))
+	units, info, gen, err := a.grant(ctx, req.Pool, req.Node, max(req.Count, 1))
 	if errors.Is(err, errExhausted) {
-		units, info, err = a.steal(ctx, req.Pool, req.Node, max(req.Count, 1))
+		units, info, gen, err = a.steal(ctx, req.Pool, req.Node, max(req.Count, 1))
 	}
-	reply.Pool, reply.Units = info, units
+	reply.Pool, reply.Units, reply.Gen = info, units, gen
 	switch {
 	case errors.Is(err, errBusy):
 		reply.Retry = true
@@ -179,6 +191,11 @@ func (a *Allocator) handleReport(ctx context.Context, m *nats.Msg) any {
 		return reply
 	}
 	reply.Seq = r.Seq
+	unlock, fresh := a.inOrder(r.Node, r.Run, r.Seq)
+	defer unlock()
+	if !fresh {
+		return reply // overtaken by a newer report or sync: what it said is applied
+	}
 	pools, err := a.applyByPool(ctx, r.Node, r.Events)
 	if err != nil {
 		reply.Error = err.Error()
@@ -190,8 +207,30 @@ func (a *Allocator) handleReport(ctx context.Context, m *nats.Msg) any {
 	return reply
 }
 
+// inOrder serialises a node's reports and syncs and tells whether one is
+// newer than every one applied from the same agent run: a request retried
+// after a timeout may arrive after the later request that superseded it.
+// A new run (an agent restart) starts afresh.
+func (a *Allocator) inOrder(node, run string, seq uint64) (unlock func(), fresh bool) {
+	unlock = a.leaseLocks.Lock("order\x00" + node)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	last, ok := a.lastSeq[node]
+	if ok && last.run == run && seq <= last.seq {
+		return unlock, false
+	}
+	a.lastSeq[node] = runSeq{run, seq}
+	return unlock, true
+}
+
+type runSeq struct {
+	run string
+	seq uint64
+}
+
 // applyByPool applies a node's events, one lease write per pool, and
-// returns the pools touched.
+// returns the pools touched. Events of a pool that no longer exists are
+// logged and skipped: they must not block the node's other pools.
 func (a *Allocator) applyByPool(ctx context.Context, node string, events []broker.Event) ([]string, error) {
 	byPool := map[string][]broker.Event{}
 	var pools []string
@@ -201,12 +240,19 @@ func (a *Allocator) applyByPool(ctx context.Context, node string, events []broke
 		}
 		byPool[e.Pool] = append(byPool[e.Pool], e)
 	}
+	var applied []string
 	for _, pool := range pools {
-		if err := a.applyEvents(ctx, pool, node, byPool[pool]); err != nil {
+		err := a.applyEvents(ctx, pool, node, byPool[pool])
+		if errors.Is(err, errUnknownPool) {
+			a.log.Warn("events for a pool that does not exist", "node", node, "pool", pool, "events", len(byPool[pool]))
+			continue
+		}
+		if err != nil {
 			return nil, err
 		}
+		applied = append(applied, pool)
 	}
-	return pools, nil
+	return applied, nil
 }
 
 func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
@@ -214,6 +260,12 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 	reply := &broker.SyncReply{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch}
 	if err := broker.Decode(m.Data, &req); err != nil {
 		reply.Error = err.Error()
+		return reply
+	}
+	unlock, fresh := a.inOrder(req.Node, req.Run, req.Seq)
+	if !fresh {
+		unlock()
+		reply.Error = "stale sync: a newer report or sync of this agent was applied"
 		return reply
 	}
 	// The agent's record says which of its units are assigned: it made the
@@ -226,31 +278,27 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 		}
 		events = append(events, broker.Event{Kind: kind, Pool: h.Pool, UnitID: h.Unit.ID, Attachment: h.Attachment, Pod: h.Pod})
 	}
-	if _, err := a.applyByPool(ctx, req.Node, events); err != nil {
+	_, err := a.applyByPool(ctx, req.Node, events)
+	unlock()
+	if err != nil {
 		reply.Error = err.Error()
 		return reply
 	}
 	a.mu.Lock()
-	pools := make([]string, 0, len(a.ledger.pools))
-	for name := range a.ledger.pools {
-		pools = append(pools, name)
-	}
-	a.mu.Unlock()
-	for _, pool := range pools {
-		if _, err := a.topUp(ctx, req.Node, pool); err != nil {
-			a.log.Warn("top up at sync", "node", req.Node, "pool", pool, "err", err)
-		}
-	}
-	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, ps := range a.ledger.pools {
+		// Top-ups go out as grants after the reply, not inline: a sync
+		// must answer within the agent's timeout.
+		a.topUpLater(ctx, req.Node, ps.name)
 		ls, ok := ps.leases[req.Node]
-		if !ok || len(ls.units) == 0 {
+		if !ok {
 			continue
 		}
-		lease := broker.Lease{Pool: ps.info}
+		lease := broker.Lease{Pool: ps.info, Gen: ls.generation}
 		for _, u := range leaseUnits(ls.units) {
-			lease.Units = append(lease.Units, broker.Unit{ID: unitID(u), IPv4: u.IPv4, IPv6: u.IPv6})
+			if u.State == v1alpha1.UnitWarm {
+				lease.Units = append(lease.Units, broker.Unit{ID: unitID(u), IPv4: u.IPv4, IPv6: u.IPv6})
+			}
 		}
 		reply.Leases = append(reply.Leases, lease)
 	}
@@ -271,7 +319,7 @@ func (a *Allocator) topUpLater(ctx context.Context, node, pool string) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		units, err := a.topUp(ctx, node, pool)
+		units, gen, err := a.topUp(ctx, node, pool)
 		if err != nil {
 			if !errors.Is(err, errExhausted) {
 				a.log.Warn("top up", "node", node, "pool", pool, "err", err)
@@ -279,42 +327,50 @@ func (a *Allocator) topUpLater(ctx context.Context, node, pool string) {
 			return
 		}
 		if len(units) > 0 {
-			a.push(ctx, node, pool, units)
+			a.push(ctx, node, pool, gen, units)
 		}
 	}()
 }
 
-// topUp grants the node what it lacks of its warm target, persisted.
-func (a *Allocator) topUp(ctx context.Context, node, pool string) ([]broker.Unit, error) {
+// topUp grants the node what it lacks of its warm target, persisted. The
+// deficit is computed under the node's lease lock, so concurrent top-ups
+// of one node never both fill the same gap.
+func (a *Allocator) topUp(ctx context.Context, node, pool string) ([]broker.Unit, int64, error) {
+	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	defer unlock()
 	a.mu.Lock()
 	ps, ok := a.ledger.pools[pool]
-	deficit := 0
-	if ok {
-		warm := 0
-		if ls := ps.leases[node]; ls != nil {
-			for _, u := range ls.units {
-				if u.State == v1alpha1.UnitWarm {
-					warm++
-				}
+	if !ok {
+		a.mu.Unlock()
+		return nil, 0, nil
+	}
+	warm := 0
+	if ls := ps.leases[node]; ls != nil {
+		for _, u := range ls.units {
+			if u.State == v1alpha1.UnitWarm {
+				warm++
 			}
 		}
-		deficit = target(ps.spec) - warm
+	}
+	var idx []int
+	if deficit := target(ps.spec) - warm; deficit > 0 {
+		idx = ps.reserveLocked(deficit)
 	}
 	a.mu.Unlock()
-	if deficit <= 0 {
-		return nil, nil
+	if len(idx) == 0 {
+		return nil, 0, nil
 	}
-	units, _, err := a.grant(ctx, pool, node, deficit)
-	return units, err
+	units, _, gen, err := a.grantReservedHeld(ctx, pool, node, idx)
+	return units, gen, err
 }
 
 // push sends a grant to the node's agent. A lost push is not lost units:
 // they are in the node's lease, and the agent's next sync returns them.
-func (a *Allocator) push(ctx context.Context, node, pool string, units []broker.Unit) {
+func (a *Allocator) push(ctx context.Context, node, pool string, gen int64, units []broker.Unit) {
 	a.mu.Lock()
 	info := a.ledger.pools[pool].info
 	a.mu.Unlock()
-	msg := broker.Encode(&broker.Grant{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Node: node, Pool: info, Units: units})
+	msg := broker.Encode(&broker.Grant{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Node: node, Gen: gen, Pool: info, Units: units})
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.PushTimeout)
 	defer cancel()
 	resp, err := a.cfg.Conn.RequestWithContext(rctx, broker.SubjectGrant(node), msg)
@@ -329,32 +385,38 @@ func (a *Allocator) push(ctx context.Context, node, pool string, units []broker.
 }
 
 // grant reserves up to n free units of pool for node and grants them.
-func (a *Allocator) grant(ctx context.Context, pool, node string, n int) ([]broker.Unit, broker.PoolInfo, error) {
-	a.mu.Lock()
-	ps, ok := a.ledger.pools[pool]
-	a.mu.Unlock()
-	if !ok {
-		if err := a.loadPool(ctx, pool); err != nil {
-			return nil, broker.PoolInfo{}, err
-		}
+func (a *Allocator) grant(ctx context.Context, pool, node string, n int) ([]broker.Unit, broker.PoolInfo, int64, error) {
+	if err := a.ensurePool(ctx, pool); err != nil {
+		return nil, broker.PoolInfo{}, 0, err
 	}
+	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	defer unlock()
 	a.mu.Lock()
-	ps = a.ledger.pools[pool]
+	ps := a.ledger.pools[pool]
 	info := ps.info
 	idx := ps.reserveLocked(n)
 	a.mu.Unlock()
 	if len(idx) == 0 {
-		return nil, info, fmt.Errorf("pool %s: %w", pool, errExhausted)
+		return nil, info, 0, fmt.Errorf("pool %s: %w", pool, errExhausted)
 	}
-	return a.grantReserved(ctx, pool, node, idx)
+	return a.grantReservedHeld(ctx, pool, node, idx)
 }
 
-// grantReserved persists reserved units (by index) in the node's lease,
-// and only then commits them to the ledger and returns them. The units are
-// unreserved either way.
-func (a *Allocator) grantReserved(ctx context.Context, pool, node string, idx []int) ([]broker.Unit, broker.PoolInfo, error) {
-	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
-	defer unlock()
+func (a *Allocator) ensurePool(ctx context.Context, pool string) error {
+	a.mu.Lock()
+	_, ok := a.ledger.pools[pool]
+	a.mu.Unlock()
+	if ok {
+		return nil
+	}
+	return a.loadPool(ctx, pool)
+}
+
+// grantReservedHeld persists reserved units (by index) in the node's
+// lease, and only then commits them to the ledger and returns them with
+// the lease's new generation. The units are unreserved either way. The
+// caller holds the node's lease lock.
+func (a *Allocator) grantReservedHeld(ctx context.Context, pool, node string, idx []int) ([]broker.Unit, broker.PoolInfo, int64, error) {
 	a.mu.Lock()
 	ps := a.ledger.pools[pool]
 	info := ps.info
@@ -367,18 +429,18 @@ func (a *Allocator) grantReserved(ctx context.Context, pool, node string, idx []
 	}
 	a.mu.Unlock()
 
-	newRV, err := a.writeLease(ctx, pool, node, name, rv, next)
+	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	ps.unreserveLocked(idx)
 	if err != nil {
-		return nil, info, err
+		return nil, info, 0, err
 	}
 	for _, i := range idx {
 		ps.holder[i] = node
 	}
-	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, units: next}
-	return units, info, nil
+	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next}
+	return units, info, gen, nil
 }
 
 // steal serves a miss on an exhausted pool from other nodes' surplus: the
@@ -387,12 +449,12 @@ func (a *Allocator) grantReserved(ctx context.Context, pool, node string, idx []
 // before it answers), their leases are rewritten without them, and the
 // units are granted to node. It fails with errExhausted when no other node
 // holds a warm unit, and errBusy when some do but none could be taken now.
-func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]broker.Unit, broker.PoolInfo, error) {
+func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]broker.Unit, broker.PoolInfo, int64, error) {
 	a.mu.Lock()
 	ps, ok := a.ledger.pools[pool]
 	if !ok {
 		a.mu.Unlock()
-		return nil, broker.PoolInfo{}, fmt.Errorf("pool %s: %w", pool, errUnknownPool)
+		return nil, broker.PoolInfo{}, 0, fmt.Errorf("pool %s: %w", pool, errUnknownPool)
 	}
 	info := ps.info
 	type donor struct {
@@ -413,7 +475,7 @@ func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]brok
 	}
 	a.mu.Unlock()
 	if len(donors) == 0 {
-		return nil, info, fmt.Errorf("pool %s: %w", pool, errExhausted)
+		return nil, info, 0, fmt.Errorf("pool %s: %w", pool, errExhausted)
 	}
 	slices.SortFunc(donors, func(x, y donor) int { return y.warm - x.warm })
 	var idx []int
@@ -428,11 +490,13 @@ func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]brok
 		idx = append(idx, taken...)
 	}
 	if len(idx) == 0 {
-		return nil, info, fmt.Errorf("pool %s: %w", pool, errBusy)
+		return nil, info, 0, fmt.Errorf("pool %s: %w", pool, errBusy)
 	}
 	a.log.Info("units moved under scarcity", "pool", pool, "to", node, "units", len(idx))
 	a.metrics.moved.Add(float64(len(idx)))
-	return a.grantReserved(ctx, pool, node, idx)
+	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	defer unlock()
+	return a.grantReservedHeld(ctx, pool, node, idx)
 }
 
 // takeFrom revokes up to n warm units from donor and rewrites its lease
@@ -444,7 +508,9 @@ func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n
 	defer unlock()
 	a.mu.Lock()
 	var ids []string
+	var gen int64
 	if ls := ps.leases[donor]; ls != nil {
+		gen = ls.generation
 		for id, u := range ls.units {
 			if u.State == v1alpha1.UnitWarm && len(ids) < n {
 				ids = append(ids, id)
@@ -455,7 +521,7 @@ func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	released, err := a.revoke(ctx, donor, ps.name, ids)
+	released, err := a.revoke(ctx, donor, ps.name, gen, ids)
 	if len(released) == 0 {
 		return nil, err
 	}
@@ -470,7 +536,7 @@ func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n
 		}
 	}
 	a.mu.Unlock()
-	newRV, werr := a.writeLease(ctx, ps.name, donor, name, rv, next)
+	newRV, newGen, werr := a.writeLease(ctx, ps.name, donor, name, rv, next)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if werr != nil {
@@ -482,14 +548,14 @@ func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n
 	for _, i := range idx {
 		ps.holder[i] = ""
 	}
-	ps.leases[donor] = &leaseState{name: name, resourceVersion: newRV, units: next}
+	ps.leases[donor] = &leaseState{name: name, resourceVersion: newRV, generation: newGen, units: next}
 	return idx, err
 }
 
 // revoke asks a node's agent to give back warm units and returns those it
 // gave back.
-func (a *Allocator) revoke(ctx context.Context, node, pool string, ids []string) ([]string, error) {
-	msg := broker.Encode(&broker.Revoke{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Pool: pool, IDs: ids})
+func (a *Allocator) revoke(ctx context.Context, node, pool string, gen int64, ids []string) ([]string, error) {
+	msg := broker.Encode(&broker.Revoke{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Pool: pool, Gen: gen, IDs: ids})
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.PushTimeout)
 	defer cancel()
 	resp, err := a.cfg.Conn.RequestWithContext(rctx, broker.SubjectRevoke(node), msg)
@@ -562,7 +628,7 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 	if !changed {
 		return nil
 	}
-	newRV, err := a.writeLease(ctx, pool, node, name, rv, next)
+	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	ps.unreserveLocked(adopt)
@@ -572,7 +638,7 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 	for _, i := range adopt {
 		ps.holder[i] = node
 	}
-	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, units: next}
+	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next}
 	return nil
 }
 
@@ -594,7 +660,7 @@ func (a *Allocator) leaseCopyLocked(ps *poolState, node string) (map[string]v1al
 // the resourceVersion we last wrote. The leader is the only writer, so a
 // conflict means our resourceVersion is stale (our own write's answer was
 // lost): re-read it and write again, once.
-func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string, units map[string]v1alpha1.LeasedUnit) (string, error) {
+func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string, units map[string]v1alpha1.LeasedUnit) (string, int64, error) {
 	nl := &v1alpha1.NodeLease{
 		ObjectMeta: metav1.ObjectMeta{Name: name, ResourceVersion: rv},
 		Spec:       v1alpha1.NodeLeaseSpec{Pool: pool, Node: node, Epoch: int64(a.cfg.Epoch), Units: leaseUnits(units)},
@@ -612,20 +678,29 @@ func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string,
 		a.metrics.writeTime.Observe(time.Since(start).Seconds())
 		if err == nil {
 			a.metrics.writes.WithLabelValues("ok").Inc()
-			return out.ResourceVersion, nil
+			return out.ResourceVersion, out.Generation, nil
 		}
 		a.metrics.writes.WithLabelValues("error").Inc()
 		if attempt > 0 || !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)) {
-			return "", fmt.Errorf("write lease %s: %w", name, err)
+			return "", 0, fmt.Errorf("write lease %s: %w", name, err)
 		}
 		cur, gerr := leases.Get(ctx, name, metav1.GetOptions{})
 		if gerr != nil {
-			return "", fmt.Errorf("write lease %s: %w (re-read: %w)", name, err, gerr)
+			return "", 0, fmt.Errorf("write lease %s: %w (re-read: %w)", name, err, gerr)
 		}
 		if uint64(cur.Spec.Epoch) > a.cfg.Epoch {
 			// A newer leader wrote it: this allocator is deposed and must
 			// not overwrite its successor's record.
-			return "", fmt.Errorf("write lease %s: %w: it was written at epoch %d, this allocator's is %d", name, ErrDeposed, cur.Spec.Epoch, a.cfg.Epoch)
+			return "", 0, fmt.Errorf("write lease %s: %w: it was written at epoch %d, this allocator's is %d", name, ErrDeposed, cur.Spec.Epoch, a.cfg.Epoch)
+		}
+		if !sameUnits(cur.Spec.Units, a.committedUnits(pool, node)) {
+			// The lease holds something the ledger does not (a write whose
+			// answer was lost, or a predecessor's after we loaded):
+			// writing our map would lose it. Take the lease as it is into
+			// the ledger and fail this change; its caller's next trigger
+			// recomputes from the truth.
+			a.reload(cur)
+			return "", 0, fmt.Errorf("write lease %s: it changed behind this allocator, reloaded (conflict %w)", name, err)
 		}
 		nl.ResourceVersion = cur.ResourceVersion
 	}
@@ -651,4 +726,60 @@ func splitAttachment(att string) (string, string) {
 		return att, ""
 	}
 	return att[:i], att[i+1:]
+}
+
+// committedUnits returns the units the ledger has committed for a node's
+// lease, as the API object lists them.
+func (a *Allocator) committedUnits(pool, node string) []v1alpha1.LeasedUnit {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ps := a.ledger.pools[pool]
+	if ps == nil || ps.leases[node] == nil {
+		return nil
+	}
+	return leaseUnits(ps.leases[node].units)
+}
+
+func sameUnits(x, y []v1alpha1.LeasedUnit) bool {
+	if len(x) != len(y) {
+		return false
+	}
+	seen := map[string]v1alpha1.LeasedUnit{}
+	for _, u := range x {
+		seen[unitID(u)] = u
+	}
+	for _, u := range y {
+		v, ok := seen[unitID(u)]
+		if !ok || v.State != u.State {
+			return false
+		}
+	}
+	return true
+}
+
+// Epoch returns the epoch the allocator serves with (raised above every
+// lease's at New).
+func (a *Allocator) Epoch() uint64 { return a.cfg.Epoch }
+
+// reload replaces the ledger's record of a node's lease with the stored
+// object.
+func (a *Allocator) reload(cur *v1alpha1.NodeLease) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ps := a.ledger.pools[cur.Spec.Pool]
+	if ps == nil {
+		return
+	}
+	if old := ps.leases[cur.Spec.Node]; old != nil {
+		for id := range old.units {
+			if i, ok := ps.byID[id]; ok && ps.holder[i] == cur.Spec.Node {
+				ps.holder[i] = ""
+			}
+		}
+	}
+	delete(ps.leases, cur.Spec.Node)
+	for _, err := range a.ledger.loadLeaseLocked(cur) {
+		a.log.Error("inconsistent lease on reload", "lease", cur.Name, "err", err)
+		a.metrics.conflicts.Inc()
+	}
 }

@@ -46,17 +46,17 @@ func TestDeposedAllocatorCannotOverwrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := old.grant(ctx, "p", "node-1", 2); err != nil {
+	if _, _, _, err := old.grant(ctx, "p", "node-1", 2); err != nil {
 		t.Fatal(err)
 	}
 	successor, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 2, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := successor.grant(ctx, "p", "node-1", 1); err != nil {
+	if _, _, _, err := successor.grant(ctx, "p", "node-1", 1); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = old.grant(ctx, "p", "node-1", 1)
+	_, _, _, err = old.grant(ctx, "p", "node-1", 1)
 	if !errors.Is(err, ErrDeposed) {
 		t.Fatalf("the deposed allocator's grant: %v, want ErrDeposed", err)
 	}

@@ -36,6 +36,7 @@ type poolState struct {
 type leaseState struct {
 	name            string
 	resourceVersion string // "" until created
+	generation      int64  // metadata.generation of the last write
 	units           map[string]v1alpha1.LeasedUnit
 }
 
@@ -98,7 +99,7 @@ func (l *ledger) loadLeaseLocked(nl *v1alpha1.NodeLease) []error {
 	if !ok {
 		return []error{fmt.Errorf("lease %s: pool %s does not exist", nl.Name, nl.Spec.Pool)}
 	}
-	ls := &leaseState{name: nl.Name, resourceVersion: nl.ResourceVersion, units: map[string]v1alpha1.LeasedUnit{}}
+	ls := &leaseState{name: nl.Name, resourceVersion: nl.ResourceVersion, generation: nl.Generation, units: map[string]v1alpha1.LeasedUnit{}}
 	var errs []error
 	for _, u := range nl.Spec.Units {
 		id := unitID(u)

@@ -64,11 +64,15 @@ type Unit struct {
 }
 
 // Grant pushes warm units of a pool to a node. The allocator has persisted
-// them in the node's NodeLease before sending.
+// them in the node's NodeLease before sending. Gen is the lease's
+// metadata.generation after that write: an agent ignores a unit it gave
+// back (revoke) at a generation not older than Gen, so a grant overtaken
+// by a revoke cannot bring the unit back.
 type Grant struct {
 	V     int      `json:"v"`
 	Epoch uint64   `json:"epoch"`
 	Node  string   `json:"node"`
+	Gen   int64    `json:"gen"`
 	Pool  PoolInfo `json:"pool"`
 	Units []Unit   `json:"units"`
 }
@@ -82,10 +86,13 @@ type Ack struct {
 
 // Revoke asks a node to give back warm units of a pool.
 type Revoke struct {
-	V     int      `json:"v"`
-	Epoch uint64   `json:"epoch"`
-	Pool  string   `json:"pool"`
-	IDs   []string `json:"ids"`
+	V     int    `json:"v"`
+	Epoch uint64 `json:"epoch"`
+	Pool  string `json:"pool"`
+	// Gen is the node's lease generation when the revoke was sent; any
+	// message listing the units at a generation up to Gen is stale.
+	Gen int64    `json:"gen"`
+	IDs []string `json:"ids"`
 }
 
 // Revoked lists the units the node gave back: removed from its cache and
@@ -109,6 +116,7 @@ type MissRequest struct {
 type MissReply struct {
 	V         int      `json:"v"`
 	Epoch     uint64   `json:"epoch"`
+	Gen       int64    `json:"gen"`
 	Pool      PoolInfo `json:"pool"`
 	Units     []Unit   `json:"units,omitempty"`
 	Exhausted bool     `json:"exhausted,omitempty"`
@@ -141,10 +149,14 @@ type Event struct {
 }
 
 // Report carries an agent's assignments and releases since its last
-// acknowledged report, in order. Seq numbers reports per agent run.
+// acknowledged report, in order. Run identifies the agent process and Seq
+// numbers its reports and syncs: the allocator ignores one older than the
+// newest it applied from that run (a retried request overtaken by a later
+// one).
 type Report struct {
 	V      int     `json:"v"`
 	Node   string  `json:"node"`
+	Run    string  `json:"run"`
 	Seq    uint64  `json:"seq"`
 	Events []Event `json:"events"`
 }
@@ -171,13 +183,18 @@ type HeldUnit struct {
 type SyncRequest struct {
 	V     int        `json:"v"`
 	Node  string     `json:"node"`
+	Run   string     `json:"run"`
+	Seq   uint64     `json:"seq"`
 	Units []HeldUnit `json:"units"`
 }
 
-// Lease is what the node holds of one pool, as the allocator's record has
-// it after reconciliation.
+// Lease is what the node holds warm of one pool, as the allocator's record
+// has it after reconciliation, at lease generation Gen. Assigned units are
+// not listed: the agent keeps the ones it assigned, and must never hand
+// out one it does not know (its record was lost).
 type Lease struct {
 	Pool  PoolInfo `json:"pool"`
+	Gen   int64    `json:"gen"`
 	Units []Unit   `json:"units"`
 }
 

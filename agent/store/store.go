@@ -112,8 +112,6 @@ var (
 	// ErrAttachmentTaken: Assign was asked for an attachment that already
 	// holds a unit.
 	ErrAttachmentTaken = errors.New("attachment already holds a unit")
-	// ErrUnitAssigned: a unit was to be dropped while assigned.
-	ErrUnitAssigned = errors.New("unit is assigned")
 	// ErrFormat: the file is of another format version.
 	ErrFormat = errors.New("unsupported store format")
 )
@@ -356,11 +354,13 @@ func (s *Store) Rewarm(keys []Key) error {
 	})
 }
 
-// Drop removes units the node gives up (revoked, or not in the allocator's
-// lease). Assigned units are never dropped: the call fails with
-// ErrUnitAssigned and writes nothing. Unknown units are ignored.
-func (s *Store) Drop(keys []Key) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// Drop removes units the node gives up (revoked, or not in the
+// allocator's lease) and returns those it removed. Assigned units are never
+// dropped (they are skipped), nor are unknown ones.
+func (s *Store) Drop(keys []Key) ([]Key, error) {
+	var dropped []Key
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		dropped = dropped[:0]
 		b := tx.Bucket(bucketUnits)
 		for _, key := range keys {
 			k := unitKey(key)
@@ -368,18 +368,20 @@ func (s *Store) Drop(keys []Key) error {
 			if err != nil {
 				return err
 			}
-			if !ok {
+			if !ok || u.State == Assigned {
 				continue
-			}
-			if u.State == Assigned {
-				return fmt.Errorf("drop %s/%s: %w to %s", key.Pool, key.ID, ErrUnitAssigned, u.Attachment)
 			}
 			if err := b.Delete(k); err != nil {
 				return err
 			}
+			dropped = append(dropped, key)
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, fmt.Errorf("drop: %w", err)
+	}
+	return dropped, nil
 }
 
 func unitKey(k Key) []byte { return []byte(k.Pool + "\x00" + k.ID) }
