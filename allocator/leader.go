@@ -3,6 +3,7 @@ package allocator
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,10 +21,13 @@ type Election struct {
 // RunLeader runs lead while this process holds the Lease, with the leader
 // epoch: the Lease's leaseTransitions + 1 when leadership was taken, which
 // rises with every change of holder, so a successor's epoch is always
-// higher than its predecessor's. lead's context ends when leadership is
-// lost; RunLeader returns then, or when ctx ends. A process that lost
-// leadership should exit, as a deposed leader's state is not to be reused.
-func RunLeader(ctx context.Context, kube kubernetes.Interface, e Election, lead func(ctx context.Context, epoch uint64)) error {
+// higher than its predecessor's (allocator.New raises it further above any
+// lease's). lead's context ends when leadership is lost. When lead returns,
+// for whatever reason, leadership is released (a leader that cannot serve
+// must not keep the Lease) and RunLeader returns lead's error once lead has
+// finished. A process whose RunLeader returned should exit: a deposed
+// leader's state is not to be reused.
+func RunLeader(ctx context.Context, kube kubernetes.Interface, e Election, lead func(ctx context.Context, epoch uint64) error) error {
 	if e.LeaseDuration == 0 {
 		e.LeaseDuration, e.RenewDeadline, e.Retry = 15*time.Second, 10*time.Second, 2*time.Second
 	}
@@ -32,7 +36,13 @@ func RunLeader(ctx context.Context, kube kubernetes.Interface, e Election, lead 
 		Client:     kube.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: e.Identity},
 	}
-	var leadErr error
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		leadErr error
+		began   atomic.Bool
+		led     = make(chan struct{}) // closed when lead has returned
+	)
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock:            lock,
 		LeaseDuration:   e.LeaseDuration,
@@ -42,6 +52,9 @@ func RunLeader(ctx context.Context, kube kubernetes.Interface, e Election, lead 
 		Name:            e.Name,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(lctx context.Context) {
+				began.Store(true)
+				defer close(led)
+				defer cancel() // give the Lease up, whatever ended our term
 				lease, err := kube.CoordinationV1().Leases(e.Namespace).Get(lctx, e.Name, metav1.GetOptions{})
 				if err != nil {
 					leadErr = fmt.Errorf("read the leader lease for the epoch: %w", err)
@@ -55,7 +68,7 @@ func RunLeader(ctx context.Context, kube kubernetes.Interface, e Election, lead 
 				if lease.Spec.LeaseTransitions != nil {
 					transitions = *lease.Spec.LeaseTransitions
 				}
-				lead(lctx, uint64(transitions)+1)
+				leadErr = lead(lctx, uint64(transitions)+1)
 			},
 			OnStoppedLeading: func() {},
 		},
@@ -64,5 +77,11 @@ func RunLeader(ctx context.Context, kube kubernetes.Interface, e Election, lead 
 		return fmt.Errorf("leader election: %w", err)
 	}
 	le.Run(ctx)
+	// Run returns when leadership ends or ctx does; if we led, wait for
+	// lead to finish before reading its result.
+	if !began.Load() {
+		return ctx.Err()
+	}
+	<-led
 	return leadErr
 }

@@ -71,21 +71,18 @@ func run(kubeconfig, natsURL, natsListen, namespace, leaseName, metricsAddr stri
 	_, _ = rand.Read(suffix)
 	identity := host + "-" + hex.EncodeToString(suffix)
 	e := allocator.Election{Namespace: namespace, Name: leaseName, Identity: identity}
-	var leadErr error
-	err = allocator.RunLeader(ctx, kube, e, func(lctx context.Context, epoch uint64) {
+	err = allocator.RunLeader(ctx, kube, e, func(lctx context.Context, epoch uint64) error {
 		log := log.With("epoch", epoch, "identity", identity)
 		log.Info("leading")
-		leadErr = lead(lctx, wp, natsURL, natsListen, metricsAddr, epoch, log)
+		return lead(lctx, wp, natsURL, natsListen, metricsAddr, epoch, log)
 	})
-	if err != nil {
-		return err
-	}
 	if ctx.Err() == nil {
-		// Leadership lost while we meant to run: exit, so that a fresh
-		// process (not a deposed leader's state) competes again.
-		return fmt.Errorf("lost leadership: %w", leadErr)
+		// Leadership ended while we meant to run (lost, or lead failed):
+		// exit, so that a fresh process, not a deposed leader's state,
+		// competes again.
+		return fmt.Errorf("no longer leading: %w", err)
 	}
-	return leadErr
+	return err
 }
 
 func lead(ctx context.Context, wp *client.Clientset, natsURL, natsListen, metricsAddr string, epoch uint64, log *slog.Logger) error {
