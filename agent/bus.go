@@ -235,6 +235,11 @@ func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, s
 	msg := broker.Encode(&broker.MissRequest{V: broker.ProtocolVersion, Node: b.node, Pool: pool, Count: count})
 	b.agent.metrics.bus.WithLabelValues("miss", "sent").Inc()
 	resp, err := b.conn.RequestWithContext(ctx, broker.SubjectMiss, msg)
+	if errors.Is(err, nats.ErrNoResponders) {
+		// No allocator is subscribed at this instant (a failover, or the
+		// bus just came back and it has not resubscribed yet): ask again.
+		return nil, store.Pool{}, 0, fmt.Errorf("%w: %w", ErrBusy, err)
+	}
 	if err != nil {
 		// The allocator may have granted before the answer was lost: the
 		// next sync brings what the node's lease holds.

@@ -201,3 +201,34 @@ func TestNATSDown(t *testing.T) {
 	c.startNATS(c.port)
 	c.waitAgree(t, n)
 }
+
+// TestNATSDownEmptyCache: with the bus down and nothing warm, an ADD waits
+// out the miss timeout and fails with code 104, recording nothing; once
+// the bus is back the same ADD succeeds.
+func TestNATSDownEmptyCache(t *testing.T) {
+	c := newCluster(t, dualPool(4, &v1alpha1.Warm{MinWarm: i32(0), WarmTarget: i32(0), MaxWarm: i32(0)}))
+	n := c.addNode("node-1")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c.waitAgree(t, n) // the first sync happened
+	c.nats.Shutdown()
+	_, pod, err := n.add(ctx, "c1")
+	if err == nil || cniCode(err) != wire.CodeMissTimeout || !strings.Contains(err.Error(), "did not answer") {
+		t.Fatalf("ADD with the bus down and an empty cache: %v, want code %d", err, wire.CodeMissTimeout)
+	}
+	if snap, err := n.store.Load(); err != nil || len(snap.Assignments) != 0 || len(snap.Units) != 0 {
+		t.Fatalf("a failed ADD left a record: %+v %v", snap, err)
+	}
+	c.startNATS(c.port)
+	// The runtime deletes the failed sandbox's interface, then retries.
+	if err := n.del(ctx, "c1", pod); err != nil {
+		t.Fatalf("DEL of the failed sandbox: %v", err)
+	}
+	if err := n.host.RemovePod(pod); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := n.add(ctx, "c1"); err != nil {
+		t.Fatalf("ADD once the bus is back: %v", err)
+	}
+	c.waitAgree(t, n)
+}
