@@ -220,6 +220,13 @@ func (a *Agent) emit(kind string, as store.Assignment) {
 // of that epoch may be obeyed: not if a higher epoch was seen (fencing of
 // a deposed leader). The highest epoch is persisted, so a restart keeps it.
 func (a *Agent) AcceptEpoch(epoch uint64) (bool, error) {
+	a.mu.Lock()
+	known := a.epoch
+	a.mu.Unlock()
+	if epoch <= known {
+		// Nothing to persist: the common case costs no commit.
+		return epoch == known, nil
+	}
 	highest, err := a.store.SetEpoch(epoch)
 	if err != nil {
 		return false, err
