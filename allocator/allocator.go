@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
@@ -32,6 +34,15 @@ type Config struct {
 	// Handlers bounds the bus requests served at once.
 	Handlers int
 	Logger   *slog.Logger
+	// Nodes looks nodes up (a lister); a node is warmed only if it exists,
+	// is Ready and matches the pool's nodeSelector. Nil warms every node
+	// that asks (tests without Node objects).
+	Nodes NodeGetter
+}
+
+// NodeGetter finds a node by name; a client-go Node lister is one.
+type NodeGetter interface {
+	Get(name string) (*corev1.Node, error)
 }
 
 // Allocator serves the bus while it leads. Its ledger is guarded by mu,
@@ -352,8 +363,14 @@ func (a *Allocator) topUp(ctx context.Context, node, pool string) ([]broker.Unit
 			}
 		}
 	}
+	spec := ps.spec
+	a.mu.Unlock()
+	if !a.eligible(node, spec) {
+		return nil, 0, nil
+	}
+	a.mu.Lock()
 	var idx []int
-	if deficit := target(ps.spec) - warm; deficit > 0 {
+	if deficit := target(spec) - warm; deficit > 0 {
 		idx = ps.reserveLocked(deficit)
 	}
 	a.mu.Unlock()
@@ -782,4 +799,31 @@ func (a *Allocator) reload(cur *v1alpha1.NodeLease) {
 		a.log.Error("inconsistent lease on reload", "lease", cur.Name, "err", err)
 		a.metrics.conflicts.Inc()
 	}
+}
+
+// eligible reports whether a node may be warmed with a pool's units: it
+// exists, is Ready, and matches the pool's nodeSelector. A cache miss is
+// served regardless: the agent asked for a pod it was told to start.
+func (a *Allocator) eligible(node string, spec v1alpha1.IPPoolSpec) bool {
+	if a.cfg.Nodes == nil {
+		return true
+	}
+	n, err := a.cfg.Nodes.Get(node)
+	if err != nil {
+		return false
+	}
+	ready := false
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+			ready = true
+		}
+	}
+	if !ready {
+		return false
+	}
+	if spec.NodeSelector == nil {
+		return true
+	}
+	sel, err := metav1.LabelSelectorAsSelector(spec.NodeSelector)
+	return err == nil && sel.Matches(labels.Set(n.Labels))
 }

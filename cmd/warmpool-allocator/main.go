@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -74,7 +75,7 @@ func run(kubeconfig, natsURL, natsListen, namespace, leaseName, metricsAddr stri
 	err = allocator.RunLeader(ctx, kube, e, func(lctx context.Context, epoch uint64) error {
 		log := log.With("epoch", epoch, "identity", identity)
 		log.Info("leading")
-		return lead(lctx, wp, natsURL, natsListen, metricsAddr, epoch, log)
+		return lead(lctx, kube, wp, natsURL, natsListen, metricsAddr, epoch, log)
 	})
 	if ctx.Err() == nil {
 		// Leadership ended while we meant to run (lost, or lead failed):
@@ -85,7 +86,15 @@ func run(kubeconfig, natsURL, natsListen, namespace, leaseName, metricsAddr stri
 	return err
 }
 
-func lead(ctx context.Context, wp *client.Clientset, natsURL, natsListen, metricsAddr string, epoch uint64, log *slog.Logger) error {
+func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, natsURL, natsListen, metricsAddr string, epoch uint64, log *slog.Logger) error {
+	nodes := informers.NewSharedInformerFactory(kube, 0)
+	nodeLister := nodes.Core().V1().Nodes().Lister()
+	nodes.Start(ctx.Done())
+	for typ, ok := range nodes.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("node informer (%v) did not sync", typ)
+		}
+	}
 	url := natsURL
 	if url == "" {
 		host, portStr, err := net.SplitHostPort(natsListen)
@@ -110,7 +119,7 @@ func lead(ctx context.Context, wp *client.Clientset, natsURL, natsListen, metric
 		return err
 	}
 	defer conn.Close()
-	a, err := allocator.New(ctx, allocator.Config{Client: wp, Conn: conn, Epoch: epoch, Logger: log})
+	a, err := allocator.New(ctx, allocator.Config{Client: wp, Conn: conn, Epoch: epoch, Logger: log, Nodes: nodeLister})
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,8 +13,13 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	listerscorev1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
@@ -31,6 +37,8 @@ import (
 type cluster struct {
 	t      *testing.T
 	cp     *controlplane.ControlPlane
+	kube   kubernetes.Interface
+	nodes  listerscorev1.NodeLister
 	client *client.Clientset
 	nats   *broker.Server
 	port   int
@@ -70,14 +78,20 @@ func newCluster(t *testing.T, pool *v1alpha1.IPPool) *cluster {
 	if _, err := cs.IPPools().Create(ctx, pool, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, cp: cp, client: cs, paths: []string{testenv.CNIPluginDir(t), testenv.PluginDir(t)}}
+	c := &cluster{t: t, cp: cp, client: cs, kube: kubernetes.NewForConfigOrDie(cp.RESTConfig()), paths: []string{testenv.CNIPluginDir(t), testenv.PluginDir(t)}}
+	factory := informers.NewSharedInformerFactory(c.kube, 0)
+	c.nodes = factory.Core().V1().Nodes().Lister()
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	factory.Start(stop)
+	factory.WaitForCacheSync(stop)
 	c.startNATS(0)
 	conn, err := broker.Connect(ctx, c.nats.ClientURL(), "allocator")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(conn.Close)
-	a, err := allocator.New(ctx, allocator.Config{Client: cs, Conn: conn, Epoch: 1, Logger: testenv.Logger(t).With("component", "allocator")})
+	a, err := allocator.New(ctx, allocator.Config{Client: cs, Conn: conn, Epoch: 1, Nodes: c.nodes, Logger: testenv.Logger(t).With("component", "allocator")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,9 +130,10 @@ type node struct {
 	chain  *libcni.NetworkConfigList
 }
 
-func (c *cluster) addNode(name string) *node {
+func (c *cluster) addNode(name string, labels ...string) *node {
 	t := c.t
 	t.Helper()
+	c.registerNode(name, labels...)
 	n := &node{name: name, host: testenv.Host(t, name)}
 	dir := t.TempDir()
 	s, err := store.Open(filepath.Join(dir, "agent.db"), store.Options{})
@@ -313,4 +328,40 @@ func metric(t *testing.T, g prometheus.Gatherer, name string, want map[string]st
 		}
 	}
 	return sum
+}
+
+// registerNode creates a Ready Node object with labels ("k=v") and waits
+// until the allocator's node informer has it.
+func (c *cluster) registerNode(name string, kv ...string) {
+	t := c.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lbl := map[string]string{}
+	for _, s := range kv {
+		k, v, _ := strings.Cut(s, "=")
+		lbl[k] = v
+	}
+	if _, err := c.kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: lbl}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		n, err := c.kube.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+			LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+		_, err = c.kube.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextCancel(ctx, 10*time.Millisecond, true, func(context.Context) (bool, error) {
+		n, err := c.nodes.Get(name)
+		return err == nil && len(n.Status.Conditions) > 0, nil
+	}); err != nil {
+		t.Fatalf("node %s never reached the informer: %v", name, err)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/v1alpha1"
@@ -231,4 +232,19 @@ func TestNATSDownEmptyCache(t *testing.T) {
 		t.Fatalf("ADD once the bus is back: %v", err)
 	}
 	c.waitAgree(t, n)
+}
+
+// TestOnlyEligibleNodesAreWarmed: a pool with a nodeSelector warms the
+// nodes that match it and not the others.
+func TestOnlyEligibleNodesAreWarmed(t *testing.T) {
+	pool := dualPool(20, &v1alpha1.Warm{MinWarm: i32(2), WarmTarget: i32(4), MaxWarm: i32(16)})
+	pool.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"zone": "a"}}
+	c := newCluster(t, pool)
+	in := c.addNode("node-in", "zone=a")
+	out := c.addNode("node-out", "zone=b")
+	in.waitWarm(t, 4)
+	c.waitAgree(t, in, out)
+	if got := out.agent.WarmCount("dual"); got != 0 {
+		t.Fatalf("node-out, outside the pool's nodeSelector, holds %d warm units", got)
+	}
 }
