@@ -51,15 +51,27 @@ func Listen(a *Agent, path string) (*Server, error) {
 func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.l.Close() })
 	defer stop()
+	backoff := 5 * time.Millisecond
 	for {
 		conn, err := s.l.Accept()
 		if err != nil {
-			s.wg.Wait()
 			if errors.Is(err, net.ErrClosed) {
+				s.wg.Wait()
 				return nil
 			}
-			return fmt.Errorf("accept: %w", err)
+			// Out of file descriptors, say: the node's pods still need
+			// their addresses once it passes, so wait and accept again.
+			s.agent.log.Warn("accept", "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				s.wg.Wait()
+				return nil
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
 		}
+		backoff = 5 * time.Millisecond
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
