@@ -11,7 +11,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/gentype"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
 )
@@ -70,4 +72,29 @@ func (c *Clientset) NodeLeases() *NodeLeases {
 		func() *v1alpha1.NodeLease { return &v1alpha1.NodeLease{} },
 		func() *v1alpha1.NodeLeaseList { return &v1alpha1.NodeLeaseList{} },
 	)
+}
+
+// Clients returns the Kubernetes and warmpool clients for a kubeconfig
+// file, or for the in-cluster config when path is empty: what every
+// warmpool binary starts with.
+func Clients(path string) (kubernetes.Interface, *Clientset, error) {
+	var cfg *rest.Config
+	var err error
+	if path == "" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", path)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	wp, err := New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return kube, wp, nil
 }

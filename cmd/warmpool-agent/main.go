@@ -15,9 +15,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
@@ -59,21 +56,7 @@ func main() {
 func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, reuseDelay, missTimeout time.Duration, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var cfg *rest.Config
-	var err error
-	if kubeconfig == "" {
-		cfg, err = rest.InClusterConfig()
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
-	if err != nil {
-		return err
-	}
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	wp, err := client.New(cfg)
+	kube, wp, err := client.Clients(kubeconfig)
 	if err != nil {
 		return err
 	}

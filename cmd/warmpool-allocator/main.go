@@ -20,8 +20,6 @@ import (
 
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/warmpool/warmpool/allocator"
 	"github.com/warmpool/warmpool/api/client"
@@ -55,15 +53,7 @@ func main() {
 func run(kubeconfig, natsURL, natsListen, namespace, leaseName, metricsAddr string, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	cfg, err := restConfig(kubeconfig)
-	if err != nil {
-		return err
-	}
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	wp, err := client.New(cfg)
+	kube, wp, err := client.Clients(kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -133,13 +123,6 @@ func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, 
 	<-ctx.Done()
 	a.Stop()
 	return nil
-}
-
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig == "" {
-		return rest.InClusterConfig()
-	}
-	return clientcmd.BuildConfigFromFlags("", kubeconfig)
 }
 
 func envOr(k, def string) string {
