@@ -51,7 +51,8 @@ test: bins lint verify-generated
 	$(GO) test -race -count=1 -timeout 20m $(GOTESTFLAGS) ./...
 
 ## demo: a local control plane and embedded NATS with the CRDs and an
-## example dual-stack pool; prints what the apiserver holds, then tears down.
+## example dual-stack pool; prints what the apiserver holds, runs the
+## allocator and one agent, serves an ADD from the warm cache, tears down.
 demo: bins
 	$(GO) run ./cmd/warmpool-perf demo
 

@@ -1,23 +1,34 @@
 // Package perf holds warmpool's benchmark harness. Until the benchmark
 // exists it holds the demo that `make demo` runs: a real local control plane
-// and an embedded NATS server, the CRDs and an example dual-stack pool, and
-// a report of what the apiserver then holds.
+// and an embedded NATS server, the CRDs and an example dual-stack pool, a
+// report of what the apiserver then holds, and the data path: the allocator
+// warms a node's agent and one ADD is served from the warm cache.
 package perf
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/warmpool/warmpool/agent"
+	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/agent/wire"
+	"github.com/warmpool/warmpool/allocator"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
@@ -122,11 +133,6 @@ func Demo(ctx context.Context, w io.Writer) error {
 		fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%d/%d/%d\n", p.Name, v4, v6, vlan, k.MinWarm, k.WarmTarget, k.MaxWarm)
 	}
 	tw.Flush()
-	leases, err := wp.NodeLeases().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return fmt.Errorf("list node leases: %w", err)
-	}
-	fmt.Fprintf(w, "    node leases: %d (no allocator runs yet)\n", len(leases.Items))
 	stored, err := wp.IPPools().Get(ctx, pool.Name, metav1.GetOptions{})
 	if err != nil {
 		return err
@@ -139,7 +145,111 @@ func Demo(ctx context.Context, w io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(w, "    the pool as stored (defaults applied):\n%s", indent(string(out), "      "))
-	return nil
+	return demoDataPath(ctx, w, cfg, kube, wp, bus, pool.Name)
+}
+
+// demoDataPath runs the allocator and one node's agent in-process on the
+// bus, lets the allocator warm the node, and serves one ADD over the
+// agent's socket: the path a CNI ADD takes, without a network namespace.
+func demoDataPath(ctx context.Context, w io.Writer, cfg *rest.Config, kube kubernetes.Interface, wp *client.Clientset, bus *broker.Bus, pool string) error {
+	quiet := slog.New(slog.DiscardHandler)
+	done := func(format string, args ...any) { fmt.Fprintf(w, "==> "+format+"\n", args...) }
+	// Everything started here stops when the demo returns, before the
+	// control plane does: an open watch delays the apiserver's shutdown.
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	const node = "demo-node"
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node, Labels: map[string]string{"warmpool.io/underlay": "vlan20"}}}
+	if _, err := kube.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("register node: %w", err)
+	}
+	n, err := kube.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+	if _, err := kube.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("node status: %w", err)
+	}
+	nodes := informers.NewSharedInformerFactory(kube, 0)
+	lister := nodes.Core().V1().Nodes().Lister()
+	nodes.Start(actx.Done())
+	nodes.WaitForCacheSync(actx.Done())
+	// Stop the informer (and wait for it) before the control plane goes.
+	defer func() { cancel(); nodes.Shutdown() }()
+
+	alloc, err := allocator.New(ctx, allocator.Config{Client: wp, Conn: bus.Conn, Epoch: 1, Nodes: lister, Logger: quiet})
+	if err != nil {
+		return err
+	}
+	if err := alloc.Start(ctx); err != nil {
+		return err
+	}
+	defer alloc.Stop()
+	dir, err := os.MkdirTemp("", "warmpool-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	st, err := store.Open(filepath.Join(dir, "agent.db"), store.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ag, err := agent.New(agent.Config{Node: node, Store: st, Logger: quiet, Resolver: agent.StaticResolver{Known: map[string]bool{pool: true}}})
+	if err != nil {
+		return err
+	}
+	conn, err := broker.Connect(ctx, bus.URL(), "demo-agent")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	agentBus := agent.NewBus(ag, conn, 0)
+	sock := filepath.Join(dir, "agent.sock")
+	srv, err := agent.Listen(ag, sock)
+	if err != nil {
+		return err
+	}
+	go func() { _ = agentBus.Run(actx) }()
+	go func() { _ = srv.Serve(actx) }()
+
+	start := time.Now()
+	for ag.WarmCount(pool) < 4 {
+		if time.Since(start) > 20*time.Second {
+			return fmt.Errorf("the allocator did not warm %s", node)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	done("the allocator warmed %s with %d units of %s in %s", node, ag.WarmCount(pool), pool, time.Since(start).Round(time.Millisecond))
+	t0 := time.Now()
+	resp, err := wire.Call(ctx, sock, &wire.Request{Op: wire.OpAdd, Pool: pool, Network: "underlay",
+		Attachment: wire.Attachment{ContainerID: "demo-sandbox", IfName: "net1"}, Pod: wire.Pod{Namespace: "default", Name: "web-0"}})
+	if err != nil {
+		return err
+	}
+	if resp.Error != nil {
+		return resp.Error
+	}
+	done("ADD for default/web-0 answered in %s from the warm cache (hit=%v): %v", time.Since(t0).Round(time.Microsecond), resp.Result.Hit, resp.Result.IPs)
+	for {
+		leases, err := wp.NodeLeases().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, l := range leases.Items {
+			for _, u := range l.Spec.Units {
+				if u.State == v1alpha1.UnitAssigned {
+					done("NodeLease %s (epoch %d) records %s/%s assigned to %s/%s; %d units held by the node", l.Name, l.Spec.Epoch, u.IPv4, u.IPv6, u.Pod.Namespace, u.Pod.Name, len(l.Spec.Units))
+					return nil
+				}
+			}
+		}
+		if time.Since(t0) > 20*time.Second {
+			return fmt.Errorf("the assignment never reached the NodeLease")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func medianRTT(ctx context.Context, nc *nats.Conn, n int) (time.Duration, error) {
