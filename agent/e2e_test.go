@@ -2,7 +2,6 @@ package agent_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -137,15 +136,6 @@ func ips(r *types100.Result) []string {
 	return out
 }
 
-func cniCode(t *testing.T, err error) uint {
-	t.Helper()
-	var e *types.Error
-	if !errors.As(err, &e) {
-		t.Fatalf("error %v (%T) is not a CNI error", err, err)
-	}
-	return e.Code
-}
-
 // TestDataPathThroughLibcni drives the real plugin binary through libcni,
 // chained behind the real macvlan plugin, into a real pod namespace.
 func TestDataPathThroughLibcni(t *testing.T) {
@@ -219,7 +209,7 @@ func TestCheckDetectsALostAssignment(t *testing.T) {
 		t.Fatal(resp.Error)
 	}
 	err := n.host.Do(func() error { return n.cni.CheckNetworkList(ctx, n.chain, rt) })
-	if err == nil || cniCode(t, err) != wire.CodeCheckMismatch {
+	if err == nil || testenv.CNICode(err) != wire.CodeCheckMismatch {
 		t.Fatalf("CHECK after the assignment was lost: %v, want code %d", err, wire.CodeCheckMismatch)
 	}
 }
@@ -236,7 +226,7 @@ func TestGCAndStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := n.host.Do(func() error { return n.cni.GetStatusNetworkList(ctx, n.alone) }); err == nil || cniCode(t, err) != wire.CodeNotAvailable {
+	if err := n.host.Do(func() error { return n.cni.GetStatusNetworkList(ctx, n.alone) }); err == nil || testenv.CNICode(err) != wire.CodeNotAvailable {
 		t.Fatalf("STATUS with every unit assigned and no allocator: %v, want code %d", err, wire.CodeNotAvailable)
 	}
 	// A fresh cache dir: libcni would otherwise DEL from its own cache first
@@ -272,10 +262,10 @@ func TestAgentAbsent(t *testing.T) {
 	pod := n.pod(t, "p")
 	rt := runtimeConf("c1", pod)
 	_, err := n.add(ctx, n.chain, rt)
-	if err == nil || cniCode(t, err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "not running on this node") {
+	if err == nil || testenv.CNICode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "not running on this node") {
 		t.Fatalf("ADD without an agent: %v", err)
 	}
-	if err := n.host.Do(func() error { return n.cni.GetStatusNetworkList(ctx, n.alone) }); err == nil || cniCode(t, err) != types.ErrPluginNotAvailable {
+	if err := n.host.Do(func() error { return n.cni.GetStatusNetworkList(ctx, n.alone) }); err == nil || testenv.CNICode(err) != types.ErrPluginNotAvailable {
 		t.Fatalf("STATUS without an agent: %v", err)
 	}
 	// macvlan leaves eth0 behind when the IPAM fails; the runtime's DEL

@@ -355,14 +355,7 @@ func (a *Allocator) topUp(ctx context.Context, node, pool string) ([]broker.Unit
 		a.mu.Unlock()
 		return nil, 0, nil
 	}
-	warm := 0
-	if ls := ps.leases[node]; ls != nil {
-		for _, u := range ls.units {
-			if u.State == v1alpha1.UnitWarm {
-				warm++
-			}
-		}
-	}
+	warm := ps.leases[node].warmCount()
 	spec := ps.spec
 	a.mu.Unlock()
 	if !a.eligible(node, spec) {
@@ -480,13 +473,7 @@ func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]brok
 	}
 	var donors []donor
 	for other, ls := range ps.leases {
-		warm := 0
-		for _, u := range ls.units {
-			if u.State == v1alpha1.UnitWarm {
-				warm++
-			}
-		}
-		if other != node && warm > 0 {
+		if warm := ls.warmCount(); other != node && warm > 0 {
 			donors = append(donors, donor{other, warm})
 		}
 	}

@@ -169,17 +169,38 @@ func (ps *poolState) countsLocked() (free, warm, assigned int64) {
 	return ps.total - warm - assigned, warm, assigned
 }
 
-// leaseUnits returns a lease's units in address order, for writes.
-func leaseUnits(units map[string]v1alpha1.LeasedUnit) []v1alpha1.LeasedUnit {
-	out := make([]v1alpha1.LeasedUnit, 0, len(units))
-	for _, u := range units {
-		out = append(out, u)
+// warmCount returns how many of a lease's units are warm; a nil lease
+// (the node holds nothing of the pool) has none.
+func (ls *leaseState) warmCount() int {
+	if ls == nil {
+		return 0
 	}
-	slices.SortFunc(out, func(a, b v1alpha1.LeasedUnit) int {
-		x, _ := netip.ParseAddr(unitID(a))
-		y, _ := netip.ParseAddr(unitID(b))
-		return x.Compare(y)
-	})
+	n := 0
+	for _, u := range ls.units {
+		if u.State == v1alpha1.UnitWarm {
+			n++
+		}
+	}
+	return n
+}
+
+// leaseUnits returns a lease's units in address order, for writes. Each
+// address is parsed once, not at every comparison.
+func leaseUnits(units map[string]v1alpha1.LeasedUnit) []v1alpha1.LeasedUnit {
+	type keyed struct {
+		addr netip.Addr
+		unit v1alpha1.LeasedUnit
+	}
+	sorted := make([]keyed, 0, len(units))
+	for id, u := range units {
+		a, _ := netip.ParseAddr(id)
+		sorted = append(sorted, keyed{a, u})
+	}
+	slices.SortFunc(sorted, func(x, y keyed) int { return x.addr.Compare(y.addr) })
+	out := make([]v1alpha1.LeasedUnit, len(sorted))
+	for i, k := range sorted {
+		out[i] = k.unit
+	}
 	return out
 }
 

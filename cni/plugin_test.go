@@ -13,20 +13,12 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/warmpool/warmpool/agent/wire"
+	"github.com/warmpool/warmpool/internal/testenv"
 )
 
 const goodConf = `{"cniVersion":"1.1.0","name":"underlay","type":"macvlan","ipam":{"type":"warmpool","pool":"underlay-dual","socket":"/tmp/none.sock","timeout":"2s"}}`
 
 const podArgs = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_UID=u-1;K8S_POD_INFRA_CONTAINER_ID=c1"
-
-func cniCode(t *testing.T, err error) uint {
-	t.Helper()
-	var e *types.Error
-	if !errors.As(err, &e) {
-		t.Fatalf("error %v (%T) is not a CNI error", err, err)
-	}
-	return e.Code
-}
 
 func TestParseConfigErrors(t *testing.T) {
 	for _, tc := range []struct {
@@ -46,7 +38,7 @@ func TestParseConfigErrors(t *testing.T) {
 			if err == nil {
 				t.Fatal("accepted")
 			}
-			if got := cniCode(t, err); got != tc.code || !strings.Contains(err.Error(), tc.msg) {
+			if got := testenv.CNICode(err); got != tc.code || !strings.Contains(err.Error(), tc.msg) {
 				t.Fatalf("got code %d %q, want code %d containing %q", got, err, tc.code, tc.msg)
 			}
 		})
@@ -62,7 +54,7 @@ func TestParseArgs(t *testing.T) {
 	if err != nil || pod != (wire.Pod{Namespace: "default", Name: "web-0", UID: "u-1"}) {
 		t.Fatalf("got %+v, %v", pod, err)
 	}
-	if _, err := ParseArgs("K8S_POD_NAME"); err == nil || cniCode(t, err) != types.ErrInvalidEnvironmentVariables {
+	if _, err := ParseArgs("K8S_POD_NAME"); err == nil || testenv.CNICode(err) != types.ErrInvalidEnvironmentVariables {
 		t.Fatalf("malformed CNI_ARGS: %v", err)
 	}
 }
@@ -88,7 +80,7 @@ func TestAddNeedsPodArgs(t *testing.T) {
 	a := args(goodConf)
 	a.Args = "K8S_POD_NAMESPACE=default"
 	err := p.Add(a)
-	if cniCode(t, err) != types.ErrInvalidEnvironmentVariables || !strings.Contains(err.Error(), "K8S_POD_NAME") {
+	if testenv.CNICode(err) != types.ErrInvalidEnvironmentVariables || !strings.Contains(err.Error(), "K8S_POD_NAME") {
 		t.Fatalf("got %v", err)
 	}
 }
@@ -118,7 +110,7 @@ func TestAgentErrorsBecomeCNIErrors(t *testing.T) {
 			if err == nil {
 				t.Fatal("succeeded")
 			}
-			if got := cniCode(t, err); got != tc.code || !strings.Contains(err.Error(), tc.msg) {
+			if got := testenv.CNICode(err); got != tc.code || !strings.Contains(err.Error(), tc.msg) {
 				t.Fatalf("got code %d %q, want %d containing %q", got, err, tc.code, tc.msg)
 			}
 		})
@@ -162,7 +154,7 @@ func TestCheckComparesPrevResult(t *testing.T) {
 		t.Fatalf("matching CHECK: %v", err)
 	}
 	err := p.Check(args(withPrev("10.0.0.6/24")))
-	if err == nil || cniCode(t, err) != wire.CodeCheckMismatch || !strings.Contains(err.Error(), "10.0.0.6/24 is no longer assigned") {
+	if err == nil || testenv.CNICode(err) != wire.CodeCheckMismatch || !strings.Contains(err.Error(), "10.0.0.6/24 is no longer assigned") {
 		t.Fatalf("mismatching CHECK: %v", err)
 	}
 }

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -159,17 +158,8 @@ func demoDataPath(ctx context.Context, w io.Writer, cfg *rest.Config, kube kuber
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	const node = "demo-node"
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node, Labels: map[string]string{"warmpool.io/underlay": "vlan20"}}}
-	if _, err := kube.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("register node: %w", err)
-	}
-	n, err := kube.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-	if err != nil {
+	if err := controlplane.RegisterNode(ctx, kube, node, map[string]string{"warmpool.io/underlay": "vlan20"}); err != nil {
 		return err
-	}
-	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
-	if _, err := kube.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("node status: %w", err)
 	}
 	nodes := informers.NewSharedInformerFactory(kube, 0)
 	lister := nodes.Core().V1().Nodes().Lister()

@@ -7,34 +7,13 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/warmpool/warmpool/internal/controlplane"
 	"github.com/warmpool/warmpool/internal/testenv"
 )
-
-func readyNode(name string) *corev1.Node {
-	capacity := corev1.ResourceList{
-		corev1.ResourceCPU:    resource.MustParse("8"),
-		corev1.ResourceMemory: resource.MustParse("32Gi"),
-		corev1.ResourcePods:   resource.MustParse("110"),
-	}
-	return &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}},
-		Status: corev1.NodeStatus{
-			Capacity:    capacity,
-			Allocatable: capacity,
-			Conditions: []corev1.NodeCondition{{
-				Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
-				LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now(),
-			}},
-		},
-	}
-}
 
 // TestDeploymentPodsGetBound runs the controller-manager and the scheduler
 // with the apiserver, registers two Ready nodes, creates a Deployment of 3
@@ -50,22 +29,8 @@ func TestDeploymentPodsGetBound(t *testing.T) {
 
 	nodes := map[string]bool{"node-a": true, "node-b": true}
 	for name := range nodes {
-		if _, err := cs.CoreV1().Nodes().Create(ctx, readyNode(name), metav1.CreateOptions{}); err != nil {
+		if err := controlplane.RegisterNode(ctx, cs, name, nil); err != nil {
 			t.Fatal(err)
-		}
-		// Status is a subresource: Create ignores it. The node controllers
-		// write to a new Node too, so the update retries on a conflict.
-		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			n.Status = readyNode(name).Status
-			_, err = cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
-			return err
-		})
-		if err != nil {
-			t.Fatalf("node %s status: %v", name, err)
 		}
 	}
 

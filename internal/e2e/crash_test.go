@@ -114,7 +114,7 @@ func TestAgentKilledBetweenPersistAndReply(t *testing.T) {
 		})
 		return r, err
 	}
-	if _, err := add(); err == nil || cniCode(err) != types.ErrTryAgainLater {
+	if _, err := add(); err == nil || testenv.CNICode(err) != types.ErrTryAgainLater {
 		t.Fatalf("ADD while the agent dies: %v, want code %d (try again later)", err, types.ErrTryAgainLater)
 	}
 	if err := <-crashing.done; err == nil || !isKilled(crashing.cmd.ProcessState) {

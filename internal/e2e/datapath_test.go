@@ -16,6 +16,7 @@ import (
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/internal/netsim"
+	"github.com/warmpool/warmpool/internal/testenv"
 )
 
 // TestWarmAddEndToEnd: the allocator warms a new node at its first sync;
@@ -106,10 +107,10 @@ func TestMissAndExhaustion(t *testing.T) {
 		}
 	}
 	_, _, err = n.add(ctx, "c3")
-	if err == nil || cniCode(err) != wire.CodePoolExhausted || !strings.Contains(err.Error(), "no free address") {
+	if err == nil || testenv.CNICode(err) != wire.CodePoolExhausted || !strings.Contains(err.Error(), "no free address") {
 		t.Fatalf("ADD beyond the pool: %v, want code %d", err, wire.CodePoolExhausted)
 	}
-	if err := status(); err == nil || cniCode(err) != wire.CodeNotAvailable {
+	if err := status(); err == nil || testenv.CNICode(err) != wire.CodeNotAvailable {
 		t.Fatalf("STATUS with nothing warm and the pool exhausted: %v, want code %d", err, wire.CodeNotAvailable)
 	}
 	c.waitAgree(t, n)
@@ -214,7 +215,7 @@ func TestNATSDownEmptyCache(t *testing.T) {
 	c.waitAgree(t, n) // the first sync happened
 	c.nats.Shutdown()
 	_, pod, err := n.add(ctx, "c1")
-	if err == nil || cniCode(err) != wire.CodeMissTimeout || !strings.Contains(err.Error(), "did not answer") {
+	if err == nil || testenv.CNICode(err) != wire.CodeMissTimeout || !strings.Contains(err.Error(), "did not answer") {
 		t.Fatalf("ADD with the bus down and an empty cache: %v, want code %d", err, wire.CodeMissTimeout)
 	}
 	if snap, err := n.store.Load(); err != nil || len(snap.Assignments) != 0 || len(snap.Units) != 0 {
