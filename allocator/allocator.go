@@ -477,8 +477,15 @@ func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]brok
 			donors = append(donors, donor{other, warm})
 		}
 	}
+	// Units on their way (reserved for a grant in flight, or already in
+	// this node's lease but not yet pushed to its agent) mean "ask again",
+	// not "exhausted".
+	inFlight := slices.Contains(ps.reserved, true) || ps.leases[node].warmCount() > 0
 	a.mu.Unlock()
 	if len(donors) == 0 {
+		if inFlight {
+			return nil, info, 0, fmt.Errorf("pool %s: %w", pool, errBusy)
+		}
 		return nil, info, 0, fmt.Errorf("pool %s: %w", pool, errExhausted)
 	}
 	slices.SortFunc(donors, func(x, y donor) int { return y.warm - x.warm })
