@@ -2,8 +2,8 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -12,8 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
@@ -26,7 +24,7 @@ import (
 
 // PoolAnnotation on a pod, or on its namespace, names the pool its
 // attachments use when the network config names none.
-const PoolAnnotation = "warmpool.io/pool"
+const PoolAnnotation = v1alpha1.PoolAnnotation
 
 // InformerResolver resolves pools from informers: the pods of this node
 // (field selector on spec.nodeName), all namespaces, and all IPPools. No
@@ -58,14 +56,7 @@ func NewInformerResolver(node string, kube kubernetes.Interface, wp *client.Clie
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", node).String()
 		})).Core().V1().Nodes()
-	poolInf := cache.NewSharedIndexInformer(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return wp.IPPools().List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			return wp.IPPools().Watch(ctx, o)
-		},
-	}, &v1alpha1.IPPool{}, 0, cache.Indexers{})
+	poolInf := wp.PoolInformer()
 	r := &InformerResolver{
 		node: node, kube: kube,
 		pods: podInf.Lister(), namespaces: nsInf.Lister(), pools: poolInf.GetIndexer(),
@@ -77,7 +68,7 @@ func NewInformerResolver(node string, kube kubernetes.Interface, wp *client.Clie
 		if n, err := nodeLister.Get(node); err == nil {
 			return n.Labels
 		}
-		return nil
+		return labels.Set{} // unknown node: only pools without a nodeSelector match
 	}
 	r.starters = []func(<-chan struct{}){nodeScoped.Start, cluster.Start, func(stop <-chan struct{}) { go poolInf.Run(stop) },
 		func(stop <-chan struct{}) { go nodeInf.Informer().Run(stop) }}
@@ -106,34 +97,26 @@ func (r *InformerResolver) Resolve(ctx context.Context, pod wire.Pod, netconfPoo
 	if werr != nil {
 		return "", werr
 	}
-	if name := p.Annotations[PoolAnnotation]; name != "" {
-		return r.known(name, "the pod's "+PoolAnnotation+" annotation")
-	}
 	ns, err := r.namespaces.Get(p.Namespace)
 	if err != nil {
 		return "", &wire.Error{Code: wire.CodePodNotFound, Msg: fmt.Sprintf("namespace %s of pod %s/%s is not known", p.Namespace, p.Namespace, p.Name), Details: err.Error()}
 	}
-	if name := ns.Annotations[PoolAnnotation]; name != "" {
-		return r.known(name, "namespace "+ns.Name+"'s "+PoolAnnotation+" annotation")
-	}
-	var matches []string
+	var pools []*v1alpha1.IPPool
 	for _, obj := range r.pools.List() {
-		pool := obj.(*v1alpha1.IPPool)
-		if selects(pool.Spec.NamespaceSelector, ns.Labels) && selects(pool.Spec.PodSelector, p.Labels) && selects(pool.Spec.NodeSelector, r.nodeLabels()) {
-			matches = append(matches, pool.Name)
-		}
+		pools = append(pools, obj.(*v1alpha1.IPPool))
 	}
-	slices.Sort(matches)
-	switch len(matches) {
-	case 0:
+	choice, err := v1alpha1.SelectPool(p.Annotations, p.Labels, ns.Annotations, ns.Labels, r.nodeLabels(), ns.Name, pools)
+	switch {
+	case errors.Is(err, v1alpha1.ErrNoPool):
 		return "", &wire.Error{Code: wire.CodeNoPool, Msg: fmt.Sprintf("no IPPool selects pod %s/%s on node %s", p.Namespace, p.Name, r.node),
-			Details: "set ipam.pool in the network config, the " + PoolAnnotation + " annotation, or a pool's selectors"}
-	case 1:
-		return matches[0], nil
-	default:
-		return "", &wire.Error{Code: wire.CodeNoPool, Msg: fmt.Sprintf("several IPPools select pod %s/%s: %s", p.Namespace, p.Name, strings.Join(matches, ", ")),
-			Details: "name one with the " + PoolAnnotation + " annotation or ipam.pool"}
+			Details: "set ipam.pool in the network config, the " + v1alpha1.PoolAnnotation + " annotation, or a pool's selectors"}
+	case err != nil:
+		return "", &wire.Error{Code: wire.CodeNoPool, Msg: fmt.Sprintf("several IPPools select pod %s/%s: %s", p.Namespace, p.Name, strings.Join(choice.Candidates, ", ")),
+			Details: "name one with the " + v1alpha1.PoolAnnotation + " annotation or ipam.pool"}
+	case choice.Source == "selectors":
+		return choice.Name, nil
 	}
+	return r.known(choice.Name, choice.Source)
 }
 
 func (r *InformerResolver) known(name, source string) (string, *wire.Error) {
@@ -163,15 +146,4 @@ func (r *InformerResolver) pod(ctx context.Context, want wire.Pod) (*corev1.Pod,
 		return nil, &wire.Error{Code: wire.CodePodNotFound, Msg: fmt.Sprintf("pod %s/%s has UID %s, not %s: it was re-created", want.Namespace, want.Name, p.UID, want.UID)}
 	}
 	return p, nil
-}
-
-func selects(sel *metav1.LabelSelector, set labels.Set) bool {
-	if sel == nil {
-		return true
-	}
-	s, err := metav1.LabelSelectorAsSelector(sel)
-	if err != nil {
-		return false
-	}
-	return s.Matches(set)
 }

@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
 
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
@@ -26,24 +26,42 @@ import (
 type Config struct {
 	Client *client.Clientset
 	Conn   *nats.Conn
+	// Kube feeds the informers on pods, nodes and namespaces that drive
+	// pre-warming. Nil plans without them: no pod demand, and every node
+	// that syncs is eligible (tests of the bus alone).
+	Kube kubernetes.Interface
 	// Epoch is this leader's epoch; every message it sends carries it.
 	Epoch uint64
-	// PushTimeout bounds a grant pushed to an agent; an agent that does not
-	// answer gets its units at its next sync.
+	// PushTimeout bounds a grant pushed to an agent and a revoke; an agent
+	// that does not answer a grant gets its units at its next sync.
 	PushTimeout time.Duration
 	// Handlers bounds the bus requests served at once.
 	Handlers int
-	Logger   *slog.Logger
-	// Nodes looks nodes up (a lister); a node is warmed only if it exists,
-	// is Ready and matches the pool's nodeSelector. Nil warms every node
-	// that asks (tests without Node objects).
-	Nodes NodeGetter
+	// Writers bounds the lease writes and revokes a planning round runs at
+	// once.
+	Writers int
+	// PlanInterval is how often a round runs without a kick; RetryInterval
+	// how soon one runs again after a round that left work undone (doubling
+	// up to PlanInterval).
+	PlanInterval  time.Duration
+	RetryInterval time.Duration
+	// NodeLossGrace is how long a node may be NotReady before it is lost:
+	// its warm units are reclaimed.
+	NodeLossGrace time.Duration
+	// UnreachableBackoff is how long a node whose agent did not answer a
+	// revoke is left out of planning.
+	UnreachableBackoff time.Duration
+	Clock              clock.WithTicker
+	Logger             *slog.Logger
 }
 
-// NodeGetter finds a node by name; a client-go Node lister is one.
-type NodeGetter interface {
-	Get(name string) (*corev1.Node, error)
-}
+// Defaults of Config.
+const (
+	DefaultPlanInterval       = 5 * time.Second
+	DefaultRetryInterval      = 100 * time.Millisecond
+	DefaultNodeLossGrace      = 5 * time.Minute
+	DefaultUnreachableBackoff = 10 * time.Second
+)
 
 // Allocator serves the bus while it leads. Its ledger is guarded by mu,
 // never held across an API write or a bus round trip; writes of one
@@ -57,6 +75,16 @@ type Allocator struct {
 	mu      sync.Mutex
 	ledger  *ledger
 	lastSeq map[string]runSeq // per node: the newest report or sync applied
+
+	// unreachableUntil: nodes left out of planning, and until when.
+	unreachableUntil map[string]time.Time
+	// lastContact: when each node's agent last sent a request.
+	lastContact map[string]time.Time
+
+	watch   *watcher // nil without Config.Kube
+	kicks   chan struct{}
+	writers chan struct{}
+	cancel  context.CancelFunc
 
 	metrics *metrics
 	sem     chan struct{}
@@ -87,10 +115,30 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if cfg.Handlers == 0 {
 		cfg.Handlers = 64
 	}
+	if cfg.Writers == 0 {
+		cfg.Writers = 32
+	}
+	if cfg.PlanInterval == 0 {
+		cfg.PlanInterval = DefaultPlanInterval
+	}
+	if cfg.RetryInterval == 0 {
+		cfg.RetryInterval = DefaultRetryInterval
+	}
+	if cfg.NodeLossGrace == 0 {
+		cfg.NodeLossGrace = DefaultNodeLossGrace
+	}
+	if cfg.UnreachableBackoff == 0 {
+		cfg.UnreachableBackoff = DefaultUnreachableBackoff
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{}, sem: make(chan struct{}, cfg.Handlers)}
+	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{},
+		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, kicks: make(chan struct{}, 1), writers: make(chan struct{}, cfg.Writers),
+		sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
 	pools, err := cfg.Client.IPPools().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -128,8 +176,17 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	return a, nil
 }
 
-// Start subscribes to the agents' requests.
+// Start starts the informers (with Config.Kube) and waits for their
+// caches, subscribes to the agents' requests, and starts planning.
 func (a *Allocator) Start(ctx context.Context) error {
+	ctx, a.cancel = context.WithCancel(ctx)
+	if a.cfg.Kube != nil {
+		a.watch = newWatcher(a.cfg.Kube, a.cfg.Client, a.cfg.Clock.Now, a.upsertPool, a.kick)
+		if err := a.watch.run(ctx); err != nil {
+			a.cancel()
+			return err
+		}
+	}
 	for subject, handle := range map[string]func(context.Context, *nats.Msg) any{
 		broker.SubjectMiss:   a.handleMiss,
 		broker.SubjectReport: a.handleReport,
@@ -155,16 +212,35 @@ func (a *Allocator) Start(ctx context.Context) error {
 		}
 		a.subs = append(a.subs, sub)
 	}
+	a.wg.Add(1)
+	go a.runPlanner(ctx)
+	a.kick()
 	return a.cfg.Conn.Flush()
 }
 
-// Stop unsubscribes and waits for the requests in flight.
+// upsertPool takes a pool's spec from the informer.
+func (a *Allocator) upsertPool(p *v1alpha1.IPPool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.ledger.upsertPoolLocked(p); err != nil {
+		a.log.Error("pool not served", "pool", p.Name, "err", err)
+	}
+}
+
+// Stop stops planning and the informers, unsubscribes, and waits for the
+// requests in flight.
 func (a *Allocator) Stop() {
+	if a.cancel != nil {
+		a.cancel()
+	}
 	for _, s := range a.subs {
 		_ = s.Unsubscribe()
 	}
 	a.subs = nil
 	a.wg.Wait()
+	if a.watch != nil {
+		a.watch.shutdown()
+	}
 }
 
 func (a *Allocator) handleMiss(ctx context.Context, m *nats.Msg) any {
@@ -174,6 +250,9 @@ func (a *Allocator) handleMiss(ctx context.Context, m *nats.Msg) any {
 		reply.Error = err.Error()
 		return reply
 	}
+	a.mu.Lock()
+	a.heardFromLocked(req.Node)
+	a.mu.Unlock()
 	units, info, gen, err := a.grant(ctx, req.Pool, req.Node, max(req.Count, 1))
 	if errors.Is(err, errExhausted) {
 		units, info, gen, err = a.steal(ctx, req.Pool, req.Node, max(req.Count, 1))
@@ -189,7 +268,7 @@ func (a *Allocator) handleMiss(ctx context.Context, m *nats.Msg) any {
 	default:
 		a.log.Debug("miss served", "node", req.Node, "pool", req.Pool, "units", len(units))
 		// The miss drained the node's cache: refill it in the background.
-		a.topUpLater(ctx, req.Node, req.Pool)
+		a.kick()
 	}
 	return reply
 }
@@ -207,14 +286,11 @@ func (a *Allocator) handleReport(ctx context.Context, m *nats.Msg) any {
 	if !fresh {
 		return reply // overtaken by a newer report or sync: what it said is applied
 	}
-	pools, err := a.applyByPool(ctx, r.Node, r.Events)
-	if err != nil {
+	if _, err := a.applyByPool(ctx, r.Node, r.Events); err != nil {
 		reply.Error = err.Error()
 		return reply
 	}
-	for _, pool := range pools {
-		a.topUpLater(ctx, r.Node, pool)
-	}
+	a.kick()
 	return reply
 }
 
@@ -226,12 +302,20 @@ func (a *Allocator) inOrder(node, run string, seq uint64) (unlock func(), fresh 
 	unlock = a.leaseLocks.Lock("order\x00" + node)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.heardFromLocked(node)
 	last, ok := a.lastSeq[node]
 	if ok && last.run == run && seq <= last.seq {
 		return unlock, false
 	}
 	a.lastSeq[node] = runSeq{run, seq}
 	return unlock, true
+}
+
+// heardFromLocked records that a node's agent is alive: it is planned for
+// again, and its units are not reclaimed as a lost node's.
+func (a *Allocator) heardFromLocked(node string) {
+	delete(a.unreachableUntil, node)
+	a.lastContact[node] = a.cfg.Clock.Now()
 }
 
 type runSeq struct {
@@ -297,10 +381,10 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// Top-ups go out as grants after the reply, not inline: a sync must
+	// answer within the agent's timeout.
+	a.kick()
 	for _, ps := range a.ledger.pools {
-		// Top-ups go out as grants after the reply, not inline: a sync
-		// must answer within the agent's timeout.
-		a.topUpLater(ctx, req.Node, ps.name)
 		ls, ok := ps.leases[req.Node]
 		if !ok {
 			continue
@@ -314,64 +398,6 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 		reply.Leases = append(reply.Leases, lease)
 	}
 	return reply
-}
-
-// target is how many warm units a node keeps of a pool. Until the
-// allocator sees pod demand, it is max(minWarm, warmTarget) capped by
-// maxWarm.
-func target(spec v1alpha1.IPPoolSpec) int {
-	k := spec.Warm.Resolved()
-	return int(min(max(k.MinWarm, k.WarmTarget), k.MaxWarm))
-}
-
-// topUpLater refills a node's warm units of a pool without holding up the
-// reply that triggered it.
-func (a *Allocator) topUpLater(ctx context.Context, node, pool string) {
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		units, gen, err := a.topUp(ctx, node, pool)
-		if err != nil {
-			if !errors.Is(err, errExhausted) {
-				a.log.Warn("top up", "node", node, "pool", pool, "err", err)
-			}
-			return
-		}
-		if len(units) > 0 {
-			a.push(ctx, node, pool, gen, units)
-		}
-	}()
-}
-
-// topUp grants the node what it lacks of its warm target, persisted. The
-// deficit is computed under the node's lease lock, so concurrent top-ups
-// of one node never both fill the same gap.
-func (a *Allocator) topUp(ctx context.Context, node, pool string) ([]broker.Unit, int64, error) {
-	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
-	defer unlock()
-	a.mu.Lock()
-	ps, ok := a.ledger.pools[pool]
-	if !ok {
-		a.mu.Unlock()
-		return nil, 0, nil
-	}
-	warm := ps.leases[node].warmCount()
-	spec := ps.spec
-	a.mu.Unlock()
-	if !a.eligible(node, spec) {
-		return nil, 0, nil
-	}
-	a.mu.Lock()
-	var idx []int
-	if deficit := target(spec) - warm; deficit > 0 {
-		idx = ps.reserveLocked(deficit)
-	}
-	a.mu.Unlock()
-	if len(idx) == 0 {
-		return nil, 0, nil
-	}
-	units, _, gen, err := a.grantReservedHeld(ctx, pool, node, idx)
-	return units, gen, err
 }
 
 // push sends a grant to the node's agent. A lost push is not lost units:
@@ -793,31 +819,4 @@ func (a *Allocator) reload(cur *v1alpha1.NodeLease) {
 		a.log.Error("inconsistent lease on reload", "lease", cur.Name, "err", err)
 		a.metrics.conflicts.Inc()
 	}
-}
-
-// eligible reports whether a node may be warmed with a pool's units: it
-// exists, is Ready, and matches the pool's nodeSelector. A cache miss is
-// served regardless: the agent asked for a pod it was told to start.
-func (a *Allocator) eligible(node string, spec v1alpha1.IPPoolSpec) bool {
-	if a.cfg.Nodes == nil {
-		return true
-	}
-	n, err := a.cfg.Nodes.Get(node)
-	if err != nil {
-		return false
-	}
-	ready := false
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
-			ready = true
-		}
-	}
-	if !ready {
-		return false
-	}
-	if spec.NodeSelector == nil {
-		return true
-	}
-	sel, err := metav1.LabelSelectorAsSelector(spec.NodeSelector)
-	return err == nil && sel.Matches(labels.Set(n.Labels))
 }

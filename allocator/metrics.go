@@ -12,6 +12,7 @@ type metrics struct {
 	writeTime   prometheus.Histogram
 	requests    *prometheus.CounterVec // bus requests served, by kind
 	moved       prometheus.Counter
+	roundTime   prometheus.Histogram
 	conflicts   prometheus.Counter
 	epochMetric prometheus.Gauge
 }
@@ -28,13 +29,16 @@ func newMetrics(a *Allocator) *metrics {
 			Name: "warmpool_allocator_bus_requests_total", Help: "Bus requests served, by kind (miss, report, sync)."}, []string{"kind"}),
 		moved: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "warmpool_allocator_units_moved_total", Help: "Warm units revoked from one node and granted to another under scarcity."}),
+		roundTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "warmpool_allocator_round_duration_seconds", Help: "One planning round: demand, plan, revokes and lease writes (pushes are not waited for).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14)}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "warmpool_allocator_conflicts_total", Help: "Events or leases naming a unit another node holds: invariant violations, expected to stay 0."}),
 		epochMetric: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "warmpool_allocator_epoch", Help: "The leader epoch this allocator serves with."}),
 	}
 	m.epochMetric.Set(float64(a.cfg.Epoch))
-	m.registry.MustRegister(m.writes, m.writeTime, m.requests, m.moved, m.conflicts, m.epochMetric, poolCollector{a},
+	m.registry.MustRegister(m.writes, m.writeTime, m.requests, m.moved, m.roundTime, m.conflicts, m.epochMetric, poolCollector{a},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -19,7 +19,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
@@ -161,14 +160,7 @@ func demoDataPath(ctx context.Context, w io.Writer, cfg *rest.Config, kube kuber
 	if err := controlplane.RegisterNode(ctx, kube, node, map[string]string{"warmpool.io/underlay": "vlan20"}); err != nil {
 		return err
 	}
-	nodes := informers.NewSharedInformerFactory(kube, 0)
-	lister := nodes.Core().V1().Nodes().Lister()
-	nodes.Start(actx.Done())
-	nodes.WaitForCacheSync(actx.Done())
-	// Stop the informer (and wait for it) before the control plane goes.
-	defer func() { cancel(); nodes.Shutdown() }()
-
-	alloc, err := allocator.New(ctx, allocator.Config{Client: wp, Conn: bus.Conn, Epoch: 1, Nodes: lister, Logger: quiet})
+	alloc, err := allocator.New(ctx, allocator.Config{Client: wp, Conn: bus.Conn, Kube: kube, Epoch: 1, Logger: quiet})
 	if err != nil {
 		return err
 	}

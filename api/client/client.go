@@ -6,13 +6,17 @@
 package client
 
 import (
+	"context"
 	"fmt"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/gentype"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
@@ -97,4 +101,16 @@ func Clients(path string) (kubernetes.Interface, *Clientset, error) {
 		return nil, nil, err
 	}
 	return kube, wp, nil
+}
+
+// PoolInformer returns an informer on every IPPool; the caller runs it.
+func (c *Clientset) PoolInformer() cache.SharedIndexInformer {
+	return cache.NewSharedIndexInformer(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.IPPools().List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.IPPools().Watch(ctx, o)
+		},
+	}, &v1alpha1.IPPool{}, 0, cache.Indexers{})
 }

@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/warmpool/warmpool/allocator"
@@ -77,14 +76,6 @@ func run(kubeconfig, natsURL, natsListen, namespace, leaseName, metricsAddr stri
 }
 
 func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, natsURL, natsListen, metricsAddr string, epoch uint64, log *slog.Logger) error {
-	nodes := informers.NewSharedInformerFactory(kube, 0)
-	nodeLister := nodes.Core().V1().Nodes().Lister()
-	nodes.Start(ctx.Done())
-	for typ, ok := range nodes.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("node informer (%v) did not sync", typ)
-		}
-	}
 	url := natsURL
 	if url == "" {
 		host, portStr, err := net.SplitHostPort(natsListen)
@@ -109,7 +100,7 @@ func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, 
 		return err
 	}
 	defer conn.Close()
-	a, err := allocator.New(ctx, allocator.Config{Client: wp, Conn: conn, Epoch: epoch, Logger: log, Nodes: nodeLister})
+	a, err := allocator.New(ctx, allocator.Config{Client: wp, Conn: conn, Epoch: epoch, Logger: log, Kube: kube})
 	if err != nil {
 		return err
 	}

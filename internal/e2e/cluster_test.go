@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
@@ -87,7 +89,7 @@ func newCluster(t *testing.T, pool *v1alpha1.IPPool) *cluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(conn.Close)
-	a, err := allocator.New(ctx, allocator.Config{Client: cs, Conn: conn, Epoch: 1, Nodes: c.nodes, Logger: testenv.Logger(t).With("component", "allocator")})
+	a, err := allocator.New(ctx, allocator.Config{Client: cs, Conn: conn, Kube: c.kube, Epoch: 1, Logger: testenv.Logger(t).With("component", "allocator")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,6 +126,9 @@ type node struct {
 	socket string
 	cni    *libcni.CNIConfig
 	chain  *libcni.NetworkConfigList
+	// alone is the plugin on its own: IPAM without an interface, for
+	// tests of addresses at scale.
+	alone *libcni.NetworkConfigList
 }
 
 func (c *cluster) addNode(name string, labels ...string) *node {
@@ -158,6 +163,7 @@ func (c *cluster) addNode(name string, labels ...string) *node {
 	served, bused := make(chan error, 1), make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()
 	go func() { bused <- bus.Run(ctx) }()
+	go a.RunRecycler(ctx, 100*time.Millisecond)
 	t.Cleanup(func() {
 		cancel()
 		<-served
@@ -168,7 +174,31 @@ func (c *cluster) addNode(name string, labels ...string) *node {
 	if n.chain, err = libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"macvlan","master":%q,"mode":"bridge","ipam":{"type":"warmpool","pool":"dual","socket":%q}}]}`, netsim.Master, n.socket))); err != nil {
 		t.Fatal(err)
 	}
+	if n.alone, err = libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"warmpool","ipam":{"type":"warmpool","pool":"dual","socket":%q}}]}`, n.socket))); err != nil {
+		t.Fatal(err)
+	}
 	return n
+}
+
+// podRT is the runtime config of an API pod's sandbox for the plugin on
+// its own: no namespace is entered, so none is made.
+func podRT(p *corev1.Pod) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: "sandbox-" + string(p.UID), NetNS: "/var/run/netns/none", IfName: "net1", Args: [][2]string{
+		{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_UID", string(p.UID)}}}
+}
+
+// addPod runs the plugin's ADD for an API pod, as the kubelet's runtime
+// would once the pod is bound to this node.
+func (n *node) addPod(ctx context.Context, p *corev1.Pod) (*types100.Result, error) {
+	r, err := n.cni.AddNetworkList(ctx, n.alone, podRT(p))
+	if err != nil {
+		return nil, err
+	}
+	return types100.NewResultFromResult(r)
+}
+
+func (n *node) delPod(ctx context.Context, p *corev1.Pod) error {
+	return n.cni.DelNetworkList(ctx, n.alone, podRT(p))
 }
 
 func (n *node) rt(ctr string, pod *netsim.Pod) *libcni.RuntimeConf {
@@ -338,5 +368,19 @@ func (c *cluster) registerNode(name string, kv ...string) {
 		return err == nil && len(n.Status.Conditions) > 0, nil
 	}); err != nil {
 		t.Fatalf("node %s never reached the informer: %v", name, err)
+	}
+}
+
+// own records that res's addresses went to name, failing on one given
+// before. The caller serialises calls.
+func own(t *testing.T, owner map[netip.Addr]string, res *types100.Result, name string) {
+	t.Helper()
+	for _, ip := range res.IPs {
+		a, _ := netip.AddrFromSlice(ip.Address.IP)
+		a = a.Unmap()
+		if prev, ok := owner[a]; ok {
+			t.Errorf("%s given to %s and %s", a, prev, name)
+		}
+		owner[a] = name
 	}
 }

@@ -149,14 +149,7 @@ func TestTwoNodesFiftyConcurrentAdds(t *testing.T) {
 				}
 				mu.Lock()
 				defer mu.Unlock()
-				for _, ip := range res.IPs {
-					a, _ := netip.AddrFromSlice(ip.Address.IP)
-					a = a.Unmap()
-					if prev, ok := owner[a]; ok {
-						t.Errorf("%s given to %s and %s", a, prev, ctr)
-					}
-					owner[a] = ctr
-				}
+				own(t, owner, res, ctr)
 			})
 		}
 	}

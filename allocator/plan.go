@@ -1,0 +1,230 @@
+package allocator
+
+import (
+	"cmp"
+	"slices"
+
+	"github.com/warmpool/warmpool/api/v1alpha1"
+)
+
+// nodeDemand is what one planning round knows of a node for one pool.
+type nodeDemand struct {
+	node string
+	// status decides whether the node is warmed, kept, or emptied.
+	status nodeStatus
+	// warm is how many unassigned units the node holds (warm or cooling).
+	warm int
+	// bound is how many pods bound to the node need an address of the
+	// pool and have none yet: demand now.
+	bound int
+}
+
+type nodeStatus int
+
+const (
+	// nodeEligible: exists, Ready, matched by the pool's nodeSelector.
+	nodeEligible nodeStatus = iota
+	// nodePaused: NotReady for less than the node-loss grace period. It
+	// gets nothing, and gives back only what others need.
+	nodePaused
+	// nodeExcluded: deleted, NotReady past the grace period, or no longer
+	// matched by the pool's nodeSelector. Its warm units are reclaimed.
+	nodeExcluded
+)
+
+// poolDemand is one pool's input to a planning round.
+type poolDemand struct {
+	knobs v1alpha1.WarmKnobs
+	free  int
+	// unbound counts pending pods of the pool not bound to a node yet:
+	// cluster demand, spread over the eligible nodes.
+	unbound int
+	nodes   []nodeDemand
+}
+
+// nodeStep is what a round does to a node: take back revoke units, grant
+// grant units. A node gets one or the other, never both.
+type nodeStep struct {
+	node   string
+	target int // the node's warm target before scarcity
+	share  int // what it may hold after the round
+	grant  int
+	revoke int
+}
+
+// plan computes a round: each node's target, its share of the supply
+// (free units plus every node's warm units) and the moves that bring each
+// node to its share.
+//
+// A node's target is max(minWarm, bound + warmTarget + its part of the
+// unbound pods), capped by maxWarm. When the supply covers every target,
+// each node's share is its target. Otherwise the supply is divided in two
+// tiers, each max-min fair: first the pods bound now (up to maxWarm per
+// node), then the rest of the targets. So no node keeps a speculative
+// buffer while another has a pod waiting, and with as many addresses as
+// pods every waiting pod is covered.
+//
+// Moves: deficits are filled from free units first, then by revoking the
+// surplus of nodes above their share, largest surplus first. Surplus that
+// nobody needs stays where it is (the next burst there is a hit), except
+// on excluded nodes, which give everything back, and above maxWarm.
+func plan(p poolDemand) []nodeStep {
+	k := p.knobs
+	minWarm, warmTarget, maxWarm := int(k.MinWarm), int(k.WarmTarget), int(k.MaxWarm)
+	steps := make([]nodeStep, len(p.nodes))
+	var eligible []int
+	supply := p.free
+	for i, n := range p.nodes {
+		steps[i].node = n.node
+		supply += n.warm
+		if n.status == nodeEligible {
+			eligible = append(eligible, i)
+		}
+	}
+	spread := spreadUnbound(p.unbound, eligible, p.nodes)
+	need1 := make([]int, len(p.nodes)) // pods bound now
+	need2 := make([]int, len(p.nodes)) // the rest of the target
+	total := 0
+	for j, i := range eligible {
+		n := p.nodes[i]
+		t := min(max(minWarm, n.bound+warmTarget+spread[j]), maxWarm)
+		steps[i].target = t
+		need1[i] = min(n.bound, t)
+		need2[i] = t - need1[i]
+		total += t
+	}
+	if total <= supply {
+		for i := range steps {
+			steps[i].share = steps[i].target
+		}
+	} else {
+		// Ties go to the nodes already holding units, so a share moves as
+		// few units as it can.
+		order := make([]int, len(p.nodes))
+		for i := range order {
+			order[i] = i
+		}
+		slices.SortStableFunc(order, func(x, y int) int { return cmp.Compare(p.nodes[y].warm, p.nodes[x].warm) })
+		s1 := waterFill(need1, supply, order)
+		left := supply
+		for _, v := range s1 {
+			left -= v
+		}
+		s2 := waterFill(need2, left, order)
+		for i := range steps {
+			steps[i].share = s1[i] + s2[i]
+		}
+	}
+
+	// Deficits, and what free units cannot cover of them.
+	deficit := 0
+	for i, n := range p.nodes {
+		if d := steps[i].share - n.warm; d > 0 {
+			steps[i].grant = d
+			deficit += d
+		}
+	}
+	fromSurplus := max(deficit-p.free, 0)
+	type donor struct{ i, surplus int }
+	var donors []donor
+	for i, n := range p.nodes {
+		surplus := n.warm - steps[i].share
+		if surplus <= 0 {
+			continue
+		}
+		// Forced returns come first and do not count against the need:
+		// an excluded node empties, a node above maxWarm comes down to it.
+		forced := 0
+		switch {
+		case n.status == nodeExcluded:
+			forced = surplus
+		case n.warm > maxWarm:
+			forced = n.warm - max(maxWarm, steps[i].share)
+		}
+		steps[i].revoke = forced
+		if surplus > forced {
+			donors = append(donors, donor{i, surplus - forced})
+		}
+		fromSurplus -= forced
+	}
+	slices.SortStableFunc(donors, func(x, y donor) int { return cmp.Compare(y.surplus, x.surplus) })
+	for _, d := range donors {
+		if fromSurplus <= 0 {
+			break
+		}
+		take := min(d.surplus, fromSurplus)
+		steps[d.i].revoke += take
+		fromSurplus -= take
+	}
+	return steps
+}
+
+// spreadUnbound divides the unbound pods evenly over the eligible nodes;
+// the remainder goes to the nodes with the fewest bound pods.
+func spreadUnbound(unbound int, eligible []int, nodes []nodeDemand) []int {
+	out := make([]int, len(eligible))
+	if unbound == 0 || len(eligible) == 0 {
+		return out
+	}
+	base, rest := unbound/len(eligible), unbound%len(eligible)
+	order := make([]int, len(eligible))
+	for j := range order {
+		order[j] = j
+		out[j] = base
+	}
+	slices.SortStableFunc(order, func(x, y int) int { return cmp.Compare(nodes[eligible[x]].bound, nodes[eligible[y]].bound) })
+	for _, j := range order[:rest] {
+		out[j]++
+	}
+	return out
+}
+
+// waterFill divides supply over needs max-min fairly: every need gets the
+// same level, capped by the need, and the units left by rounding go one
+// each, in the given order of preference, to the needs above the level.
+func waterFill(needs []int, supply int, prefer []int) []int {
+	out := make([]int, len(needs))
+	sum := 0
+	for _, n := range needs {
+		sum += n
+	}
+	if sum <= supply {
+		copy(out, needs)
+		return out
+	}
+	asc := make([]int, 0, len(needs))
+	for i, n := range needs {
+		if n > 0 {
+			asc = append(asc, i)
+		}
+	}
+	slices.SortStableFunc(asc, func(x, y int) int { return cmp.Compare(needs[x], needs[y]) })
+	left := supply
+	level := 0
+	for j, i := range asc {
+		fair := left / (len(asc) - j)
+		if needs[i] > fair {
+			level = fair
+			break
+		}
+		out[i] = needs[i]
+		left -= needs[i]
+		level = needs[i]
+	}
+	for _, i := range asc {
+		if needs[i] > out[i] {
+			out[i] = level
+			left -= level
+		}
+	}
+	for _, i := range prefer {
+		if left == 0 {
+			break
+		}
+		if needs[i] > out[i] {
+			out[i]++
+			left--
+		}
+	}
+	return out
+}

@@ -1,0 +1,158 @@
+package allocator
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/warmpool/warmpool/api/v1alpha1"
+)
+
+var defaultKnobs = (*v1alpha1.Warm)(nil).Resolved() // 2 / 4 / 64
+
+func nodesOf(n int, f func(i int) nodeDemand) []nodeDemand {
+	out := make([]nodeDemand, n)
+	for i := range out {
+		out[i] = f(i)
+		out[i].node = fmt.Sprintf("node-%02d", i)
+	}
+	return out
+}
+
+func byNode(steps []nodeStep) map[string]nodeStep {
+	m := map[string]nodeStep{}
+	for _, s := range steps {
+		m[s.node] = s
+	}
+	return m
+}
+
+func TestPlanWarmsIdleNodesToTheirTarget(t *testing.T) {
+	steps := plan(poolDemand{knobs: defaultKnobs, free: 100, nodes: nodesOf(3, func(i int) nodeDemand { return nodeDemand{warm: i} })})
+	for i, s := range steps {
+		if s.target != 4 || s.grant != 4-i || s.revoke != 0 {
+			t.Errorf("node %d: %+v, want target 4, grant %d", i, s, 4-i)
+		}
+	}
+}
+
+// A burst bound to nodes raises their targets; free units cover it.
+func TestPlanBoundPodsAreDemandNow(t *testing.T) {
+	steps := plan(poolDemand{knobs: defaultKnobs, free: 500, nodes: nodesOf(2, func(i int) nodeDemand {
+		return nodeDemand{warm: 4, bound: []int{20, 100}[i]}
+	})})
+	if steps[0].grant != 20 || steps[1].grant != 60 { // 24-4, and 64 (maxWarm) - 4
+		t.Fatalf("steps %+v: want grants 20 and 60", steps)
+	}
+}
+
+// Unbound pods spread over the eligible nodes only.
+func TestPlanSpreadsUnboundPods(t *testing.T) {
+	nodes := nodesOf(4, func(int) nodeDemand { return nodeDemand{} })
+	nodes[3].status = nodePaused
+	steps := plan(poolDemand{knobs: defaultKnobs, free: 1000, unbound: 31, nodes: nodes})
+	sum := 0
+	for _, s := range steps[:3] {
+		sum += s.target - 4
+	}
+	if sum != 31 || steps[3].grant != 0 {
+		t.Fatalf("steps %+v: want 31 spread over the three eligible nodes, none to the paused one", steps)
+	}
+}
+
+// 1:1 scarcity at re-creation: every unit is warm on the nodes whose pods
+// were deleted, the new pods are bound elsewhere; the idle nodes give all
+// theirs up and the busy ones get exactly their pods' worth.
+func TestPlanScarcityMovesSurplusToBoundPods(t *testing.T) {
+	nodes := nodesOf(10, func(i int) nodeDemand {
+		if i < 5 {
+			return nodeDemand{warm: 20}
+		}
+		return nodeDemand{bound: 20}
+	})
+	steps := plan(poolDemand{knobs: defaultKnobs, free: 0, nodes: nodes})
+	for i, s := range steps {
+		want := nodeStep{node: s.node, target: 4, revoke: 20}
+		if i >= 5 {
+			want = nodeStep{node: s.node, target: 24, share: 20, grant: 20}
+		}
+		if s != want {
+			t.Errorf("node %d: %+v, want %+v", i, s, want)
+		}
+	}
+}
+
+// Scarcity without enough for every bound pod: shares are max-min fair.
+func TestPlanFairShare(t *testing.T) {
+	nodes := nodesOf(3, func(i int) nodeDemand { return nodeDemand{bound: []int{2, 30, 30}[i]} })
+	steps := plan(poolDemand{knobs: defaultKnobs, free: 20, nodes: nodes})
+	if got := [3]int{steps[0].grant, steps[1].grant, steps[2].grant}; got != [3]int{2, 9, 9} {
+		t.Fatalf("grants %v, want [2 9 9]", got)
+	}
+}
+
+func TestPlanExcludedNodeGivesEverythingBack(t *testing.T) {
+	nodes := nodesOf(2, func(i int) nodeDemand { return nodeDemand{warm: 10} })
+	nodes[0].status = nodeExcluded
+	nodes[1].status = nodePaused
+	s := byNode(plan(poolDemand{knobs: defaultKnobs, free: 50, nodes: nodes}))
+	if s["node-00"].revoke != 10 || s["node-01"].revoke != 0 {
+		t.Fatalf("steps %+v: the excluded node returns all 10, the paused one keeps its units while nobody needs them", s)
+	}
+}
+
+func TestPlanAboveMaxWarmReturnsTheExcess(t *testing.T) {
+	s := plan(poolDemand{knobs: defaultKnobs, free: 0, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 100} })})
+	if s[0].revoke != 36 {
+		t.Fatalf("step %+v: want 36 back (100 held, maxWarm 64)", s[0])
+	}
+}
+
+// The plan's invariants over random inputs: shares never exceed the
+// supply, a node gets or gives but not both, grants are covered by free
+// and revoked units, and when the supply covers the pods bound now (each
+// capped by maxWarm), every one of them is covered: no deadlock where
+// the pool is spread as buffers while pods wait.
+func TestPlanInvariantsRandom(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for iter := range 5000 {
+		knobs := v1alpha1.WarmKnobs{MinWarm: int32(r.IntN(4)), WarmTarget: int32(r.IntN(8))}
+		knobs.MaxWarm = knobs.MinWarm + int32(r.IntN(64))
+		p := poolDemand{knobs: knobs, free: r.IntN(50), unbound: r.IntN(40)}
+		p.nodes = nodesOf(1+r.IntN(12), func(int) nodeDemand {
+			return nodeDemand{status: nodeStatus(r.IntN(3)), warm: r.IntN(30), bound: r.IntN(30)}
+		})
+		steps := plan(p)
+		supply, shares, grants, revokes, boundNeed := p.free, 0, 0, 0, 0
+		for i, s := range steps {
+			n := p.nodes[i]
+			supply += n.warm
+			shares += s.share
+			grants += s.grant
+			revokes += s.revoke
+			if s.grant > 0 && s.revoke > 0 {
+				t.Fatalf("iter %d node %s gets and gives: %+v", iter, s.node, s)
+			}
+			if n.status != nodeEligible && s.grant > 0 {
+				t.Fatalf("iter %d: node %s (%d) granted: %+v", iter, s.node, n.status, s)
+			}
+			if n.warm-s.revoke+s.grant > max(s.share, n.warm-s.revoke) {
+				t.Fatalf("iter %d: node %s ends above its share: %+v %+v", iter, s.node, n, s)
+			}
+			if n.status == nodeEligible {
+				boundNeed += min(n.bound, int(knobs.MaxWarm))
+			}
+		}
+		if shares > supply || grants > p.free+revokes {
+			t.Fatalf("iter %d: shares %d, grants %d for supply %d (free %d, revoked %d)", iter, shares, grants, supply, p.free, revokes)
+		}
+		if boundNeed <= supply {
+			for i, s := range steps {
+				n := p.nodes[i]
+				if n.status == nodeEligible && n.warm-s.revoke+s.grant < min(n.bound, int(knobs.MaxWarm)) {
+					t.Fatalf("iter %d: node %s has %d bound pods but ends with %d (supply %d covers %d): %+v", iter, s.node, n.bound, n.warm-s.revoke+s.grant, supply, boundNeed, s)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,325 @@
+package allocator
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/warmpool/warmpool/api/v1alpha1"
+	"github.com/warmpool/warmpool/broker"
+)
+
+// kick asks for a planning round. Kicks coalesce: a burst of pod events
+// costs one round, plus one for what arrived while it ran.
+func (a *Allocator) kick() {
+	select {
+	case a.kicks <- struct{}{}:
+	default:
+	}
+}
+
+// runPlanner plans on every kick, every PlanInterval, and again soon after
+// a round that could not do all it planned (an agent busy with those
+// units, a write that failed), backing off up to PlanInterval.
+func (a *Allocator) runPlanner(ctx context.Context) {
+	defer a.wg.Done()
+	resync := a.cfg.Clock.NewTicker(a.cfg.PlanInterval)
+	defer resync.Stop()
+	var retry <-chan time.Time
+	backoff := a.cfg.RetryInterval
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.kicks:
+		case <-resync.C():
+		case <-retry:
+		}
+		start := a.cfg.Clock.Now()
+		complete := a.round(ctx)
+		a.metrics.roundTime.Observe(a.cfg.Clock.Since(start).Seconds())
+		if complete {
+			retry, backoff = nil, a.cfg.RetryInterval
+			continue
+		}
+		retry = a.cfg.Clock.After(backoff)
+		backoff = min(2*backoff, a.cfg.PlanInterval)
+	}
+}
+
+// round plans every pool once and carries the plans out. It reports
+// whether everything planned was done.
+func (a *Allocator) round(ctx context.Context) bool {
+	complete := true
+	for pool, d := range a.demand() {
+		steps := plan(d)
+		if !a.execute(ctx, pool, steps) {
+			complete = false
+		}
+	}
+	return complete
+}
+
+// demand builds each pool's planning input from the ledger and the
+// informers.
+func (a *Allocator) demand() map[string]poolDemand {
+	now := a.cfg.Clock.Now()
+	var pods []*podInfo
+	notReady := map[string]time.Time{}
+	nodes := map[string]*corev1.Node{}
+	if w := a.watch; w != nil {
+		w.mu.Lock()
+		pods = make([]*podInfo, 0, len(w.pods))
+		for _, p := range w.pods {
+			pods = append(pods, p)
+		}
+		for n, t := range w.notReadySince {
+			notReady[n] = t
+		}
+		w.mu.Unlock()
+		list, _ := w.nodes.List(labels.Everything())
+		for _, n := range list {
+			nodes[n.Name] = n
+		}
+	}
+
+	a.mu.Lock()
+	out := make(map[string]poolDemand, len(a.ledger.pools))
+	pools := make([]*v1alpha1.IPPool, 0, len(a.ledger.pools))
+	assigned := map[string]map[types.UID]bool{}
+	type key struct{ pool, node string }
+	warm := map[key]int{}
+	candidates := map[string]map[string]bool{} // pool -> nodes to plan for
+	for name, ps := range a.ledger.pools {
+		pools = append(pools, &v1alpha1.IPPool{Spec: ps.spec})
+		pools[len(pools)-1].Name = name
+		free := 0
+		for i := range ps.holder {
+			if ps.holder[i] == "" && !ps.reserved[i] {
+				free++
+			}
+		}
+		out[name] = poolDemand{knobs: ps.spec.Warm.Resolved(), free: free}
+		assigned[name] = map[types.UID]bool{}
+		candidates[name] = map[string]bool{}
+		for node, ls := range ps.leases {
+			candidates[name][node] = true
+			for _, u := range ls.units {
+				if u.State == v1alpha1.UnitAssigned && u.Pod != nil {
+					assigned[name][types.UID(u.Pod.UID)] = true
+				} else {
+					warm[key{name, node}]++
+				}
+			}
+		}
+	}
+	synced := make([]string, 0, len(a.lastSeq))
+	for node := range a.lastSeq {
+		synced = append(synced, node)
+	}
+	unreachable := map[string]bool{}
+	for node, until := range a.unreachableUntil {
+		if now.Before(until) {
+			unreachable[node] = true
+		}
+	}
+	a.mu.Unlock()
+
+	bound := map[key]int{}
+	unbound := map[string]int{}
+	for _, p := range pods {
+		ns, err := a.watch.namespaces.Get(p.namespace)
+		if err != nil {
+			continue
+		}
+		var nodeLabels map[string]string
+		if p.node != "" {
+			nodeLabels = map[string]string{}
+			if n := nodes[p.node]; n != nil {
+				nodeLabels = n.Labels
+			}
+		}
+		choice, err := v1alpha1.SelectPool(p.annotations, p.labels, ns.Annotations, ns.Labels, nodeLabels, p.namespace, pools)
+		if err != nil || assigned[choice.Name] == nil || assigned[choice.Name][p.uid] {
+			continue
+		}
+		if p.node == "" {
+			unbound[choice.Name]++
+		} else {
+			bound[key{choice.Name, p.node}]++
+		}
+	}
+
+	for _, pool := range pools {
+		d := out[pool.Name]
+		d.unbound = unbound[pool.Name]
+		cand := candidates[pool.Name]
+		if a.watch == nil {
+			for _, n := range synced {
+				cand[n] = true
+			}
+		}
+		for n := range nodes {
+			cand[n] = true
+		}
+		names := make([]string, 0, len(cand))
+		for n := range cand {
+			names = append(names, n)
+		}
+		slices.Sort(names) // plans are deterministic
+		for _, n := range names {
+			if unreachable[n] {
+				// Its agent did not answer a revoke: plan around it until
+				// it answers again (or the node is declared lost).
+				continue
+			}
+			st := nodeEligible
+			if a.watch != nil {
+				st = a.nodeStatus(nodes[n], notReady, pool.Spec.NodeSelector, now)
+			}
+			nd := nodeDemand{node: n, status: st, warm: warm[key{pool.Name, n}], bound: bound[key{pool.Name, n}]}
+			if st != nodeEligible && nd.warm == 0 {
+				continue
+			}
+			d.nodes = append(d.nodes, nd)
+		}
+		out[pool.Name] = d
+	}
+	return out
+}
+
+// nodeStatus classifies a node for a pool.
+func (a *Allocator) nodeStatus(n *corev1.Node, notReady map[string]time.Time, sel *metav1.LabelSelector, now time.Time) nodeStatus {
+	if n == nil || !v1alpha1.Selects(sel, n.Labels) {
+		return nodeExcluded
+	}
+	if !ready(n) {
+		if since, ok := notReady[n.Name]; ok && now.Sub(since) >= a.cfg.NodeLossGrace {
+			return nodeExcluded
+		}
+		return nodePaused
+	}
+	return nodeEligible
+}
+
+// execute carries out one pool's steps: the revokes first, in parallel,
+// each one bus round trip to the donor and one write of its lease; then
+// the grants, in parallel, each one write of the taker's lease (free
+// units and revoked ones together) and a push. It reports whether every
+// step did all it planned.
+func (a *Allocator) execute(ctx context.Context, pool string, steps []nodeStep) bool {
+	a.mu.Lock()
+	ps := a.ledger.pools[pool]
+	a.mu.Unlock()
+	if ps == nil {
+		return true
+	}
+	var (
+		mu       sync.Mutex
+		moved    []int
+		complete = true
+		wg       sync.WaitGroup
+	)
+	for _, s := range steps {
+		if s.revoke == 0 {
+			continue
+		}
+		wg.Add(1)
+		a.writers <- struct{}{}
+		go func() {
+			defer func() { <-a.writers; wg.Done() }()
+			idx, err := a.takeFrom(ctx, ps, s.node, s.revoke)
+			mu.Lock()
+			defer mu.Unlock()
+			moved = append(moved, idx...)
+			if err != nil || len(idx) < s.revoke {
+				complete = false
+			}
+			if err != nil {
+				a.log.Warn("revoke", "pool", pool, "node", s.node, "asked", s.revoke, "got", len(idx), "err", err)
+				if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) {
+					a.markUnreachable(s.node)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(moved) > 0 {
+		a.metrics.moved.Add(float64(len(moved)))
+	}
+
+	// Hand out: free units first, then the revoked ones.
+	type grant struct {
+		node string
+		idx  []int
+	}
+	var grants []grant
+	a.mu.Lock()
+	for _, s := range steps {
+		if s.grant == 0 {
+			continue
+		}
+		idx := ps.reserveLocked(s.grant)
+		if short := s.grant - len(idx); short > 0 {
+			n := min(short, len(moved))
+			idx = append(idx, moved[:n]...)
+			moved = moved[n:]
+		}
+		if len(idx) < s.grant {
+			complete = false
+		}
+		if len(idx) > 0 {
+			grants = append(grants, grant{s.node, idx})
+		}
+	}
+	ps.unreserveLocked(moved) // revoked beyond what was handed out: free
+	a.mu.Unlock()
+
+	for _, g := range grants {
+		wg.Add(1)
+		a.writers <- struct{}{}
+		go func() {
+			defer func() { <-a.writers; wg.Done() }()
+			unlock := a.leaseLocks.Lock(pool + "\x00" + g.node)
+			units, _, gen, err := a.grantReservedHeld(ctx, pool, g.node, g.idx)
+			unlock()
+			if err != nil {
+				a.log.Warn("grant", "pool", pool, "node", g.node, "units", len(g.idx), "err", err)
+				mu.Lock()
+				complete = false
+				mu.Unlock()
+				return
+			}
+			a.pushLater(ctx, g.node, pool, gen, units)
+		}()
+	}
+	wg.Wait()
+	return complete
+}
+
+// markUnreachable leaves a node out of planning for a while after its
+// agent failed to answer, so that rounds do not wait on it each time.
+func (a *Allocator) markUnreachable(node string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.unreachableUntil[node] = a.cfg.Clock.Now().Add(a.cfg.UnreachableBackoff)
+}
+
+// pushLater sends a grant without holding up the round: a lost push is
+// not lost units, they are in the node's lease and its next sync returns
+// them.
+func (a *Allocator) pushLater(ctx context.Context, node, pool string, gen int64, units []broker.Unit) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.push(ctx, node, pool, gen, units)
+	}()
+}

@@ -1,0 +1,264 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/warmpool/warmpool/agent/store"
+)
+
+// watchdog checks the records continuously while a test runs: no unit in
+// two NodeLeases of one List (a consistent snapshot of the allocator's
+// persisted record), and no unit held by two agents in two consecutive
+// passes over the agents (held at both reads by each, so both held it at
+// the moment between).
+type watchdog struct {
+	c     *cluster
+	nodes []*node
+	stop  chan struct{}
+	done  chan struct{}
+
+	mu         sync.Mutex
+	violations []string
+	passes     int
+}
+
+func (c *cluster) watch(nodes []*node) *watchdog {
+	w := &watchdog{c: c, nodes: nodes, stop: make(chan struct{}), done: make(chan struct{})}
+	go w.run()
+	return w
+}
+
+// agentHolders reads each agent's record in turn and returns the units
+// found in more than one, with their holders.
+func (w *watchdog) agentHolders() (map[string]string, error) {
+	holder, twice := map[string]string{}, map[string]string{}
+	for _, n := range w.nodes {
+		snap, err := n.store.Load()
+		if err != nil {
+			return nil, err
+		}
+		for k := range snap.Units {
+			if h, ok := holder[k.ID]; ok {
+				twice[k.ID] = h + " and " + n.name
+			}
+			holder[k.ID] = n.name
+		}
+	}
+	return twice, nil
+}
+
+func (w *watchdog) run() {
+	defer close(w.done)
+	var prev map[string]string
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-time.After(25 * time.Millisecond):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var problems []string
+		if leases, err := w.c.leases(ctx); err == nil {
+			seen := map[string]string{}
+			for node, l := range leases {
+				for _, u := range l.Spec.Units {
+					if h, ok := seen[u.IPv4]; ok {
+						problems = append(problems, fmt.Sprintf("unit %s in the leases of %s and %s", u.IPv4, h, node))
+					}
+					seen[u.IPv4] = node
+				}
+			}
+		}
+		cancel()
+		// One pass is not atomic: a unit moving from one agent to the
+		// next can be read in both. Held by the same two in two passes
+		// in a row is a violation.
+		twice, err := w.agentHolders()
+		if err != nil {
+			problems = append(problems, err.Error())
+		}
+		for id, pair := range twice {
+			if prev[id] == pair {
+				problems = append(problems, fmt.Sprintf("unit %s in the records of %s in two passes", id, pair))
+			}
+		}
+		prev = twice
+		w.mu.Lock()
+		w.passes++
+		w.violations = append(w.violations, problems...)
+		w.mu.Unlock()
+	}
+}
+
+// finish stops the watchdog and fails the test on any violation seen.
+func (w *watchdog) finish(t *testing.T) {
+	t.Helper()
+	close(w.stop)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t.Logf("watchdog: %d passes over %d agents' records and the leases", w.passes, len(w.nodes))
+	if w.passes < 5 {
+		t.Errorf("watchdog ran only %d passes", w.passes)
+	}
+	for i, v := range w.violations {
+		if i == 10 {
+			t.Errorf("... and %d more", len(w.violations)-10)
+			break
+		}
+		t.Errorf("invariant violated: %s", v)
+	}
+}
+
+// hits sums the nodes' cache hits and misses.
+func hits(t *testing.T, nodes []*node) (float64, float64) {
+	var h, m float64
+	for _, n := range nodes {
+		h += metric(t, n.agent.Registry(), "warmpool_agent_cache_hits_total", nil)
+		m += metric(t, n.agent.Registry(), "warmpool_agent_cache_misses_total", nil)
+	}
+	return h, m
+}
+
+// sandboxDelay stands for the kubelet's work between seeing a pod bound
+// and calling CNI ADD (pulling nothing, creating the sandbox): the time
+// event-driven pre-warming has to get the address onto the node.
+const sandboxDelay = 300 * time.Millisecond
+
+// burst creates pods bound to the nodes given by place(i) and runs each
+// one's ADD sandboxDelay after its creation, as a kubelet would. It
+// returns the pods and their addresses.
+func (c *cluster) burst(t *testing.T, ctx context.Context, prefix string, count int, place func(i int) *node) ([]*corev1.Pod, map[netip.Addr]string) {
+	t.Helper()
+	var mu sync.Mutex
+	owner := map[netip.Addr]string{}
+	pods := make([]*corev1.Pod, count)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 50)
+	for i := range count {
+		n := place(i)
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			p, err := c.kube.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", prefix, i), Namespace: "default"},
+				Spec:       corev1.PodSpec{NodeName: n.name, Containers: []corev1.Container{{Name: "c", Image: "registry.invalid/c:1"}}},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				t.Errorf("create pod: %v", err)
+				return
+			}
+			pods[i] = p
+			time.Sleep(sandboxDelay)
+			res, err := n.addPod(ctx, p)
+			if err != nil {
+				t.Errorf("ADD %s on %s: %v", p.Name, n.name, err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			own(t, owner, res, p.Name)
+		})
+	}
+	wg.Wait()
+	return pods, owner
+}
+
+// TestBurstUnderOneToOneScarcity: 10 nodes, a dual-stack pool of exactly
+// 200 pairs, 200 pods bound across the nodes at once: every pod gets a
+// distinct pair. Then all 200 are deleted at once and 200 new ones bound
+// to a different spread (half the nodes, unevenly): all get addresses,
+// with units revoked from the idle nodes. A watchdog checks the leases
+// and the agents' records throughout.
+func TestBurstUnderOneToOneScarcity(t *testing.T) {
+	const N, nodesN = 200, 10
+	c := newCluster(t, dualPool(N, nil)) // default knobs: 2 / 4 / 64
+	var nodes []*node
+	for i := range nodesN {
+		nodes = append(nodes, c.addNode(fmt.Sprintf("node-%02d", i)))
+	}
+	for _, n := range nodes {
+		n.waitWarm(t, 4)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dog := c.watch(nodes)
+
+	h0, m0 := hits(t, nodes)
+	start := time.Now()
+	pods, owner := c.burst(t, ctx, "a", N, func(i int) *node { return nodes[i%nodesN] })
+	took := time.Since(start)
+	h1, m1 := hits(t, nodes)
+	if len(owner) != 2*N {
+		t.Fatalf("creation: %d distinct addresses, want %d", len(owner), 2*N)
+	}
+	t.Logf("creation: %d pods on %d nodes in %s (sandbox delay %s), hit rate %.0f%% (%v hits, %v misses)",
+		N, nodesN, took.Round(time.Millisecond), sandboxDelay, 100*(h1-h0)/(h1-h0+m1-m0), h1-h0, m1-m0)
+	c.waitAgree(t, nodes...)
+
+	// Re-creation: DEL and delete every pod at once, then bind the new
+	// ones to nodes 0-4 only, 80/60/30/20/10.
+	start = time.Now()
+	var wg sync.WaitGroup
+	for i, p := range pods {
+		wg.Go(func() {
+			if err := nodes[i%nodesN].delPod(ctx, p); err != nil {
+				t.Errorf("DEL %s: %v", p.Name, err)
+			}
+			if err := c.kube.CoreV1().Pods("default").Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+				t.Errorf("delete %s: %v", p.Name, err)
+			}
+		})
+	}
+	wg.Wait()
+	spread := []int{80, 60, 30, 20, 10}
+	place := func(i int) *node {
+		for n, k := range spread {
+			if i < k {
+				return nodes[n]
+			}
+			i -= k
+		}
+		panic("spread does not add up to N")
+	}
+	_, owner = c.burst(t, ctx, "b", N, place)
+	took = time.Since(start)
+	h2, m2 := hits(t, nodes)
+	if len(owner) != 2*N {
+		t.Fatalf("re-creation: %d distinct addresses, want %d", len(owner), 2*N)
+	}
+	t.Logf("re-creation: %d pods deleted and %d bound to 5 nodes (80/60/30/20/10) in %s, hit rate %.0f%% (%v hits, %v misses), %v units moved",
+		N, N, took.Round(time.Millisecond), 100*(h2-h1)/(h2-h1+m2-m1), h2-h1, m2-m1,
+		metric(t, c.alloc.Registry(), "warmpool_allocator_units_moved_total", nil))
+	c.waitAgree(t, nodes...)
+	dog.finish(t)
+	for _, n := range nodes {
+		snap, err := n.store.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		assigned := 0
+		for _, u := range snap.Units {
+			if u.State == store.Assigned {
+				assigned++
+			}
+		}
+		want := 0
+		for j, k := range spread {
+			if nodes[j] == n {
+				want = k
+			}
+		}
+		if assigned != want {
+			t.Errorf("node %s: %d assigned, want %d", n.name, assigned, want)
+		}
+	}
+}
