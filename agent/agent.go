@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -612,6 +611,30 @@ func (a *Agent) del(req *wire.Request) *wire.Error {
 	return nil
 }
 
+// Reclaim releases, as a DEL would, the assignments the allocator found
+// leaked (their pods gone), each only if this node still assigns that
+// unit of pool to that attachment for that pod. It returns the units
+// released.
+func (a *Agent) Reclaim(pool string, items []broker.ReclaimItem) ([]string, error) {
+	var out []string
+	for _, it := range items {
+		ctr, ifname := broker.SplitAttachment(it.Attachment)
+		a.mu.Lock()
+		as, ok := a.assignments[it.Attachment]
+		a.mu.Unlock()
+		if !ok || as.Pool != pool || as.UnitID != it.UnitID || as.Pod.UID != it.PodUID {
+			continue
+		}
+		if werr := a.del(&wire.Request{Attachment: wire.Attachment{ContainerID: ctr, IfName: ifname}}); werr != nil {
+			return out, fmt.Errorf("reclaim %s: %s", it.Attachment, werr.Msg)
+		}
+		a.metrics.reclaimed.WithLabelValues(pool).Inc()
+		a.log.Info("leaked assignment released", "attachment", it.Attachment, "pool", pool, "unit", it.UnitID, "pod_uid", it.PodUID)
+		out = append(out, it.UnitID)
+	}
+	return out, nil
+}
+
 func (a *Agent) check(req *wire.Request) (*wire.Result, *wire.Error) {
 	key, unlock, werr := a.lockAttachment(req)
 	if werr != nil {
@@ -644,8 +667,7 @@ func (a *Agent) gc(req *wire.Request) *wire.Error {
 	}
 	a.mu.Unlock()
 	for _, key := range stale {
-		i := strings.LastIndex(key, "/")
-		ctr, ifn := key[:i], key[i+1:]
+		ctr, ifn := broker.SplitAttachment(key)
 		if werr := a.del(&wire.Request{Attachment: wire.Attachment{ContainerID: ctr, IfName: ifn}}); werr != nil {
 			return werr
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -202,6 +203,30 @@ func TestGCFreesWhatIsNotValid(t *testing.T) {
 		r := req(wire.OpCheck, c)
 		if resp := f.do(t, r); (resp.Error == nil) != held {
 			t.Errorf("after GC, %s held = %v, want %v", c, resp.Error == nil, held)
+		}
+	}
+}
+
+// TestReclaimReleasesOnlyTheNamedAssignment: the allocator's reclaim of
+// a leak names unit, attachment and pod UID; an item that matches none of
+// the node's assignments exactly (the unit re-used by another pod since,
+// or another UID) releases nothing.
+func TestReclaimReleasesOnlyTheNamedAssignment(t *testing.T) {
+	f := newFixture(t, 3)
+	r1, r2 := mustAdd(t, f, "c1"), mustAdd(t, f, "c2")
+	unit := func(r *wire.Result) string { return strings.Split(r.IPs[0].CIDR, "/")[0] }
+	ids, err := f.agent.Reclaim("dual", []broker.ReclaimItem{
+		{UnitID: unit(r1), Attachment: "c1/eth0", PodUID: "uid-c1"},
+		{UnitID: unit(r2), Attachment: "c2/eth0", PodUID: "uid-of-a-new-pod"},
+		{UnitID: unit(r1), Attachment: "c2/eth0", PodUID: "uid-c2"},
+		{UnitID: unit(r1), Attachment: "gone/eth0", PodUID: "uid-gone"},
+	})
+	if err != nil || len(ids) != 1 || ids[0] != unit(r1) {
+		t.Fatalf("reclaim: %v, %v; want only %s", ids, err, unit(r1))
+	}
+	for c, held := range map[string]bool{"c1": false, "c2": true} {
+		if resp := f.do(t, req(wire.OpCheck, c)); (resp.Error == nil) != held {
+			t.Errorf("after the reclaim, %s held = %v, want %v", c, resp.Error == nil, held)
 		}
 	}
 }

@@ -131,6 +131,14 @@ func (b *Bus) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribe to revokes: %w", err)
 	}
 	defer rsub.Unsubscribe()
+	csub, err := b.conn.Subscribe(broker.SubjectReclaim(b.node), func(m *nats.Msg) {
+		b.agent.metrics.bus.WithLabelValues("reclaim", "received").Inc()
+		_ = m.Respond(broker.Encode(b.handleReclaim(m.Data)))
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe to reclaims: %w", err)
+	}
+	defer csub.Unsubscribe()
 	b.Resync()
 	retry := time.NewTimer(0)
 	<-retry.C
@@ -215,6 +223,25 @@ func (b *Bus) handleRevoke(data []byte) *broker.Revoked {
 		return out
 	}
 	ids, err := b.agent.Revoke(r.Pool, r.IDs, r.Gen)
+	if err != nil {
+		out.Error = err.Error()
+	}
+	out.IDs = ids
+	return out
+}
+
+func (b *Bus) handleReclaim(data []byte) *broker.Reclaimed {
+	out := &broker.Reclaimed{V: broker.ProtocolVersion}
+	var r broker.Reclaim
+	if err := broker.Decode(data, &r); err != nil {
+		out.Error = err.Error()
+		return out
+	}
+	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
+		out.Error = fmt.Sprintf("reclaim of epoch %d refused (stale or unrecorded: %v)", r.Epoch, err)
+		return out
+	}
+	ids, err := b.agent.Reclaim(r.Pool, r.Items)
 	if err != nil {
 		out.Error = err.Error()
 	}

@@ -8,13 +8,14 @@ import (
 
 // metrics are the agent's Prometheus metrics; docs/metrics.md lists them.
 type metrics struct {
-	registry *prometheus.Registry
-	add      *prometheus.HistogramVec // by result: hit, miss, error
-	del      prometheus.Histogram
-	persist  *prometheus.HistogramVec // by op: assign, release
-	hits     *prometheus.CounterVec   // by pool
-	misses   *prometheus.CounterVec   // by pool
-	bus      *prometheus.CounterVec   // by subject kind and direction
+	registry  *prometheus.Registry
+	add       *prometheus.HistogramVec // by result: hit, miss, error
+	del       prometheus.Histogram
+	persist   *prometheus.HistogramVec // by op: assign, release
+	hits      *prometheus.CounterVec   // by pool
+	misses    *prometheus.CounterVec   // by pool
+	bus       *prometheus.CounterVec   // by subject kind and direction
+	reclaimed *prometheus.CounterVec   // by pool
 }
 
 // Latency buckets from 100 µs (a warm hit's commit) to 10 s (a miss that
@@ -36,10 +37,12 @@ func newMetrics(a *Agent) *metrics {
 			Name: "warmpool_agent_cache_hits_total", Help: "ADDs answered from the node's warm cache."}, []string{"pool"}),
 		misses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_cache_misses_total", Help: "ADDs that found the node's cache empty and asked the allocator."}, []string{"pool"}),
+		reclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warmpool_agent_reclaimed_total", Help: "Assignments released at the allocator's request because their pod was gone (a DEL never came)."}, []string{"pool"}),
 		bus: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_bus_messages_total", Help: "Bus messages sent and received by the agent, by kind and direction."}, []string{"kind", "direction"}),
 	}
-	m.registry.MustRegister(m.add, m.del, m.persist, m.hits, m.misses, m.bus, stateCollector{a},
+	m.registry.MustRegister(m.add, m.del, m.persist, m.hits, m.misses, m.bus, m.reclaimed, stateCollector{a},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

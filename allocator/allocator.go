@@ -48,6 +48,10 @@ type Config struct {
 	// NodeLossGrace is how long a node may be NotReady before it is lost:
 	// its warm units are reclaimed.
 	NodeLossGrace time.Duration
+	// GCInterval is the leak GC's period: a leak is confirmed at the
+	// second pass that finds its pod gone, so it is freed within about
+	// two intervals.
+	GCInterval time.Duration
 	// UnreachableBackoff is how long a node whose agent did not answer a
 	// revoke is left out of planning.
 	UnreachableBackoff time.Duration
@@ -61,6 +65,7 @@ const (
 	DefaultRetryInterval      = 100 * time.Millisecond
 	DefaultNodeLossGrace      = 5 * time.Minute
 	DefaultUnreachableBackoff = 10 * time.Second
+	DefaultGCInterval         = 30 * time.Second
 )
 
 // Allocator serves the bus while it leads. Its ledger is guarded by mu,
@@ -78,8 +83,12 @@ type Allocator struct {
 
 	// unreachableUntil: nodes left out of planning, and until when.
 	unreachableUntil map[string]time.Time
-	// lastContact: when each node's agent last sent a request.
+	// lastContact: when each node's agent last sent a request; started:
+	// when this allocator started (the contact assumed before any).
 	lastContact map[string]time.Time
+	started     time.Time
+	// suspects: assignments whose pod the GC found gone once, and when.
+	suspects map[suspectKey]time.Time
 
 	watch   *watcher // nil without Config.Kube
 	kicks   chan struct{}
@@ -127,6 +136,9 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if cfg.NodeLossGrace == 0 {
 		cfg.NodeLossGrace = DefaultNodeLossGrace
 	}
+	if cfg.GCInterval == 0 {
+		cfg.GCInterval = DefaultGCInterval
+	}
 	if cfg.UnreachableBackoff == 0 {
 		cfg.UnreachableBackoff = DefaultUnreachableBackoff
 	}
@@ -137,7 +149,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 		cfg.Logger = slog.Default()
 	}
 	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{},
-		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, kicks: make(chan struct{}, 1), writers: make(chan struct{}, cfg.Writers),
+		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, suspects: map[suspectKey]time.Time{}, kicks: make(chan struct{}, 1), writers: make(chan struct{}, cfg.Writers),
 		sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
 	pools, err := cfg.Client.IPPools().List(ctx, metav1.ListOptions{})
@@ -180,6 +192,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 // caches, subscribes to the agents' requests, and starts planning.
 func (a *Allocator) Start(ctx context.Context) error {
 	ctx, a.cancel = context.WithCancel(ctx)
+	a.started = a.cfg.Clock.Now()
 	if a.cfg.Kube != nil {
 		a.watch = newWatcher(a.cfg.Kube, a.cfg.Client, a.cfg.Clock.Now, a.upsertPool, a.kick)
 		if err := a.watch.run(ctx); err != nil {
@@ -214,6 +227,10 @@ func (a *Allocator) Start(ctx context.Context) error {
 	}
 	a.wg.Add(1)
 	go a.runPlanner(ctx)
+	if a.watch != nil {
+		a.wg.Add(1)
+		go a.runGC(ctx)
+	}
 	a.kick()
 	return a.cfg.Conn.Flush()
 }
@@ -647,7 +664,7 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 		}
 		switch e.Kind {
 		case broker.EventAssigned:
-			ctr, ifname := splitAttachment(e.Attachment)
+			ctr, ifname := broker.SplitAttachment(e.Attachment)
 			u.State = v1alpha1.UnitAssigned
 			u.Pod = &v1alpha1.PodRef{Namespace: e.Pod.Namespace, Name: e.Pod.Name, UID: e.Pod.UID, ContainerID: ctr, Interface: ifname}
 		case broker.EventReleased:
@@ -755,14 +772,6 @@ func (a *Allocator) loadPool(ctx context.Context, pool string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.ledger.upsertPoolLocked(p)
-}
-
-func splitAttachment(att string) (string, string) {
-	i := strings.LastIndex(att, "/")
-	if i < 0 {
-		return att, ""
-	}
-	return att[:i], att[i+1:]
 }
 
 // committedUnits returns the units the ledger has committed for a node's

@@ -13,6 +13,7 @@ type metrics struct {
 	requests    *prometheus.CounterVec // bus requests served, by kind
 	moved       prometheus.Counter
 	roundTime   prometheus.Histogram
+	reclaimed   *prometheus.CounterVec // by pool and reason
 	conflicts   prometheus.Counter
 	epochMetric prometheus.Gauge
 }
@@ -32,13 +33,16 @@ func newMetrics(a *Allocator) *metrics {
 		roundTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "warmpool_allocator_round_duration_seconds", Help: "One planning round: demand, plan, revokes and lease writes (pushes are not waited for).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14)}),
+		reclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warmpool_allocator_reclaimed_total", Help: "Units reclaimed, by pool and reason: pod-gone (an assignment whose pod went without a DEL) or node-lost (warm units of a lost node)."},
+			[]string{"pool", "reason"}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "warmpool_allocator_conflicts_total", Help: "Events or leases naming a unit another node holds: invariant violations, expected to stay 0."}),
 		epochMetric: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "warmpool_allocator_epoch", Help: "The leader epoch this allocator serves with."}),
 	}
 	m.epochMetric.Set(float64(a.cfg.Epoch))
-	m.registry.MustRegister(m.writes, m.writeTime, m.requests, m.moved, m.roundTime, m.conflicts, m.epochMetric, poolCollector{a},
+	m.registry.MustRegister(m.writes, m.writeTime, m.requests, m.moved, m.roundTime, m.reclaimed, m.conflicts, m.epochMetric, poolCollector{a},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -24,6 +24,7 @@ import (
 // can move demand or eligibility kicks a planning round.
 type watcher struct {
 	nodes      listerscorev1.NodeLister
+	podLister  listerscorev1.PodLister
 	namespaces listerscorev1.NamespaceLister
 	synced     []cache.InformerSynced
 	factory    informers.SharedInformerFactory
@@ -57,6 +58,7 @@ func newWatcher(kube kubernetes.Interface, wp *client.Clientset, now func() time
 	nodeInf := factory.Core().V1().Nodes().Informer()
 	nsInf := factory.Core().V1().Namespaces().Informer()
 	w.nodes = factory.Core().V1().Nodes().Lister()
+	w.podLister = factory.Core().V1().Pods().Lister()
 	w.namespaces = factory.Core().V1().Namespaces().Lister()
 	poolInf := wp.PoolInformer()
 

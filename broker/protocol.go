@@ -37,6 +37,12 @@ func SubjectRevoke(node string) string {
 	return "warmpool.v1.node." + strings.ReplaceAll(node, ".", "_") + ".revoke"
 }
 
+// SubjectReclaim is where the allocator asks a node's agent to release
+// assignments whose pods are gone (its leak GC).
+func SubjectReclaim(node string) string {
+	return "warmpool.v1.node." + strings.ReplaceAll(node, ".", "_") + ".reclaim"
+}
+
 // ErrVersion means a message is of another protocol version.
 var ErrVersion = errors.New("bus protocol version mismatch")
 
@@ -99,6 +105,33 @@ type Revoke struct {
 // its record before it answered. Units it was no longer holding warm (an
 // ADD took them) are not listed.
 type Revoked struct {
+	V     int      `json:"v"`
+	IDs   []string `json:"ids"`
+	Error string   `json:"error,omitempty"`
+}
+
+// Reclaim asks a node's agent to release assignments whose pods the
+// allocator found gone: twice in its informer, then by a live GET by UID.
+// The agent releases an assignment only if it still holds that unit for
+// that attachment and pod, as a DEL would (the unit cools, then is warm),
+// and reports the releases as usual.
+type Reclaim struct {
+	V     int           `json:"v"`
+	Epoch uint64        `json:"epoch"`
+	Pool  string        `json:"pool"`
+	Items []ReclaimItem `json:"items"`
+}
+
+// ReclaimItem names one assignment to release.
+type ReclaimItem struct {
+	UnitID     string `json:"unitID"`
+	Attachment string `json:"attachment"`
+	PodUID     string `json:"podUID"`
+}
+
+// Reclaimed lists the units released; an item not listed did not match
+// (released meanwhile, or re-used by another attachment).
+type Reclaimed struct {
 	V     int      `json:"v"`
 	IDs   []string `json:"ids"`
 	Error string   `json:"error,omitempty"`
@@ -232,4 +265,14 @@ func Decode(data []byte, msg any) error {
 		return fmt.Errorf("decode %T: %w", msg, err)
 	}
 	return nil
+}
+
+// SplitAttachment splits an event's or a reclaim's attachment,
+// "<containerID>/<ifname>", into its parts.
+func SplitAttachment(att string) (containerID, ifname string) {
+	i := strings.LastIndex(att, "/")
+	if i < 0 {
+		return att, ""
+	}
+	return att[:i], att[i+1:]
 }

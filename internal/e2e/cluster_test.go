@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -61,7 +62,7 @@ func dualPool(n int, warm *v1alpha1.Warm) *v1alpha1.IPPool {
 	}
 }
 
-func newCluster(t *testing.T, pool *v1alpha1.IPPool) *cluster {
+func newCluster(t *testing.T, pool *v1alpha1.IPPool, opts ...func(*allocator.Config)) *cluster {
 	t.Helper()
 	cp := testenv.ControlPlane(t, controlplane.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -89,7 +90,11 @@ func newCluster(t *testing.T, pool *v1alpha1.IPPool) *cluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(conn.Close)
-	a, err := allocator.New(ctx, allocator.Config{Client: cs, Conn: conn, Kube: c.kube, Epoch: 1, Logger: testenv.Logger(t).With("component", "allocator")})
+	cfg := allocator.Config{Client: cs, Conn: conn, Kube: c.kube, Epoch: 1, Logger: testenv.Logger(t).With("component", "allocator")}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	a, err := allocator.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,6 +134,9 @@ type node struct {
 	// alone is the plugin on its own: IPAM without an interface, for
 	// tests of addresses at scale.
 	alone *libcni.NetworkConfigList
+	// stop stops the agent (its socket, bus client and recycler), as if
+	// the node died; idempotent.
+	stop func()
 }
 
 func (c *cluster) addNode(name string, labels ...string) *node {
@@ -164,12 +172,16 @@ func (c *cluster) addNode(name string, labels ...string) *node {
 	go func() { served <- srv.Serve(ctx) }()
 	go func() { bused <- bus.Run(ctx) }()
 	go a.RunRecycler(ctx, 100*time.Millisecond)
-	t.Cleanup(func() {
-		cancel()
-		<-served
-		<-bused
-		conn.Close()
-	})
+	var once sync.Once
+	n.stop = func() {
+		once.Do(func() {
+			cancel()
+			<-served
+			<-bused
+			conn.Close()
+		})
+	}
+	t.Cleanup(n.stop)
 	n.cni = testenv.CNI(t, c.paths...)
 	if n.chain, err = libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"macvlan","master":%q,"mode":"bridge","ipam":{"type":"warmpool","pool":"dual","socket":%q}}]}`, netsim.Master, n.socket))); err != nil {
 		t.Fatal(err)

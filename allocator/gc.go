@@ -1,0 +1,279 @@
+package allocator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/warmpool/warmpool/api/v1alpha1"
+	"github.com/warmpool/warmpool/broker"
+)
+
+// The leak GC. A unit assigned to a pod that is gone (deleted, re-created
+// under a new UID, or finished) without a CNI DEL is a leak. The incumbents'
+// worst bug is the opposite, a GC that frees an address still in use, so a
+// leak is confirmed three times before anything is freed: the pod is
+// absent from the informer at two passes GCInterval apart, and then a live
+// GET (namespace/name) finds no pod with that UID, or finds it finished.
+// A confirmed leak on a live node is released by its agent (Reclaim: the
+// agent checks the assignment is still that one, releases it as a DEL
+// would and reports it); on a lost node, whose agent is silent, the
+// allocator rewrites the lease without it. A lost node's warm units are
+// reclaimed the same way.
+
+type suspectKey struct {
+	pool, unit string
+	uid        types.UID
+}
+
+type leak struct {
+	pool, node, unit string
+	pod              v1alpha1.PodRef
+}
+
+// runGC collects every GCInterval.
+func (a *Allocator) runGC(ctx context.Context) {
+	defer a.wg.Done()
+	t := a.cfg.Clock.NewTicker(a.cfg.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+			if err := a.collect(ctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("leak GC", "err", err)
+			}
+		}
+	}
+}
+
+// collect is one GC pass.
+func (a *Allocator) collect(ctx context.Context) error {
+	now := a.cfg.Clock.Now()
+	var candidates []leak
+	a.mu.Lock()
+	for name, ps := range a.ledger.pools {
+		for node, ls := range ps.leases {
+			for id, u := range ls.units {
+				if u.State == v1alpha1.UnitAssigned && u.Pod != nil {
+					candidates = append(candidates, leak{pool: name, node: node, unit: id, pod: *u.Pod})
+				}
+			}
+		}
+	}
+	a.mu.Unlock()
+
+	var confirmed []leak
+	seen := map[suspectKey]bool{}
+	for _, c := range candidates {
+		if !a.watch.podGone(c.pod) {
+			continue
+		}
+		k := suspectKey{c.pool, c.unit, types.UID(c.pod.UID)}
+		seen[k] = true
+		a.mu.Lock()
+		_, second := a.suspects[k]
+		if !second {
+			a.suspects[k] = now
+		}
+		a.mu.Unlock()
+		if !second {
+			continue
+		}
+		gone, err := a.podGoneLive(ctx, c.pod)
+		if err != nil {
+			return err
+		}
+		if !gone {
+			// The informer lags (a pod created a moment ago): it lives.
+			seen[k] = false
+			continue
+		}
+		confirmed = append(confirmed, c)
+	}
+	a.mu.Lock()
+	for k := range a.suspects {
+		if !seen[k] {
+			delete(a.suspects, k)
+		}
+	}
+	a.mu.Unlock()
+
+	type poolNode struct{ pool, node string }
+	byNode := map[poolNode][]leak{}
+	for _, c := range confirmed {
+		byNode[poolNode{c.pool, c.node}] = append(byNode[poolNode{c.pool, c.node}], c)
+	}
+	// Lost nodes give up their warm units too, leaks or not.
+	for _, pn := range a.lostLeases(now) {
+		if _, ok := byNode[pn]; !ok {
+			byNode[pn] = nil
+		}
+	}
+	var errs []error
+	for pn, leaks := range byNode {
+		var err error
+		if a.lost(pn.node, now) {
+			err = a.dropLost(ctx, pn.pool, pn.node, leaks)
+		} else {
+			err = a.reclaim(ctx, pn.pool, pn.node, leaks)
+		}
+		errs = append(errs, err)
+	}
+	if len(byNode) > 0 {
+		a.kick()
+	}
+	return errors.Join(errs...)
+}
+
+// podGone reports whether the informer has no pod of that name and UID
+// running: absent, re-created under another UID, or finished.
+func (w *watcher) podGone(ref v1alpha1.PodRef) bool {
+	p, err := w.podLister.Pods(ref.Namespace).Get(ref.Name)
+	return err != nil || string(p.UID) != ref.UID || finished(p)
+}
+
+// podGoneLive asks the API, not a cache.
+func (a *Allocator) podGoneLive(ctx context.Context, ref v1alpha1.PodRef) (bool, error) {
+	p, err := a.cfg.Kube.CoreV1().Pods(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("live GET of pod %s/%s: %w", ref.Namespace, ref.Name, err)
+	}
+	return string(p.UID) != ref.UID || finished(p), nil
+}
+
+// finished pods have had their sandbox torn down by the kubelet.
+func finished(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
+
+// lost reports whether a node is gone for good: deleted, or NotReady past
+// the grace period, and its agent silent for the grace period too (a
+// silent agent is one that may be dead; one that talks is asked instead).
+func (a *Allocator) lost(node string, now time.Time) bool {
+	if a.watch == nil {
+		return false
+	}
+	a.mu.Lock()
+	last := a.lastContact[node]
+	a.mu.Unlock()
+	if last.Before(a.started) {
+		last = a.started // not heard from since this allocator started
+	}
+	if now.Sub(last) < a.cfg.NodeLossGrace {
+		return false
+	}
+	n, err := a.watch.nodes.Get(node)
+	if err != nil {
+		return apierrors.IsNotFound(err)
+	}
+	if ready(n) {
+		return false
+	}
+	a.watch.mu.Lock()
+	since, ok := a.watch.notReadySince[node]
+	a.watch.mu.Unlock()
+	return ok && now.Sub(since) >= a.cfg.NodeLossGrace
+}
+
+// lostLeases lists the leases of lost nodes that still hold warm units.
+func (a *Allocator) lostLeases(now time.Time) []struct{ pool, node string } {
+	a.mu.Lock()
+	var held []struct{ pool, node string }
+	for name, ps := range a.ledger.pools {
+		for node, ls := range ps.leases {
+			if ls.warmCount() > 0 {
+				held = append(held, struct{ pool, node string }{name, node})
+			}
+		}
+	}
+	a.mu.Unlock()
+	return slices.DeleteFunc(held, func(pn struct{ pool, node string }) bool { return !a.lost(pn.node, now) })
+}
+
+// reclaim asks a live node's agent to release leaked assignments.
+func (a *Allocator) reclaim(ctx context.Context, pool, node string, leaks []leak) error {
+	if len(leaks) == 0 {
+		return nil
+	}
+	items := make([]broker.ReclaimItem, 0, len(leaks))
+	for _, l := range leaks {
+		items = append(items, broker.ReclaimItem{UnitID: l.unit, Attachment: l.pod.ContainerID + "/" + l.pod.Interface, PodUID: l.pod.UID})
+	}
+	msg := broker.Encode(&broker.Reclaim{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Pool: pool, Items: items})
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.PushTimeout)
+	defer cancel()
+	resp, err := a.cfg.Conn.RequestWithContext(rctx, broker.SubjectReclaim(node), msg)
+	if err != nil {
+		return fmt.Errorf("reclaim from %s: %w", node, err)
+	}
+	var r broker.Reclaimed
+	if err := broker.Decode(resp.Data, &r); err != nil {
+		return fmt.Errorf("reclaim from %s: %w", node, err)
+	}
+	a.metrics.reclaimed.WithLabelValues(pool, "pod-gone").Add(float64(len(r.IDs)))
+	a.log.Info("leaked assignments released by their node", "pool", pool, "node", node, "asked", len(items), "released", len(r.IDs))
+	if r.Error != "" {
+		return fmt.Errorf("reclaim from %s: %s", node, r.Error)
+	}
+	return nil
+}
+
+// dropLost rewrites a lost node's lease without its warm units and the
+// confirmed leaks, which become free. Assignments whose pods still exist
+// stay until those pods are gone.
+func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []leak) error {
+	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	defer unlock()
+	a.mu.Lock()
+	ps := a.ledger.pools[pool]
+	if ps == nil || ps.leases[node] == nil {
+		a.mu.Unlock()
+		return nil
+	}
+	next, name, rv := a.leaseCopyLocked(ps, node)
+	var warm, leaked []string
+	for id, u := range next {
+		if u.State != v1alpha1.UnitAssigned {
+			warm = append(warm, id)
+			delete(next, id)
+		}
+	}
+	for _, l := range leaks {
+		if u, ok := next[l.unit]; ok && u.Pod != nil && u.Pod.UID == l.pod.UID {
+			leaked = append(leaked, l.unit)
+			delete(next, l.unit)
+		}
+	}
+	a.mu.Unlock()
+	if len(warm)+len(leaked) == 0 {
+		return nil
+	}
+	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, id := range append(warm, leaked...) {
+		if i, ok := ps.byID[id]; ok && ps.holder[i] == node {
+			ps.holder[i] = ""
+		}
+	}
+	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next}
+	a.metrics.reclaimed.WithLabelValues(pool, "node-lost").Add(float64(len(warm)))
+	a.metrics.reclaimed.WithLabelValues(pool, "pod-gone").Add(float64(len(leaked)))
+	a.log.Info("lost node's units reclaimed", "pool", pool, "node", node, "warm", len(warm), "leaked", len(leaked), "still_assigned", len(next))
+	return nil
+}

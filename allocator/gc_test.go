@@ -1,0 +1,98 @@
+package allocator
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/warmpool/warmpool/api/v1alpha1"
+	"github.com/warmpool/warmpool/broker"
+)
+
+// TestGCNeverFreesALivePodBehindALaggingInformer: the allocator's pod
+// informer has not seen a pod (it lags; here it never started), so the
+// GC finds the pod's assignment "gone" at two passes; the live GET finds
+// the pod, and nothing is freed. Once the pod is really deleted, two
+// passes later the node's agent is asked to release exactly that
+// assignment.
+func TestGCNeverFreesALivePodBehindALaggingInformer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cs, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"},
+		Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	kube := kubernetes.NewForConfigOrDie(rc)
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	a, err := New(ctx, Config{Client: cs, Conn: conn, Kube: kube, Epoch: 1, Clock: clk, GCInterval: 30 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Informers built but never run: a pod informer that lags forever.
+	a.watch = newWatcher(kube, cs, clk.Now, a.upsertPool, a.kick)
+	a.started = clk.Now()
+
+	pod, err := kube.CoreV1().Pods("default").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},
+		Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "c", Image: "x"}}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	units, _, _, err := a.grant(ctx, "p", "node-1", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.applyEvents(ctx, "p", "node-1", []broker.Event{{Kind: broker.EventAssigned, Pool: "p", UnitID: units[0].ID,
+		Attachment: "sandbox/net1", Pod: broker.Pod{Namespace: "default", Name: "web", UID: string(pod.UID)}}}); err != nil {
+		t.Fatal(err)
+	}
+	asked := make(chan broker.Reclaim, 4)
+	sub, err := conn.Subscribe(broker.SubjectReclaim("node-1"), func(m *nats.Msg) {
+		var r broker.Reclaim
+		_ = broker.Decode(m.Data, &r)
+		asked <- r
+		_ = m.Respond(broker.Encode(&broker.Reclaimed{V: broker.ProtocolVersion, IDs: []string{r.Items[0].UnitID}}))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	pass := func() {
+		t.Helper()
+		if err := a.collect(ctx); err != nil {
+			t.Fatalf("collect: %v", err)
+		}
+		clk.Step(30 * time.Second)
+	}
+	pass() // gone from the informer: suspected
+	pass() // again, but the live GET finds it: cleared
+	if len(asked) != 0 {
+		t.Fatalf("the GC asked to reclaim the address of a pod that exists: %+v", <-asked)
+	}
+	if got := a.committedUnits("p", "node-1"); len(got) != 1 || got[0].State != v1alpha1.UnitAssigned {
+		t.Fatalf("lease after two passes: %+v, want the unit still assigned", got)
+	}
+
+	if err := kube.CoreV1().Pods("default").Delete(ctx, "web", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	pass() // first observation of the pod gone: suspected only
+	if len(asked) != 0 {
+		t.Fatal("reclaimed at the first observation")
+	}
+	pass() // second observation, live GET: NotFound
+	select {
+	case r := <-asked:
+		if r.Epoch != 1 || r.Pool != "p" || len(r.Items) != 1 || r.Items[0].UnitID != units[0].ID ||
+			r.Items[0].Attachment != "sandbox/net1" || r.Items[0].PodUID != string(pod.UID) {
+			t.Fatalf("reclaim request %+v, want unit %s of sandbox/net1, pod %s", r, units[0].ID, pod.UID)
+		}
+	default:
+		t.Fatal("the deleted pod's assignment was not reclaimed at the second pass")
+	}
+}

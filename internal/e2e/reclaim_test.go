@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/warmpool/warmpool/allocator"
+	"github.com/warmpool/warmpool/api/v1alpha1"
+)
+
+// leaseCounts returns the warm and assigned units of a node's lease.
+func (c *cluster) leaseCounts(ctx context.Context, node string) (warm, assigned int, err error) {
+	leases, err := c.leases(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	if l := leases[node]; l != nil {
+		for _, u := range l.Spec.Units {
+			if u.State == v1alpha1.UnitAssigned {
+				assigned++
+			} else {
+				warm++
+			}
+		}
+	}
+	return warm, assigned, nil
+}
+
+// TestLeakedAssignmentsAreReclaimed: pods removed from the API without a
+// CNI DEL leave their addresses assigned on the node; the allocator's GC
+// finds them gone twice, confirms by a live GET, and the node's agent
+// releases them, within two GC intervals. A pod still in the API keeps
+// its address.
+func TestLeakedAssignmentsAreReclaimed(t *testing.T) {
+	const gc = time.Second
+	c := newCluster(t, dualPool(40, nil), func(cfg *allocator.Config) { cfg.GCInterval = gc })
+	n := c.addNode("node-leak")
+	n.waitWarm(t, 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pods, _ := c.burst(t, ctx, "leak", 11, func(int) *node { return n })
+	c.waitAgree(t, n)
+	start := time.Now()
+	for _, p := range pods[:10] {
+		if err := c.kube.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, assigned, err := c.leaseCounts(ctx, n.name)
+		return err == nil && assigned == 1 && len(n.agent.Held()) > 0 && assignedOn(n) == 1, nil
+	})
+	if err != nil {
+		_, assigned, _ := c.leaseCounts(ctx, n.name)
+		t.Fatalf("leaks not reclaimed: lease has %d assigned, agent %d; want 1", assigned, assignedOn(n))
+	}
+	took := time.Since(start)
+	t.Logf("10 leaked assignments reclaimed in %s (GC interval %s)", took.Round(time.Millisecond), gc)
+	if took > 3*gc+2*time.Second {
+		t.Errorf("reclaim took %s, beyond the GC window (2 intervals of %s, plus a report)", took, gc)
+	}
+	if got := metric(t, c.alloc.Registry(), "warmpool_allocator_reclaimed_total", map[string]string{"reason": "pod-gone"}); got != 10 {
+		t.Errorf("reclaimed_total{reason=pod-gone} = %v, want 10", got)
+	}
+	c.waitAgree(t, n)
+}
+
+func assignedOn(n *node) int {
+	k := 0
+	for _, h := range n.agent.Held() {
+		if h.Assigned {
+			k++
+		}
+	}
+	return k
+}
+
+// TestNodeLoss: a node dies (its agent stops) and is deleted, holding warm
+// units and three assigned ones. The warm ones come back within the grace
+// period; the assigned ones stay while their pods exist and come back
+// once the pods are deleted; the replacement pods bound to the surviving
+// node get addresses from its warm cache.
+func TestNodeLoss(t *testing.T) {
+	const grace = 2 * time.Second
+	c := newCluster(t, dualPool(12, nil), func(cfg *allocator.Config) {
+		cfg.NodeLossGrace, cfg.GCInterval, cfg.UnreachableBackoff, cfg.PushTimeout = grace, 500*time.Millisecond, time.Second, 500*time.Millisecond
+	})
+	dying, survivor := c.addNode("node-dying"), c.addNode("node-survivor")
+	dying.waitWarm(t, 4)
+	survivor.waitWarm(t, 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pods, _ := c.burst(t, ctx, "old", 3, func(int) *node { return dying })
+	c.waitAgree(t, dying, survivor)
+	warm, assigned, err := c.leaseCounts(ctx, dying.name)
+	if err != nil || assigned != 3 || warm == 0 {
+		t.Fatalf("before the loss: %d warm, %d assigned (%v); want some warm and 3 assigned", warm, assigned, err)
+	}
+
+	dying.stop()
+	start := time.Now()
+	if err := c.kube.CoreV1().Nodes().Delete(ctx, dying.name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll := func(what string, limit time.Duration, cond func(warm, assigned int) bool) {
+		t.Helper()
+		err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, limit, true, func(ctx context.Context) (bool, error) {
+			w, a, err := c.leaseCounts(ctx, dying.name)
+			return err == nil && cond(w, a), nil
+		})
+		if err != nil {
+			w, a, _ := c.leaseCounts(ctx, dying.name)
+			t.Fatalf("%s: lease of the lost node has %d warm, %d assigned after %s", what, w, a, limit)
+		}
+	}
+	poll("warm units reclaimed", 3*grace, func(w, a int) bool { return w == 0 && a == 3 })
+	t.Logf("lost node's %d warm units reclaimed %s after its deletion (grace %s)", warm, time.Since(start).Round(time.Millisecond), grace)
+	// Its pods still exist: their addresses stay assigned a while.
+	time.Sleep(2 * time.Second)
+	if _, a, _ := c.leaseCounts(ctx, dying.name); a != 3 {
+		t.Fatalf("assigned units of existing pods freed: %d left, want 3", a)
+	}
+	// The pods are deleted (the taint manager would evict them); the
+	// replacements go to the survivor.
+	for _, p := range pods {
+		if err := c.kube.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start = time.Now()
+	poll("assigned units reclaimed", 10*time.Second, func(w, a int) bool { return w == 0 && a == 0 })
+	t.Logf("lost node's 3 assigned units reclaimed %s after their pods were deleted", time.Since(start).Round(time.Millisecond))
+	h0, m0 := hits(t, []*node{survivor})
+	_, owner := c.burst(t, ctx, "new", 3, func(int) *node { return survivor })
+	h1, m1 := hits(t, []*node{survivor})
+	if len(owner) != 6 {
+		t.Fatalf("replacements: %d addresses, want 6", len(owner))
+	}
+	t.Logf("replacements on the survivor: %v hits, %v misses", h1-h0, m1-m0)
+	c.waitAgree(t, survivor)
+	if got := metric(t, c.alloc.Registry(), "warmpool_allocator_reclaimed_total", map[string]string{"reason": "node-lost"}); got != float64(warm) {
+		t.Errorf("reclaimed_total{reason=node-lost} = %v, want %d", got, warm)
+	}
+}
