@@ -20,6 +20,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/broker"
@@ -109,6 +111,10 @@ type Agent struct {
 	// cannot have listed it.
 	grantedAt map[store.Key]int64
 	revokedAt map[store.Key]int64
+	// missing counts the ADDs of each pool waiting on a miss; misses
+	// shares one request among them.
+	missing map[string]int
+	misses  singleflight.Group
 }
 
 // New builds an agent from its store: what the store says the node holds
@@ -144,6 +150,7 @@ func New(cfg Config) (*Agent, error) {
 		epoch:       snap.Epoch,
 		grantedAt:   map[store.Key]int64{},
 		revokedAt:   map[store.Key]int64{},
+		missing:     map[string]int{},
 	}
 	a.metrics = newMetrics(a)
 	keys := make([]store.Key, 0, len(snap.Units))
@@ -509,35 +516,72 @@ func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.
 	}
 	mctx, cancel := context.WithTimeout(ctx, a.cfg.MissTimeout)
 	defer cancel()
-	units, info, gen, err := a.cfg.Allocator.Miss(mctx, pool, 1)
+	a.mu.Lock()
+	a.missing[pool]++
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.missing[pool]--
+		a.mu.Unlock()
+	}()
 	backoff := 20 * time.Millisecond
-	for errors.Is(err, ErrBusy) && mctx.Err() == nil {
+	for {
+		err := a.refill(mctx, pool)
+		// The refill, or a grant pushed meanwhile, may have left a unit
+		// for this ADD; other ADDs of the same refill may have taken them.
+		if u, ok := a.pop(pool); ok {
+			return u, false, nil
+		}
+		var rec *recordError
+		switch {
+		case errors.Is(err, ErrPoolExhausted):
+			return store.Unit{}, false, &wire.Error{Code: wire.CodePoolExhausted,
+				Msg: fmt.Sprintf("pool %s has no free address left", pool), Details: "free addresses or add a pool with the same selectors"}
+		case errors.As(err, &rec):
+			return store.Unit{}, false, &wire.Error{Code: wire.CodeTryAgainLater, Msg: "the agent could not record the allocator's grant", Details: err.Error()}
+		case err != nil && !errors.Is(err, ErrBusy):
+			return store.Unit{}, false, &wire.Error{Code: wire.CodeMissTimeout,
+				Msg: fmt.Sprintf("node %s holds no warm address of pool %s and the allocator did not answer in %s", a.cfg.Node, pool, a.cfg.MissTimeout), Details: err.Error()}
+		}
 		select {
 		case <-mctx.Done():
+			return store.Unit{}, false, &wire.Error{Code: wire.CodeMissTimeout,
+				Msg:     fmt.Sprintf("node %s holds no warm address of pool %s and the allocator found none in %s", a.cfg.Node, pool, a.cfg.MissTimeout),
+				Details: "units are being moved from other nodes; the runtime retries"}
 		case <-time.After(backoff):
 			backoff = min(2*backoff, 500*time.Millisecond)
-			// A grant pushed meanwhile may have refilled the cache.
-			if u, ok := a.pop(pool); ok {
-				return u, false, nil
-			}
-			units, info, gen, err = a.cfg.Allocator.Miss(mctx, pool, 1)
 		}
 	}
-	switch {
-	case errors.Is(err, ErrPoolExhausted):
-		return store.Unit{}, false, &wire.Error{Code: wire.CodePoolExhausted,
-			Msg: fmt.Sprintf("pool %s has no free address left", pool), Details: "free addresses or add a pool with the same selectors"}
-	case err != nil:
-		return store.Unit{}, false, &wire.Error{Code: wire.CodeMissTimeout,
-			Msg: fmt.Sprintf("node %s holds no warm address of pool %s and the allocator did not answer in %s", a.cfg.Node, pool, a.cfg.MissTimeout), Details: err.Error()}
+}
+
+// recordError is a grant the agent could not persist.
+type recordError struct{ err error }
+
+func (e *recordError) Error() string { return e.err.Error() }
+func (e *recordError) Unwrap() error { return e.err }
+
+// refill asks the allocator for units of pool and records its grant. The
+// ADDs that miss at the same time share one request, for as many units as
+// there are of them: a burst on an empty node costs one round trip, not
+// one per pod.
+func (a *Agent) refill(ctx context.Context, pool string) error {
+	_, err, shared := a.misses.Do(pool, func() (any, error) {
+		a.mu.Lock()
+		count := max(a.missing[pool], 1)
+		a.mu.Unlock()
+		units, info, gen, err := a.cfg.Allocator.Miss(ctx, pool, count)
+		if err != nil {
+			return nil, err
+		}
+		if err := a.Grant(info, units, gen); err != nil {
+			return nil, &recordError{err}
+		}
+		return nil, nil
+	})
+	if shared {
+		a.metrics.coalesced.WithLabelValues(pool).Inc()
 	}
-	if err := a.Grant(info, units, gen); err != nil {
-		return store.Unit{}, false, &wire.Error{Code: wire.CodeTryAgainLater, Msg: "the agent could not record the allocator's grant", Details: err.Error()}
-	}
-	if u, ok := a.pop(pool); ok {
-		return u, false, nil
-	}
-	return store.Unit{}, false, &wire.Error{Code: wire.CodeMissTimeout, Msg: fmt.Sprintf("pool %s: the allocator granted nothing usable", pool)}
+	return err
 }
 
 func (a *Agent) pop(pool string) (store.Unit, bool) {

@@ -390,3 +390,74 @@ func TestReconcileKeepsWhatCrossedTheReply(t *testing.T) {
 		t.Fatalf("warm %d, want 1", f.agent.WarmCount("dual"))
 	}
 }
+
+// countingAllocator grants count units per miss, after release is closed,
+// and counts the requests.
+type countingAllocator struct {
+	mu       sync.Mutex
+	requests []int
+	next     int
+	release  chan struct{}
+}
+
+func (c *countingAllocator) Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, int64, error) {
+	select {
+	case <-c.release:
+	case <-ctx.Done():
+		return nil, store.Pool{}, 0, ctx.Err()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.requests = append(c.requests, count)
+	all := dualUnits(c.next + count)
+	units := all[c.next:]
+	c.next += count
+	return units, dualPool, 0, nil
+}
+
+func (c *countingAllocator) CanServe(string) bool { return true }
+
+// TestConcurrentMissesShareARequest: 20 ADDs miss on an empty node at
+// once; they share requests to the allocator (one in flight at a time,
+// asking for as many units as ADDs wait), and each gets a distinct unit.
+func TestConcurrentMissesShareARequest(t *testing.T) {
+	f := newFixture(t, 0)
+	alloc := &countingAllocator{release: make(chan struct{})}
+	f.agent.cfg.Allocator = alloc
+	f.agent.cfg.MissTimeout = 10 * time.Second
+	var wg sync.WaitGroup
+	got := make(chan string, 20)
+	for i := range 20 {
+		wg.Go(func() {
+			resp := f.do(t, req(wire.OpAdd, fmt.Sprintf("m%d", i)))
+			if resp.Error != nil {
+				t.Errorf("ADD m%d: %v", i, resp.Error)
+				return
+			}
+			got <- resp.Result.IPs[0].CIDR
+		})
+	}
+	for {
+		f.agent.mu.Lock()
+		waiting := f.agent.missing["dual"]
+		f.agent.mu.Unlock()
+		if waiting == 20 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(alloc.release)
+	wg.Wait()
+	close(got)
+	seen := map[string]bool{}
+	for ip := range got {
+		if seen[ip] {
+			t.Errorf("%s given twice", ip)
+		}
+		seen[ip] = true
+	}
+	if len(seen) != 20 || len(alloc.requests) > 2 {
+		t.Fatalf("%d distinct addresses from requests for %v units; want 20 from at most 2 requests", len(seen), alloc.requests)
+	}
+	t.Logf("20 concurrent misses: requests for %v units", alloc.requests)
+}

@@ -16,6 +16,7 @@ type metrics struct {
 	misses    *prometheus.CounterVec   // by pool
 	bus       *prometheus.CounterVec   // by subject kind and direction
 	reclaimed *prometheus.CounterVec   // by pool
+	coalesced *prometheus.CounterVec   // by pool
 }
 
 // Latency buckets from 100 µs (a warm hit's commit) to 10 s (a miss that
@@ -39,10 +40,12 @@ func newMetrics(a *Agent) *metrics {
 			Name: "warmpool_agent_cache_misses_total", Help: "ADDs that found the node's cache empty and asked the allocator."}, []string{"pool"}),
 		reclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_reclaimed_total", Help: "Assignments released at the allocator's request because their pod was gone (a DEL never came)."}, []string{"pool"}),
+		coalesced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warmpool_agent_miss_shared_total", Help: "ADDs whose cache miss was served by a request to the allocator shared with other ADDs of the same pool."}, []string{"pool"}),
 		bus: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_bus_messages_total", Help: "Bus messages sent and received by the agent, by kind and direction."}, []string{"kind", "direction"}),
 	}
-	m.registry.MustRegister(m.add, m.del, m.persist, m.hits, m.misses, m.bus, m.reclaimed, stateCollector{a},
+	m.registry.MustRegister(m.add, m.del, m.persist, m.hits, m.misses, m.bus, m.reclaimed, m.coalesced, stateCollector{a},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
