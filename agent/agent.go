@@ -215,9 +215,11 @@ func (a *Agent) grantRecordLocked(pool store.Pool, units []store.Unit, gen int64
 	return nil
 }
 
-func (a *Agent) emit(kind string, as store.Assignment) {
+// emit reports an assignment (hit: served from the warm cache) or a
+// release to the allocator.
+func (a *Agent) emit(kind string, as store.Assignment, hit bool) {
 	if a.cfg.OnEvent != nil {
-		a.cfg.OnEvent(broker.Event{Kind: kind, Pool: as.Pool, UnitID: as.UnitID, Attachment: as.Attachment,
+		a.cfg.OnEvent(broker.Event{Kind: kind, Pool: as.Pool, UnitID: as.UnitID, Attachment: as.Attachment, Hit: hit,
 			Pod: broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}})
 	}
 }
@@ -500,7 +502,7 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 		res.Hit = hit
 	}
 	a.log.Debug("assigned", "attachment", key, "pool", pool, "unit", unit.ID, "pod", req.Pod.Namespace+"/"+req.Pod.Name, "hit", hit)
-	a.emit(broker.EventAssigned, as)
+	a.emit(broker.EventAssigned, as, hit)
 	return res, werr
 }
 
@@ -651,7 +653,7 @@ func (a *Agent) del(req *wire.Request) *wire.Error {
 		a.units[k] = u
 	}
 	a.log.Debug("released", "attachment", key, "pool", as.Pool, "unit", as.UnitID)
-	a.emit(broker.EventReleased, as)
+	a.emit(broker.EventReleased, as, false)
 	return nil
 }
 

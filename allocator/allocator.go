@@ -52,6 +52,8 @@ type Config struct {
 	// second pass that finds its pod gone, so it is freed within about
 	// two intervals.
 	GCInterval time.Duration
+	// StatusInterval is how often pools' status is written (when changed).
+	StatusInterval time.Duration
 	// UnreachableBackoff is how long a node whose agent did not answer a
 	// revoke is left out of planning.
 	UnreachableBackoff time.Duration
@@ -66,6 +68,7 @@ const (
 	DefaultNodeLossGrace      = 5 * time.Minute
 	DefaultUnreachableBackoff = 10 * time.Second
 	DefaultGCInterval         = 30 * time.Second
+	DefaultStatusInterval     = 5 * time.Second
 )
 
 // Allocator serves the bus while it leads. Its ledger is guarded by mu,
@@ -135,6 +138,9 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	}
 	if cfg.NodeLossGrace == 0 {
 		cfg.NodeLossGrace = DefaultNodeLossGrace
+	}
+	if cfg.StatusInterval == 0 {
+		cfg.StatusInterval = DefaultStatusInterval
 	}
 	if cfg.GCInterval == 0 {
 		cfg.GCInterval = DefaultGCInterval
@@ -225,8 +231,9 @@ func (a *Allocator) Start(ctx context.Context) error {
 		}
 		a.subs = append(a.subs, sub)
 	}
-	a.wg.Add(1)
+	a.wg.Add(2)
 	go a.runPlanner(ctx)
+	go a.runStatus(ctx)
 	if a.watch != nil {
 		a.wg.Add(1)
 		go a.runGC(ctx)
@@ -307,6 +314,7 @@ func (a *Allocator) handleReport(ctx context.Context, m *nats.Msg) any {
 		reply.Error = err.Error()
 		return reply
 	}
+	a.countHits(r.Node, r.Events)
 	a.kick()
 	return reply
 }

@@ -30,6 +30,11 @@ type poolState struct {
 	reserved []bool
 	cursor   int // where the next free search starts
 	leases   map[string]*leaseState
+	// hits and misses: ADDs served from warm caches and not, as reported
+	// (continued from the pool's status at load); pending: pods needing
+	// an address at the last planning round.
+	hits, misses int64
+	pending      int
 }
 
 // leaseState mirrors one NodeLease.
@@ -83,6 +88,7 @@ func (l *ledger) upsertPoolLocked(p *v1alpha1.IPPool) error {
 		units: pu.Units, total: pu.Total, byID: make(map[string]int, len(pu.Units)),
 		holder: make([]string, len(pu.Units)), reserved: make([]bool, len(pu.Units)),
 		leases: map[string]*leaseState{},
+		hits:   p.Status.Hits, misses: p.Status.Misses,
 	}
 	for i, u := range pu.Units {
 		ps.byID[u.ID()] = i

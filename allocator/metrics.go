@@ -14,6 +14,7 @@ type metrics struct {
 	moved       prometheus.Counter
 	roundTime   prometheus.Histogram
 	reclaimed   *prometheus.CounterVec // by pool and reason
+	adds        *prometheus.CounterVec // by pool, node and result
 	conflicts   prometheus.Counter
 	epochMetric prometheus.Gauge
 }
@@ -36,13 +37,16 @@ func newMetrics(a *Allocator) *metrics {
 		reclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_allocator_reclaimed_total", Help: "Units reclaimed, by pool and reason: pod-gone (an assignment whose pod went without a DEL) or node-lost (warm units of a lost node)."},
 			[]string{"pool", "reason"}),
+		adds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warmpool_allocator_adds_total", Help: "ADDs reported by the agents, by pool, node and result: hit (served from the node's warm cache) or miss."},
+			[]string{"pool", "node", "result"}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "warmpool_allocator_conflicts_total", Help: "Events or leases naming a unit another node holds: invariant violations, expected to stay 0."}),
 		epochMetric: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "warmpool_allocator_epoch", Help: "The leader epoch this allocator serves with."}),
 	}
 	m.epochMetric.Set(float64(a.cfg.Epoch))
-	m.registry.MustRegister(m.writes, m.writeTime, m.requests, m.moved, m.roundTime, m.reclaimed, m.conflicts, m.epochMetric, poolCollector{a},
+	m.registry.MustRegister(m.writes, m.writeTime, m.requests, m.moved, m.roundTime, m.reclaimed, m.adds, m.conflicts, m.epochMetric, poolCollector{a},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

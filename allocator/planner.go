@@ -158,6 +158,15 @@ func (a *Allocator) demand() map[string]poolDemand {
 		}
 	}
 
+	pending := map[string]int{}
+	for k, n := range bound {
+		pending[k.pool] += n
+	}
+	a.mu.Lock()
+	for name, ps := range a.ledger.pools {
+		ps.pending = pending[name] + unbound[name]
+	}
+	a.mu.Unlock()
 	for _, pool := range pools {
 		d := out[pool.Name]
 		d.unbound = unbound[pool.Name]

@@ -179,6 +179,9 @@ type Event struct {
 	UnitID     string `json:"unitID"`
 	Attachment string `json:"attachment"`
 	Pod        Pod    `json:"pod,omitzero"`
+	// Hit says an assignment was served from the node's warm cache; the
+	// allocator's hit rate counts it.
+	Hit bool `json:"hit,omitempty"`
 }
 
 // Report carries an agent's assignments and releases since its last

@@ -21,6 +21,8 @@ var (
 )
 
 // PoolChoice is what SelectPool decided and why.
+//
+// +kubebuilder:object:generate=false
 type PoolChoice struct {
 	Name string
 	// Source says what named it, for error messages: an annotation, or

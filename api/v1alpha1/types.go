@@ -24,6 +24,9 @@ import (
 // +kubebuilder:printcolumn:name="Free",type=integer,JSONPath=`.status.free`
 // +kubebuilder:printcolumn:name="Warm",type=integer,JSONPath=`.status.warm`
 // +kubebuilder:printcolumn:name="Assigned",type=integer,JSONPath=`.status.assigned`
+// +kubebuilder:printcolumn:name="Pending",type=integer,JSONPath=`.status.pending`
+// +kubebuilder:printcolumn:name="Hits",type=integer,JSONPath=`.status.hits`,priority=1
+// +kubebuilder:printcolumn:name="Misses",type=integer,JSONPath=`.status.misses`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type IPPool struct {
 	metav1.TypeMeta   `json:",inline"`
@@ -252,6 +255,17 @@ type IPPoolStatus struct {
 	// Assigned is the number of units assigned to pods.
 	// +optional
 	Assigned int64 `json:"assigned"`
+	// Pending is the number of pods that need an address of the pool and
+	// have none yet, at the allocator's last planning round.
+	// +optional
+	Pending int64 `json:"pending"`
+	// Hits and Misses count the ADDs served from a node's warm cache and
+	// the ones that had to ask the allocator, as the agents reported them
+	// (a new leader continues from the counts written here).
+	// +optional
+	Hits int64 `json:"hits"`
+	// +optional
+	Misses int64 `json:"misses"`
 	// Conditions: Ready (the allocator accepted the pool) and Exhausted (no
 	// free and no warm unit is left).
 	// +optional

@@ -9,9 +9,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/api/v1alpha1"
 )
 
 // watchdog checks the records continuously while a test runs: no unit in
@@ -118,6 +121,24 @@ func (w *watchdog) finish(t *testing.T) {
 	}
 }
 
+// waitStatus waits until the pool's status satisfies ok and returns it.
+func (c *cluster) waitStatus(t *testing.T, ok func(v1alpha1.IPPoolStatus) bool) v1alpha1.IPPoolStatus {
+	t.Helper()
+	var st v1alpha1.IPPoolStatus
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		p, err := c.client.IPPools().Get(ctx, "dual", metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		st = p.Status
+		return ok(st), nil
+	})
+	if err != nil {
+		t.Fatalf("pool status never as expected; last %+v", st)
+	}
+	return st
+}
+
 // hits sums the nodes' cache hits and misses.
 func hits(t *testing.T, nodes []*node) (float64, float64) {
 	var h, m float64
@@ -203,6 +224,9 @@ func TestBurstUnderOneToOneScarcity(t *testing.T) {
 	t.Logf("creation: %d pods on %d nodes in %s (sandbox delay %s), hit rate %.0f%% (%v hits, %v misses)",
 		N, nodesN, took.Round(time.Millisecond), sandboxDelay, 100*(h1-h0)/(h1-h0+m1-m0), h1-h0, m1-m0)
 	c.waitAgree(t, nodes...)
+	st := c.waitStatus(t, func(st v1alpha1.IPPoolStatus) bool { return st.Hits+st.Misses == N && st.Assigned == N })
+	t.Logf("IPPool status after creation: total %d free %d warm %d assigned %d pending %d, hits %d misses %d",
+		st.Total, st.Free, st.Warm, st.Assigned, st.Pending, st.Hits, st.Misses)
 
 	// Re-creation: DEL and delete every pod at once, then bind the new
 	// ones to nodes 0-4 only, 80/60/30/20/10.
@@ -239,6 +263,10 @@ func TestBurstUnderOneToOneScarcity(t *testing.T) {
 		N, N, took.Round(time.Millisecond), 100*(h2-h1)/(h2-h1+m2-m1), h2-h1, m2-m1,
 		metric(t, c.alloc.Registry(), "warmpool_allocator_units_moved_total", nil))
 	c.waitAgree(t, nodes...)
+	st = c.waitStatus(t, func(st v1alpha1.IPPoolStatus) bool { return st.Hits+st.Misses == 2*N && st.Assigned == N })
+	if st.Free != 0 || st.Warm != 0 || st.Pending != 0 || !meta.IsStatusConditionTrue(st.Conditions, v1alpha1.PoolExhausted) {
+		t.Errorf("status after re-creation: %+v; want every unit assigned, none pending, Exhausted", st)
+	}
 	dog.finish(t)
 	for _, n := range nodes {
 		snap, err := n.store.Load()
