@@ -52,6 +52,8 @@ type Config struct {
 	// second pass that finds its pod gone, so it is freed within about
 	// two intervals.
 	GCInterval time.Duration
+	// WriteTimeout bounds one NodeLease write (with its re-read).
+	WriteTimeout time.Duration
 	// StatusInterval is how often pools' status is written (when changed).
 	StatusInterval time.Duration
 	// UnreachableBackoff is how long a node whose agent did not answer a
@@ -69,6 +71,7 @@ const (
 	DefaultUnreachableBackoff = 10 * time.Second
 	DefaultGCInterval         = 30 * time.Second
 	DefaultStatusInterval     = 5 * time.Second
+	DefaultWriteTimeout       = 10 * time.Second
 )
 
 // Allocator serves the bus while it leads. Its ledger is guarded by mu,
@@ -138,6 +141,9 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	}
 	if cfg.NodeLossGrace == 0 {
 		cfg.NodeLossGrace = DefaultNodeLossGrace
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
 	}
 	if cfg.StatusInterval == 0 {
 		cfg.StatusInterval = DefaultStatusInterval
@@ -728,6 +734,11 @@ func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string,
 		Spec:       v1alpha1.NodeLeaseSpec{Pool: pool, Node: node, Epoch: int64(a.cfg.Epoch), Units: leaseUnits(units)},
 	}
 	leases := a.cfg.Client.NodeLeases()
+	// Units are reserved while their lease is written: a write that hangs
+	// must not keep them from every node. Past the timeout the change is
+	// abandoned and they are free again.
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.WriteTimeout)
+	defer cancel()
 	for attempt := 0; ; attempt++ {
 		var out *v1alpha1.NodeLease
 		var err error

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -12,6 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/warmpool/warmpool/agent"
+	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
@@ -77,4 +80,87 @@ func newRig(t *testing.T, ctx context.Context, pool *v1alpha1.IPPool) (*client.C
 	}
 	t.Cleanup(conn.Close)
 	return cs, conn, rc
+}
+
+// TestAgentIgnoresADeposedLeadersGrant: leader 1 grants a unit to node A;
+// leader 2 takes over and moves that unit to node B (A gives it up on
+// leader 2's revoke); leader 1, unaware, pushes its grant of the unit to
+// A again. A refuses it: the unit stays only on B.
+func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	quiet := slog.New(slog.DiscardHandler)
+	agents := map[string]*agent.Agent{}
+	for _, node := range []string{"node-a", "node-b"} {
+		s, err := store.Open(filepath.Join(t.TempDir(), "agent.db"), store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		ag, err := agent.New(agent.Config{Node: node, Store: s, Logger: quiet, Resolver: agent.StaticResolver{Known: map[string]bool{"p": true}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bus := agent.NewBus(ag, conn, time.Second)
+		bctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- bus.Run(bctx) }()
+		t.Cleanup(func() { stop(); <-done })
+		agents[node] = ag
+	}
+	waitSubscribed(t, conn, "node-a", "node-b")
+
+	old, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	units, _, gen, err := old.grant(ctx, "p", "node-a", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.push(ctx, "node-a", "p", gen, units)
+	if agents["node-a"].WarmCount("p") != 1 {
+		t.Fatal("node A did not take leader 1's grant")
+	}
+
+	successor, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 2, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved, _, newGen, err := successor.steal(ctx, "p", "node-b", 1)
+	if err != nil || len(moved) != 1 || moved[0].ID != units[0].ID {
+		t.Fatalf("leader 2 moving the unit to B: %v, %v", moved, err)
+	}
+	successor.push(ctx, "node-b", "p", newGen, moved)
+
+	old.push(ctx, "node-a", "p", gen+5, units) // deposed, and with a generation that looks new
+	for node, want := range map[string]int{"node-a": 0, "node-b": 1} {
+		if got := agents[node].WarmCount("p"); got != want {
+			t.Errorf("%s holds %d warm units, want %d", node, got, want)
+		}
+	}
+	for _, h := range agents["node-a"].Held() {
+		if h.Unit.ID == units[0].ID {
+			t.Fatalf("node A holds %s again after the deposed leader's grant", h.Unit.ID)
+		}
+	}
+}
+
+// waitSubscribed waits until each node's agent answers on its grant
+// subject.
+func waitSubscribed(t *testing.T, conn *nats.Conn, nodes ...string) {
+	t.Helper()
+	for _, n := range nodes {
+		for i := 0; ; i++ {
+			_, err := conn.Request(broker.SubjectGrant(n), []byte("{}"), time.Second)
+			if err == nil {
+				break
+			}
+			if i == 100 {
+				t.Fatalf("agent of %s never subscribed: %v", n, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }
