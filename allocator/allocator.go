@@ -118,12 +118,9 @@ var (
 	ErrDeposed = errors.New("allocator deposed by a newer epoch")
 )
 
-// New loads every pool and NodeLease from the API (not a cache: the
-// leader starts from what is persisted) into a new allocator.
-func New(ctx context.Context, cfg Config) (*Allocator, error) {
-	if cfg.Client == nil || cfg.Conn == nil || cfg.Epoch == 0 {
-		return nil, errors.New("allocator: Client, Conn and a non-zero Epoch are required")
-	}
+// newAllocator fills in Config's defaults and builds an allocator with
+// an empty ledger.
+func newAllocator(cfg Config) *Allocator {
 	if cfg.PushTimeout == 0 {
 		cfg.PushTimeout = 2 * time.Second
 	}
@@ -164,6 +161,16 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, suspects: map[suspectKey]time.Time{}, kicks: make(chan struct{}, 1), writers: make(chan struct{}, cfg.Writers),
 		sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
+	return a
+}
+
+// New loads every pool and NodeLease from the API (not a cache: the
+// leader starts from what is persisted) into a new allocator.
+func New(ctx context.Context, cfg Config) (*Allocator, error) {
+	if cfg.Client == nil || cfg.Conn == nil || cfg.Epoch == 0 {
+		return nil, errors.New("allocator: Client, Conn and a non-zero Epoch are required")
+	}
+	a := newAllocator(cfg)
 	pools, err := cfg.Client.IPPools().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list pools: %w", err)
@@ -181,7 +188,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 			a.cfg.Epoch = e + 1
 		}
 	}
-	a.log = cfg.Logger.With("epoch", a.cfg.Epoch)
+	a.log = a.cfg.Logger.With("epoch", a.cfg.Epoch)
 	a.metrics.epochMetric.Set(float64(a.cfg.Epoch))
 	a.mu.Lock()
 	defer a.mu.Unlock()

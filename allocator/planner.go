@@ -108,8 +108,12 @@ func (a *Allocator) demand() map[string]poolDemand {
 			}
 		}
 		out[name] = poolDemand{knobs: ps.spec.Warm.Resolved(), free: free}
-		assigned[name] = map[types.UID]bool{}
-		candidates[name] = map[string]bool{}
+		held := 0
+		for _, ls := range ps.leases {
+			held += len(ls.units)
+		}
+		assigned[name] = make(map[types.UID]bool, held)
+		candidates[name] = make(map[string]bool, len(ps.leases))
 		for node, ls := range ps.leases {
 			candidates[name][node] = true
 			for _, u := range ls.units {
@@ -133,7 +137,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 	}
 	a.mu.Unlock()
 
-	bound := map[key]int{}
+	bound := make(map[key]int, len(nodes))
 	unbound := map[string]int{}
 	for _, p := range pods {
 		ns, err := a.watch.namespaces.Get(p.namespace)
