@@ -4,6 +4,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
 )
@@ -153,6 +157,40 @@ func TestPlanInvariantsRandom(t *testing.T) {
 					t.Fatalf("iter %d: node %s has %d bound pods but ends with %d (supply %d covers %d): %+v", iter, s.node, n.bound, n.warm-s.revoke+s.grant, supply, boundNeed, s)
 				}
 			}
+		}
+	}
+}
+
+// TestNodeStatus: Ready and selected is eligible; NotReady is paused, then
+// excluded once the grace period has passed since the allocator saw it
+// NotReady; a node the selector does not match, or one deleted, is
+// excluded at once.
+func TestNodeStatus(t *testing.T) {
+	a := newAllocator(Config{Epoch: 1, NodeLossGrace: time.Minute})
+	now := time.Unix(1000, 0)
+	node := func(ready bool, labels map[string]string) *corev1.Node {
+		st := corev1.ConditionFalse
+		if ready {
+			st = corev1.ConditionTrue
+		}
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: labels},
+			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: st}}}}
+	}
+	sel := &metav1.LabelSelector{MatchLabels: map[string]string{"vlan": "20"}}
+	for name, tc := range map[string]struct {
+		n        *corev1.Node
+		notReady map[string]time.Time
+		want     nodeStatus
+	}{
+		"ready, selected":         {node(true, map[string]string{"vlan": "20"}), nil, nodeEligible},
+		"ready, not selected":     {node(true, nil), nil, nodeExcluded},
+		"deleted":                 {nil, nil, nodeExcluded},
+		"not ready 30s":           {node(false, map[string]string{"vlan": "20"}), map[string]time.Time{"n": now.Add(-30 * time.Second)}, nodePaused},
+		"not ready past grace":    {node(false, map[string]string{"vlan": "20"}), map[string]time.Time{"n": now.Add(-time.Minute)}, nodeExcluded},
+		"not ready, not seen yet": {node(false, map[string]string{"vlan": "20"}), nil, nodePaused},
+	} {
+		if got := a.nodeStatus(tc.n, tc.notReady, sel, now); got != tc.want {
+			t.Errorf("%s: %d, want %d", name, got, tc.want)
 		}
 	}
 }
