@@ -80,8 +80,10 @@ func (c *Clientset) NodeLeases() *NodeLeases {
 
 // Clients returns the Kubernetes and warmpool clients for a kubeconfig
 // file, or for the in-cluster config when path is empty: what every
-// warmpool binary starts with.
-func Clients(path string) (kubernetes.Interface, *Clientset, error) {
+// warmpool binary starts with. qps and burst set client-go's rate limiter
+// (its default, 5 per second, would throttle the allocator's lease writes
+// in a burst).
+func Clients(path string, qps float32, burst int) (kubernetes.Interface, *Clientset, error) {
 	var cfg *rest.Config
 	var err error
 	if path == "" {
@@ -92,6 +94,7 @@ func Clients(path string) (kubernetes.Interface, *Clientset, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
+	cfg.QPS, cfg.Burst = qps, burst
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes client: %w", err)

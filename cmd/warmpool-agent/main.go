@@ -56,7 +56,7 @@ func main() {
 func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, reuseDelay, missTimeout time.Duration, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	kube, wp, err := client.Clients(kubeconfig)
+	kube, wp, err := client.Clients(kubeconfig, 20, 40)
 	if err != nil {
 		return err
 	}

@@ -26,16 +26,28 @@ import (
 	"github.com/warmpool/warmpool/internal/metrics"
 )
 
+// options are the allocator's flags.
+type options struct {
+	kubeconfig, natsURL, natsListen, namespace, leaseName, metricsAddr string
+	qps                                                                float64
+	burst                                                              int
+	planInterval, gcInterval, nodeLossGrace                            time.Duration
+}
+
 func main() {
-	var (
-		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file; empty uses the in-cluster config")
-		natsURL     = flag.String("nats-url", "", "external NATS URL; empty starts an embedded server while leading")
-		natsListen  = flag.String("nats-listen", "0.0.0.0:4222", "address of the embedded NATS server")
-		namespace   = flag.String("namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of the leader-election Lease")
-		leaseName   = flag.String("lease-name", "warmpool-allocator", "name of the leader-election Lease")
-		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
-		metricsAddr = flag.String("metrics-addr", ":9421", "where to serve /metrics while leading; empty serves none")
-	)
+	var o options
+	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster config")
+	flag.StringVar(&o.natsURL, "nats-url", "", "external NATS URL; empty starts an embedded server while leading")
+	flag.StringVar(&o.natsListen, "nats-listen", "0.0.0.0:4222", "address of the embedded NATS server")
+	flag.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of the leader-election Lease")
+	flag.StringVar(&o.leaseName, "lease-name", "warmpool-allocator", "name of the leader-election Lease")
+	flag.StringVar(&o.metricsAddr, "metrics-addr", ":9421", "where to serve /metrics while leading; empty serves none")
+	flag.Float64Var(&o.qps, "kube-api-qps", 100, "Kubernetes API requests per second (client-go rate limiter)")
+	flag.IntVar(&o.burst, "kube-api-burst", 200, "Kubernetes API request burst")
+	flag.DurationVar(&o.planInterval, "plan-interval", allocator.DefaultPlanInterval, "planning round period when no event triggers one")
+	flag.DurationVar(&o.gcInterval, "gc-interval", allocator.DefaultGCInterval, "leak GC period; a leak is freed within about two periods")
+	flag.DurationVar(&o.nodeLossGrace, "node-loss-grace", allocator.DefaultNodeLossGrace, "how long a node may be NotReady (and its agent silent) before its units are reclaimed")
+	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -43,16 +55,16 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if err := run(*kubeconfig, *natsURL, *natsListen, *namespace, *leaseName, *metricsAddr, log); err != nil {
+	if err := run(o, log); err != nil {
 		log.Error("allocator stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(kubeconfig, natsURL, natsListen, namespace, leaseName, metricsAddr string, log *slog.Logger) error {
+func run(o options, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	kube, wp, err := client.Clients(kubeconfig)
+	kube, wp, err := client.Clients(o.kubeconfig, float32(o.qps), o.burst)
 	if err != nil {
 		return err
 	}
@@ -60,11 +72,11 @@ func run(kubeconfig, natsURL, natsListen, namespace, leaseName, metricsAddr stri
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
 	identity := host + "-" + hex.EncodeToString(suffix)
-	e := allocator.Election{Namespace: namespace, Name: leaseName, Identity: identity}
+	e := allocator.Election{Namespace: o.namespace, Name: o.leaseName, Identity: identity}
 	err = allocator.RunLeader(ctx, kube, e, func(lctx context.Context, epoch uint64) error {
 		log := log.With("epoch", epoch, "identity", identity)
 		log.Info("leading")
-		return lead(lctx, kube, wp, natsURL, natsListen, metricsAddr, epoch, log)
+		return lead(lctx, kube, wp, o, epoch, log)
 	})
 	if ctx.Err() == nil {
 		// Leadership ended while we meant to run (lost, or lead failed):
@@ -75,10 +87,10 @@ func run(kubeconfig, natsURL, natsListen, namespace, leaseName, metricsAddr stri
 	return err
 }
 
-func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, natsURL, natsListen, metricsAddr string, epoch uint64, log *slog.Logger) error {
-	url := natsURL
+func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, o options, epoch uint64, log *slog.Logger) error {
+	url := o.natsURL
 	if url == "" {
-		host, portStr, err := net.SplitHostPort(natsListen)
+		host, portStr, err := net.SplitHostPort(o.natsListen)
 		if err != nil {
 			return fmt.Errorf("--nats-listen: %w", err)
 		}
@@ -100,14 +112,15 @@ func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, 
 		return err
 	}
 	defer conn.Close()
-	a, err := allocator.New(ctx, allocator.Config{Client: wp, Conn: conn, Epoch: epoch, Logger: log, Kube: kube})
+	a, err := allocator.New(ctx, allocator.Config{Client: wp, Conn: conn, Epoch: epoch, Logger: log, Kube: kube,
+		PlanInterval: o.planInterval, GCInterval: o.gcInterval, NodeLossGrace: o.nodeLossGrace})
 	if err != nil {
 		return err
 	}
 	if err := a.Start(ctx); err != nil {
 		return err
 	}
-	if err := metrics.Serve(ctx, metricsAddr, a.Registry(), log); err != nil {
+	if err := metrics.Serve(ctx, o.metricsAddr, a.Registry(), log); err != nil {
 		return err
 	}
 	log.Info("serving the bus", "nats", conn.ConnectedUrlRedacted())
