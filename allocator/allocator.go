@@ -95,6 +95,9 @@ type Allocator struct {
 	started     time.Time
 	// suspects: assignments whose pod the GC found gone once, and when.
 	suspects map[suspectKey]time.Time
+	// orphans: units a donor gave back whose removal from its lease
+	// failed, by pool and node; each round retries the write.
+	orphans map[string]map[string][]string
 
 	watch   *watcher // nil without Config.Kube
 	kicks   chan struct{}
@@ -158,7 +161,7 @@ func newAllocator(cfg Config) *Allocator {
 		cfg.Logger = slog.Default()
 	}
 	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{},
-		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, suspects: map[suspectKey]time.Time{}, kicks: make(chan struct{}, 1), writers: make(chan struct{}, cfg.Writers),
+		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, suspects: map[suspectKey]time.Time{}, orphans: map[string]map[string][]string{}, kicks: make(chan struct{}, 1), writers: make(chan struct{}, cfg.Writers),
 		sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
 	return a
@@ -615,9 +618,14 @@ func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if werr != nil {
-		// The donor's lease still lists them; its agent, which dropped
-		// them, gets them back at its next sync.
+		// The donor's agent dropped them for good (it refuses listings up
+		// to gen), but its lease still lists them. They stay out of every
+		// grant (held by the donor in the ledger) until a later round
+		// rewrites the lease without them.
 		ps.unreserveLocked(idx)
+		for _, i := range idx {
+			a.orphanLocked(ps.name, donor, unitID(leasedUnit(ps.units[i])))
+		}
 		return nil, werr
 	}
 	for _, i := range idx {

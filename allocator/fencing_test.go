@@ -91,26 +91,7 @@ func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 	defer cancel()
 	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
 	quiet := slog.New(slog.DiscardHandler)
-	agents := map[string]*agent.Agent{}
-	for _, node := range []string{"node-a", "node-b"} {
-		s, err := store.Open(filepath.Join(t.TempDir(), "agent.db"), store.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		ag, err := agent.New(agent.Config{Node: node, Store: s, Logger: quiet, Resolver: agent.StaticResolver{Known: map[string]bool{"p": true}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		bus := agent.NewBus(ag, conn, time.Second)
-		bctx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- bus.Run(bctx) }()
-		t.Cleanup(func() { stop(); <-done })
-		agents[node] = ag
-	}
-	waitSubscribed(t, conn, "node-a", "node-b")
-
+	agents := startAgents(t, ctx, conn, "p", "node-a", "node-b")
 	old, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
@@ -162,5 +143,81 @@ func waitSubscribed(t *testing.T, conn *nats.Conn, nodes ...string) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+}
+
+// startAgents runs an in-process agent with its bus client for each node,
+// knowing pool, and waits until each answers on its grant subject.
+func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string, nodes ...string) map[string]*agent.Agent {
+	t.Helper()
+	agents := map[string]*agent.Agent{}
+	for _, node := range nodes {
+		s, err := store.Open(filepath.Join(t.TempDir(), "agent.db"), store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		ag, err := agent.New(agent.Config{Node: node, Store: s, Logger: slog.New(slog.DiscardHandler), Resolver: agent.StaticResolver{Known: map[string]bool{pool: true}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bus := agent.NewBus(ag, conn, time.Second)
+		bctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- bus.Run(bctx) }()
+		t.Cleanup(func() { stop(); <-done })
+		agents[node] = ag
+	}
+	waitSubscribed(t, conn, nodes...)
+	return agents
+}
+
+// TestDonorLeaseWriteFailureIsRetried: a donor gives units back on a
+// revoke, but the write of its lease without them fails. They must not be
+// lost (listed in the donor's lease, held by no agent) nor handed out
+// while the lease lists them: the next round rewrites the lease and they
+// are free.
+func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}}})
+	agents := startAgents(t, ctx, conn, "p", "node-a")
+	a, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	units, _, gen, err := a.grant(ctx, "p", "node-a", 6) // the whole pool
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.push(ctx, "node-a", "p", gen, units)
+	a.mu.Lock()
+	ps := a.ledger.pools["p"]
+	a.mu.Unlock()
+
+	a.cfg.WriteTimeout = time.Nanosecond // every lease write now fails
+	if idx, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil || len(idx) != 0 {
+		t.Fatalf("takeFrom with failing writes: %v, %v; want an error and nothing taken", idx, err)
+	}
+	if got := agents["node-a"].WarmCount("p"); got != 4 {
+		t.Fatalf("node A holds %d warm units after the revoke, want 4", got)
+	}
+	if _, _, _, err := a.grant(ctx, "p", "node-b", 1); !errors.Is(err, errExhausted) {
+		t.Fatalf("a grant while the donor's lease still lists the units: %v, want exhausted", err)
+	}
+	if a.flushOrphans(ctx) {
+		t.Fatal("flushOrphans reported success with failing writes")
+	}
+
+	a.cfg.WriteTimeout = DefaultWriteTimeout
+	if !a.flushOrphans(ctx) {
+		t.Fatal("flushOrphans failed with working writes")
+	}
+	if got := len(a.committedUnits("p", "node-a")); got != 4 {
+		t.Fatalf("donor's lease lists %d units, want 4", got)
+	}
+	got, _, _, err := a.grant(ctx, "p", "node-b", 2)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("grant of the freed units: %v, %v", got, err)
 	}
 }

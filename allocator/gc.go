@@ -234,46 +234,28 @@ func (a *Allocator) reclaim(ctx context.Context, pool, node string, leaks []leak
 // confirmed leaks, which become free. Assignments whose pods still exist
 // stay until those pods are gone.
 func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []leak) error {
-	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
-	defer unlock()
-	a.mu.Lock()
-	ps := a.ledger.pools[pool]
-	if ps == nil || ps.leases[node] == nil {
-		a.mu.Unlock()
-		return nil
-	}
-	next, name, rv := a.leaseCopyLocked(ps, node)
-	var warm, leaked []string
-	for id, u := range next {
-		if u.State != v1alpha1.UnitAssigned {
-			warm = append(warm, id)
-			delete(next, id)
-		}
-	}
+	leaked := make(map[string]string, len(leaks)) // unit -> pod UID
 	for _, l := range leaks {
-		if u, ok := next[l.unit]; ok && u.Pod != nil && u.Pod.UID == l.pod.UID {
-			leaked = append(leaked, l.unit)
-			delete(next, l.unit)
+		leaked[l.unit] = l.pod.UID
+	}
+	dropped, err := a.dropFromLease(ctx, pool, node, func(id string, u v1alpha1.LeasedUnit) bool {
+		if u.State != v1alpha1.UnitAssigned {
+			return true
 		}
-	}
-	a.mu.Unlock()
-	if len(warm)+len(leaked) == 0 {
-		return nil
-	}
-	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
-	if err != nil {
+		uid, ok := leaked[id]
+		return ok && u.Pod != nil && u.Pod.UID == uid
+	})
+	if err != nil || len(dropped) == 0 {
 		return err
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, id := range append(warm, leaked...) {
-		if i, ok := ps.byID[id]; ok && ps.holder[i] == node {
-			ps.holder[i] = ""
+	warm := 0
+	for _, u := range dropped {
+		if u.State != v1alpha1.UnitAssigned {
+			warm++
 		}
 	}
-	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next}
-	a.metrics.reclaimed.WithLabelValues(pool, "node-lost").Add(float64(len(warm)))
-	a.metrics.reclaimed.WithLabelValues(pool, "pod-gone").Add(float64(len(leaked)))
-	a.log.Info("lost node's units reclaimed", "pool", pool, "node", node, "warm", len(warm), "leaked", len(leaked), "still_assigned", len(next))
+	a.metrics.reclaimed.WithLabelValues(pool, "node-lost").Add(float64(warm))
+	a.metrics.reclaimed.WithLabelValues(pool, "pod-gone").Add(float64(len(dropped) - warm))
+	a.log.Info("lost node's units reclaimed", "pool", pool, "node", node, "warm", warm, "leaked", len(dropped)-warm)
 	return nil
 }

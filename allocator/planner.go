@@ -58,7 +58,7 @@ func (a *Allocator) runPlanner(ctx context.Context) {
 // round plans every pool once and carries the plans out. It reports
 // whether everything planned was done.
 func (a *Allocator) round(ctx context.Context) bool {
-	complete := true
+	complete := a.flushOrphans(ctx)
 	for pool, d := range a.demand() {
 		steps := plan(d)
 		if !a.execute(ctx, pool, steps) {
@@ -335,4 +335,88 @@ func (a *Allocator) pushLater(ctx context.Context, node, pool string, gen int64,
 		defer a.wg.Done()
 		a.push(ctx, node, pool, gen, units)
 	}()
+}
+
+// orphanLocked records a unit its donor gave back but whose lease still
+// lists it.
+func (a *Allocator) orphanLocked(pool, node, id string) {
+	if a.orphans[pool] == nil {
+		a.orphans[pool] = map[string][]string{}
+	}
+	a.orphans[pool][node] = append(a.orphans[pool][node], id)
+}
+
+// flushOrphans rewrites the leases that still list units their node gave
+// back, freeing those units. It reports whether every one was written.
+func (a *Allocator) flushOrphans(ctx context.Context) bool {
+	a.mu.Lock()
+	todo := a.orphans
+	a.orphans = map[string]map[string][]string{}
+	a.mu.Unlock()
+	ok := true
+	for pool, nodes := range todo {
+		for node, ids := range nodes {
+			if err := a.dropUnits(ctx, pool, node, ids); err != nil {
+				a.log.Warn("lease still lists units its node gave back", "pool", pool, "node", node, "units", len(ids), "err", err)
+				a.mu.Lock()
+				for _, id := range ids {
+					a.orphanLocked(pool, node, id)
+				}
+				a.mu.Unlock()
+				ok = false
+			}
+		}
+	}
+	return ok
+}
+
+// dropUnits rewrites a node's lease without the listed warm units, which
+// become free.
+func (a *Allocator) dropUnits(ctx context.Context, pool, node string, ids []string) error {
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	_, err := a.dropFromLease(ctx, pool, node, func(id string, u v1alpha1.LeasedUnit) bool {
+		return want[id] && u.State != v1alpha1.UnitAssigned
+	})
+	return err
+}
+
+// dropFromLease rewrites a node's lease without the units drop selects,
+// and frees them once written. It returns the units dropped.
+func (a *Allocator) dropFromLease(ctx context.Context, pool, node string, drop func(id string, u v1alpha1.LeasedUnit) bool) ([]v1alpha1.LeasedUnit, error) {
+	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	defer unlock()
+	a.mu.Lock()
+	ps := a.ledger.pools[pool]
+	if ps == nil || ps.leases[node] == nil {
+		a.mu.Unlock()
+		return nil, nil
+	}
+	next, name, rv := a.leaseCopyLocked(ps, node)
+	var dropped []v1alpha1.LeasedUnit
+	for id, u := range next {
+		if drop(id, u) {
+			delete(next, id)
+			dropped = append(dropped, u)
+		}
+	}
+	a.mu.Unlock()
+	if len(dropped) == 0 {
+		return nil, nil
+	}
+	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, u := range dropped {
+		if i, ok := ps.byID[unitID(u)]; ok && ps.holder[i] == node {
+			ps.holder[i] = ""
+		}
+	}
+	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next}
+	return dropped, nil
 }
