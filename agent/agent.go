@@ -51,6 +51,9 @@ type PoolResolver interface {
 type Allocator interface {
 	Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, int64, error)
 	CanServe(pool string) bool
+	// Fenced says why warm units must not be used now (the allocator has
+	// not answered for too long), or nil.
+	Fenced() error
 }
 
 // Errors an Allocator returns from Miss.
@@ -508,6 +511,14 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 
 // take pops a warm unit of pool, or on a miss asks the allocator.
 func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.Error) {
+	if a.cfg.Allocator != nil {
+		if err := a.cfg.Allocator.Fenced(); err != nil {
+			// Neither the cache nor a miss: a miss's grant would not make
+			// the cached units trustworthy again, only a sync does.
+			return store.Unit{}, false, &wire.Error{Code: wire.CodeTryAgainLater,
+				Msg: fmt.Sprintf("node %s is not using its warm addresses of pool %s until it resynchronises with the allocator: %v", a.cfg.Node, pool, err), Details: "the runtime retries"}
+		}
+	}
 	if u, ok := a.pop(pool); ok {
 		return u, true, nil
 	}

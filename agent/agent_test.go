@@ -416,6 +416,7 @@ func (c *countingAllocator) Miss(ctx context.Context, pool string, count int) ([
 }
 
 func (c *countingAllocator) CanServe(string) bool { return true }
+func (c *countingAllocator) Fenced() error        { return nil }
 
 // TestConcurrentMissesShareARequest: 20 ADDs miss on an empty node at
 // once; they share requests to the allocator (one in flight at a time,

@@ -22,7 +22,9 @@ import (
 // allocator's grants, asks it on a cache miss, reports assignments and
 // releases in batches, and resynchronises the whole record on start and on
 // every reconnection. While the bus is down the agent keeps serving ADD
-// from its cache and DEL into it; the sync on reconnect settles the rest.
+// from its cache and DEL into it, as long as the allocator or a live read
+// of the node vouches for it (Fenced); the sync on reconnect settles the
+// rest.
 type Bus struct {
 	agent *Agent
 	conn  *nats.Conn
@@ -46,6 +48,74 @@ type Bus struct {
 	// exhausted records when the allocator last called a pool exhausted;
 	// a grant of the pool clears it. Guarded by mu.
 	exhausted map[string]time.Time
+
+	// heard is when a request of this agent was last answered by the
+	// allocator (unix ns); warmTTL how long warm units may be used after
+	// that (ns), as the last sync reply said. unsynced is set at start and
+	// whenever the TTL ran out: only a sync, which reconciles the warm
+	// units with the node's lease, clears it.
+	heard    atomic.Int64
+	warmTTL  atomic.Int64
+	unsynced atomic.Bool
+
+	// NodeReady, if set, reads the node's Ready condition live from the
+	// API (nil error: Ready). While the allocator is silent the agent asks
+	// it every TTL/3: a node the API shows Ready cannot be declared lost
+	// within the TTL, so its warm units stay usable through a bus outage.
+	NodeReady func(ctx context.Context) error
+	readyAt   atomic.Int64 // when NodeReady last said Ready (unix ns)
+}
+
+// DefaultWarmTTL bounds the use of warm units without news from the
+// allocator until a sync reply gives the allocator's own figure.
+const DefaultWarmTTL = 150 * time.Second
+
+// heardFrom records an answer of the allocator to one of our requests.
+func (b *Bus) heardFrom() {
+	b.heard.Store(b.agent.cfg.Now().UnixNano())
+}
+
+// probeIfSilent asks the API whether the node is Ready when the allocator
+// has been silent for a third of the warm TTL, without holding up the
+// loop.
+func (b *Bus) probeIfSilent(ctx context.Context) {
+	ttl := time.Duration(b.warmTTL.Load())
+	if b.NodeReady == nil || b.agent.cfg.Now().Sub(time.Unix(0, b.heard.Load())) < ttl/3 {
+		return
+	}
+	go func() {
+		pctx, cancel := context.WithTimeout(ctx, ttl/3)
+		defer cancel()
+		if err := b.NodeReady(pctx); err != nil {
+			b.log.Warn("allocator silent and the node not confirmed Ready by the API", "err", err)
+			return
+		}
+		b.readyAt.Store(b.agent.cfg.Now().UnixNano())
+	}()
+}
+
+// Fenced implements Allocator. Warm units may be used only after a sync
+// since the agent started, and while the allocator answered within the
+// warm TTL: past it the node may be declared lost and its warm units
+// given to other nodes, so the agent asks for a sync and uses none until
+// that sync has reconciled its cache with its lease.
+func (b *Bus) Fenced() error {
+	if b.unsynced.Load() {
+		b.Resync()
+		return errors.New("the agent has not synchronised with the allocator since it started or since a silence")
+	}
+	now, ttl := b.agent.cfg.Now(), time.Duration(b.warmTTL.Load())
+	silent := now.Sub(time.Unix(0, b.heard.Load()))
+	if ready := b.readyAt.Load(); ready != 0 && now.Sub(time.Unix(0, ready)) <= ttl {
+		return nil // the API vouches for the node
+	}
+	if silent > ttl {
+		b.unsynced.Store(true)
+		b.Resync()
+		b.log.Warn("warm units fenced: the allocator has not answered", "silent", silent, "warm_ttl", ttl)
+		return fmt.Errorf("no answer from the allocator for %s (warm addresses are usable for %s without one: the node may have been declared lost)", silent.Round(time.Second), ttl)
+	}
+	return nil
 }
 
 // ExhaustedFor is how long an "exhausted" answer keeps STATUS not-ready
@@ -88,6 +158,8 @@ func NewBus(a *Agent, conn *nats.Conn, timeout time.Duration) *Bus {
 	_, _ = rand.Read(runID)
 	b := &Bus{agent: a, conn: conn, node: a.cfg.Node, log: a.log, timeout: timeout, run: hex.EncodeToString(runID),
 		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}}
+	b.warmTTL.Store(int64(DefaultWarmTTL))
+	b.unsynced.Store(true)
 	a.cfg.OnEvent = b.Record
 	a.cfg.Allocator = b
 	conn.SetReconnectHandler(func(*nats.Conn) { b.Resync() })
@@ -160,7 +232,11 @@ func (b *Bus) Run(ctx context.Context) error {
 					return nil
 				case <-retry.C:
 				}
+				continue
 			}
+			// An idle agent must be heard from well within its warm TTL,
+			// or it would fence itself for want of traffic.
+			periodic.Reset(min(SyncInterval, time.Duration(b.warmTTL.Load())/3))
 		case <-b.kick:
 			if err := b.report(ctx); err != nil {
 				b.log.Warn("report to the allocator", "err", err)
@@ -174,6 +250,7 @@ func (b *Bus) Run(ctx context.Context) error {
 			}
 		case <-periodic.C:
 			b.Resync()
+			b.probeIfSilent(ctx)
 		}
 	}
 }
@@ -280,6 +357,7 @@ func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, s
 	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
 		return nil, store.Pool{}, 0, fmt.Errorf("miss answered by a deposed allocator (epoch %d): %w", r.Epoch, err)
 	}
+	b.heardFrom()
 	b.setExhausted(pool, r.Exhausted)
 	switch {
 	case r.Exhausted:
@@ -311,6 +389,7 @@ func (b *Bus) report(ctx context.Context) error {
 	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
 		return fmt.Errorf("report acknowledged by a deposed allocator (epoch %d): %w", r.Epoch, err)
 	}
+	b.heardFrom()
 	b.mu.Lock()
 	b.pending = b.pending[len(events):]
 	b.mu.Unlock()
@@ -336,6 +415,11 @@ func (b *Bus) sync(ctx context.Context) error {
 	if err := b.agent.Reconcile(r.Leases); err != nil {
 		return err
 	}
+	if r.WarmTTLMillis > 0 {
+		b.warmTTL.Store(int64(time.Duration(r.WarmTTLMillis) * time.Millisecond))
+	}
+	b.heardFrom()
+	b.unsynced.Store(false)
 	b.mu.Lock()
 	b.pending = b.pending[covered:]
 	b.mu.Unlock()

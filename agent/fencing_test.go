@@ -2,9 +2,15 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/broker"
 )
 
@@ -101,5 +107,125 @@ func TestGrantsOfADeposedLeaderAreRefused(t *testing.T) {
 	}
 	if got := f.agent.WarmCount("dual"); got != 0 {
 		t.Fatalf("warm = %d after the revoke, want 0", got)
+	}
+}
+
+// TestWarmUnitsFencedAfterSilence: an agent uses its warm units only after
+// a sync, and only while the allocator answered within the warm TTL its
+// sync reply gave. Past it (the allocator may declare the node lost and
+// reclaim them), an ADD fails with "try again later" and the agent asks
+// for a sync; once that sync has reconciled the cache, ADDs hit again. A
+// live read of the Node showing it Ready keeps the cache usable through a
+// bus outage, since the allocator cannot declare a Ready node lost.
+func TestWarmUnitsFencedAfterSilence(t *testing.T) {
+	srv, err := broker.StartServer(broker.ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := newFixture(t, 0)
+	alloc, err := broker.Connect(ctx, srv.ClientURL(), "allocator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alloc.Close()
+	lease := broker.Lease{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}}
+	for _, u := range dualUnits(3) {
+		lease.Units = append(lease.Units, broker.Unit{ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6})
+	}
+	var syncs atomic.Int32
+	answer := make(chan bool, 1) // whether the allocator answers syncs
+	answer <- false
+	sub, err := alloc.Subscribe(broker.SubjectSync, func(m *nats.Msg) {
+		on := <-answer
+		answer <- on
+		if !on {
+			return
+		}
+		syncs.Add(1)
+		_ = m.Respond(broker.Encode(&broker.SyncReply{V: broker.ProtocolVersion, Epoch: 1, Leases: []broker.Lease{lease}, WarmTTLMillis: 10_000}))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	conn, err := broker.Connect(ctx, srv.ClientURL(), "agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	bus := NewBus(f.agent, conn, 200*time.Millisecond)
+	var nodeReady atomic.Bool
+	bus.NodeReady = func(context.Context) error {
+		if nodeReady.Load() {
+			return nil
+		}
+		return errors.New("node is not Ready")
+	}
+	bctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = bus.Run(bctx); close(done) }()
+	defer func() { stop(); <-done }()
+
+	add := func(ctr string) *wire.Error { return f.do(t, req(wire.OpAdd, ctr)).Error }
+	waitSynced := func(n int32) {
+		t.Helper()
+		for syncs.Load() < n || bus.Fenced() != nil {
+			if ctx.Err() != nil {
+				t.Fatalf("no sync #%d", n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// Not synced since start: the units it holds are not used.
+	if err := f.agent.Grant(dualPool, dualUnits(3), 0); err != nil {
+		t.Fatal(err)
+	}
+	if werr := add("c1"); werr == nil || werr.Code != wire.CodeTryAgainLater {
+		t.Fatalf("ADD before any sync: %+v, want code %d", werr, wire.CodeTryAgainLater)
+	}
+	<-answer
+	answer <- true
+	bus.Resync()
+	waitSynced(1)
+	if werr := add("c1"); werr != nil {
+		t.Fatalf("ADD after the sync: %v", werr)
+	}
+	// The allocator goes silent past the TTL.
+	<-answer
+	answer <- false
+	f.clock.Advance(11 * time.Second)
+	if werr := add("c2"); werr == nil || werr.Code != wire.CodeTryAgainLater || !strings.Contains(werr.Msg, "no answer from the allocator for 11s") {
+		t.Fatalf("ADD after 11 s of silence (TTL 10 s): %+v, want code %d naming the silence", werr, wire.CodeTryAgainLater)
+	}
+	<-answer
+	answer <- true
+	waitSynced(2) // the fenced ADD asked for it
+	if werr := add("c2"); werr != nil {
+		t.Fatalf("ADD after the resync: %v", werr)
+	}
+
+	// A bus outage on a node the API shows Ready: a live read of the Node
+	// vouches for it, and the cache stays in use past the TTL.
+	<-answer
+	answer <- false
+	nodeReady.Store(true)
+	f.clock.Advance(5 * time.Second)
+	bus.probeIfSilent(ctx)
+	for bus.readyAt.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	f.clock.Advance(6 * time.Second) // 11 s without the allocator
+	if werr := add("c3"); werr != nil {
+		t.Fatalf("ADD on a node the API shows Ready, allocator silent 11 s: %v", werr)
+	}
+	// The API no longer vouches for it either.
+	nodeReady.Store(false)
+	f.clock.Advance(10 * time.Second)
+	bus.probeIfSilent(ctx)
+	if werr := add("c4"); werr == nil || werr.Code != wire.CodeTryAgainLater {
+		t.Fatalf("ADD with neither the allocator nor the API vouching for 16 s: %+v, want code %d", werr, wire.CodeTryAgainLater)
 	}
 }

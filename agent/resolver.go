@@ -147,3 +147,20 @@ func (r *InformerResolver) pod(ctx context.Context, want wire.Pod) (*corev1.Pod,
 	}
 	return p, nil
 }
+
+// NodeReadyProbe reads a node live from the API (never from a cache) and
+// returns nil if it is Ready: the Bus's NodeReady.
+func NodeReadyProbe(kube kubernetes.Interface, node string) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		n, err := kube.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read node %s: %w", node, err)
+		}
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				return nil
+			}
+		}
+		return fmt.Errorf("node %s is not Ready", node)
+	}
+}

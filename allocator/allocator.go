@@ -393,7 +393,9 @@ func (a *Allocator) applyByPool(ctx context.Context, node string, events []broke
 
 func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 	var req broker.SyncRequest
-	reply := &broker.SyncReply{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch}
+	// Half the grace period: the agent stops using warm units well before
+	// this allocator may reclaim them from a silent node.
+	reply := &broker.SyncReply{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, WarmTTLMillis: (a.cfg.NodeLossGrace / 2).Milliseconds()}
 	if err := broker.Decode(m.Data, &req); err != nil {
 		reply.Error = err.Error()
 		return reply

@@ -240,7 +240,12 @@ type SyncReply struct {
 	V      int     `json:"v"`
 	Epoch  uint64  `json:"epoch"`
 	Leases []Lease `json:"leases"`
-	Error  string  `json:"error,omitempty"`
+	// WarmTTLMillis is how long the agent may use its warm units without
+	// an answer from the allocator: less than the node-loss grace period,
+	// after which the allocator may reclaim them without the agent's
+	// confirmation.
+	WarmTTLMillis int64  `json:"warmTTLms,omitempty"`
+	Error         string `json:"error,omitempty"`
 }
 
 // Encode marshals a message. Messages are plain structs: this cannot fail

@@ -91,6 +91,7 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, reuseDela
 	}
 	defer conn.Close()
 	bus := agent.NewBus(a, conn, 0)
+	bus.NodeReady = agent.NodeReadyProbe(kube, node)
 	srv, err := agent.Listen(a, socket)
 	if err != nil {
 		return err
