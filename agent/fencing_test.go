@@ -18,19 +18,10 @@ import (
 // a grant or revoke of epoch 1 is refused and changes nothing, also after
 // the agent restarts (the epoch is persisted).
 func TestGrantsOfADeposedLeaderAreRefused(t *testing.T) {
-	srv, err := broker.StartServer(broker.ServerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	srv, leader := allocatorSide(t, ctx)
 	f := newFixture(t, 0)
-	leader, err := broker.Connect(ctx, srv.ClientURL(), "leader")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer leader.Close()
 
 	run := func() (stop func()) {
 		conn, err := broker.Connect(ctx, srv.ClientURL(), "agent")
@@ -118,19 +109,10 @@ func TestGrantsOfADeposedLeaderAreRefused(t *testing.T) {
 // live read of the Node showing it Ready keeps the cache usable through a
 // bus outage, since the allocator cannot declare a Ready node lost.
 func TestWarmUnitsFencedAfterSilence(t *testing.T) {
-	srv, err := broker.StartServer(broker.ServerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	srv, alloc := allocatorSide(t, ctx)
 	f := newFixture(t, 0)
-	alloc, err := broker.Connect(ctx, srv.ClientURL(), "allocator")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer alloc.Close()
 	lease := broker.Lease{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}}
 	for _, u := range dualUnits(3) {
 		lease.Units = append(lease.Units, broker.Unit{ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6})
@@ -228,4 +210,21 @@ func TestWarmUnitsFencedAfterSilence(t *testing.T) {
 	if werr := add("c4"); werr == nil || werr.Code != wire.CodeTryAgainLater {
 		t.Fatalf("ADD with neither the allocator nor the API vouching for 16 s: %+v, want code %d", werr, wire.CodeTryAgainLater)
 	}
+}
+
+// allocatorSide starts a NATS server and connects to it as the allocator
+// would.
+func allocatorSide(t *testing.T, ctx context.Context) (*broker.Server, *nats.Conn) {
+	t.Helper()
+	srv, err := broker.StartServer(broker.ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	conn, err := broker.Connect(ctx, srv.ClientURL(), "allocator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Close)
+	return srv, conn
 }
