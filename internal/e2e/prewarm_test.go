@@ -290,3 +290,51 @@ func TestBurstUnderOneToOneScarcity(t *testing.T) {
 		}
 	}
 }
+
+// TestUnboundPodsWarmEligibleNodes: pending pods not bound yet are
+// cluster demand, spread over the eligible nodes; once the scheduler (here
+// the Binding API) places them, their ADDs are hits.
+func TestUnboundPodsWarmEligibleNodes(t *testing.T) {
+	c := newCluster(t, dualPool(100, nil))
+	nodes := []*node{c.addNode("node-a"), c.addNode("node-b"), c.addNode("node-c")}
+	for _, n := range nodes {
+		n.waitWarm(t, 4)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var pods []*corev1.Pod
+	for i := range 30 {
+		p, err := c.kube.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("pending-%d", i), Namespace: "default"},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "registry.invalid/c:1"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+	for _, n := range nodes {
+		n.waitWarm(t, 14) // minWarm 2, warmTarget 4 + 30 unbound / 3 nodes
+	}
+	h0, m0 := hits(t, nodes)
+	var wg sync.WaitGroup
+	for i, p := range pods {
+		n := nodes[i%len(nodes)]
+		wg.Go(func() {
+			if err := c.kube.CoreV1().Pods(p.Namespace).Bind(ctx, &corev1.Binding{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID},
+				Target: corev1.ObjectReference{Kind: "Node", Name: n.name}}, metav1.CreateOptions{}); err != nil {
+				t.Errorf("bind %s: %v", p.Name, err)
+				return
+			}
+			if _, err := n.addPod(ctx, p); err != nil {
+				t.Errorf("ADD %s: %v", p.Name, err)
+			}
+		})
+	}
+	wg.Wait()
+	h1, m1 := hits(t, nodes)
+	if h1-h0 != 30 || m1-m0 != 0 {
+		t.Errorf("%v hits, %v misses; want 30 hits: the unbound pods' addresses were warm before they were bound", h1-h0, m1-m0)
+	}
+	c.waitAgree(t, nodes...)
+}

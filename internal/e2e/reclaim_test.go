@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -79,12 +80,36 @@ func assignedOn(n *node) int {
 	return k
 }
 
-// TestNodeLoss: a node dies (its agent stops) and is deleted, holding warm
-// units and three assigned ones. The warm ones come back within the grace
-// period; the assigned ones stay while their pods exist and come back
-// once the pods are deleted; the replacement pods bound to the surviving
-// node get addresses from its warm cache.
+// TestNodeLoss: a node dies (its agent stops) and is deleted, or turns
+// NotReady, holding warm units and three assigned ones. The warm ones come
+// back within the grace period; the assigned ones stay while their pods
+// exist and come back once the pods are deleted; the replacement pods
+// bound to the surviving node get addresses from its warm cache.
 func TestNodeLoss(t *testing.T) {
+	t.Run("deleted", func(t *testing.T) {
+		testNodeLoss(t, func(ctx context.Context, c *cluster, name string) error {
+			return c.kube.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{})
+		})
+	})
+	t.Run("not-ready", func(t *testing.T) {
+		testNodeLoss(t, func(ctx context.Context, c *cluster, name string) error {
+			n, err := c.kube.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			for i := range n.Status.Conditions {
+				if n.Status.Conditions[i].Type == corev1.NodeReady {
+					n.Status.Conditions[i].Status = corev1.ConditionUnknown
+					n.Status.Conditions[i].Reason = "NodeStatusUnknown"
+				}
+			}
+			_, err = c.kube.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+			return err
+		})
+	})
+}
+
+func testNodeLoss(t *testing.T, lose func(ctx context.Context, c *cluster, node string) error) {
 	const grace = 2 * time.Second
 	c := newCluster(t, dualPool(12, nil), func(cfg *allocator.Config) {
 		cfg.NodeLossGrace, cfg.GCInterval, cfg.UnreachableBackoff, cfg.PushTimeout = grace, 500*time.Millisecond, time.Second, 500*time.Millisecond
@@ -103,7 +128,7 @@ func TestNodeLoss(t *testing.T) {
 
 	dying.stop()
 	start := time.Now()
-	if err := c.kube.CoreV1().Nodes().Delete(ctx, dying.name, metav1.DeleteOptions{}); err != nil {
+	if err := lose(ctx, c, dying.name); err != nil {
 		t.Fatal(err)
 	}
 	poll := func(what string, limit time.Duration, cond func(warm, assigned int) bool) {
@@ -118,7 +143,7 @@ func TestNodeLoss(t *testing.T) {
 		}
 	}
 	poll("warm units reclaimed", 3*grace, func(w, a int) bool { return w == 0 && a == 3 })
-	t.Logf("lost node's %d warm units reclaimed %s after its deletion (grace %s)", warm, time.Since(start).Round(time.Millisecond), grace)
+	t.Logf("lost node's %d warm units reclaimed %s after it was lost (grace %s)", warm, time.Since(start).Round(time.Millisecond), grace)
 	// Its pods still exist: their addresses stay assigned a while.
 	time.Sleep(2 * time.Second)
 	if _, a, _ := c.leaseCounts(ctx, dying.name); a != 3 {
