@@ -71,8 +71,21 @@ type Bus struct {
 const DefaultWarmTTL = 150 * time.Second
 
 // heardFrom records an answer of the allocator to one of our requests.
-func (b *Bus) heardFrom() {
-	b.heard.Store(b.agent.cfg.Now().UnixNano())
+func (b *Bus) heardFrom() { b.vouch(&b.heard) }
+
+// vouch records that the allocator (heard) or the API (readyAt) vouched
+// for the node now. If nothing vouched for longer than the warm TTL
+// before, the node may have been declared lost meanwhile, even if no ADD
+// noticed: the cache is unusable until a sync reconciles it.
+func (b *Bus) vouch(at *atomic.Int64) {
+	now := b.agent.cfg.Now()
+	last := time.Unix(0, max(b.heard.Load(), b.readyAt.Load()))
+	if now.Sub(last) > time.Duration(b.warmTTL.Load()) && !b.unsynced.Load() {
+		b.unsynced.Store(true)
+		b.Resync()
+		b.log.Warn("warm units fenced: nothing vouched for the node for longer than the warm TTL", "since", last)
+	}
+	at.Store(now.UnixNano())
 }
 
 // probeIfSilent asks the API whether the node is Ready when the allocator
@@ -90,7 +103,7 @@ func (b *Bus) probeIfSilent(ctx context.Context) {
 			b.log.Warn("allocator silent and the node not confirmed Ready by the API", "err", err)
 			return
 		}
-		b.readyAt.Store(b.agent.cfg.Now().UnixNano())
+		b.vouch(&b.readyAt)
 	}()
 }
 

@@ -228,3 +228,92 @@ func allocatorSide(t *testing.T, ctx context.Context) (*broker.Server, *nats.Con
 	t.Cleanup(conn.Close)
 	return srv, conn
 }
+
+// TestSilenceWithoutADDsStillFences: silence past the TTL with no ADD
+// during it (nothing noticed it), then an answered report: the next ADD
+// must not use the warm cache before a sync (the node may have been
+// declared lost and its units given away meanwhile).
+func TestSilenceWithoutADDsStillFences(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, alloc := allocatorSide(t, ctx)
+	f := newFixture(t, 0)
+	lease := broker.Lease{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}}
+	for _, u := range dualUnits(3) {
+		lease.Units = append(lease.Units, broker.Unit{ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6})
+	}
+	var syncOn atomic.Bool
+	syncOn.Store(true)
+	var syncs atomic.Int32
+	sub, err := alloc.Subscribe(broker.SubjectSync, func(m *nats.Msg) {
+		if !syncOn.Load() {
+			return
+		}
+		syncs.Add(1)
+		_ = m.Respond(broker.Encode(&broker.SyncReply{V: broker.ProtocolVersion, Epoch: 1, Leases: []broker.Lease{lease}, WarmTTLMillis: 10_000}))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	var reportOn atomic.Bool
+	var reports atomic.Int32
+	rsub, err := alloc.Subscribe(broker.SubjectReport, func(m *nats.Msg) {
+		if !reportOn.Load() {
+			return
+		}
+		var r broker.Report
+		_ = broker.Decode(m.Data, &r)
+		reports.Add(1)
+		_ = m.Respond(broker.Encode(&broker.ReportReply{V: broker.ProtocolVersion, Epoch: 1, Seq: r.Seq}))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rsub.Unsubscribe()
+	conn, err := broker.Connect(ctx, srv.ClientURL(), "agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	bus := NewBus(f.agent, conn, 200*time.Millisecond)
+	bctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = bus.Run(bctx); close(done) }()
+	defer func() { stop(); <-done }()
+	for syncs.Load() < 1 || bus.Fenced() != nil {
+		if ctx.Err() != nil {
+			t.Fatal("never synced")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if werr := f.do(t, req(wire.OpAdd, "c1")).Error; werr != nil {
+		t.Fatal(werr)
+	}
+	// partition: nothing answered; the DEL's report is pending
+	syncOn.Store(false)
+	f.do(t, req(wire.OpDel, "c1"))
+	f.clock.Advance(60 * time.Second) // far past the 10 s TTL; no ADD meanwhile
+	// heal: the report goes through first
+	reportOn.Store(true)
+	pending := func() int { bus.mu.Lock(); defer bus.mu.Unlock(); return len(bus.pending) }
+	for reports.Load() < 1 || pending() > 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the report never went through")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if werr := f.do(t, req(wire.OpAdd, "c2")).Error; werr == nil || werr.Code != wire.CodeTryAgainLater {
+		t.Fatalf("ADD after 60 s of silence (TTL 10 s) and a report, no sync: %+v, want code %d", werr, wire.CodeTryAgainLater)
+	}
+	syncOn.Store(true)
+	for syncs.Load() < 2 || bus.Fenced() != nil {
+		if ctx.Err() != nil {
+			t.Fatal("no resync after the silence")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if werr := f.do(t, req(wire.OpAdd, "c2")).Error; werr != nil {
+		t.Fatalf("ADD after the resync: %v", werr)
+	}
+}
