@@ -433,8 +433,12 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 			continue
 		}
 		lease := broker.Lease{Pool: ps.info, Gen: ls.generation}
+		orphans := a.orphans[ps.name][req.Node]
 		for _, u := range leaseUnits(ls.units) {
-			if u.State == v1alpha1.UnitWarm {
+			// An orphan was given up by this agent: listing it would give
+			// it back (the agent's memory of giving it up is lost on a
+			// restart) just before the allocator frees it.
+			if u.State == v1alpha1.UnitWarm && !slices.Contains(orphans, unitID(u)) {
 				lease.Units = append(lease.Units, broker.Unit{ID: unitID(u), IPv4: u.IPv4, IPv6: u.IPv6})
 			}
 		}
@@ -518,7 +522,7 @@ func (a *Allocator) grantReservedHeld(ctx context.Context, pool, node string, id
 	for _, i := range idx {
 		ps.holder[i] = node
 	}
-	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next}
+	a.commitLeaseLocked(ps, node, &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next})
 	return units, info, gen, nil
 }
 
@@ -591,8 +595,9 @@ func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n
 	var gen int64
 	if ls := ps.leases[donor]; ls != nil {
 		gen = ls.generation
+		orphans := a.orphans[ps.name][donor]
 		for id, u := range ls.units {
-			if u.State == v1alpha1.UnitWarm && len(ids) < n {
+			if u.State == v1alpha1.UnitWarm && len(ids) < n && !slices.Contains(orphans, id) {
 				ids = append(ids, id)
 			}
 		}
@@ -633,7 +638,7 @@ func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n
 	for _, i := range idx {
 		ps.holder[i] = ""
 	}
-	ps.leases[donor] = &leaseState{name: name, resourceVersion: newRV, generation: newGen, units: next}
+	a.commitLeaseLocked(ps, donor, &leaseState{name: name, resourceVersion: newRV, generation: newGen, units: next})
 	return idx, err
 }
 
@@ -723,22 +728,42 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 	for _, i := range adopt {
 		ps.holder[i] = node
 	}
-	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next}
+	a.commitLeaseLocked(ps, node, &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next})
 	return nil
 }
 
 // leaseCopyLocked returns a copy of a node's lease units to modify, with
-// the lease's name and resourceVersion.
+// the lease's name and resourceVersion. Orphans (units the node gave back
+// whose removal has not been written yet) are left out: every write of the
+// lease removes them.
 func (a *Allocator) leaseCopyLocked(ps *poolState, node string) (map[string]v1alpha1.LeasedUnit, string, string) {
 	next := map[string]v1alpha1.LeasedUnit{}
 	name, rv := v1alpha1.NodeLeaseName(ps.name, node), ""
 	if ls := ps.leases[node]; ls != nil {
 		name, rv = ls.name, ls.resourceVersion
+		orphans := a.orphans[ps.name][node]
 		for id, u := range ls.units {
-			next[id] = *u.DeepCopy()
+			if !slices.Contains(orphans, id) {
+				next[id] = *u.DeepCopy()
+			}
 		}
 	}
 	return next, name, rv
+}
+
+// commitLeaseLocked records a written lease in the ledger. Orphans of the
+// node that the write left out are free from now on.
+func (a *Allocator) commitLeaseLocked(ps *poolState, node string, ls *leaseState) {
+	ps.leases[node] = ls
+	for _, id := range a.orphans[ps.name][node] {
+		if _, listed := ls.units[id]; listed {
+			continue
+		}
+		if i, ok := ps.byID[id]; ok && ps.holder[i] == node {
+			ps.holder[i] = ""
+		}
+	}
+	delete(a.orphans[ps.name], node)
 }
 
 // writeLease persists a node's lease of a pool: create it, or update it at

@@ -221,3 +221,63 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 		t.Fatalf("grant of the freed units: %v, %v", got, err)
 	}
 }
+
+// TestOrphansAreNeverListedBack: units a donor gave back, whose lease
+// rewrite failed, must not reach the donor again through a sync (at a new
+// generation, after another write of its lease) before they are freed and
+// granted elsewhere.
+func TestOrphansAreNeverListedBack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}}})
+	agents := startAgents(t, ctx, conn, "p", "node-a")
+	a, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	units, _, gen, err := a.grant(ctx, "p", "node-a", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.push(ctx, "node-a", "p", gen, units)
+	a.mu.Lock()
+	ps := a.ledger.pools["p"]
+	a.mu.Unlock()
+	a.cfg.WriteTimeout = time.Nanosecond
+	if _, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil {
+		t.Fatal("want failure")
+	}
+	a.cfg.WriteTimeout = DefaultWriteTimeout
+	ag := agents["node-a"]
+	// node A syncs; its record differs from the lease on one unit (an assignment whose report was lost)
+	held := ag.Held()
+	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
+	m := &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
+	reply := a.handleSync(ctx, m).(*broker.SyncReply)
+	if reply.Error != "" {
+		t.Fatal(reply.Error)
+	}
+	if err := ag.Reconcile(reply.Leases); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range reply.Leases {
+		if len(l.Units) != 3 {
+			t.Errorf("sync listed %d warm units, want the 3 the agent kept (not the 2 it gave back)", len(l.Units))
+		}
+	}
+	if !a.flushOrphans(ctx) {
+		t.Fatal("flush failed")
+	}
+	got, _, _, err := a.grant(ctx, "p", "node-b", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held = ag.Held()
+	for _, g := range got {
+		for _, h := range held {
+			if h.Unit.ID == g.ID && !h.Assigned {
+				t.Errorf("unit %s granted to node-b is warm on node-a too", g.ID)
+			}
+		}
+	}
+}

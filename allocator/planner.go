@@ -347,44 +347,31 @@ func (a *Allocator) orphanLocked(pool, node, id string) {
 }
 
 // flushOrphans rewrites the leases that still list units their node gave
-// back, freeing those units. It reports whether every one was written.
+// back (leaseCopyLocked leaves them out, commitLeaseLocked frees them). It
+// reports whether every one was written.
 func (a *Allocator) flushOrphans(ctx context.Context) bool {
+	type poolNode struct{ pool, node string }
+	var todo []poolNode
 	a.mu.Lock()
-	todo := a.orphans
-	a.orphans = map[string]map[string][]string{}
+	for pool, nodes := range a.orphans {
+		for node := range nodes {
+			todo = append(todo, poolNode{pool, node})
+		}
+	}
 	a.mu.Unlock()
 	ok := true
-	for pool, nodes := range todo {
-		for node, ids := range nodes {
-			if err := a.dropUnits(ctx, pool, node, ids); err != nil {
-				a.log.Warn("lease still lists units its node gave back", "pool", pool, "node", node, "units", len(ids), "err", err)
-				a.mu.Lock()
-				for _, id := range ids {
-					a.orphanLocked(pool, node, id)
-				}
-				a.mu.Unlock()
-				ok = false
-			}
+	for _, pn := range todo {
+		if _, err := a.dropFromLease(ctx, pn.pool, pn.node, nil); err != nil {
+			a.log.Warn("lease still lists units its node gave back", "pool", pn.pool, "node", pn.node, "err", err)
+			ok = false
 		}
 	}
 	return ok
 }
 
-// dropUnits rewrites a node's lease without the listed warm units, which
-// become free.
-func (a *Allocator) dropUnits(ctx context.Context, pool, node string, ids []string) error {
-	want := make(map[string]bool, len(ids))
-	for _, id := range ids {
-		want[id] = true
-	}
-	_, err := a.dropFromLease(ctx, pool, node, func(id string, u v1alpha1.LeasedUnit) bool {
-		return want[id] && u.State != v1alpha1.UnitAssigned
-	})
-	return err
-}
-
-// dropFromLease rewrites a node's lease without the units drop selects,
-// and frees them once written. It returns the units dropped.
+// dropFromLease rewrites a node's lease without the units drop selects (nil
+// selects none) and without its orphans, and frees them once written. It
+// returns the units drop selected.
 func (a *Allocator) dropFromLease(ctx context.Context, pool, node string, drop func(id string, u v1alpha1.LeasedUnit) bool) ([]v1alpha1.LeasedUnit, error) {
 	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
 	defer unlock()
@@ -397,13 +384,14 @@ func (a *Allocator) dropFromLease(ctx context.Context, pool, node string, drop f
 	next, name, rv := a.leaseCopyLocked(ps, node)
 	var dropped []v1alpha1.LeasedUnit
 	for id, u := range next {
-		if drop(id, u) {
+		if drop != nil && drop(id, u) {
 			delete(next, id)
 			dropped = append(dropped, u)
 		}
 	}
+	orphans := len(a.orphans[pool][node]) > 0
 	a.mu.Unlock()
-	if len(dropped) == 0 {
+	if len(dropped) == 0 && !orphans {
 		return nil, nil
 	}
 	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
@@ -417,6 +405,6 @@ func (a *Allocator) dropFromLease(ctx context.Context, pool, node string, drop f
 			ps.holder[i] = ""
 		}
 	}
-	ps.leases[node] = &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next}
+	a.commitLeaseLocked(ps, node, &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next})
 	return dropped, nil
 }
