@@ -138,7 +138,18 @@ func (a *Allocator) collect(ctx context.Context) error {
 // running: absent, re-created under another UID, or finished.
 func (w *watcher) podGone(ref v1alpha1.PodRef) bool {
 	p, err := w.podLister.Pods(ref.Namespace).Get(ref.Name)
-	return err != nil || string(p.UID) != ref.UID || finished(p)
+	return err != nil || gone(p, ref)
+}
+
+// gone reports whether p, the pod named by ref, is not the one ref was
+// assigned to, or has finished. Without a UID (a runtime that did not pass
+// K8S_POD_UID) a pod of that name is taken to be it: the GC then frees
+// only when no pod of that name exists.
+func gone(p *corev1.Pod, ref v1alpha1.PodRef) bool {
+	if ref.UID != "" && string(p.UID) != ref.UID {
+		return true
+	}
+	return finished(p)
 }
 
 // podGoneLive asks the API, not a cache.
@@ -150,7 +161,7 @@ func (a *Allocator) podGoneLive(ctx context.Context, ref v1alpha1.PodRef) (bool,
 	case err != nil:
 		return false, fmt.Errorf("live GET of pod %s/%s: %w", ref.Namespace, ref.Name, err)
 	}
-	return string(p.UID) != ref.UID || finished(p), nil
+	return gone(p, ref), nil
 }
 
 // finished pods have had their sandbox torn down by the kubelet.

@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
@@ -94,7 +93,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 	a.mu.Lock()
 	out := make(map[string]poolDemand, len(a.ledger.pools))
 	pools := make([]*v1alpha1.IPPool, 0, len(a.ledger.pools))
-	assigned := map[string]map[types.UID]bool{}
+	assigned := map[string]map[string]bool{} // pool -> addressedKey
 	type key struct{ pool, node string }
 	warm := map[key]int{}
 	candidates := map[string]map[string]bool{} // pool -> nodes to plan for
@@ -112,13 +111,13 @@ func (a *Allocator) demand() map[string]poolDemand {
 		for _, ls := range ps.leases {
 			held += len(ls.units)
 		}
-		assigned[name] = make(map[types.UID]bool, held)
+		assigned[name] = make(map[string]bool, held)
 		candidates[name] = make(map[string]bool, len(ps.leases))
 		for node, ls := range ps.leases {
 			candidates[name][node] = true
 			for _, u := range ls.units {
 				if u.State == v1alpha1.UnitAssigned && u.Pod != nil {
-					assigned[name][types.UID(u.Pod.UID)] = true
+					assigned[name][addressedKey(u.Pod.Namespace, u.Pod.Name, u.Pod.UID)] = true
 				} else {
 					warm[key{name, node}]++
 				}
@@ -152,7 +151,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 			}
 		}
 		choice, err := v1alpha1.SelectPool(p.annotations, p.labels, ns.Annotations, ns.Labels, nodeLabels, p.namespace, pools)
-		if err != nil || assigned[choice.Name] == nil || assigned[choice.Name][p.uid] {
+		if err != nil || assigned[choice.Name] == nil || assigned[choice.Name][string(p.uid)] || assigned[choice.Name][addressedKey(p.namespace, p.name, "")] {
 			continue
 		}
 		if p.node == "" {
@@ -207,6 +206,15 @@ func (a *Allocator) demand() map[string]poolDemand {
 		out[pool.Name] = d
 	}
 	return out
+}
+
+// addressedKey identifies the pod of an assignment: its UID, or its name
+// when the runtime passed no UID.
+func addressedKey(namespace, name, uid string) string {
+	if uid != "" {
+		return uid
+	}
+	return "name:" + namespace + "/" + name
 }
 
 // nodeStatus classifies a node for a pool.
