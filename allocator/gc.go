@@ -169,9 +169,12 @@ func finished(p *corev1.Pod) bool {
 	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 }
 
-// lost reports whether a node is gone for good: deleted, or NotReady past
+// lost reports whether a node is gone for good: deleted or NotReady for
 // the grace period, and its agent silent for the grace period too (a
 // silent agent is one that may be dead; one that talks is asked instead).
+// The grace period applies to deletions as well: an agent stops using its
+// warm units only a warm TTL (half the grace) after anything last vouched
+// for its node, a Ready Node read included.
 func (a *Allocator) lost(node string, now time.Time) bool {
 	if a.watch == nil {
 		return false
@@ -185,17 +188,18 @@ func (a *Allocator) lost(node string, now time.Time) bool {
 	if now.Sub(last) < a.cfg.NodeLossGrace {
 		return false
 	}
-	n, err := a.watch.nodes.Get(node)
-	if err != nil {
-		return apierrors.IsNotFound(err)
-	}
-	if ready(n) {
+	if n, err := a.watch.nodes.Get(node); err == nil && ready(n) {
+		return false
+	} else if err != nil && !apierrors.IsNotFound(err) {
 		return false
 	}
 	a.watch.mu.Lock()
 	since, ok := a.watch.notReadySince[node]
 	a.watch.mu.Unlock()
-	return ok && now.Sub(since) >= a.cfg.NodeLossGrace
+	if !ok || since.Before(a.started) {
+		since = a.started // gone before this allocator started
+	}
+	return now.Sub(since) >= a.cfg.NodeLossGrace
 }
 
 // lostLeases lists the leases of lost nodes that still hold warm units.
@@ -249,7 +253,14 @@ func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []lea
 	for _, l := range leaks {
 		leaked[l.unit] = l.pod.UID
 	}
-	dropped, err := a.dropFromLease(ctx, pool, node, func(id string, u v1alpha1.LeasedUnit) bool {
+	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	defer unlock()
+	// Again under the lease lock: a sync that arrived since the first look
+	// made the node alive, and may list these units to it.
+	if !a.lost(node, a.cfg.Clock.Now()) {
+		return nil
+	}
+	dropped, err := a.dropFromLeaseHeld(ctx, pool, node, func(id string, u v1alpha1.LeasedUnit) bool {
 		if u.State != v1alpha1.UnitAssigned {
 			return true
 		}

@@ -8,6 +8,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	listerscorev1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
 )
@@ -192,5 +195,37 @@ func TestNodeStatus(t *testing.T) {
 		if got := a.nodeStatus(tc.n, tc.notReady, sel, now); got != tc.want {
 			t.Errorf("%s: %d, want %d", name, got, tc.want)
 		}
+	}
+}
+
+// TestLost: a node is lost only once it has been deleted or NotReady for
+// the grace period and its agent silent as long; contact resets it.
+func TestLost(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1000, 0))
+	a := newAllocator(Config{Epoch: 1, NodeLossGrace: time.Minute, Clock: clk})
+	a.started = clk.Now()
+	nodes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	a.watch = &watcher{nodes: listerscorev1.NewNodeLister(nodes), notReadySince: map[string]time.Time{}}
+	_ = nodes.Add(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "ready"},
+		Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}})
+	clk.Step(2 * time.Minute) // every agent silent since start, two graces ago
+	a.watch.notReadySince["deleted"] = clk.Now().Add(-30 * time.Second)
+	a.watch.notReadySince["deleted-long-ago"] = clk.Now().Add(-2 * time.Minute)
+	now := clk.Now()
+	for node, want := range map[string]bool{
+		"ready":            false, // the API shows it Ready
+		"deleted":          false, // deleted 30 s ago: its agent may still be vouched for
+		"deleted-long-ago": true,
+		"never-seen":       true, // absent since this allocator started, two graces ago
+	} {
+		if got := a.lost(node, now); got != want {
+			t.Errorf("lost(%s) = %v, want %v", node, got, want)
+		}
+	}
+	a.mu.Lock()
+	a.heardFromLocked("deleted-long-ago")
+	a.mu.Unlock()
+	if a.lost("deleted-long-ago", now) {
+		t.Error("a node whose agent just talked is lost")
 	}
 }

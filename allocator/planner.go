@@ -383,6 +383,11 @@ func (a *Allocator) flushOrphans(ctx context.Context) bool {
 func (a *Allocator) dropFromLease(ctx context.Context, pool, node string, drop func(id string, u v1alpha1.LeasedUnit) bool) ([]v1alpha1.LeasedUnit, error) {
 	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
 	defer unlock()
+	return a.dropFromLeaseHeld(ctx, pool, node, drop)
+}
+
+// dropFromLeaseHeld is dropFromLease; the caller holds the lease lock.
+func (a *Allocator) dropFromLeaseHeld(ctx context.Context, pool, node string, drop func(id string, u v1alpha1.LeasedUnit) bool) ([]v1alpha1.LeasedUnit, error) {
 	a.mu.Lock()
 	ps := a.ledger.pools[pool]
 	if ps == nil || ps.leases[node] == nil {

@@ -33,8 +33,8 @@ type watcher struct {
 
 	mu   sync.Mutex
 	pods map[types.UID]*podInfo
-	// notReadySince is when this allocator first saw each node not Ready;
-	// a node is lost once that is older than the grace period. Our clock,
+	// notReadySince is when this allocator first saw each node not Ready
+	// or deleted; a node is lost once that is older than the grace period. Our clock,
 	// not the node's condition timestamp: a restart waits a full period
 	// again, which is the safe direction.
 	notReadySince map[string]time.Time
@@ -104,7 +104,22 @@ func newWatcher(kube kubernetes.Interface, wp *client.Clientset, now func() time
 				onNode(obj)
 			}
 		},
-		DeleteFunc: func(any) { kick() },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if n, ok := obj.(*corev1.Node); ok {
+				// Deleted counts as not Ready from now: the grace period
+				// applies to deletions too, since the node's agent may
+				// have been vouched for by a read of the Node just before.
+				w.mu.Lock()
+				if _, seen := w.notReadySince[n.Name]; !seen {
+					w.notReadySince[n.Name] = now()
+				}
+				w.mu.Unlock()
+			}
+			kick()
+		},
 	})
 	_, _ = nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { kick() },
