@@ -776,9 +776,7 @@ func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string,
 		Spec:       v1alpha1.NodeLeaseSpec{Pool: pool, Node: node, Epoch: int64(a.cfg.Epoch), Units: leaseUnits(units)},
 	}
 	leases := a.cfg.Client.NodeLeases()
-	// Units are reserved while their lease is written: a write that hangs
-	// must not keep them from every node. Past the timeout the change is
-	// abandoned and they are free again.
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.WriteTimeout)
 	defer cancel()
 	for attempt := 0; ; attempt++ {
@@ -796,6 +794,12 @@ func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string,
 			return out.ResourceVersion, out.Generation, nil
 		}
 		a.metrics.writes.WithLabelValues("error").Inc()
+		if outcomeUnknown(err) {
+			// The write may have landed with its answer lost (a timeout, a
+			// broken connection). Its units must stay off the free list
+			// until the lease says which: read it back.
+			return a.settleWrite(parent, pool, node, name, rv, nl.Spec.Units, err)
+		}
 		if attempt > 0 || !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)) {
 			return "", 0, fmt.Errorf("write lease %s: %w", name, err)
 		}
@@ -818,6 +822,47 @@ func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string,
 			return "", 0, fmt.Errorf("write lease %s: it changed behind this allocator, reloaded (conflict %w)", name, err)
 		}
 		nl.ResourceVersion = cur.ResourceVersion
+	}
+}
+
+// outcomeUnknown tells a failed write that may have been applied from one
+// the apiserver refused.
+func outcomeUnknown(err error) bool {
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) {
+		return true // transport error, our own timeout
+	}
+	return apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) || apierrors.IsInternalError(err) || apierrors.IsUnexpectedServerError(err)
+}
+
+// settleWrite learns whether a write whose answer was lost landed, by
+// reading the lease back (again and again while the API is unreachable,
+// until the allocator stops: the write's units stay reserved meanwhile).
+// A lease with this epoch, a new resourceVersion and the units written is
+// the write having landed.
+func (a *Allocator) settleWrite(ctx context.Context, pool, node, name, rv string, want []v1alpha1.LeasedUnit, werr error) (string, int64, error) {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, a.cfg.WriteTimeout)
+		cur, err := a.cfg.Client.NodeLeases().Get(rctx, name, metav1.GetOptions{})
+		cancel()
+		switch {
+		case apierrors.IsNotFound(err):
+			return "", 0, fmt.Errorf("write lease %s: %w (it was not created)", name, werr)
+		case err == nil && uint64(cur.Spec.Epoch) == a.cfg.Epoch && cur.ResourceVersion != rv && sameUnits(cur.Spec.Units, want):
+			a.log.Info("lease write answer lost, but it landed", "lease", name, "err", werr)
+			return cur.ResourceVersion, cur.Generation, nil
+		case err == nil && sameUnits(cur.Spec.Units, a.committedUnits(pool, node)):
+			return "", 0, fmt.Errorf("write lease %s: %w (it did not land)", name, werr)
+		case err == nil:
+			a.reload(cur)
+			return "", 0, fmt.Errorf("write lease %s: %w (it holds something else, reloaded)", name, werr)
+		}
+		a.log.Warn("lease write outcome unknown, reading it back", "lease", name, "write_err", werr, "err", err)
+		select {
+		case <-ctx.Done():
+			return "", 0, fmt.Errorf("write lease %s: %w (outcome unknown: %w)", name, werr, ctx.Err())
+		case <-a.cfg.Clock.After(500 * time.Millisecond):
+		}
 	}
 }
 

@@ -3,8 +3,12 @@ package allocator
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -180,7 +184,8 @@ func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string
 func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}}})
+	_, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}}})
+	cs, api := flakyClient(t, rc)
 	agents := startAgents(t, ctx, conn, "p", "node-a")
 	a, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -195,7 +200,7 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	ps := a.ledger.pools["p"]
 	a.mu.Unlock()
 
-	a.cfg.WriteTimeout = time.Nanosecond // every lease write now fails
+	api.mode.Store(refuseWrites)
 	if idx, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil || len(idx) != 0 {
 		t.Fatalf("takeFrom with failing writes: %v, %v; want an error and nothing taken", idx, err)
 	}
@@ -209,7 +214,7 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 		t.Fatal("flushOrphans reported success with failing writes")
 	}
 
-	a.cfg.WriteTimeout = DefaultWriteTimeout
+	api.mode.Store(normal)
 	if !a.flushOrphans(ctx) {
 		t.Fatal("flushOrphans failed with working writes")
 	}
@@ -229,7 +234,8 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 func TestOrphansAreNeverListedBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}}})
+	_, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}}})
+	cs, api := flakyClient(t, rc)
 	agents := startAgents(t, ctx, conn, "p", "node-a")
 	a, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -243,11 +249,11 @@ func TestOrphansAreNeverListedBack(t *testing.T) {
 	a.mu.Lock()
 	ps := a.ledger.pools["p"]
 	a.mu.Unlock()
-	a.cfg.WriteTimeout = time.Nanosecond
+	api.mode.Store(refuseWrites)
 	if _, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil {
-		t.Fatal("want failure")
+		t.Fatal("takeFrom with refused writes succeeded")
 	}
-	a.cfg.WriteTimeout = DefaultWriteTimeout
+	api.mode.Store(normal)
 	ag := agents["node-a"]
 	// node A syncs; its record differs from the lease on one unit (an assignment whose report was lost)
 	held := ag.Held()
@@ -279,5 +285,88 @@ func TestOrphansAreNeverListedBack(t *testing.T) {
 				t.Errorf("unit %s granted to node-b is warm on node-a too", g.ID)
 			}
 		}
+	}
+}
+
+// flaky wraps the API transport of a test allocator: it can refuse lease
+// writes (as an admission webhook would) or apply them and lose the answer.
+type flaky struct {
+	next http.RoundTripper
+	mode atomic.Int32
+}
+
+const (
+	normal int32 = iota
+	refuseWrites
+	loseAnswers
+)
+
+func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
+	write := (r.Method == http.MethodPut || r.Method == http.MethodPost) && strings.Contains(r.URL.Path, "/nodeleases")
+	switch mode := f.mode.Load(); {
+	case write && mode == refuseWrites:
+		body := `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"refused by the test","reason":"Forbidden","code":403}`
+		return &http.Response{StatusCode: http.StatusForbidden, Header: http.Header{"Content-Type": {"application/json"}},
+			Body: io.NopCloser(strings.NewReader(body)), Request: r}, nil
+	case write && mode == loseAnswers:
+		resp, err := f.next.RoundTrip(r)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return nil, errors.New("connection reset by peer (the test lost the answer)")
+	}
+	return f.next.RoundTrip(r)
+}
+
+// flakyClient is a warmpool client whose lease writes go through a flaky.
+func flakyClient(t *testing.T, rc *rest.Config) (*client.Clientset, *flaky) {
+	t.Helper()
+	f := &flaky{}
+	cfg := rest.CopyConfig(rc)
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { f.next = rt; return f }
+	cs, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs, f
+}
+
+// TestLostWriteAnswerKeepsTheUnits: a lease write lands but its answer is
+// lost. The allocator reads the lease back and counts the write as done:
+// the units are the node's, not free for another node while that lease
+// lists them.
+func TestLostWriteAnswerKeepsTheUnits(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}}})
+	cs, api := flakyClient(t, rc)
+	a, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, node := range []string{"node-a", "node-a", "node-b"} {
+		api.mode.Store(loseAnswers)
+		units, _, _, err := a.grant(ctx, "p", node, 2)
+		if err != nil || len(units) != 2 {
+			t.Fatalf("grant %d to %s with its answer lost: %v, %v; want it settled as done", i, node, units, err)
+		}
+	}
+	api.mode.Store(normal)
+	leases, err := cs.NodeLeases().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := map[string]string{}
+	for _, l := range leases.Items {
+		for _, u := range l.Spec.Units {
+			if h, ok := holder[u.IPv4]; ok {
+				t.Errorf("%s in the leases of %s and %s", u.IPv4, h, l.Spec.Node)
+			}
+			holder[u.IPv4] = l.Spec.Node
+		}
+	}
+	if len(holder) != 6 {
+		t.Errorf("%d units in leases, want all 6", len(holder))
 	}
 }
