@@ -539,6 +539,11 @@ func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.
 	}()
 	backoff := 20 * time.Millisecond
 	for {
+		// A refill another ADD shared, or a grant pushed meanwhile, may
+		// have left a unit: take it before asking again.
+		if u, ok := a.pop(pool); ok {
+			return u, false, nil
+		}
 		err := a.refill(mctx, pool)
 		// The refill, or a grant pushed meanwhile, may have left a unit
 		// for this ADD; other ADDs of the same refill may have taken them.
@@ -578,11 +583,15 @@ func (e *recordError) Unwrap() error { return e.err }
 // there are of them: a burst on an empty node costs one round trip, not
 // one per pod.
 func (a *Agent) refill(ctx context.Context, pool string) error {
-	_, err, shared := a.misses.Do(pool, func() (any, error) {
+	ch := a.misses.DoChan(pool, func() (any, error) {
+		// Not the first waiter's context: its ADD being cancelled must not
+		// fail the others sharing the request.
+		mctx, cancel := context.WithTimeout(context.Background(), a.cfg.MissTimeout)
+		defer cancel()
 		a.mu.Lock()
 		count := max(a.missing[pool], 1)
 		a.mu.Unlock()
-		units, info, gen, err := a.cfg.Allocator.Miss(ctx, pool, count)
+		units, info, gen, err := a.cfg.Allocator.Miss(mctx, pool, count)
 		if err != nil {
 			return nil, err
 		}
@@ -591,10 +600,15 @@ func (a *Agent) refill(ctx context.Context, pool string) error {
 		}
 		return nil, nil
 	})
-	if shared {
-		a.metrics.coalesced.WithLabelValues(pool).Inc()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case r := <-ch:
+		if r.Shared {
+			a.metrics.coalesced.WithLabelValues(pool).Inc()
+		}
+		return r.Err
 	}
-	return err
 }
 
 func (a *Agent) pop(pool string) (store.Unit, bool) {
@@ -641,19 +655,35 @@ func (a *Agent) resultLocked(as store.Assignment) (*wire.Result, *wire.Error) {
 }
 
 func (a *Agent) del(req *wire.Request) *wire.Error {
+	_, werr := a.delIf(req, nil)
+	return werr
+}
+
+// delIf is DEL, only if the attachment's assignment satisfies match (nil:
+// any), checked under the attachment's lock. It reports whether it
+// released one.
+func (a *Agent) delIf(req *wire.Request, match func(store.Assignment) bool) (bool, *wire.Error) {
 	key, unlock, werr := a.lockAttachment(req)
 	if werr != nil {
-		return werr
+		return false, werr
 	}
 	defer unlock()
+	if match != nil {
+		a.mu.Lock()
+		as, ok := a.assignments[key]
+		a.mu.Unlock()
+		if !ok || !match(as) {
+			return false, nil
+		}
+	}
 	t0 := time.Now()
 	as, found, err := a.store.Release(key, a.cfg.Now())
 	a.metrics.persist.WithLabelValues("release").Observe(time.Since(t0).Seconds())
 	if err != nil {
-		return &wire.Error{Code: wire.CodeIOFailure, Msg: "the agent could not record the release", Details: err.Error()}
+		return false, &wire.Error{Code: wire.CodeIOFailure, Msg: "the agent could not record the release", Details: err.Error()}
 	}
 	if !found {
-		return nil // DEL of the unknown succeeds
+		return false, nil // DEL of the unknown succeeds
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -665,7 +695,7 @@ func (a *Agent) del(req *wire.Request) *wire.Error {
 	}
 	a.log.Debug("released", "attachment", key, "pool", as.Pool, "unit", as.UnitID)
 	a.emit(broker.EventReleased, as, false)
-	return nil
+	return true, nil
 }
 
 // Reclaim releases, as a DEL would, the assignments the allocator found
@@ -676,14 +706,15 @@ func (a *Agent) Reclaim(pool string, items []broker.ReclaimItem) ([]string, erro
 	var out []string
 	for _, it := range items {
 		ctr, ifname := broker.SplitAttachment(it.Attachment)
-		a.mu.Lock()
-		as, ok := a.assignments[it.Attachment]
-		a.mu.Unlock()
-		if !ok || as.Pool != pool || as.UnitID != it.UnitID || as.Pod.UID != it.PodUID {
-			continue
-		}
-		if werr := a.del(&wire.Request{Attachment: wire.Attachment{ContainerID: ctr, IfName: ifname}}); werr != nil {
+		req := &wire.Request{Attachment: wire.Attachment{ContainerID: ctr, IfName: ifname}}
+		released, werr := a.delIf(req, func(as store.Assignment) bool {
+			return as.Pool == pool && as.UnitID == it.UnitID && as.Pod.UID == it.PodUID
+		})
+		if werr != nil {
 			return out, fmt.Errorf("reclaim %s: %s", it.Attachment, werr.Msg)
+		}
+		if !released {
+			continue
 		}
 		a.metrics.reclaimed.WithLabelValues(pool).Inc()
 		a.log.Info("leaked assignment released", "attachment", it.Attachment, "pool", pool, "unit", it.UnitID, "pod_uid", it.PodUID)

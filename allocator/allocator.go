@@ -108,6 +108,9 @@ type Allocator struct {
 	sem     chan struct{}
 	wg      sync.WaitGroup
 	subs    []*nats.Subscription
+	// stopped, guarded by stopMu, refuses new requests once Stop began.
+	stopMu  sync.Mutex
+	stopped bool
 }
 
 // Errors of a grant.
@@ -230,10 +233,18 @@ func (a *Allocator) Start(ctx context.Context) error {
 		kind := subject[strings.LastIndex(subject, ".")+1:]
 		sub, err := a.cfg.Conn.Subscribe(subject, func(m *nats.Msg) {
 			a.metrics.requests.WithLabelValues(kind).Inc()
+			// A callback already running when Stop unsubscribes must not
+			// add to the wait group Stop is waiting on.
+			a.stopMu.Lock()
+			if a.stopped {
+				a.stopMu.Unlock()
+				return
+			}
+			a.wg.Add(1)
+			a.stopMu.Unlock()
 			// NATS calls a subscription's handler in order on one goroutine;
 			// an API write must not hold up every other node's request.
 			a.sem <- struct{}{}
-			a.wg.Add(1)
 			go func() {
 				defer func() { <-a.sem; a.wg.Done() }()
 				if err := m.Respond(broker.Encode(handle(ctx, m))); err != nil {
@@ -270,6 +281,9 @@ func (a *Allocator) upsertPool(p *v1alpha1.IPPool) {
 // Stop stops planning and the informers, unsubscribes, and waits for the
 // requests in flight.
 func (a *Allocator) Stop() {
+	a.stopMu.Lock()
+	a.stopped = true
+	a.stopMu.Unlock()
 	if a.cancel != nil {
 		a.cancel()
 	}

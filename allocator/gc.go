@@ -72,6 +72,7 @@ func (a *Allocator) collect(ctx context.Context) error {
 	a.mu.Unlock()
 
 	var confirmed []leak
+	var liveErrs []error
 	seen := map[suspectKey]bool{}
 	for _, c := range candidates {
 		if !a.watch.podGone(c.pod) {
@@ -90,7 +91,10 @@ func (a *Allocator) collect(ctx context.Context) error {
 		}
 		gone, err := a.podGoneLive(ctx, c.pod)
 		if err != nil {
-			return err
+			// Unknown: keep the suspicion, ask again at the next pass; the
+			// other candidates and the lost nodes still get their turn.
+			liveErrs = append(liveErrs, err)
+			continue
 		}
 		if !gone {
 			// The informer lags (a pod created a moment ago): it lives.
@@ -118,7 +122,7 @@ func (a *Allocator) collect(ctx context.Context) error {
 			byNode[pn] = nil
 		}
 	}
-	var errs []error
+	errs := liveErrs
 	for pn, leaks := range byNode {
 		var err error
 		if a.lost(pn.node, now) {
