@@ -98,6 +98,8 @@ type Allocator struct {
 	// orphans: units a donor gave back whose removal from its lease
 	// failed, by pool and node; each round retries the write.
 	orphans map[string]map[string][]string
+	// unsettled: lease writes whose outcome is unknown, by pool and node.
+	unsettled map[string]*unsettledWrite
 
 	watch   *watcher // nil without Config.Kube
 	kicks   chan struct{}
@@ -164,7 +166,7 @@ func newAllocator(cfg Config) *Allocator {
 		cfg.Logger = slog.Default()
 	}
 	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{},
-		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, suspects: map[suspectKey]time.Time{}, orphans: map[string]map[string][]string{}, kicks: make(chan struct{}, 1), writers: make(chan struct{}, cfg.Writers),
+		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, suspects: map[suspectKey]time.Time{}, orphans: map[string]map[string][]string{}, unsettled: map[string]*unsettledWrite{}, kicks: make(chan struct{}, 1), writers: make(chan struct{}, cfg.Writers),
 		sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
 	return a
@@ -529,6 +531,10 @@ func (a *Allocator) grantReservedHeld(ctx context.Context, pool, node string, id
 	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if errors.Is(err, errUnsettled) {
+		a.keepReservedLocked(pool, node, idx)
+		return nil, info, 0, err
+	}
 	ps.unreserveLocked(idx)
 	if err != nil {
 		return nil, info, 0, err
@@ -735,6 +741,10 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if errors.Is(err, errUnsettled) {
+		a.keepReservedLocked(pool, node, adopt)
+		return err
+	}
 	ps.unreserveLocked(adopt)
 	if err != nil {
 		return err
@@ -790,6 +800,11 @@ func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string,
 		Spec:       v1alpha1.NodeLeaseSpec{Pool: pool, Node: node, Epoch: int64(a.cfg.Epoch), Units: leaseUnits(units)},
 	}
 	leases := a.cfg.Client.NodeLeases()
+	// A new write on top of one whose outcome is unknown would be built on
+	// the wrong state: settle that one first.
+	if err := a.settleHeld(ctx, pool, node); err != nil {
+		return "", 0, err
+	}
 	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.WriteTimeout)
 	defer cancel()
@@ -809,10 +824,9 @@ func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string,
 		}
 		a.metrics.writes.WithLabelValues("error").Inc()
 		if outcomeUnknown(err) {
-			// The write may have landed with its answer lost (a timeout, a
-			// broken connection). Its units must stay off the free list
-			// until the lease says which: read it back.
-			return a.settleWrite(parent, pool, node, name, rv, nl.Spec.Units, err)
+			// The write may have landed with its answer lost, or may still
+			// land: find out by sending it again (below).
+			return a.settle(parent, pool, node, nl, err)
 		}
 		if attempt > 0 || !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)) {
 			return "", 0, fmt.Errorf("write lease %s: %w", name, err)
@@ -847,37 +861,6 @@ func outcomeUnknown(err error) bool {
 		return true // transport error, our own timeout
 	}
 	return apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) || apierrors.IsInternalError(err) || apierrors.IsUnexpectedServerError(err)
-}
-
-// settleWrite learns whether a write whose answer was lost landed, by
-// reading the lease back (again and again while the API is unreachable,
-// until the allocator stops: the write's units stay reserved meanwhile).
-// A lease with this epoch, a new resourceVersion and the units written is
-// the write having landed.
-func (a *Allocator) settleWrite(ctx context.Context, pool, node, name, rv string, want []v1alpha1.LeasedUnit, werr error) (string, int64, error) {
-	for {
-		rctx, cancel := context.WithTimeout(ctx, a.cfg.WriteTimeout)
-		cur, err := a.cfg.Client.NodeLeases().Get(rctx, name, metav1.GetOptions{})
-		cancel()
-		switch {
-		case apierrors.IsNotFound(err):
-			return "", 0, fmt.Errorf("write lease %s: %w (it was not created)", name, werr)
-		case err == nil && uint64(cur.Spec.Epoch) == a.cfg.Epoch && cur.ResourceVersion != rv && sameUnits(cur.Spec.Units, want):
-			a.log.Info("lease write answer lost, but it landed", "lease", name, "err", werr)
-			return cur.ResourceVersion, cur.Generation, nil
-		case err == nil && sameUnits(cur.Spec.Units, a.committedUnits(pool, node)):
-			return "", 0, fmt.Errorf("write lease %s: %w (it did not land)", name, werr)
-		case err == nil:
-			a.reload(cur)
-			return "", 0, fmt.Errorf("write lease %s: %w (it holds something else, reloaded)", name, werr)
-		}
-		a.log.Warn("lease write outcome unknown, reading it back", "lease", name, "write_err", werr, "err", err)
-		select {
-		case <-ctx.Done():
-			return "", 0, fmt.Errorf("write lease %s: %w (outcome unknown: %w)", name, werr, ctx.Err())
-		case <-a.cfg.Clock.After(500 * time.Millisecond):
-		}
-	}
 }
 
 // loadPool reads a pool the ledger does not know yet from the API.

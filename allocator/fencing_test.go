@@ -1,19 +1,24 @@
 package allocator
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/nats-io/nats.go"
 
@@ -184,13 +189,8 @@ func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string
 func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}}})
-	cs, api := flakyClient(t, rc)
+	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
 	agents := startAgents(t, ctx, conn, "p", "node-a")
-	a, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	units, _, gen, err := a.grant(ctx, "p", "node-a", 6) // the whole pool
 	if err != nil {
 		t.Fatal(err)
@@ -234,13 +234,8 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 func TestOrphansAreNeverListedBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}}})
-	cs, api := flakyClient(t, rc)
+	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
 	agents := startAgents(t, ctx, conn, "p", "node-a")
-	a, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	units, _, gen, err := a.grant(ctx, "p", "node-a", 6)
 	if err != nil {
 		t.Fatal(err)
@@ -288,27 +283,55 @@ func TestOrphansAreNeverListedBack(t *testing.T) {
 	}
 }
 
-// flaky wraps the API transport of a test allocator: it can refuse lease
-// writes (as an admission webhook would) or apply them and lose the answer.
+// flaky wraps the API transport of a test allocator, for lease requests:
+// it can refuse writes (as an admission webhook would), apply the next few
+// and lose their answers, hold writes until released, fail one write now
+// and apply it later, or fail every request (the API down).
 type flaky struct {
 	next http.RoundTripper
 	mode atomic.Int32
+	lose atomic.Int32 // answers of lease writes still to lose
+
+	arrived chan struct{} // gateWrites: a write is held
+	release chan struct{} // gateWrites, delayWrite: let it go
+	landed  chan struct{} // delayWrite: the late write was applied
 }
 
 const (
 	normal int32 = iota
 	refuseWrites
-	loseAnswers
+	gateWrites
+	delayWrite
+	apiDown
 )
 
 func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
-	write := (r.Method == http.MethodPut || r.Method == http.MethodPost) && strings.Contains(r.URL.Path, "/nodeleases")
+	lease := strings.Contains(r.URL.Path, "/nodeleases")
+	write := lease && (r.Method == http.MethodPut || r.Method == http.MethodPost)
 	switch mode := f.mode.Load(); {
 	case write && mode == refuseWrites:
 		body := `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"refused by the test","reason":"Forbidden","code":403}`
 		return &http.Response{StatusCode: http.StatusForbidden, Header: http.Header{"Content-Type": {"application/json"}},
 			Body: io.NopCloser(strings.NewReader(body)), Request: r}, nil
-	case write && mode == loseAnswers:
+	case write && mode == gateWrites:
+		f.arrived <- struct{}{}
+		<-f.release
+	case write && mode == delayWrite:
+		body, _ := io.ReadAll(r.Body)
+		late, _ := http.NewRequestWithContext(context.Background(), r.Method, r.URL.String(), bytes.NewReader(body))
+		late.Header = r.Header.Clone()
+		f.mode.Store(normal)
+		go func() {
+			<-f.release
+			if resp, err := f.next.RoundTrip(late); err == nil {
+				resp.Body.Close()
+			}
+			close(f.landed)
+		}()
+		return nil, errors.New("client timeout (the request is still in flight at the apiserver)")
+	case lease && mode == apiDown:
+		return nil, errors.New("connection refused (the test: API down)")
+	case write && f.lose.Add(-1) >= 0:
 		resp, err := f.next.RoundTrip(r)
 		if err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
@@ -322,7 +345,7 @@ func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
 // flakyClient is a warmpool client whose lease writes go through a flaky.
 func flakyClient(t *testing.T, rc *rest.Config) (*client.Clientset, *flaky) {
 	t.Helper()
-	f := &flaky{}
+	f := &flaky{arrived: make(chan struct{}, 10), release: make(chan struct{}), landed: make(chan struct{})}
 	cfg := rest.CopyConfig(rc)
 	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { f.next = rt; return f }
 	cs, err := client.New(cfg)
@@ -339,20 +362,135 @@ func flakyClient(t *testing.T, rc *rest.Config) (*client.Clientset, *flaky) {
 func TestLostWriteAnswerKeepsTheUnits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}}})
-	cs, api := flakyClient(t, rc)
-	a, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, cs, api, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
 	for i, node := range []string{"node-a", "node-a", "node-b"} {
-		api.mode.Store(loseAnswers)
+		api.lose.Store(1)
 		units, _, _, err := a.grant(ctx, "p", node, 2)
 		if err != nil || len(units) != 2 {
 			t.Fatalf("grant %d to %s with its answer lost: %v, %v; want it settled as done", i, node, units, err)
 		}
 	}
+	if n := unitsInLeases(t, ctx, cs); n != 6 {
+		t.Errorf("%d units in leases, want all 6", n)
+	}
+}
+
+// TestLateLandingWriteIsSettled: a create fails at the client while the
+// apiserver still applies it. A read at that moment would say "not
+// created"; the allocator sends the write again instead, so the late one
+// can only be a duplicate, and the units are never in two leases.
+func TestLateLandingWriteIsSettled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, cs, api, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	api.mode.Store(delayWrite)
+	if _, _, _, err := a.grant(ctx, "p", "n1", 6); err != nil {
+		t.Fatalf("grant whose first sending is delayed: %v, want it settled by the second", err)
+	}
+	if _, _, _, err := a.grant(ctx, "p", "n2", 6); !errors.Is(err, errExhausted) {
+		t.Fatalf("grant to n2: %v, want exhausted (all 6 are n1's)", err)
+	}
+	close(api.release)
+	<-api.landed
+	unitsInLeases(t, ctx, cs)
+}
+
+// TestAPIDownDoesNotStarveTheBus: while lease writes cannot complete, a
+// node's requests fail fast (its lease's earlier write is unsettled, its
+// units stay reserved), and a node needing no write is still served.
+// Once the API is back, the round settles the write.
+func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/28", Config{Epoch: 1, Handlers: 4, WriteTimeout: 500 * time.Millisecond, PlanInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop()
+	units, _, _, err := a.grant(ctx, "p", "node-a", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	api.mode.Store(apiDown)
+	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); !errors.Is(err, errUnsettled) {
+		t.Fatalf("grant with the API down: %v, want errUnsettled", err)
+	}
+	held := []broker.HeldUnit{{Pool: "p", Unit: units[0]}, {Pool: "p", Unit: units[1], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}}}
+	for seq := uint64(1); seq <= 6; seq++ {
+		var r broker.SyncReply
+		resp, err := conn.Request(broker.SubjectSync, broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held}), 5*time.Second)
+		if err != nil {
+			t.Fatalf("node-a sync %d not answered: %v", seq, err)
+		}
+		if err := broker.Decode(resp.Data, &r); err != nil || r.Error == "" {
+			t.Fatalf("node-a sync %d with the API down: %+v %v, want an error", seq, r, err)
+		}
+	}
+	if _, err := conn.Request(broker.SubjectSync, broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-b", Run: "r", Seq: 1}), 5*time.Second); err != nil {
+		t.Fatalf("node-b, which needs no API write, is not served: %v", err)
+	}
 	api.mode.Store(normal)
+	a.Stop() // no planning round writing (or reserving) while we look
+	if !a.settleAll(ctx) {
+		t.Fatal("the unsettled writes were not settled with the API back")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if n := len(a.unsettled); n != 0 || slices.Contains(a.ledger.pools["p"].reserved, true) {
+		t.Fatalf("after settling: %d unsettled writes, reserved %v", n, a.ledger.pools["p"].reserved)
+	}
+}
+
+// TestSyncCannotCrossADropOfALostNode: the GC is dropping a lost node's
+// warm units (its write held in flight) when the node's agent syncs. The
+// sync waits for the drop and lists nothing of what was dropped, so no
+// unit is both listed to it and granted elsewhere.
+func TestSyncCannotCrossADropOfALostNode(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	clk := clocktesting.NewFakeClock(time.Now())
+	a, _, api, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute, Logger: slog.New(slog.DiscardHandler)})
+	a.started = clk.Now()
+	a.watch = &watcher{nodes: listerscorev1.NewNodeLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})), notReadySince: map[string]time.Time{"n1": clk.Now()}}
+	if _, _, _, err := a.grant(ctx, "p", "n1", 3); err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(2 * time.Minute)
+	api.mode.Store(gateWrites)
+	dropped := make(chan error)
+	go func() { dropped <- a.dropLost(ctx, "p", "n1", nil) }()
+	<-api.arrived // the drop re-checked loss and is writing
+	synced := make(chan *broker.SyncReply)
+	go func() {
+		synced <- a.handleSync(ctx, &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1})}).(*broker.SyncReply)
+	}()
+	api.mode.Store(normal)
+	close(api.release)
+	if err := <-dropped; err != nil {
+		t.Fatal(err)
+	}
+	reply := <-synced
+	got, _, _, err := a.grant(ctx, "p", "n2", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, l := range reply.Leases {
+		for _, u := range l.Units {
+			listed[u.ID] = true
+		}
+	}
+	for _, u := range got {
+		if listed[u.ID] {
+			t.Errorf("unit %s listed warm to n1 by the sync reply and granted to n2", u.ID)
+		}
+	}
+}
+
+// unitsInLeases counts the units in every NodeLease, failing the test on
+// one in two leases.
+func unitsInLeases(t *testing.T, ctx context.Context, cs *client.Clientset) int {
+	t.Helper()
 	leases, err := cs.NodeLeases().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -366,7 +504,19 @@ func TestLostWriteAnswerKeepsTheUnits(t *testing.T) {
 			holder[u.IPv4] = l.Spec.Node
 		}
 	}
-	if len(holder) != 6 {
-		t.Errorf("%d units in leases, want all 6", len(holder))
+	return len(holder)
+}
+
+// flakyAllocator is an allocator (not started) of a pool "p" over cidr,
+// whose API client goes through a flaky transport.
+func flakyAllocator(t *testing.T, ctx context.Context, cidr string, cfg Config) (*Allocator, *client.Clientset, *flaky, *nats.Conn) {
+	t.Helper()
+	_, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: cidr}}})
+	cs, api := flakyClient(t, rc)
+	cfg.Client, cfg.Conn = cs, conn
+	a, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return a, cs, api, conn
 }

@@ -257,9 +257,14 @@ func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []lea
 	for _, l := range leaks {
 		leaked[l.unit] = l.pod.UID
 	}
+	// The node's order lock first, as a sync takes it: a sync either
+	// finished its contact before (and the node is not lost), or waits
+	// until the drop is committed and lists what is left.
+	unlockOrder := a.leaseLocks.Lock("order\x00" + node)
+	defer unlockOrder()
 	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
 	defer unlock()
-	// Again under the lease lock: a sync that arrived since the first look
+	// Again under the locks: a sync that arrived since the first look
 	// made the node alive, and may list these units to it.
 	if !a.lost(node, a.cfg.Clock.Now()) {
 		return nil

@@ -57,7 +57,8 @@ func (a *Allocator) runPlanner(ctx context.Context) {
 // round plans every pool once and carries the plans out. It reports
 // whether everything planned was done.
 func (a *Allocator) round(ctx context.Context) bool {
-	complete := a.flushOrphans(ctx)
+	complete := a.settleAll(ctx)
+	complete = a.flushOrphans(ctx) && complete
 	for pool, d := range a.demand() {
 		steps := plan(d)
 		if !a.execute(ctx, pool, steps) {
