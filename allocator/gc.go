@@ -31,6 +31,7 @@ import (
 type suspectKey struct {
 	pool, unit string
 	uid        types.UID
+	pod        string // namespace/name: UID-less assignments differ by it
 }
 
 type leak struct {
@@ -75,10 +76,10 @@ func (a *Allocator) collect(ctx context.Context) error {
 	var liveErrs []error
 	seen := map[suspectKey]bool{}
 	for _, c := range candidates {
-		if !a.watch.podGone(c.pod) {
+		if !a.watch.podGone(c.pod, c.node) {
 			continue
 		}
-		k := suspectKey{c.pool, c.unit, types.UID(c.pod.UID)}
+		k := suspectKey{c.pool, c.unit, types.UID(c.pod.UID), c.pod.Namespace + "/" + c.pod.Name}
 		seen[k] = true
 		a.mu.Lock()
 		_, second := a.suspects[k]
@@ -89,7 +90,7 @@ func (a *Allocator) collect(ctx context.Context) error {
 		if !second {
 			continue
 		}
-		gone, err := a.podGoneLive(ctx, c.pod)
+		gone, err := a.podGoneLive(ctx, c.pod, c.node)
 		if err != nil {
 			// Unknown: keep the suspicion, ask again at the next pass; the
 			// other candidates and the lost nodes still get their turn.
@@ -109,7 +110,14 @@ func (a *Allocator) collect(ctx context.Context) error {
 			delete(a.suspects, k)
 		}
 	}
+	holding := map[string]bool{}
+	for _, ps := range a.ledger.pools {
+		for node := range ps.leases {
+			holding[node] = true
+		}
+	}
 	a.mu.Unlock()
+	a.watch.forgetGone(holding, now.Add(-2*a.cfg.NodeLossGrace))
 
 	type poolNode struct{ pool, node string }
 	byNode := map[poolNode][]leak{}
@@ -140,24 +148,27 @@ func (a *Allocator) collect(ctx context.Context) error {
 
 // podGone reports whether the informer has no pod of that name and UID
 // running: absent, re-created under another UID, or finished.
-func (w *watcher) podGone(ref v1alpha1.PodRef) bool {
+func (w *watcher) podGone(ref v1alpha1.PodRef, node string) bool {
 	p, err := w.podLister.Pods(ref.Namespace).Get(ref.Name)
-	return err != nil || gone(p, ref)
+	return err != nil || gone(p, ref, node)
 }
 
 // gone reports whether p, the pod named by ref, is not the one ref was
-// assigned to, or has finished. Without a UID (a runtime that did not pass
-// K8S_POD_UID) a pod of that name is taken to be it: the GC then frees
-// only when no pod of that name exists.
-func gone(p *corev1.Pod, ref v1alpha1.PodRef) bool {
+// assigned to on node, or has finished. Without a UID (a runtime that did
+// not pass K8S_POD_UID) a pod of that name is taken to be it unless it is
+// bound to another node (a StatefulSet pod re-created elsewhere).
+func gone(p *corev1.Pod, ref v1alpha1.PodRef, node string) bool {
 	if ref.UID != "" && string(p.UID) != ref.UID {
+		return true
+	}
+	if ref.UID == "" && p.Spec.NodeName != "" && p.Spec.NodeName != node {
 		return true
 	}
 	return finished(p)
 }
 
 // podGoneLive asks the API, not a cache.
-func (a *Allocator) podGoneLive(ctx context.Context, ref v1alpha1.PodRef) (bool, error) {
+func (a *Allocator) podGoneLive(ctx context.Context, ref v1alpha1.PodRef, node string) (bool, error) {
 	p, err := a.cfg.Kube.CoreV1().Pods(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
@@ -165,7 +176,7 @@ func (a *Allocator) podGoneLive(ctx context.Context, ref v1alpha1.PodRef) (bool,
 	case err != nil:
 		return false, fmt.Errorf("live GET of pod %s/%s: %w", ref.Namespace, ref.Name, err)
 	}
-	return gone(p, ref), nil
+	return gone(p, ref, node), nil
 }
 
 // finished pods have had their sandbox torn down by the kubelet.

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -111,5 +112,28 @@ func TestGCNeverFreesALivePodBehindALaggingInformer(t *testing.T) {
 		}
 	default:
 		t.Fatal("the deleted pod's assignment was not reclaimed at the second pass")
+	}
+}
+
+// TestGone: which pod states make an assignment a leak candidate.
+func TestGone(t *testing.T) {
+	pod := func(uid, node string, phase corev1.PodPhase) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{UID: types.UID(uid)}, Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: phase}}
+	}
+	for name, tc := range map[string]struct {
+		p    *corev1.Pod
+		ref  v1alpha1.PodRef
+		want bool
+	}{
+		"same UID, running":              {pod("u1", "n1", corev1.PodRunning), v1alpha1.PodRef{UID: "u1"}, false},
+		"re-created under another UID":   {pod("u2", "n1", corev1.PodRunning), v1alpha1.PodRef{UID: "u1"}, true},
+		"finished":                       {pod("u1", "n1", corev1.PodSucceeded), v1alpha1.PodRef{UID: "u1"}, true},
+		"no UID, same name on this node": {pod("u9", "n1", corev1.PodRunning), v1alpha1.PodRef{}, false},
+		"no UID, same name unscheduled":  {pod("u9", "", corev1.PodPending), v1alpha1.PodRef{}, false},
+		"no UID, same name elsewhere":    {pod("u9", "n2", corev1.PodRunning), v1alpha1.PodRef{}, true},
+	} {
+		if got := gone(tc.p, tc.ref, "n1"); got != tc.want {
+			t.Errorf("%s: gone = %v, want %v", name, got, tc.want)
+		}
 	}
 }

@@ -154,6 +154,18 @@ func (w *watcher) run(ctx context.Context) error {
 	return nil
 }
 
+// forgetGone drops the not-Ready times of deleted nodes that hold nothing
+// and were deleted before cutoff.
+func (w *watcher) forgetGone(holding map[string]bool, cutoff time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for name, since := range w.notReadySince {
+		if _, err := w.nodes.Get(name); err != nil && !holding[name] && since.Before(cutoff) {
+			delete(w.notReadySince, name)
+		}
+	}
+}
+
 // shutdown waits for the informers to stop once run's context is done:
 // an open watch would delay the apiserver's own shutdown in tests.
 func (w *watcher) shutdown() {
