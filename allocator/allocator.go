@@ -566,14 +566,14 @@ func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]brok
 	}
 	var donors []donor
 	for other, ls := range ps.leases {
-		if warm := ls.warmCount(); other != node && warm > 0 {
+		if warm := a.warmHeldLocked(ps, other, ls); other != node && warm > 0 {
 			donors = append(donors, donor{other, warm})
 		}
 	}
 	// Units on their way (reserved for a grant in flight, or already in
 	// this node's lease but not yet pushed to its agent) mean "ask again",
 	// not "exhausted".
-	inFlight := slices.Contains(ps.reserved, true) || ps.leases[node].warmCount() > 0
+	inFlight := slices.Contains(ps.reserved, true) || a.warmHeldLocked(ps, node, ps.leases[node]) > 0
 	a.mu.Unlock()
 	if len(donors) == 0 {
 		if inFlight {
@@ -773,6 +773,21 @@ func (a *Allocator) leaseCopyLocked(ps *poolState, node string) (map[string]v1al
 		}
 	}
 	return next, name, rv
+}
+
+// warmHeldLocked counts the warm units a node's lease lists that its agent
+// still holds: orphans (given back, removal not yet written) are not.
+func (a *Allocator) warmHeldLocked(ps *poolState, node string, ls *leaseState) int {
+	if ls == nil {
+		return 0
+	}
+	n := ls.warmCount()
+	for _, id := range a.orphans[ps.name][node] {
+		if u, ok := ls.units[id]; ok && u.State == v1alpha1.UnitWarm {
+			n--
+		}
+	}
+	return n
 }
 
 // commitLeaseLocked records a written lease in the ledger. Orphans of the

@@ -210,6 +210,13 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	if _, _, _, err := a.grant(ctx, "p", "node-b", 1); !errors.Is(err, errExhausted) {
 		t.Fatalf("a grant while the donor's lease still lists the units: %v, want exhausted", err)
 	}
+	// Taking from the donor cannot take the orphans: it gives 2 of its 4.
+	a.mu.Lock()
+	held := a.warmHeldLocked(ps, "node-a", ps.leases["node-a"])
+	a.mu.Unlock()
+	if held != 4 {
+		t.Fatalf("node A counted with %d warm units, want the 4 its agent holds (not the 2 orphans)", held)
+	}
 	if a.flushOrphans(ctx) {
 		t.Fatal("flushOrphans reported success with failing writes")
 	}

@@ -119,10 +119,9 @@ func (a *Allocator) demand() map[string]poolDemand {
 			for _, u := range ls.units {
 				if u.State == v1alpha1.UnitAssigned && u.Pod != nil {
 					assigned[name][addressedKey(u.Pod.Namespace, u.Pod.Name, u.Pod.UID)] = true
-				} else {
-					warm[key{name, node}]++
 				}
 			}
+			warm[key{name, node}] = a.warmHeldLocked(ps, node, ls)
 		}
 	}
 	synced := make([]string, 0, len(a.lastSeq))
