@@ -3,8 +3,11 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -14,7 +17,7 @@ import (
 // RegisterNode creates a Node with labels and a Ready status and room for
 // 110 pods, as a kubelet would register it. No kubelet renews it: the
 // node-lifecycle controller taints it unreachable after ~40 s unless its
-// Lease in kube-node-lease is renewed.
+// Lease in kube-node-lease is renewed (KeepNodeReady).
 func RegisterNode(ctx context.Context, kube kubernetes.Interface, name string, labels map[string]string) error {
 	capacity := corev1.ResourceList{
 		corev1.ResourceCPU:    resource.MustParse("8"),
@@ -45,6 +48,67 @@ func RegisterNode(ctx context.Context, kube kubernetes.Interface, name string, l
 	})
 	if err != nil {
 		return fmt.Errorf("node %s status: %w", name, err)
+	}
+	return nil
+}
+
+// NodeLeaseNamespace holds the kubelets' heartbeat Leases.
+const NodeLeaseNamespace = "kube-node-lease"
+
+// KeepNodeReady does a kubelet's heartbeat for a registered node until ctx
+// ends: it renews the node's Lease in kube-node-lease every interval (the
+// kubelet's default is 10 s), which the node-lifecycle controller reads as
+// the node being alive, and sets the Ready condition back to True if the
+// controller marked it otherwise (after a pause longer than its grace
+// period). It returns ctx's error, or the first error it cannot retry.
+func KeepNodeReady(ctx context.Context, kube kubernetes.Interface, name string, interval time.Duration) error {
+	leases := kube.CoordinationV1().Leases(NodeLeaseNamespace)
+	seconds := int32(max(interval*4, time.Second) / time.Second)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		now := metav1.NewMicroTime(time.Now())
+		l, err := leases.Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			_, err = leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: NodeLeaseNamespace},
+				Spec: coordinationv1.LeaseSpec{HolderIdentity: &name, LeaseDurationSeconds: &seconds, RenewTime: &now}}, metav1.CreateOptions{})
+		case err == nil:
+			l.Spec.RenewTime = &now
+			_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+		}
+		if err == nil {
+			err = markReady(ctx, kube, name)
+		}
+		if err != nil && ctx.Err() == nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("heartbeat of node %s: %w", name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// markReady sets the node's Ready condition to True if it is not.
+func markReady(ctx context.Context, kube kubernetes.Interface, name string) error {
+	n, err := kube.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	for i, c := range n.Status.Conditions {
+		if c.Type != corev1.NodeReady {
+			continue
+		}
+		if c.Status == corev1.ConditionTrue {
+			return nil
+		}
+		now := metav1.Now()
+		n.Status.Conditions[i] = corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+			Message: "simulated kubelet is posting ready status", LastHeartbeatTime: now, LastTransitionTime: now}
+		_, err = kube.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+		return err
 	}
 	return nil
 }
