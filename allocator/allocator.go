@@ -97,9 +97,9 @@ type Allocator struct {
 	suspects map[suspectKey]time.Time
 	// orphans: units a donor gave back whose removal from its lease
 	// failed, by pool and node; each round retries the write.
-	orphans map[string]map[string][]string
-	// unsettled: lease writes whose outcome is unknown, by pool and node.
-	unsettled map[string]*unsettledWrite
+	orphans map[poolNode][]string
+	// unsettled: lease writes whose outcome is unknown.
+	unsettled map[poolNode]*unsettledWrite
 
 	watch   *watcher // nil without Config.Kube
 	kicks   chan struct{}
@@ -166,7 +166,7 @@ func newAllocator(cfg Config) *Allocator {
 		cfg.Logger = slog.Default()
 	}
 	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{},
-		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, suspects: map[suspectKey]time.Time{}, orphans: map[string]map[string][]string{}, unsettled: map[string]*unsettledWrite{}, kicks: make(chan struct{}, 1), writers: make(chan struct{}, cfg.Writers),
+		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, suspects: map[suspectKey]time.Time{}, orphans: map[poolNode][]string{}, unsettled: map[poolNode]*unsettledWrite{}, kicks: make(chan struct{}, 1), writers: make(chan struct{}, cfg.Writers),
 		sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
 	return a
@@ -356,7 +356,7 @@ func (a *Allocator) handleReport(ctx context.Context, m *nats.Msg) any {
 // after a timeout may arrive after the later request that superseded it.
 // A new run (an agent restart) starts afresh.
 func (a *Allocator) inOrder(node, run string, seq uint64) (unlock func(), fresh bool) {
-	unlock = a.leaseLocks.Lock("order\x00" + node)
+	unlock = a.lockOrder(node)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.heardFromLocked(node)
@@ -373,6 +373,17 @@ func (a *Allocator) inOrder(node, run string, seq uint64) (unlock func(), fresh 
 func (a *Allocator) heardFromLocked(node string) {
 	delete(a.unreachableUntil, node)
 	a.lastContact[node] = a.cfg.Clock.Now()
+}
+
+// lockLease serialises the writes of one NodeLease.
+func (a *Allocator) lockLease(pool, node string) (unlock func()) {
+	return a.leaseLocks.Lock(pool + "\x00" + node)
+}
+
+// lockOrder serialises a node's reports and syncs (and what must not
+// cross them); taken before any of the node's lease locks.
+func (a *Allocator) lockOrder(node string) (unlock func()) {
+	return a.leaseLocks.Lock("order\x00" + node)
 }
 
 type runSeq struct {
@@ -449,7 +460,7 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 			continue
 		}
 		lease := broker.Lease{Pool: ps.info, Gen: ls.generation}
-		orphans := a.orphans[ps.name][req.Node]
+		orphans := a.orphans[poolNode{ps.name, req.Node}]
 		for _, u := range leaseUnits(ls.units) {
 			// An orphan was given up by this agent: listing it would give
 			// it back (the agent's memory of giving it up is lost on a
@@ -488,7 +499,7 @@ func (a *Allocator) grant(ctx context.Context, pool, node string, n int) ([]brok
 	if err := a.ensurePool(ctx, pool); err != nil {
 		return nil, broker.PoolInfo{}, 0, err
 	}
-	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	unlock := a.lockLease(pool, node)
 	defer unlock()
 	a.mu.Lock()
 	ps := a.ledger.pools[pool]
@@ -598,7 +609,7 @@ func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]brok
 	}
 	a.log.Info("units moved under scarcity", "pool", pool, "to", node, "units", len(idx))
 	a.metrics.moved.Add(float64(len(idx)))
-	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	unlock := a.lockLease(pool, node)
 	defer unlock()
 	return a.grantReservedHeld(ctx, pool, node, idx)
 }
@@ -608,14 +619,14 @@ func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]brok
 // the caller to grant. A donor that does not answer in time keeps its
 // units.
 func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n int) ([]int, error) {
-	unlock := a.leaseLocks.Lock(ps.name + "\x00" + donor)
+	unlock := a.lockLease(ps.name, donor)
 	defer unlock()
 	a.mu.Lock()
 	var ids []string
 	var gen int64
 	if ls := ps.leases[donor]; ls != nil {
 		gen = ls.generation
-		orphans := a.orphans[ps.name][donor]
+		orphans := a.orphans[poolNode{ps.name, donor}]
 		for id, u := range ls.units {
 			if u.State == v1alpha1.UnitWarm && len(ids) < n && !slices.Contains(orphans, id) {
 				ids = append(ids, id)
@@ -688,7 +699,7 @@ func (a *Allocator) revoke(ctx context.Context, node, pool string, gen int64, id
 // holds it, the conflict is logged and the event skipped: that is an
 // invariant violation no event may paper over.
 func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events []broker.Event) error {
-	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	unlock := a.lockLease(pool, node)
 	defer unlock()
 	a.mu.Lock()
 	ps, ok := a.ledger.pools[pool]
@@ -765,7 +776,7 @@ func (a *Allocator) leaseCopyLocked(ps *poolState, node string) (map[string]v1al
 	name, rv := v1alpha1.NodeLeaseName(ps.name, node), ""
 	if ls := ps.leases[node]; ls != nil {
 		name, rv = ls.name, ls.resourceVersion
-		orphans := a.orphans[ps.name][node]
+		orphans := a.orphans[poolNode{ps.name, node}]
 		for id, u := range ls.units {
 			if !slices.Contains(orphans, id) {
 				next[id] = *u.DeepCopy()
@@ -782,7 +793,7 @@ func (a *Allocator) warmHeldLocked(ps *poolState, node string, ls *leaseState) i
 		return 0
 	}
 	n := ls.warmCount()
-	for _, id := range a.orphans[ps.name][node] {
+	for _, id := range a.orphans[poolNode{ps.name, node}] {
 		if u, ok := ls.units[id]; ok && u.State == v1alpha1.UnitWarm {
 			n--
 		}
@@ -794,7 +805,7 @@ func (a *Allocator) warmHeldLocked(ps *poolState, node string, ls *leaseState) i
 // node that the write left out are free from now on.
 func (a *Allocator) commitLeaseLocked(ps *poolState, node string, ls *leaseState) {
 	ps.leases[node] = ls
-	for _, id := range a.orphans[ps.name][node] {
+	for _, id := range a.orphans[poolNode{ps.name, node}] {
 		if _, listed := ls.units[id]; listed {
 			continue
 		}
@@ -802,7 +813,7 @@ func (a *Allocator) commitLeaseLocked(ps *poolState, node string, ls *leaseState
 			ps.holder[i] = ""
 		}
 	}
-	delete(a.orphans[ps.name], node)
+	delete(a.orphans, poolNode{ps.name, node})
 }
 
 // writeLease persists a node's lease of a pool: create it, or update it at

@@ -119,7 +119,6 @@ func (a *Allocator) collect(ctx context.Context) error {
 	a.mu.Unlock()
 	a.watch.forgetGone(holding, now.Add(-2*a.cfg.NodeLossGrace))
 
-	type poolNode struct{ pool, node string }
 	byNode := map[poolNode][]leak{}
 	for _, c := range confirmed {
 		byNode[poolNode{c.pool, c.node}] = append(byNode[poolNode{c.pool, c.node}], c)
@@ -218,18 +217,18 @@ func (a *Allocator) lost(node string, now time.Time) bool {
 }
 
 // lostLeases lists the leases of lost nodes that still hold warm units.
-func (a *Allocator) lostLeases(now time.Time) []struct{ pool, node string } {
+func (a *Allocator) lostLeases(now time.Time) []poolNode {
 	a.mu.Lock()
-	var held []struct{ pool, node string }
+	var held []poolNode
 	for name, ps := range a.ledger.pools {
 		for node, ls := range ps.leases {
 			if ls.warmCount() > 0 {
-				held = append(held, struct{ pool, node string }{name, node})
+				held = append(held, poolNode{name, node})
 			}
 		}
 	}
 	a.mu.Unlock()
-	return slices.DeleteFunc(held, func(pn struct{ pool, node string }) bool { return !a.lost(pn.node, now) })
+	return slices.DeleteFunc(held, func(pn poolNode) bool { return !a.lost(pn.node, now) })
 }
 
 // reclaim asks a live node's agent to release leaked assignments.
@@ -271,9 +270,9 @@ func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []lea
 	// The node's order lock first, as a sync takes it: a sync either
 	// finished its contact before (and the node is not lost), or waits
 	// until the drop is committed and lists what is left.
-	unlockOrder := a.leaseLocks.Lock("order\x00" + node)
+	unlockOrder := a.lockOrder(node)
 	defer unlockOrder()
-	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	unlock := a.lockLease(pool, node)
 	defer unlock()
 	// Again under the locks: a sync that arrived since the first look
 	// made the node alive, and may list these units to it.

@@ -47,6 +47,9 @@ type leaseState struct {
 
 func newLedger() *ledger { return &ledger{pools: map[string]*poolState{}} }
 
+// poolNode names one NodeLease: a node's units of a pool.
+type poolNode struct{ pool, node string }
+
 // poolInfo derives what agents need from a pool's spec.
 func poolInfo(name string, spec v1alpha1.IPPoolSpec) broker.PoolInfo {
 	info := broker.PoolInfo{Name: name}

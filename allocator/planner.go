@@ -3,6 +3,7 @@ package allocator
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -95,8 +96,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 	out := make(map[string]poolDemand, len(a.ledger.pools))
 	pools := make([]*v1alpha1.IPPool, 0, len(a.ledger.pools))
 	assigned := map[string]map[string]bool{} // pool -> addressedKey
-	type key struct{ pool, node string }
-	warm := map[key]int{}
+	warm := map[poolNode]int{}
 	candidates := map[string]map[string]bool{} // pool -> nodes to plan for
 	for name, ps := range a.ledger.pools {
 		pools = append(pools, &v1alpha1.IPPool{Spec: ps.spec})
@@ -121,7 +121,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 					assigned[name][addressedKey(u.Pod.Namespace, u.Pod.Name, u.Pod.UID)] = true
 				}
 			}
-			warm[key{name, node}] = a.warmHeldLocked(ps, node, ls)
+			warm[poolNode{name, node}] = a.warmHeldLocked(ps, node, ls)
 		}
 	}
 	synced := make([]string, 0, len(a.lastSeq))
@@ -136,7 +136,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 	}
 	a.mu.Unlock()
 
-	bound := make(map[key]int, len(nodes))
+	bound := make(map[poolNode]int, len(nodes))
 	unbound := map[string]int{}
 	for _, p := range pods {
 		ns, err := a.watch.namespaces.Get(p.namespace)
@@ -157,7 +157,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 		if p.node == "" {
 			unbound[choice.Name]++
 		} else {
-			bound[key{choice.Name, p.node}]++
+			bound[poolNode{choice.Name, p.node}]++
 		}
 	}
 
@@ -197,7 +197,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 			if a.watch != nil {
 				st = a.nodeStatus(nodes[n], notReady, pool.Spec.NodeSelector, now)
 			}
-			nd := nodeDemand{node: n, status: st, warm: warm[key{pool.Name, n}], bound: bound[key{pool.Name, n}]}
+			nd := nodeDemand{node: n, status: st, warm: warm[poolNode{pool.Name, n}], bound: bound[poolNode{pool.Name, n}]}
 			if st != nodeEligible && nd.warm == 0 {
 				continue
 			}
@@ -309,7 +309,7 @@ func (a *Allocator) execute(ctx context.Context, pool string, steps []nodeStep) 
 		a.writers <- struct{}{}
 		go func() {
 			defer func() { <-a.writers; wg.Done() }()
-			unlock := a.leaseLocks.Lock(pool + "\x00" + g.node)
+			unlock := a.lockLease(pool, g.node)
 			units, _, gen, err := a.grantReservedHeld(ctx, pool, g.node, g.idx)
 			unlock()
 			if err != nil {
@@ -348,24 +348,16 @@ func (a *Allocator) pushLater(ctx context.Context, node, pool string, gen int64,
 // orphanLocked records a unit its donor gave back but whose lease still
 // lists it.
 func (a *Allocator) orphanLocked(pool, node, id string) {
-	if a.orphans[pool] == nil {
-		a.orphans[pool] = map[string][]string{}
-	}
-	a.orphans[pool][node] = append(a.orphans[pool][node], id)
+	pn := poolNode{pool, node}
+	a.orphans[pn] = append(a.orphans[pn], id)
 }
 
 // flushOrphans rewrites the leases that still list units their node gave
 // back (leaseCopyLocked leaves them out, commitLeaseLocked frees them). It
 // reports whether every one was written.
 func (a *Allocator) flushOrphans(ctx context.Context) bool {
-	type poolNode struct{ pool, node string }
-	var todo []poolNode
 	a.mu.Lock()
-	for pool, nodes := range a.orphans {
-		for node := range nodes {
-			todo = append(todo, poolNode{pool, node})
-		}
-	}
+	todo := slices.Collect(maps.Keys(a.orphans))
 	a.mu.Unlock()
 	ok := true
 	for _, pn := range todo {
@@ -381,7 +373,7 @@ func (a *Allocator) flushOrphans(ctx context.Context) bool {
 // selects none) and without its orphans, and frees them once written. It
 // returns the units drop selected.
 func (a *Allocator) dropFromLease(ctx context.Context, pool, node string, drop func(id string, u v1alpha1.LeasedUnit) bool) ([]v1alpha1.LeasedUnit, error) {
-	unlock := a.leaseLocks.Lock(pool + "\x00" + node)
+	unlock := a.lockLease(pool, node)
 	defer unlock()
 	return a.dropFromLeaseHeld(ctx, pool, node, drop)
 }
@@ -402,7 +394,7 @@ func (a *Allocator) dropFromLeaseHeld(ctx context.Context, pool, node string, dr
 			dropped = append(dropped, u)
 		}
 	}
-	orphans := len(a.orphans[pool][node]) > 0
+	orphans := len(a.orphans[poolNode{pool, node}]) > 0
 	a.mu.Unlock()
 	if len(dropped) == 0 && !orphans {
 		return nil, nil

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
-	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -63,7 +63,7 @@ func (a *Allocator) settle(ctx context.Context, pool, node string, nl *v1alpha1.
 		return "", 0, fmt.Errorf("write lease %s: %w (%w)", nl.Name, werr, errReloaded)
 	}
 	a.mu.Lock()
-	a.unsettled[pool+"\x00"+node] = &unsettledWrite{obj: nl.DeepCopy()}
+	a.unsettled[poolNode{pool, node}] = &unsettledWrite{obj: nl.DeepCopy()}
 	a.mu.Unlock()
 	a.log.Warn("lease write outcome unknown; its units stay reserved until it is settled", "lease", nl.Name, "err", werr)
 	return "", 0, fmt.Errorf("write lease %s: %w: %w", nl.Name, werr, errUnsettled)
@@ -71,7 +71,7 @@ func (a *Allocator) settle(ctx context.Context, pool, node string, nl *v1alpha1.
 
 // keepReservedLocked records units reserved for an unsettled write.
 func (a *Allocator) keepReservedLocked(pool, node string, idx []int) {
-	if u := a.unsettled[pool+"\x00"+node]; u != nil {
+	if u := a.unsettled[poolNode{pool, node}]; u != nil {
 		u.idx = append(u.idx, idx...)
 	}
 }
@@ -81,16 +81,19 @@ func (a *Allocator) keepReservedLocked(pool, node string, idx []int) {
 // errUnsettled when the API still does not say. The caller holds the
 // lease's lock.
 func (a *Allocator) settleHeld(ctx context.Context, pool, node string) error {
-	key := pool + "\x00" + node
+	key := poolNode{pool, node}
 	a.mu.Lock()
 	u := a.unsettled[key]
 	a.mu.Unlock()
 	if u == nil {
 		return nil
 	}
-	out, _ := a.resend(ctx, pool, node, u.obj)
+	out, stored := a.resend(ctx, pool, node, u.obj)
 	if out == outcomeStillUnknown {
 		return fmt.Errorf("lease %s: an earlier write: %w", u.obj.Name, errUnsettled)
+	}
+	if out == outcomeLanded {
+		a.reload(stored) // the ledger never committed it
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -108,17 +111,12 @@ func (a *Allocator) settleHeld(ctx context.Context, pool, node string) error {
 // reports whether none is left.
 func (a *Allocator) settleAll(ctx context.Context) bool {
 	a.mu.Lock()
-	keys := make([]string, 0, len(a.unsettled))
-	for k := range a.unsettled {
-		keys = append(keys, k)
-	}
+	keys := slices.Collect(maps.Keys(a.unsettled))
 	a.mu.Unlock()
-	slices.Sort(keys)
 	done := true
 	for _, k := range keys {
-		pool, node, _ := strings.Cut(k, "\x00")
-		unlock := a.leaseLocks.Lock(k)
-		err := a.settleHeld(ctx, pool, node)
+		unlock := a.lockLease(k.pool, k.node)
+		err := a.settleHeld(ctx, k.pool, k.node)
 		unlock()
 		if errors.Is(err, errUnsettled) {
 			done = false
@@ -128,8 +126,8 @@ func (a *Allocator) settleAll(ctx context.Context) bool {
 }
 
 // resend sends nl again, at the resourceVersion it was first sent at, and
-// tells what became of it. A landed write is taken into the ledger when
-// it was an earlier one (reload); the caller of a fresh write commits it.
+// tells what became of it, with the stored lease when it landed (the
+// caller takes that into the ledger).
 func (a *Allocator) resend(ctx context.Context, pool, node string, nl *v1alpha1.NodeLease) (settleOutcome, *v1alpha1.NodeLease) {
 	leases := a.cfg.Client.NodeLeases()
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.WriteTimeout)
@@ -143,7 +141,6 @@ func (a *Allocator) resend(ctx context.Context, pool, node string, nl *v1alpha1.
 	}
 	switch {
 	case err == nil:
-		a.reloadIfUnsettled(pool, node, out)
 		return outcomeLanded, out
 	case !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)):
 		return outcomeStillUnknown, nil
@@ -155,24 +152,12 @@ func (a *Allocator) resend(ctx context.Context, pool, node string, nl *v1alpha1.
 	case err != nil:
 		return outcomeStillUnknown, nil
 	case uint64(cur.Spec.Epoch) == a.cfg.Epoch && sameUnitsAndPods(cur.Spec.Units, nl.Spec.Units):
-		a.reloadIfUnsettled(pool, node, cur)
 		return outcomeLanded, cur
 	case sameUnitsAndPods(cur.Spec.Units, a.committedUnits(pool, node)):
 		return outcomeNotLanded, nil
 	}
 	a.reload(cur)
 	return outcomeReloaded, nil
-}
-
-// reloadIfUnsettled takes a landed earlier write into the ledger; a fresh
-// write is committed by its caller instead.
-func (a *Allocator) reloadIfUnsettled(pool, node string, stored *v1alpha1.NodeLease) {
-	a.mu.Lock()
-	_, earlier := a.unsettled[pool+"\x00"+node]
-	a.mu.Unlock()
-	if earlier {
-		a.reload(stored)
-	}
 }
 
 // sameUnitsAndPods compares two unit lists: IDs, states and pods.
