@@ -113,10 +113,7 @@ func TestWarmUnitsFencedAfterSilence(t *testing.T) {
 	defer cancel()
 	srv, alloc := allocatorSide(t, ctx)
 	f := newFixture(t, 0)
-	lease := broker.Lease{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}}
-	for _, u := range dualUnits(3) {
-		lease.Units = append(lease.Units, broker.Unit{ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6})
-	}
+	lease := dualLease(3)
 	var syncs atomic.Int32
 	answer := make(chan bool, 1) // whether the allocator answers syncs
 	answer <- false
@@ -133,34 +130,18 @@ func TestWarmUnitsFencedAfterSilence(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
-	conn, err := broker.Connect(ctx, srv.ClientURL(), "agent")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	bus := NewBus(f.agent, conn, 200*time.Millisecond)
 	var nodeReady atomic.Bool
-	bus.NodeReady = func(context.Context) error {
-		if nodeReady.Load() {
-			return nil
+	bus := runBus(t, ctx, f, srv.ClientURL(), func(b *Bus) {
+		b.NodeReady = func(context.Context) error {
+			if nodeReady.Load() {
+				return nil
+			}
+			return errors.New("node is not Ready")
 		}
-		return errors.New("node is not Ready")
-	}
-	bctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { _ = bus.Run(bctx); close(done) }()
-	defer func() { stop(); <-done }()
+	})
 
 	add := func(ctr string) *wire.Error { return f.do(t, req(wire.OpAdd, ctr)).Error }
-	waitSynced := func(n int32) {
-		t.Helper()
-		for syncs.Load() < n || bus.Fenced() != nil {
-			if ctx.Err() != nil {
-				t.Fatalf("no sync #%d", n)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	waitSynced := func(n int32) { t.Helper(); waitForSync(t, ctx, bus, &syncs, n) }
 	// Not synced since start: the units it holds are not used.
 	if err := f.agent.Grant(dualPool, dualUnits(3), 0); err != nil {
 		t.Fatal(err)
@@ -238,10 +219,7 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 	defer cancel()
 	srv, alloc := allocatorSide(t, ctx)
 	f := newFixture(t, 0)
-	lease := broker.Lease{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}}
-	for _, u := range dualUnits(3) {
-		lease.Units = append(lease.Units, broker.Unit{ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6})
-	}
+	lease := dualLease(3)
 	var syncOn atomic.Bool
 	syncOn.Store(true)
 	var syncs atomic.Int32
@@ -271,22 +249,8 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rsub.Unsubscribe()
-	conn, err := broker.Connect(ctx, srv.ClientURL(), "agent")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	bus := NewBus(f.agent, conn, 200*time.Millisecond)
-	bctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { _ = bus.Run(bctx); close(done) }()
-	defer func() { stop(); <-done }()
-	for syncs.Load() < 1 || bus.Fenced() != nil {
-		if ctx.Err() != nil {
-			t.Fatal("never synced")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	bus := runBus(t, ctx, f, srv.ClientURL(), nil)
+	waitForSync(t, ctx, bus, &syncs, 1)
 	if werr := f.do(t, req(wire.OpAdd, "c1")).Error; werr != nil {
 		t.Fatal(werr)
 	}
@@ -307,13 +271,48 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 		t.Fatalf("ADD after 60 s of silence (TTL 10 s) and a report, no sync: %+v, want code %d", werr, wire.CodeTryAgainLater)
 	}
 	syncOn.Store(true)
-	for syncs.Load() < 2 || bus.Fenced() != nil {
-		if ctx.Err() != nil {
-			t.Fatal("no resync after the silence")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitForSync(t, ctx, bus, &syncs, 2)
 	if werr := f.do(t, req(wire.OpAdd, "c2")).Error; werr != nil {
 		t.Fatalf("ADD after the resync: %v", werr)
+	}
+}
+
+// dualLease is a sync reply's listing of the first n units of dualUnits.
+func dualLease(n int) broker.Lease {
+	lease := broker.Lease{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}}
+	for _, u := range dualUnits(n) {
+		lease.Units = append(lease.Units, broker.Unit{ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6})
+	}
+	return lease
+}
+
+// runBus runs f's agent on the bus at url (requests time out after
+// 200 ms) until the test ends; configure, if set, is applied first.
+func runBus(t *testing.T, ctx context.Context, f *fixture, url string, configure func(*Bus)) *Bus {
+	t.Helper()
+	conn, err := broker.Connect(ctx, url, "agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus := NewBus(f.agent, conn, 200*time.Millisecond)
+	if configure != nil {
+		configure(bus)
+	}
+	bctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = bus.Run(bctx); close(done) }()
+	t.Cleanup(func() { stop(); <-done; conn.Close() })
+	return bus
+}
+
+// waitForSync waits until the allocator side answered n syncs and the
+// agent's cache is usable.
+func waitForSync(t *testing.T, ctx context.Context, bus *Bus, syncs *atomic.Int32, n int32) {
+	t.Helper()
+	for syncs.Load() < n || bus.Fenced() != nil {
+		if ctx.Err() != nil {
+			t.Fatalf("no sync #%d", n)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

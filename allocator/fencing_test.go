@@ -189,22 +189,13 @@ func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string
 func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
-	agents := startAgents(t, ctx, conn, "p", "node-a")
-	units, _, gen, err := a.grant(ctx, "p", "node-a", 6) // the whole pool
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.push(ctx, "node-a", "p", gen, units)
-	a.mu.Lock()
-	ps := a.ledger.pools["p"]
-	a.mu.Unlock()
+	a, api, ag, ps := donorOfTheWholePool(t, ctx)
 
 	api.mode.Store(refuseWrites)
 	if idx, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil || len(idx) != 0 {
 		t.Fatalf("takeFrom with failing writes: %v, %v; want an error and nothing taken", idx, err)
 	}
-	if got := agents["node-a"].WarmCount("p"); got != 4 {
+	if got := ag.WarmCount("p"); got != 4 {
 		t.Fatalf("node A holds %d warm units after the revoke, want 4", got)
 	}
 	if _, _, _, err := a.grant(ctx, "p", "node-b", 1); !errors.Is(err, errExhausted) {
@@ -241,22 +232,12 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 func TestOrphansAreNeverListedBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
-	agents := startAgents(t, ctx, conn, "p", "node-a")
-	units, _, gen, err := a.grant(ctx, "p", "node-a", 6)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.push(ctx, "node-a", "p", gen, units)
-	a.mu.Lock()
-	ps := a.ledger.pools["p"]
-	a.mu.Unlock()
+	a, api, ag, ps := donorOfTheWholePool(t, ctx)
 	api.mode.Store(refuseWrites)
 	if _, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil {
 		t.Fatal("takeFrom with refused writes succeeded")
 	}
 	api.mode.Store(normal)
-	ag := agents["node-a"]
 	// node A syncs; its record differs from the lease on one unit (an assignment whose report was lost)
 	held := ag.Held()
 	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
@@ -526,4 +507,20 @@ func flakyAllocator(t *testing.T, ctx context.Context, cidr string, cfg Config) 
 		t.Fatal(err)
 	}
 	return a, cs, api, conn
+}
+
+// donorOfTheWholePool: a flaky allocator of a 6-unit pool "p" has granted
+// and pushed all 6 to node-a's agent.
+func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *flaky, *agent.Agent, *poolState) {
+	t.Helper()
+	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	agents := startAgents(t, ctx, conn, "p", "node-a")
+	units, _, gen, err := a.grant(ctx, "p", "node-a", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.push(ctx, "node-a", "p", gen, units)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a, api, agents["node-a"], a.ledger.pools["p"]
 }
