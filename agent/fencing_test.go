@@ -114,22 +114,8 @@ func TestWarmUnitsFencedAfterSilence(t *testing.T) {
 	srv, alloc := allocatorSide(t, ctx)
 	f := newFixture(t, 0)
 	lease := dualLease(3)
-	var syncs atomic.Int32
-	answer := make(chan bool, 1) // whether the allocator answers syncs
-	answer <- false
-	sub, err := alloc.Subscribe(broker.SubjectSync, func(m *nats.Msg) {
-		on := <-answer
-		answer <- on
-		if !on {
-			return
-		}
-		syncs.Add(1)
-		_ = m.Respond(broker.Encode(&broker.SyncReply{V: broker.ProtocolVersion, Epoch: 1, Leases: []broker.Lease{lease}, WarmTTLMillis: 10_000}))
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	var answering atomic.Bool // whether the allocator answers syncs
+	syncs := answerSyncs(t, alloc, lease, &answering)
 	var nodeReady atomic.Bool
 	bus := runBus(t, ctx, f, srv.ClientURL(), func(b *Bus) {
 		b.NodeReady = func(context.Context) error {
@@ -141,7 +127,7 @@ func TestWarmUnitsFencedAfterSilence(t *testing.T) {
 	})
 
 	add := func(ctr string) *wire.Error { return f.do(t, req(wire.OpAdd, ctr)).Error }
-	waitSynced := func(n int32) { t.Helper(); waitForSync(t, ctx, bus, &syncs, n) }
+	waitSynced := func(n int32) { t.Helper(); waitForSync(t, ctx, bus, syncs, n) }
 	// Not synced since start: the units it holds are not used.
 	if err := f.agent.Grant(dualPool, dualUnits(3), 0); err != nil {
 		t.Fatal(err)
@@ -149,22 +135,19 @@ func TestWarmUnitsFencedAfterSilence(t *testing.T) {
 	if werr := add("c1"); werr == nil || werr.Code != wire.CodeTryAgainLater {
 		t.Fatalf("ADD before any sync: %+v, want code %d", werr, wire.CodeTryAgainLater)
 	}
-	<-answer
-	answer <- true
+	answering.Store(true)
 	bus.Resync()
 	waitSynced(1)
 	if werr := add("c1"); werr != nil {
 		t.Fatalf("ADD after the sync: %v", werr)
 	}
 	// The allocator goes silent past the TTL.
-	<-answer
-	answer <- false
+	answering.Store(false)
 	f.clock.Advance(11 * time.Second)
 	if werr := add("c2"); werr == nil || werr.Code != wire.CodeTryAgainLater || !strings.Contains(werr.Msg, "no answer from the allocator for 11s") {
 		t.Fatalf("ADD after 11 s of silence (TTL 10 s): %+v, want code %d naming the silence", werr, wire.CodeTryAgainLater)
 	}
-	<-answer
-	answer <- true
+	answering.Store(true)
 	waitSynced(2) // the fenced ADD asked for it
 	if werr := add("c2"); werr != nil {
 		t.Fatalf("ADD after the resync: %v", werr)
@@ -172,8 +155,7 @@ func TestWarmUnitsFencedAfterSilence(t *testing.T) {
 
 	// A bus outage on a node the API shows Ready: a live read of the Node
 	// vouches for it, and the cache stays in use past the TTL.
-	<-answer
-	answer <- false
+	answering.Store(false)
 	nodeReady.Store(true)
 	f.clock.Advance(5 * time.Second)
 	bus.probeIfSilent(ctx)
@@ -222,18 +204,7 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 	lease := dualLease(3)
 	var syncOn atomic.Bool
 	syncOn.Store(true)
-	var syncs atomic.Int32
-	sub, err := alloc.Subscribe(broker.SubjectSync, func(m *nats.Msg) {
-		if !syncOn.Load() {
-			return
-		}
-		syncs.Add(1)
-		_ = m.Respond(broker.Encode(&broker.SyncReply{V: broker.ProtocolVersion, Epoch: 1, Leases: []broker.Lease{lease}, WarmTTLMillis: 10_000}))
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	syncs := answerSyncs(t, alloc, lease, &syncOn)
 	var reportOn atomic.Bool
 	var reports atomic.Int32
 	rsub, err := alloc.Subscribe(broker.SubjectReport, func(m *nats.Msg) {
@@ -250,7 +221,7 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 	}
 	defer rsub.Unsubscribe()
 	bus := runBus(t, ctx, f, srv.ClientURL(), nil)
-	waitForSync(t, ctx, bus, &syncs, 1)
+	waitForSync(t, ctx, bus, syncs, 1)
 	if werr := f.do(t, req(wire.OpAdd, "c1")).Error; werr != nil {
 		t.Fatal(werr)
 	}
@@ -271,7 +242,7 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 		t.Fatalf("ADD after 60 s of silence (TTL 10 s) and a report, no sync: %+v, want code %d", werr, wire.CodeTryAgainLater)
 	}
 	syncOn.Store(true)
-	waitForSync(t, ctx, bus, &syncs, 2)
+	waitForSync(t, ctx, bus, syncs, 2)
 	if werr := f.do(t, req(wire.OpAdd, "c2")).Error; werr != nil {
 		t.Fatalf("ADD after the resync: %v", werr)
 	}
@@ -315,4 +286,23 @@ func waitForSync(t *testing.T, ctx context.Context, bus *Bus, syncs *atomic.Int3
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// answerSyncs answers the agent's syncs with lease and a 10 s warm TTL
+// while on is set, and counts the answers.
+func answerSyncs(t *testing.T, alloc *nats.Conn, lease broker.Lease, on *atomic.Bool) *atomic.Int32 {
+	t.Helper()
+	var syncs atomic.Int32
+	sub, err := alloc.Subscribe(broker.SubjectSync, func(m *nats.Msg) {
+		if !on.Load() {
+			return
+		}
+		syncs.Add(1)
+		_ = m.Respond(broker.Encode(&broker.SyncReply{V: broker.ProtocolVersion, Epoch: 1, Leases: []broker.Lease{lease}, WarmTTLMillis: 10_000}))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return &syncs
 }
