@@ -50,11 +50,15 @@ lint:
 test: bins lint verify-generated
 	$(GO) test -race -count=1 -timeout 20m $(GOTESTFLAGS) ./...
 
-## demo: a local control plane and embedded NATS with the CRDs and an
-## example dual-stack pool; prints what the apiserver holds, runs the
-## allocator and one agent, serves an ADD from the warm cache, tears down.
-demo: bins
-	$(GO) run ./cmd/warmpool-perf demo
+## demo: the benchmark (docs/benchmark.md): a local cluster (etcd,
+## kube-apiserver, controller-manager, scheduler), embedded NATS, warmpool's
+## allocator and agents, simulated kubelets running the real CNI chain; the
+## 1000-pod scenarios for warmpool and the static and host-local baselines.
+## Prints the table and ratios; writes JSON and plots to perf-results/.
+## Needs root (network namespaces). E.g. make demo DEMOFLAGS='--runs 3'.
+DEMOFLAGS ?=
+demo: bins build
+	./bin/warmpool-perf bench --bin-dir bin $(DEMOFLAGS)
 
 clean:
 	rm -rf bin

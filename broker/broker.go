@@ -89,6 +89,17 @@ func StartServer(opts ServerOptions) (*Server, error) {
 // ClientURL is the URL clients connect to, e.g. nats://127.0.0.1:40321.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 
+// Published is the number of messages clients have published to the
+// server since it started (requests and replies included): the benchmark
+// counts bus messages per pod with it.
+func (s *Server) Published() (uint64, error) {
+	v, err := s.ns.Varz(nil)
+	if err != nil {
+		return 0, fmt.Errorf("nats server stats: %w", err)
+	}
+	return uint64(v.InMsgs), nil
+}
+
 // Shutdown stops the server and waits until it has stopped.
 func (s *Server) Shutdown() {
 	s.ns.Shutdown()

@@ -99,3 +99,48 @@ func TestPortInUseFails(t *testing.T) {
 		t.Fatalf("StartServer on a taken port: %v, want it to say the address is in use", err)
 	}
 }
+
+// TestPublishedCountsMessages: Published grows by the messages clients
+// publish, a request and its reply counting one each.
+func TestPublishedCountsMessages(t *testing.T) {
+	srv, err := StartServer(ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := Connect(ctx, srv.ClientURL(), "counter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Subscribe("echo", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	before, err := srv.Published()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := nc.Publish("nobody", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := nc.RequestWithContext(ctx, "echo", []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := srv.Published()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before != 5 {
+		t.Fatalf("published %d messages, want 5 (3 publishes, a request, its reply)", after-before)
+	}
+}

@@ -80,6 +80,7 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, reuseDela
 	if err != nil {
 		return err
 	}
+	a.Registry().MustRegister(metrics.KubeRequests())
 	if err := metrics.Serve(ctx, metricsAddr, a.Registry(), log); err != nil {
 		return err
 	}

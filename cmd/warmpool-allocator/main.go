@@ -120,6 +120,7 @@ func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, 
 	if err := a.Start(ctx); err != nil {
 		return err
 	}
+	a.Registry().MustRegister(metrics.KubeRequests())
 	if err := metrics.Serve(ctx, o.metricsAddr, a.Registry(), log); err != nil {
 		return err
 	}

@@ -1,14 +1,19 @@
-// Command warmpool-perf runs warmpool's harness. Today it has one
-// subcommand, demo: a real local control plane and embedded NATS with the
-// CRDs and an example pool, reported and torn down.
+// Command warmpool-perf runs warmpool's benchmark: the 1000-pod scenarios
+// on a local cluster (or one named by --kubeconfig) with simulated
+// kubelets, warmpool side by side with the static and host-local
+// baselines; it prints the table and writes JSON and plots.
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,18 +21,105 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 2 || os.Args[1] != "demo" {
-		fmt.Fprintln(os.Stderr, "usage: warmpool-perf demo")
+	if len(os.Args) < 2 || (os.Args[1] != "bench" && os.Args[1] != "demo") {
+		fmt.Fprintln(os.Stderr, "usage: warmpool-perf bench [flags]   (warmpool-perf bench -h lists them)")
 		os.Exit(2)
+	}
+	fs := flag.NewFlagSet("bench", flag.ExitOnError)
+	var o perf.Options
+	fs.IntVar(&o.Nodes, "nodes", 10, "simulated nodes")
+	fs.IntVar(&o.Pods, "pods", 1000, "pods per shape")
+	shapes := fs.String("shapes", "", `comma-separated DEPLOYMENTSxREPLICAS, e.g. "1x1000,100x10" (default: 1xPODS and PODS/10x10)`)
+	ipams := fs.String("ipams", "warmpool,static,host-local", "IPAMs to compare")
+	fs.IntVar(&o.Runs, "runs", 1, "repetitions; the report quotes medians")
+	fs.IntVar(&o.PoolSize, "pool-size", 0, "address pairs in warmpool's pool (default: one per pod, 1:1)")
+	netns := fs.Bool("netns", true, "give each pod a network namespace and a macvlan interface; false runs the IPAM alone")
+	fs.BoolVar(&o.DAD, "dad", false, "keep IPv6 duplicate address detection on in pod namespaces (each dual-stack ADD then waits ~1.5-2 s)")
+	fs.IntVar(&o.Parallel, "parallel", 8, "pods each simulated kubelet sets up or tears down at once")
+	fs.IntVar(&o.ControllerQPS, "controller-qps", 500, "controller-manager and scheduler API QPS")
+	fs.IntVar(&o.ControllerBurst, "controller-burst", 1000, "controller-manager and scheduler API burst")
+	upstream := fs.Bool("upstream-qps", false, "keep the controller-manager's and scheduler's upstream client limits (20/30 and 50/100)")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "run on this cluster instead of a local one (see docs/benchmark.md)")
+	fs.StringVar(&o.BinDir, "bin-dir", "", "directory of warmpool's binaries (default: build them)")
+	out := fs.String("out", "", "directory for report.txt, result.json and the plots (default perf-results/<time>)")
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	logLevel := fs.String("log-level", "warn", "harness log level on stderr")
+	_ = fs.Parse(os.Args[2:])
+	o.NoNetNS = !*netns
+	if *upstream {
+		o.ControllerQPS, o.ControllerBurst = -1, -1
+	}
+	var err error
+	if o.Shapes, err = parseShapes(*shapes); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if *ipams != "" {
+		o.IPAMs = strings.Split(*ipams, ",")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "--log-level: %v\n", err)
+		os.Exit(2)
+	}
+	o.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if !*quiet {
+		o.Progress = os.Stderr
+	}
+	if *out == "" {
+		*out = filepath.Join("perf-results", time.Now().Format("20060102-150405"))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
 	start := time.Now()
-	if err := perf.Demo(ctx, os.Stdout); err != nil {
-		slog.Error("demo failed", "err", err)
+	res, err := perf.Benchmark(ctx, o)
+	if res != nil {
+		if werr := report(*out, res); werr != nil {
+			slog.Error("report", "err", werr)
+		}
+	}
+	if err != nil {
+		slog.Error("benchmark failed", "err", err)
 		os.Exit(1)
 	}
-	fmt.Printf("==> demo finished in %s\n", time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "==> benchmark finished in %s; report, JSON and plots in %s\n", time.Since(start).Round(time.Second), *out)
+}
+
+func report(dir string, res *perf.Result) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(dir, "report.txt"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := perf.WriteTable(os.Stdout, res); err != nil {
+		return err
+	}
+	if err := perf.WriteTable(f, res); err != nil {
+		return err
+	}
+	if err := perf.WriteJSON(filepath.Join(dir, "result.json"), res); err != nil {
+		return err
+	}
+	_, err = perf.WritePlots(dir, res)
+	return err
+}
+
+func parseShapes(s string) ([]perf.Shape, error) {
+	var shapes []perf.Shape
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		d, r, ok := strings.Cut(f, "x")
+		nd, err1 := strconv.Atoi(d)
+		nr, err2 := strconv.Atoi(r)
+		if !ok || err1 != nil || err2 != nil || nd <= 0 || nr <= 0 {
+			return nil, fmt.Errorf("--shapes: %q is not DEPLOYMENTSxREPLICAS", f)
+		}
+		shapes = append(shapes, perf.Shape{Deployments: nd, Replicas: nr})
+	}
+	return shapes, nil
 }

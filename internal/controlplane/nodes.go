@@ -19,16 +19,36 @@ import (
 // node-lifecycle controller taints it unreachable after ~40 s unless its
 // Lease in kube-node-lease is renewed (KeepNodeReady).
 func RegisterNode(ctx context.Context, kube kubernetes.Interface, name string, labels map[string]string) error {
+	return Register(ctx, kube, Node{Name: name, Labels: labels})
+}
+
+// Node is what Register makes a Node of.
+type Node struct {
+	Name   string
+	Labels map[string]string
+	Taints []corev1.Taint
+	// MaxPods is the node's pod capacity; 0 means the kubelet's default, 110.
+	MaxPods int
+}
+
+// Register creates a Node as RegisterNode does, with taints and a pod
+// capacity of its own.
+func Register(ctx context.Context, kube kubernetes.Interface, node Node) error {
+	name := node.Name
+	if node.MaxPods == 0 {
+		node.MaxPods = 110
+	}
 	capacity := corev1.ResourceList{
 		corev1.ResourceCPU:    resource.MustParse("8"),
 		corev1.ResourceMemory: resource.MustParse("32Gi"),
-		corev1.ResourcePods:   resource.MustParse("110"),
+		corev1.ResourcePods:   *resource.NewQuantity(int64(node.MaxPods), resource.DecimalSI),
 	}
 	all := map[string]string{"kubernetes.io/hostname": name}
-	for k, v := range labels {
+	for k, v := range node.Labels {
 		all[k] = v
 	}
-	if _, err := kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: all}}, metav1.CreateOptions{}); err != nil {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: all}, Spec: corev1.NodeSpec{Taints: node.Taints}}
+	if _, err := kube.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("register node %s: %w", name, err)
 	}
 	// Status is a subresource: Create ignores it. The node controllers

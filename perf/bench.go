@@ -1,0 +1,394 @@
+package perf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/warmpool/warmpool/api/client"
+	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/internal/controlplane"
+	"github.com/warmpool/warmpool/internal/netsim"
+	"github.com/warmpool/warmpool/internal/toolchain"
+	"github.com/warmpool/warmpool/manifests"
+)
+
+// Labels and taint the harness puts on what it creates, so that on a
+// real cluster its pods land only on its simulated nodes and nothing else
+// lands there.
+const (
+	nodeLabel  = "warmpool.io/bench-node"
+	ipamLabel  = "warmpool.io/bench-ipam"
+	benchTaint = "warmpool.io/bench"
+)
+
+// Options configure a benchmark.
+type Options struct {
+	Nodes int
+	Pods  int
+	// Shapes default to 1 Deployment of Pods replicas and Pods/10
+	// Deployments of 10.
+	Shapes []Shape
+	// IPAMs to compare, among IPAMWarmpool, IPAMStatic, IPAMHostLocal.
+	IPAMs []string
+	Runs  int
+	// PoolSize is the number of pairs in warmpool's pool; 0 means Pods (1:1).
+	PoolSize int
+	// NoNetNS runs the IPAM alone, without namespaces or macvlan.
+	NoNetNS bool
+	// DAD keeps IPv6 duplicate address detection on in pod namespaces.
+	DAD bool
+	// Parallel pods per simulated kubelet; default 8.
+	Parallel int
+	// ControllerQPS and ControllerBurst for the controller-manager and the
+	// scheduler of the local cluster; negative keeps the upstream defaults.
+	ControllerQPS, ControllerBurst int
+	// Kubeconfig points at a cluster to run on instead of a local one.
+	Kubeconfig string
+	// BinDir holds warmpool, warmpool-agent and warmpool-allocator; empty
+	// builds them from this module.
+	BinDir string
+	// Progress, if set, shows a progress bar.
+	Progress io.Writer
+	Log      *slog.Logger
+}
+
+func (o *Options) defaults() error {
+	if o.Nodes <= 0 || o.Pods <= 0 {
+		return fmt.Errorf("need nodes and pods, have %d and %d", o.Nodes, o.Pods)
+	}
+	if len(o.Shapes) == 0 {
+		o.Shapes = []Shape{{Deployments: 1, Replicas: o.Pods}}
+		if o.Pods%10 == 0 && o.Pods > 10 {
+			o.Shapes = append(o.Shapes, Shape{Deployments: o.Pods / 10, Replicas: 10})
+		}
+	}
+	for _, s := range o.Shapes {
+		if s.Deployments*s.Replicas != o.Pods {
+			return fmt.Errorf("shape %s does not make %d pods", s, o.Pods)
+		}
+	}
+	if len(o.IPAMs) == 0 {
+		o.IPAMs = []string{IPAMWarmpool, IPAMStatic, IPAMHostLocal}
+	}
+	for _, name := range o.IPAMs {
+		switch name {
+		case IPAMWarmpool, IPAMStatic, IPAMHostLocal:
+		default:
+			return fmt.Errorf("unknown IPAM %q: want %s, %s or %s", name, IPAMWarmpool, IPAMStatic, IPAMHostLocal)
+		}
+	}
+	if o.Runs <= 0 {
+		o.Runs = 1
+	}
+	if o.PoolSize == 0 {
+		o.PoolSize = o.Pods
+	}
+	if o.PoolSize < o.Pods {
+		return fmt.Errorf("a pool of %d pairs cannot address %d pods", o.PoolSize, o.Pods)
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = 8
+	}
+	if o.ControllerQPS == 0 {
+		o.ControllerQPS, o.ControllerBurst = 500, 1000
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// bench is one benchmark's cluster and harness.
+type bench struct {
+	opts       Options
+	dir        string // logs, sockets, stores
+	kube       kubernetes.Interface
+	wp         *client.Clientset
+	kubeconfig string
+	bins       string
+	nats       *broker.Server
+	nodes      []string
+	hosts      []*netsim.Host
+	kubelets   *kubelets
+	tracker    *tracker
+	networks   map[string]*network
+	warmpool   *warmpoolDeployment
+	bar        *progress
+	cleanup    []func()
+}
+
+// Benchmark brings up the cluster and everything the IPAMs need, runs every
+// shape for every IPAM Runs times, and tears it all down.
+func Benchmark(ctx context.Context, o Options) (res *Result, err error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	b := &bench{opts: o, networks: map[string]*network{}, bar: newProgress(o.Progress)}
+	defer func() {
+		for i := len(b.cleanup) - 1; i >= 0; i-- {
+			b.cleanup[i]()
+		}
+	}()
+	res = &Result{Started: time.Now(), Settings: Settings{Nodes: o.Nodes, Pods: o.Pods, Shapes: o.Shapes, IPAMs: o.IPAMs,
+		Runs: o.Runs, PoolSize: o.PoolSize, NetNS: !o.NoNetNS, DAD: o.DAD, Parallel: o.Parallel, CPUs: runtime.NumCPU()}}
+	if o.ControllerQPS > 0 {
+		res.Settings.ControllerQPS, res.Settings.ControllerBurst = o.ControllerQPS, o.ControllerBurst
+	}
+	if res.Settings.Cluster, err = b.up(ctx); err != nil {
+		return nil, err
+	}
+	for rep := range o.Runs {
+		for _, shape := range o.Shapes {
+			for _, ipam := range o.IPAMs {
+				run := b.run(ctx, ipam, shape, rep)
+				res.Runs = append(res.Runs, run)
+				if ctx.Err() != nil {
+					return res, ctx.Err()
+				}
+			}
+		}
+	}
+	return res, nil
+}
+
+// step reports a set-up step on the progress writer.
+func (b *bench) step(format string, args ...any) func() {
+	start := time.Now()
+	b.bar.say("==> "+format, args...)
+	return func() { b.bar.say("    done in %s", time.Since(start).Round(time.Millisecond)) }
+}
+
+func (b *bench) up(ctx context.Context) (where string, err error) {
+	o := b.opts
+	if b.dir, err = os.MkdirTemp("", "warmpool-bench-"); err != nil {
+		return "", err
+	}
+	b.cleanup = append(b.cleanup, func() { os.RemoveAll(b.dir) })
+	for _, d := range []string{"logs", "run", "host-local"} {
+		if err := os.MkdirAll(filepath.Join(b.dir, d), 0o755); err != nil {
+			return "", err
+		}
+	}
+	var cfg *rest.Config
+	if o.Kubeconfig == "" {
+		done := b.step("starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler on loopback")
+		copts := controlplane.Options{ControllerManager: true, Scheduler: true}
+		if o.ControllerQPS > 0 {
+			copts.ClientQPS, copts.ClientBurst = o.ControllerQPS, o.ControllerBurst
+		}
+		cp, err := controlplane.Start(ctx, copts)
+		if err != nil {
+			return "", err
+		}
+		b.cleanup = append(b.cleanup, cp.Stop)
+		cfg, b.kubeconfig, where = cp.RESTConfig(), cp.Kubeconfig(), "local"
+		done()
+	} else {
+		if cfg, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig); err != nil {
+			return "", fmt.Errorf("kubeconfig: %w", err)
+		}
+		cfg.QPS = -1
+		b.kubeconfig, where = o.Kubeconfig, cfg.Host
+	}
+	if b.kube, err = kubernetes.NewForConfig(cfg); err != nil {
+		return "", err
+	}
+	if b.wp, err = client.New(cfg); err != nil {
+		return "", err
+	}
+	if err := manifests.InstallCRDs(ctx, cfg); err != nil {
+		return "", err
+	}
+	if err := b.binaries(ctx); err != nil {
+		return "", err
+	}
+	done := b.step("starting the embedded NATS server")
+	if b.nats, err = broker.StartServer(broker.ServerOptions{}); err != nil {
+		return "", err
+	}
+	b.cleanup = append(b.cleanup, b.nats.Shutdown)
+	done()
+	if err := b.registerNodes(ctx); err != nil {
+		return "", err
+	}
+	if err := b.startKubelets(ctx); err != nil {
+		return "", err
+	}
+	return where, b.networksUp(ctx)
+}
+
+// binaries finds or builds warmpool's binaries.
+func (b *bench) binaries(ctx context.Context) error {
+	if b.opts.BinDir != "" {
+		b.bins = b.opts.BinDir
+		for _, name := range []string{"warmpool", "warmpool-agent", "warmpool-allocator"} {
+			if _, err := os.Stat(filepath.Join(b.bins, name)); err != nil && b.usesWarmpool() {
+				return fmt.Errorf("warmpool binaries: %w (run make build)", err)
+			}
+		}
+		return nil
+	}
+	done := b.step("building warmpool's binaries")
+	b.bins = filepath.Join(b.dir, "bin")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", b.bins+"/", "./cmd/warmpool", "./cmd/warmpool-agent", "./cmd/warmpool-allocator")
+	if root, err := moduleRoot(); err == nil {
+		cmd.Dir = root
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build warmpool: %w\n%s", err, out)
+	}
+	done()
+	return nil
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("not inside warmpool's module")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+func (b *bench) usesWarmpool() bool {
+	for _, name := range b.opts.IPAMs {
+		if name == IPAMWarmpool {
+			return true
+		}
+	}
+	return false
+}
+
+// registerNodes registers the simulated nodes, keeps them Ready and
+// creates their host namespaces.
+func (b *bench) registerNodes(ctx context.Context) error {
+	done := b.step("registering %d simulated nodes", b.opts.Nodes)
+	perNode := (b.opts.Pods + b.opts.Nodes - 1) / b.opts.Nodes
+	hctx, stop := context.WithCancel(context.Background())
+	var beats sync.WaitGroup
+	b.cleanup = append(b.cleanup, func() { stop(); beats.Wait() })
+	for i := range b.opts.Nodes {
+		name := fmt.Sprintf("bench-node-%02d", i)
+		err := controlplane.Register(ctx, b.kube, controlplane.Node{Name: name, Labels: map[string]string{nodeLabel: "true"},
+			Taints: []corev1.Taint{{Key: benchTaint, Value: "true", Effect: corev1.TaintEffectNoSchedule}}, MaxPods: max(110, 2*perNode+10)})
+		if err != nil {
+			return err
+		}
+		b.nodes = append(b.nodes, name)
+		b.cleanup = append(b.cleanup, func() {
+			dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = b.kube.CoreV1().Nodes().Delete(dctx, name, metav1.DeleteOptions{})
+		})
+		beats.Add(1)
+		go func() {
+			defer beats.Done()
+			if err := controlplane.KeepNodeReady(hctx, b.kube, name, 10*time.Second); err != nil && hctx.Err() == nil {
+				b.opts.Log.Error("node heartbeat stopped", "node", name, "err", err)
+			}
+		}()
+		if !b.opts.NoNetNS {
+			h, err := netsim.NewHost(name)
+			if err != nil {
+				return err
+			}
+			b.hosts = append(b.hosts, h)
+			b.cleanup = append(b.cleanup, func() { _ = h.Close() })
+		}
+	}
+	done()
+	return nil
+}
+
+// startKubelets starts the pod informer the kubelets and the tracker share.
+func (b *bench) startKubelets(ctx context.Context) error {
+	factory := informers.NewSharedInformerFactory(b.kube, 0)
+	informer := factory.Core().V1().Pods().Informer()
+	cniDir, err := toolchain.Dir(toolchain.CNIPlugins)
+	if err != nil {
+		return err
+	}
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: io.Discard}, PluginDecoder: version.PluginDecoder{}}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{cniDir, b.bins}, filepath.Join(b.dir, "cni-cache"), exec)
+	if b.kubelets, err = newKubelets(b.kube, cni, informer, b.nodes, b.hosts, !b.opts.NoNetNS, b.opts.DAD, b.opts.Log.With("component", "kubelet")); err != nil {
+		return err
+	}
+	if b.tracker, err = newTracker(informer); err != nil {
+		return err
+	}
+	kctx, cancel := context.WithCancel(context.Background())
+	stop := make(chan struct{})
+	factory.Start(stop)
+	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+		close(stop)
+		cancel()
+		return fmt.Errorf("pod informer never synced: %w", ctx.Err())
+	}
+	b.kubelets.run(kctx, b.opts.Parallel)
+	b.cleanup = append(b.cleanup, func() {
+		sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
+		defer scancel()
+		cancel()
+		b.kubelets.stop(sctx)
+		close(stop)
+		factory.Shutdown()
+	})
+	return nil
+}
+
+// networksUp prepares each IPAM's network, deploying warmpool if it runs.
+func (b *bench) networksUp(ctx context.Context) (err error) {
+	netns := !b.opts.NoNetNS
+	for _, name := range b.opts.IPAMs {
+		var n *network
+		switch name {
+		case IPAMWarmpool:
+			done := b.step("deploying warmpool: a %d-pair dual-stack pool, the allocator and %d agents", b.opts.PoolSize, b.opts.Nodes)
+			if b.warmpool, err = deployWarmpool(ctx, b); err != nil {
+				if b.warmpool != nil {
+					err = fmt.Errorf("%w\n%s", err, b.warmpool.logTails(b.dir, 20))
+				}
+				return err
+			}
+			b.cleanup = append(b.cleanup, b.warmpool.stop)
+			n, err = warmpoolNetwork(b.warmpool.pool, b.warmpool.sockets, netns)
+			done()
+		case IPAMStatic:
+			n, err = staticNetwork(b.opts.Nodes, netns)
+		case IPAMHostLocal:
+			// Room for a node's pods twice over (old and new during a
+			// re-create) and then some: host-local is never short.
+			perNode := 2*((b.opts.Pods+b.opts.Nodes-1)/b.opts.Nodes) + 16
+			n, err = hostLocalNetwork(b.opts.Nodes, perNode, filepath.Join(b.dir, "host-local"), netns)
+		}
+		if err != nil {
+			return err
+		}
+		b.networks[name] = n
+	}
+	return nil
+}

@@ -1,0 +1,354 @@
+package perf
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/warmpool/warmpool/internal/netsim"
+)
+
+// network is how the pods of one IPAM under test get their interface: a
+// CNI network config per node, and the CNI_ARGS a pod adds (the static
+// baseline passes each pod's address that way).
+type network struct {
+	ipam  string
+	lists []*libcni.NetworkConfigList // by node index
+	// podArgs, if set, returns CNI_ARGS of a pod's ADD on node i.
+	podArgs func(i int, pod *corev1.Pod) [][2]string
+}
+
+// kubelets simulates the networking half of one kubelet per node, in one
+// process: for each pod bound to a node it creates a network namespace,
+// runs the CNI chain's ADD through libcni as a container runtime does and
+// sets the pod Running with the addresses; for a deleted pod it runs DEL,
+// removes the namespace and finalises the pod. It does no more than that:
+// no containers, no probes, no volumes.
+type kubelets struct {
+	kube  kubernetes.Interface
+	cni   *libcni.CNIConfig
+	pods  cache.Indexer
+	nodes map[string]*kubelet
+	// nets maps a namespace to the network its pods use; a pod of any
+	// other namespace is none of the harness's business.
+	nets sync.Map
+	// netns false runs the IPAM alone: no namespace, no interface.
+	netns bool
+	dad   bool
+	log   *slog.Logger
+
+	adds, addFailures, dels, delFailures atomic.Int64
+	wg                                   sync.WaitGroup
+}
+
+// kubelet is one node's share.
+type kubelet struct {
+	ks    *kubelets
+	name  string
+	index int
+	host  *netsim.Host // nil without network namespaces
+	queue workqueue.TypedRateLimitingInterface[string]
+
+	mu        sync.Mutex
+	sandboxes map[string]*sandbox // by pod key, namespace/name
+}
+
+// sandbox is a pod's network as the runtime set it up.
+type sandbox struct {
+	uid      types.UID
+	net      *network
+	rt       *libcni.RuntimeConf
+	netns    *netsim.Pod
+	ips      []string
+	reported bool
+}
+
+// A failed ADD is retried per pod with exponential back-off, as the
+// kubelet retries a sandbox it could not create; shorter than the
+// kubelet's own so that a retry does not dominate the measured time.
+const (
+	retryBase = 100 * time.Millisecond
+	retryCap  = 2 * time.Second
+)
+
+// noNetNS is the CNI_NETNS given when the IPAM runs alone: no plugin of
+// that chain enters it.
+const noNetNS = "/var/run/netns/none"
+
+func newKubelets(kube kubernetes.Interface, cni *libcni.CNIConfig, informer cache.SharedIndexInformer, nodes []string, hosts []*netsim.Host, netns, dad bool, log *slog.Logger) (*kubelets, error) {
+	ks := &kubelets{kube: kube, cni: cni, pods: informer.GetIndexer(), nodes: map[string]*kubelet{}, netns: netns, dad: dad, log: log}
+	for i, name := range nodes {
+		k := &kubelet{ks: ks, name: name, index: i, sandboxes: map[string]*sandbox{},
+			queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+				workqueue.NewTypedItemExponentialFailureRateLimiter[string](retryBase, retryCap),
+				workqueue.TypedRateLimitingQueueConfig[string]{Name: "kubelet-" + name})}
+		if netns {
+			k.host = hosts[i]
+		}
+		ks.nodes[name] = k
+	}
+	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    ks.enqueue,
+		UpdateFunc: func(_, obj any) { ks.enqueue(obj) },
+		DeleteFunc: ks.enqueue,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pod handler: %w", err)
+	}
+	return ks, nil
+}
+
+func (ks *kubelets) enqueue(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	k := ks.nodes[pod.Spec.NodeName]
+	if k == nil {
+		return
+	}
+	if _, ours := ks.nets.Load(pod.Namespace); !ours {
+		return
+	}
+	k.queue.Add(pod.Namespace + "/" + pod.Name)
+}
+
+// run starts parallel workers per node; they stop when ctx ends and stop
+// is called.
+func (ks *kubelets) run(ctx context.Context, parallel int) {
+	for _, k := range ks.nodes {
+		for range parallel {
+			ks.wg.Add(1)
+			go func() {
+				defer ks.wg.Done()
+				for k.work(ctx) {
+				}
+			}()
+		}
+	}
+}
+
+// stop ends the workers, then tears down every sandbox left (a run that
+// failed midway), so that no namespace or address outlives the harness.
+func (ks *kubelets) stop(ctx context.Context) {
+	for _, k := range ks.nodes {
+		k.queue.ShutDown()
+	}
+	ks.wg.Wait()
+	for _, k := range ks.nodes {
+		k.mu.Lock()
+		left := k.sandboxes
+		k.sandboxes = map[string]*sandbox{}
+		k.mu.Unlock()
+		for key, sb := range left {
+			if err := k.teardown(ctx, sb); err != nil {
+				ks.log.Warn("teardown at exit", "pod", key, "err", err)
+			}
+		}
+	}
+}
+
+func (k *kubelet) work(ctx context.Context) bool {
+	key, quit := k.queue.Get()
+	if quit {
+		return false
+	}
+	defer k.queue.Done(key)
+	if err := k.sync(ctx, key); err != nil && ctx.Err() == nil {
+		k.ks.log.Debug("pod sync failed, retrying", "node", k.name, "pod", key, "err", err)
+		k.queue.AddRateLimited(key)
+		return true
+	}
+	k.queue.Forget(key)
+	return true
+}
+
+// sync brings a pod's network to what the API says: set up for a live
+// pod bound here, torn down for a deleted one (or one replaced by a new
+// pod of the same name).
+func (k *kubelet) sync(ctx context.Context, key string) error {
+	var pod *corev1.Pod
+	if obj, ok, _ := k.ks.pods.GetByKey(key); ok {
+		if p := obj.(*corev1.Pod); p.Spec.NodeName == k.name {
+			pod = p
+		}
+	}
+	k.mu.Lock()
+	sb := k.sandboxes[key]
+	k.mu.Unlock()
+	if sb != nil && (pod == nil || pod.UID != sb.uid || pod.DeletionTimestamp != nil) {
+		if err := k.teardown(ctx, sb); err != nil {
+			return err
+		}
+		k.mu.Lock()
+		delete(k.sandboxes, key)
+		k.mu.Unlock()
+		sb = nil
+	}
+	if pod == nil {
+		return nil
+	}
+	if pod.DeletionTimestamp != nil {
+		return k.finalise(ctx, pod)
+	}
+	if sb == nil {
+		var err error
+		if sb, err = k.setup(ctx, pod); err != nil {
+			return err
+		}
+		k.mu.Lock()
+		k.sandboxes[key] = sb
+		k.mu.Unlock()
+	}
+	if sb.reported {
+		return nil
+	}
+	if err := k.reportRunning(ctx, pod, sb); err != nil {
+		return err
+	}
+	sb.reported = true // only this key's worker touches sb
+	return nil
+}
+
+// setup creates the pod's namespace and runs ADD into it. On failure it
+// undoes what it did, DEL included, as a runtime cleans up a sandbox it
+// could not create.
+func (k *kubelet) setup(ctx context.Context, pod *corev1.Pod) (*sandbox, error) {
+	v, ok := k.ks.nets.Load(pod.Namespace)
+	if !ok {
+		return nil, fmt.Errorf("no network for namespace %s", pod.Namespace)
+	}
+	net := v.(*network)
+	rt := &libcni.RuntimeConf{ContainerID: "sandbox-" + string(pod.UID), NetNS: noNetNS, IfName: "eth0", Args: [][2]string{
+		{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", pod.Namespace}, {"K8S_POD_NAME", pod.Name}, {"K8S_POD_UID", string(pod.UID)}}}
+	if net.podArgs != nil {
+		rt.Args = append(rt.Args, net.podArgs(k.index, pod)...)
+	}
+	sb := &sandbox{uid: pod.UID, net: net, rt: rt}
+	if k.host != nil {
+		p, err := k.host.NewPod(pod.Name)
+		if err != nil {
+			return nil, err
+		}
+		sb.netns, rt.NetNS = p, p.Path()
+		if !k.ks.dad {
+			if err := p.DisableDAD(); err != nil {
+				return nil, errors.Join(err, k.host.RemovePod(p))
+			}
+		}
+	}
+	k.ks.adds.Add(1)
+	var res *types100.Result
+	err := k.cniDo(func() error {
+		r, err := k.ks.cni.AddNetworkList(ctx, net.lists[k.index], rt)
+		if err == nil {
+			res, err = types100.NewResultFromResult(r)
+		}
+		return err
+	})
+	if err != nil {
+		k.ks.addFailures.Add(1)
+		return nil, errors.Join(fmt.Errorf("ADD %s/%s: %w", pod.Namespace, pod.Name, err), k.teardown(ctx, sb))
+	}
+	for _, ip := range res.IPs {
+		sb.ips = append(sb.ips, ip.Address.IP.String())
+	}
+	if len(sb.ips) == 0 {
+		return nil, errors.Join(fmt.Errorf("ADD %s/%s gave no address", pod.Namespace, pod.Name), k.teardown(ctx, sb))
+	}
+	return sb, nil
+}
+
+// teardown runs DEL and removes the namespace.
+func (k *kubelet) teardown(ctx context.Context, sb *sandbox) error {
+	k.ks.dels.Add(1)
+	err := k.cniDo(func() error { return k.ks.cni.DelNetworkList(ctx, sb.net.lists[k.index], sb.rt) })
+	if err != nil {
+		k.ks.delFailures.Add(1)
+		return fmt.Errorf("DEL %s: %w", sb.rt.ContainerID, err)
+	}
+	if sb.netns != nil {
+		return k.host.RemovePod(sb.netns)
+	}
+	return nil
+}
+
+// cniDo runs a CNI call where the runtime would: inside the node's host
+// namespace, where the macvlan master lives.
+func (k *kubelet) cniDo(fn func() error) error {
+	if k.host == nil {
+		return fn()
+	}
+	return k.host.Do(fn)
+}
+
+// reportRunning sets the pod Running with its addresses, as the kubelet's
+// status manager does. The patch names the pod's UID: it fails on a new
+// pod of the same name rather than mark it Running.
+func (k *kubelet) reportRunning(ctx context.Context, pod *corev1.Pod, sb *sandbox) error {
+	now := metav1.Now()
+	ips := make([]corev1.PodIP, len(sb.ips))
+	for i, ip := range sb.ips {
+		ips[i] = corev1.PodIP{IP: ip}
+	}
+	ready := func(t corev1.PodConditionType) corev1.PodCondition {
+		return corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: now}
+	}
+	patch := map[string]any{
+		"metadata": map[string]any{"uid": pod.UID},
+		"status": corev1.PodStatus{
+			Phase: corev1.PodRunning, PodIP: sb.ips[0], PodIPs: ips, StartTime: &now,
+			Conditions: []corev1.PodCondition{ready(corev1.PodReadyToStartContainers), ready(corev1.PodInitialized),
+				ready(corev1.ContainersReady), ready(corev1.PodReady)},
+		},
+	}
+	data, err := json.Marshal(patch)
+	if err != nil {
+		return err
+	}
+	_, err = k.ks.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{}, "status")
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil // gone or replaced: its deletion event tears it down
+	}
+	if err != nil {
+		return fmt.Errorf("status of %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return nil
+}
+
+// finalise deletes a terminating pod for good once its network is gone,
+// as the kubelet does after its containers stopped.
+func (k *kubelet) finalise(ctx context.Context, pod *corev1.Pod) error {
+	zero := int64(0)
+	err := k.ks.kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+		GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &pod.UID}})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return fmt.Errorf("finalise %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return nil
+}
+
+// counts are the kubelets' CNI call counters at one moment.
+type counts struct{ adds, addFailures, dels, delFailures int64 }
+
+func (ks *kubelets) counts() counts {
+	return counts{ks.adds.Load(), ks.addFailures.Load(), ks.dels.Load(), ks.delFailures.Load()}
+}

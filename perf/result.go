@@ -1,0 +1,116 @@
+package perf
+
+import "time"
+
+// Result is everything one benchmark invocation measured: the settings,
+// every run, and the summary across runs. It is what the JSON report holds.
+type Result struct {
+	Settings Settings  `json:"settings"`
+	Started  time.Time `json:"started"`
+	// Runs are in the order they ran: for each repetition, for each shape,
+	// every IPAM, so that drift on a shared machine spreads over all.
+	Runs []Run `json:"runs"`
+}
+
+// Settings are the knobs a run used; the report states them.
+type Settings struct {
+	Nodes int `json:"nodes"`
+	Pods  int `json:"pods"`
+	// Shapes run, e.g. "1x1000" and "100x10" (deployments x replicas).
+	Shapes []Shape `json:"shapes"`
+	// IPAMs compared, by name ("warmpool", "static", "host-local").
+	IPAMs []string `json:"ipams"`
+	Runs  int      `json:"runs"`
+	// PoolSize is the number of address pairs in warmpool's pool (Pods when
+	// 1:1 with the pods).
+	PoolSize int `json:"poolSize"`
+	// NetNS is false when the simulated kubelets run the IPAM alone, with
+	// no network namespace or macvlan interface.
+	NetNS bool `json:"netns"`
+	// DAD is true when IPv6 duplicate address detection stayed on in the
+	// pod namespaces.
+	DAD bool `json:"dad"`
+	// Parallel is the number of pods each simulated kubelet sets up or
+	// tears down at once.
+	Parallel int `json:"parallel"`
+	// ControllerQPS and ControllerBurst are the controller-manager's and
+	// the scheduler's API client limits (0: the upstream defaults).
+	ControllerQPS   int `json:"controllerQPS"`
+	ControllerBurst int `json:"controllerBurst"`
+	// Cluster says where it ran: "local" (a control plane the harness
+	// started) or the kubeconfig's server.
+	Cluster string `json:"cluster"`
+	CPUs    int    `json:"cpus"`
+}
+
+// Shape is a workload: Deployments of Replicas pods each.
+type Shape struct {
+	Deployments int `json:"deployments"`
+	Replicas    int `json:"replicas"`
+}
+
+// Phase names, in the order a run goes through them.
+const (
+	PhaseCreate   = "create"
+	PhaseRecreate = "re-create"
+	PhaseDelete   = "delete"
+)
+
+// Run is one IPAM through the three phases of one shape.
+type Run struct {
+	IPAM   string  `json:"ipam"`
+	Shape  Shape   `json:"shape"`
+	Index  int     `json:"index"` // 0-based repetition
+	Phases []Phase `json:"phases"`
+	// PeakRSS is the peak resident memory, in bytes, of the IPAM's own
+	// processes over the run, by process ("allocator", "agent-<node>"):
+	// empty for the baselines, which have none.
+	PeakRSS map[string]uint64 `json:"peakRSS,omitempty"`
+	// Error is set when the run failed; its phases are those that finished.
+	Error string `json:"error,omitempty"`
+}
+
+// Phase is one timed phase of a run.
+type Phase struct {
+	Name     string        `json:"name"`
+	Duration time.Duration `json:"duration"`
+	// Pods is the number of pods the phase waited for: to be Running
+	// (create, re-create) or gone (delete).
+	Pods int `json:"pods"`
+	// Curve is the number of pods Running (create, re-create: new pods
+	// only) or still present (delete) over time since the phase started,
+	// one point per change.
+	Curve []Point `json:"curve"`
+	// TimeToRunning holds percentiles of each pod's time from its
+	// creation being seen to it being Running (create, re-create).
+	TimeToRunning *Percentiles `json:"timeToRunning,omitempty"`
+	// ADDs and DELs the simulated kubelets ran, and how many failed (a
+	// failed ADD is retried with back-off, as the kubelet does).
+	ADDs        int `json:"adds"`
+	ADDFailures int `json:"addFailures"`
+	DELs        int `json:"dels"`
+	DELFailures int `json:"delFailures"`
+	// Hits and Misses of warmpool's warm caches (warmpool only).
+	Hits   int `json:"hits"`
+	Misses int `json:"misses"`
+	// APIWrites is the number of Kubernetes API writes warmpool's
+	// components made (warmpool only; -1 when not measured).
+	APIWrites int `json:"apiWrites"`
+	// BusMessages is the number of messages published on the bus
+	// (warmpool only).
+	BusMessages int `json:"busMessages"`
+}
+
+// Point is one step of a curve.
+type Point struct {
+	At    time.Duration `json:"at"`
+	Count int           `json:"count"`
+}
+
+// Percentiles of a set of durations.
+type Percentiles struct {
+	P50 time.Duration `json:"p50"`
+	P90 time.Duration `json:"p90"`
+	P99 time.Duration `json:"p99"`
+	Max time.Duration `json:"max"`
+}

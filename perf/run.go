@@ -1,0 +1,206 @@
+package perf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// phaseTimeout bounds one phase: an IPAM that has not finished by then
+// has failed the run.
+func (b *bench) phaseTimeout() time.Duration {
+	return 5*time.Minute + time.Duration(b.opts.Pods)*200*time.Millisecond
+}
+
+// run takes one IPAM through the three phases of a shape, in a namespace
+// of its own.
+func (b *bench) run(ctx context.Context, ipam string, shape Shape, rep int) Run {
+	run := Run{IPAM: ipam, Shape: shape, Index: rep}
+	ns := fmt.Sprintf("bench-%d-%s-%s", rep, shape, ipam)
+	err := b.phases(ctx, &run, ns)
+	if b.warmpool != nil && ipam == IPAMWarmpool {
+		run.PeakRSS = b.warmpool.peakRSS()
+	}
+	if err != nil {
+		run.Error = err.Error()
+		b.bar.say("    %s %s run %d failed: %v", ipam, shape, rep+1, err)
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.kube.CoreV1().Namespaces().Delete(dctx, ns, metav1.DeleteOptions{}); err != nil {
+		b.opts.Log.Warn("delete namespace", "namespace", ns, "err", err)
+	}
+	return run
+}
+
+func (b *bench) phases(ctx context.Context, run *Run, ns string) error {
+	_, err := b.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns,
+		Labels: map[string]string{ipamLabel: run.IPAM}}}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("namespace %s: %w", ns, err)
+	}
+	b.kubelets.nets.Store(ns, b.networks[run.IPAM])
+	b.tracker.follow(ns)
+	actions := []struct {
+		name string
+		act  func(context.Context) error
+	}{
+		{PhaseCreate, func(ctx context.Context) error { return b.createDeployments(ctx, ns, run.Shape) }},
+		{PhaseRecreate, func(ctx context.Context) error {
+			return b.kube.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		}},
+		{PhaseDelete, func(ctx context.Context) error {
+			bg := metav1.DeletePropagationBackground
+			return b.kube.AppsV1().Deployments(ns).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{})
+		}},
+	}
+	for _, a := range actions {
+		ph, err := b.phase(ctx, run, ns, a.name, a.act)
+		if ph != nil {
+			run.Phases = append(run.Phases, *ph)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", a.name, err)
+		}
+	}
+	return nil
+}
+
+// phase times one phase: it starts watching, acts, and waits until the
+// pods reach the phase's count; then it checks what the IPAM handed out
+// and, for warmpool, waits for its record to settle before reading its
+// counters.
+func (b *bench) phase(ctx context.Context, run *Run, ns, name string, act func(context.Context) error) (*Phase, error) {
+	var wp warmpoolCounts
+	var err error
+	subject := run.IPAM == IPAMWarmpool && b.warmpool != nil
+	if subject {
+		if wp, err = b.warmpool.counts(ctx); err != nil {
+			return nil, err
+		}
+	}
+	published, err := b.nats.Published()
+	if err != nil {
+		return nil, err
+	}
+	kc := b.kubelets.counts()
+	target := b.opts.Pods
+	if name == PhaseDelete {
+		target = 0
+	}
+	w := b.tracker.begin(name, target)
+	label := fmt.Sprintf("%s · %s · run %d/%d · %s", run.Shape, run.IPAM, run.Index+1, b.opts.Runs, name)
+	bar := b.bar.start(label, b.opts.Pods, name == PhaseDelete)
+	pctx, cancel := context.WithTimeout(ctx, b.phaseTimeout())
+	defer cancel()
+	err = act(pctx)
+	if err == nil {
+		err = b.wait(pctx, w, bar)
+	}
+	ph := b.tracker.finish(w)
+	bar.finish(ph.Duration, err == nil)
+	if err != nil {
+		return &ph, err
+	}
+	if name != PhaseDelete {
+		if dup := b.tracker.sharedAddresses(); len(dup) > 0 {
+			return &ph, fmt.Errorf("addresses given to two Running pods: %s", strings.Join(dup, ", "))
+		}
+		if running, dual := b.tracker.runningPods(2); dual != running {
+			return &ph, fmt.Errorf("%d of %d Running pods lack a dual-stack pair", running-dual, running)
+		}
+	}
+	if subject {
+		want := b.opts.Pods
+		if name == PhaseDelete {
+			want = 0
+		}
+		if err := b.warmpool.settle(ctx, ns, want); err != nil {
+			return &ph, err
+		}
+		after, err := b.warmpool.counts(ctx)
+		if err != nil {
+			return &ph, err
+		}
+		ph.Hits, ph.Misses, ph.APIWrites = int(after.hits-wp.hits), int(after.misses-wp.misses), int(after.writes-wp.writes)
+		now, err := b.nats.Published()
+		if err != nil {
+			return &ph, err
+		}
+		ph.BusMessages = int(now - published)
+	}
+	kc2 := b.kubelets.counts()
+	ph.ADDs, ph.ADDFailures = int(kc2.adds-kc.adds), int(kc2.addFailures-kc.addFailures)
+	ph.DELs, ph.DELFailures = int(kc2.dels-kc.dels), int(kc2.delFailures-kc.delFailures)
+	return &ph, nil
+}
+
+// wait blocks until the phase completes, updating the progress bar.
+func (b *bench) wait(ctx context.Context, w *phaseWatch, bar *phaseBar) error {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-w.done:
+			bar.set(b.tracker.progress(w))
+			return nil
+		case <-ctx.Done():
+			n := b.tracker.progress(w)
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("%d of %d pods after %s: %w", n, w.target, b.phaseTimeout(), ctx.Err())
+			}
+			return ctx.Err()
+		case <-tick.C:
+			bar.set(b.tracker.progress(w))
+		}
+	}
+}
+
+// createDeployments creates a shape's Deployments, ten at a time, as a
+// kubectl apply of many objects would, a little faster.
+func (b *bench) createDeployments(ctx context.Context, ns string, shape Shape) error {
+	var wg sync.WaitGroup
+	errs := make([]error, shape.Deployments)
+	sem := make(chan struct{}, 10)
+	for i := range shape.Deployments {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			_, errs[i] = b.kube.AppsV1().Deployments(ns).Create(ctx, deployment(fmt.Sprintf("app-%03d", i), shape.Replicas), metav1.CreateOptions{})
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// deployment is one of the shape's Deployments: pods that go only to the
+// simulated nodes.
+func deployment(name string, replicas int) *appsv1.Deployment {
+	n := int32(replicas)
+	labels := map[string]string{"app": name}
+	no := false
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &n,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					Containers:         []corev1.Container{{Name: "app", Image: "registry.invalid/bench:1"}},
+					NodeSelector:       map[string]string{nodeLabel: "true"},
+					Tolerations:        []corev1.Toleration{{Key: benchTaint, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}},
+					EnableServiceLinks: &no,
+				},
+			},
+		},
+	}
+}
