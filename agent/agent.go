@@ -118,6 +118,8 @@ type Agent struct {
 	// shares one request among them.
 	missing map[string]int
 	misses  singleflight.Group
+	// coolWaiters counts the ADDs of each pool waiting for a cooling unit.
+	coolWaiters map[string]int
 }
 
 // New builds an agent from its store: what the store says the node holds
@@ -154,6 +156,7 @@ func New(cfg Config) (*Agent, error) {
 		grantedAt:   map[store.Key]int64{},
 		revokedAt:   map[store.Key]int64{},
 		missing:     map[string]int{},
+		coolWaiters: map[string]int{},
 	}
 	a.metrics = newMetrics(a)
 	keys := make([]store.Key, 0, len(snap.Units))
@@ -522,6 +525,9 @@ func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.
 	if u, ok := a.pop(pool); ok {
 		return u, true, nil
 	}
+	if u, ok := a.awaitCooling(ctx, pool); ok {
+		return u, true, nil
+	}
 	if a.cfg.Allocator == nil {
 		return store.Unit{}, false, &wire.Error{Code: wire.CodeMissTimeout,
 			Msg:     fmt.Sprintf("node %s holds no warm address of pool %s", a.cfg.Node, pool),
@@ -568,6 +574,73 @@ func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.
 				Details: "units are being moved from other nodes; the runtime retries"}
 		case <-time.After(backoff):
 			backoff = min(2*backoff, 500*time.Millisecond)
+		}
+	}
+}
+
+// awaitCooling serves an ADD that found the cache empty from a unit of
+// this node that is cooling after a DEL, once its reuse delay is over,
+// when there are more such units than ADDs already waiting for them. It
+// is what makes a re-creation at 1:1 scarcity local: the pods deleted on a
+// node free the addresses its new pods get, without a miss to the
+// allocator, which would find nothing free anyway. It is a hit: served
+// from the node's own units. It gives up, and the ADD misses, when no
+// unit is left to wait for.
+func (a *Agent) awaitCooling(ctx context.Context, pool string) (store.Unit, bool) {
+	for {
+		a.mu.Lock()
+		var due time.Time
+		cooling := 0
+		for _, u := range a.units {
+			if u.Pool == pool && u.State == store.Cooling {
+				cooling++
+				if at := u.Since.Add(a.cfg.ReuseDelay); due.IsZero() || at.Before(due) {
+					due = at
+				}
+			}
+		}
+		if cooling <= a.coolWaiters[pool] {
+			a.mu.Unlock()
+			return store.Unit{}, false
+		}
+		a.coolWaiters[pool]++
+		a.mu.Unlock()
+		ok := a.sleepUntil(ctx, due)
+		if ok && a.cfg.Allocator != nil && a.cfg.Allocator.Fenced() != nil {
+			ok = false // the cache was disabled meanwhile: so is this unit
+		}
+		if ok {
+			if err := a.Recycle(a.cfg.Now()); err != nil {
+				a.log.Error("recycle", "err", err)
+			}
+		}
+		a.mu.Lock()
+		a.coolWaiters[pool]--
+		a.mu.Unlock()
+		if !ok {
+			return store.Unit{}, false
+		}
+		if u, ok := a.pop(pool); ok {
+			a.metrics.coolingWaits.WithLabelValues(pool).Inc()
+			return u, true
+		}
+		// Another ADD took it, or it left the node: look again.
+	}
+}
+
+// sleepUntil waits until the agent's clock reaches t, or ctx ends (false).
+func (a *Agent) sleepUntil(ctx context.Context, t time.Time) bool {
+	for {
+		d := t.Sub(a.cfg.Now())
+		if d <= 0 {
+			return true
+		}
+		timer := time.NewTimer(min(d, 10*time.Millisecond))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return false
+		case <-timer.C:
 		}
 	}
 }

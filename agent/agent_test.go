@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/broker"
@@ -132,15 +134,29 @@ func TestAddIsIdempotentAndDelIsToo(t *testing.T) {
 	}
 }
 
+// TestReleasedUnitCoolsBeforeReuse: a unit released by a DEL is not
+// handed out before its reuse delay; an ADD that finds nothing else waits
+// for it on the node (a hit, no allocator involved) instead of failing,
+// and a second ADD, with no further unit to wait for, does not wait.
 func TestReleasedUnitCoolsBeforeReuse(t *testing.T) {
 	f := newFixture(t, 1)
 	first := mustAdd(t, f, "c1")
 	if resp := f.do(t, req(wire.OpDel, "c1")); resp.Error != nil {
 		t.Fatal(resp.Error)
 	}
-	// Cooling: the only unit is not handed out yet.
-	if resp := f.do(t, req(wire.OpAdd, "c2")); resp.Error == nil || resp.Error.Code != wire.CodeMissTimeout {
-		t.Fatalf("ADD while the only unit cools: %+v", resp)
+	served := make(chan *wire.Response, 1)
+	go func() { served <- f.do(t, req(wire.OpAdd, "c2")) }()
+	waiting := func() int {
+		f.agent.mu.Lock()
+		defer f.agent.mu.Unlock()
+		return f.agent.coolWaiters["dual"]
+	}
+	for waiting() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	// One cooling unit, one ADD waiting for it: a third finds nothing.
+	if resp := f.do(t, req(wire.OpAdd, "c3")); resp.Error == nil || resp.Error.Code != wire.CodeMissTimeout {
+		t.Fatalf("ADD with the only unit cooling and promised: %+v", resp)
 	}
 	f.clock.Advance(DefaultReuseDelay - time.Millisecond)
 	if err := f.agent.Recycle(f.clock.Now()); err != nil {
@@ -149,12 +165,21 @@ func TestReleasedUnitCoolsBeforeReuse(t *testing.T) {
 	if f.agent.WarmCount("dual") != 0 {
 		t.Fatal("re-warmed before the reuse delay")
 	}
-	f.clock.Advance(time.Millisecond)
-	if err := f.agent.Recycle(f.clock.Now()); err != nil {
-		t.Fatal(err)
+	select {
+	case resp := <-served:
+		t.Fatalf("ADD served before the reuse delay: %+v", resp)
+	case <-time.After(50 * time.Millisecond):
 	}
-	if got := mustAdd(t, f, "c2"); fmt.Sprint(got.IPs) != fmt.Sprint(first.IPs) {
-		t.Fatalf("after cooling got %v, want the recycled %v", got.IPs, first.IPs)
+	f.clock.Advance(time.Millisecond)
+	resp := <-served
+	if resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	if fmt.Sprint(resp.Result.IPs) != fmt.Sprint(first.IPs) || !resp.Result.Hit {
+		t.Fatalf("after cooling got %v (hit %v), want the recycled %v as a hit", resp.Result.IPs, resp.Result.Hit, first.IPs)
+	}
+	if n := testutil.ToFloat64(f.agent.metrics.coolingWaits.WithLabelValues("dual")); n != 1 {
+		t.Errorf("%v cooling waits counted, want 1", n)
 	}
 }
 

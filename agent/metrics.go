@@ -8,15 +8,16 @@ import (
 
 // metrics are the agent's Prometheus metrics; docs/metrics.md lists them.
 type metrics struct {
-	registry  *prometheus.Registry
-	add       *prometheus.HistogramVec // by result: hit, miss, error
-	del       prometheus.Histogram
-	persist   *prometheus.HistogramVec // by op: assign, release
-	hits      *prometheus.CounterVec   // by pool
-	misses    *prometheus.CounterVec   // by pool
-	bus       *prometheus.CounterVec   // by subject kind and direction
-	reclaimed *prometheus.CounterVec   // by pool
-	coalesced *prometheus.CounterVec   // by pool
+	registry     *prometheus.Registry
+	add          *prometheus.HistogramVec // by result: hit, miss, error
+	del          prometheus.Histogram
+	persist      *prometheus.HistogramVec // by op: assign, release
+	hits         *prometheus.CounterVec   // by pool
+	misses       *prometheus.CounterVec   // by pool
+	bus          *prometheus.CounterVec   // by subject kind and direction
+	reclaimed    *prometheus.CounterVec   // by pool
+	coalesced    *prometheus.CounterVec   // by pool
+	coolingWaits *prometheus.CounterVec   // by pool
 }
 
 // Latency buckets from 100 µs (a warm hit's commit) to 10 s (a miss that
@@ -40,12 +41,14 @@ func newMetrics(a *Agent) *metrics {
 			Name: "warmpool_agent_cache_misses_total", Help: "ADDs that found the node's cache empty and asked the allocator."}, []string{"pool"}),
 		reclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_reclaimed_total", Help: "Assignments released at the allocator's request because their pod was gone (a DEL never came)."}, []string{"pool"}),
+		coolingWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warmpool_agent_cooling_waits_total", Help: "ADDs that found no warm unit and were served a unit of this node once its reuse delay after a DEL was over (counted as hits too)."}, []string{"pool"}),
 		coalesced: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_miss_shared_total", Help: "ADDs whose cache miss was served by a request to the allocator shared with other ADDs of the same pool."}, []string{"pool"}),
 		bus: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_bus_messages_total", Help: "Bus messages sent and received by the agent, by kind and direction."}, []string{"kind", "direction"}),
 	}
-	m.registry.MustRegister(m.add, m.del, m.persist, m.hits, m.misses, m.bus, m.reclaimed, m.coalesced, stateCollector{a},
+	m.registry.MustRegister(m.add, m.del, m.persist, m.hits, m.misses, m.bus, m.reclaimed, m.coalesced, m.coolingWaits, stateCollector{a},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -152,7 +152,7 @@ func Benchmark(ctx context.Context, o Options) (res *Result, err error) {
 	}()
 	res = &Result{Started: time.Now(), Settings: Settings{Nodes: o.Nodes, Pods: o.Pods, Shapes: o.Shapes, IPAMs: o.IPAMs,
 		Runs: o.Runs, PoolSize: o.PoolSize, NetNS: !o.NoNetNS, DAD: o.DAD, Parallel: o.Parallel, CPUs: runtime.NumCPU()}}
-	if o.ControllerQPS > 0 {
+	if o.ControllerQPS > 0 && o.Kubeconfig == "" {
 		res.Settings.ControllerQPS, res.Settings.ControllerBurst = o.ControllerQPS, o.ControllerBurst
 	}
 	if res.Settings.Cluster, err = b.up(ctx); err != nil {

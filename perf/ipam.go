@@ -29,8 +29,8 @@ const (
 var (
 	warmpoolV4  = netip.MustParsePrefix("10.64.0.0/12")
 	warmpoolV6  = netip.MustParsePrefix("fd00:64::/64")
-	staticV4    = netip.MustParsePrefix("10.96.0.0/12")
-	staticV6    = netip.MustParsePrefix("fd00:96::/64")
+	staticV4    = netip.MustParsePrefix("10.192.0.0/12")
+	staticV6    = netip.MustParsePrefix("fd00:192::/64")
 	hostLocalV4 = netip.MustParsePrefix("10.128.0.0/12")
 	hostLocalV6 = netip.MustParsePrefix("fd00:128::/64")
 )

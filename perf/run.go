@@ -105,6 +105,7 @@ func (b *bench) phase(ctx context.Context, run *Run, ns, name string, act func(c
 		err = b.wait(pctx, w, bar)
 	}
 	ph := b.tracker.finish(w)
+	ph.Pods = b.opts.Pods // a delete waits for 0 left, of this many
 	bar.finish(ph.Duration, err == nil)
 	if err != nil {
 		return &ph, err
@@ -113,7 +114,7 @@ func (b *bench) phase(ctx context.Context, run *Run, ns, name string, act func(c
 		if dup := b.tracker.sharedAddresses(); len(dup) > 0 {
 			return &ph, fmt.Errorf("addresses given to two Running pods: %s", strings.Join(dup, ", "))
 		}
-		if running, dual := b.tracker.runningPods(2); dual != running {
+		if running, dual := b.tracker.runningPods(); dual != running {
 			return &ph, fmt.Errorf("%d of %d Running pods lack a dual-stack pair", running-dual, running)
 		}
 	}

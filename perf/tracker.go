@@ -2,6 +2,7 @@ package perf
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -201,8 +202,8 @@ func (t *tracker) sharedAddresses() []string {
 }
 
 // runningPods is the number of pods Running now, and how many of them
-// have an address of each of want families (a dual-stack pod has 2).
-func (t *tracker) runningPods(families int) (running, complete int) {
+// have one IPv4 and one IPv6 address.
+func (t *tracker) runningPods() (running, dual int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, p := range t.pods {
@@ -210,11 +211,19 @@ func (t *tracker) runningPods(families int) (running, complete int) {
 			continue
 		}
 		running++
-		if len(p.ips) == families {
-			complete++
+		var v4, v6 int
+		for _, ip := range p.ips {
+			if a, err := netip.ParseAddr(ip); err == nil && a.Is4() {
+				v4++
+			} else if err == nil {
+				v6++
+			}
+		}
+		if v4 == 1 && v6 == 1 {
+			dual++
 		}
 	}
-	return running, complete
+	return running, dual
 }
 
 func percentiles(ds []time.Duration) *Percentiles {

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/warmpool/warmpool/perf"
 )
 
@@ -63,6 +65,9 @@ func main() {
 		os.Exit(2)
 	}
 	o.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// client-go's own warnings (a watch restarted) go where the harness's
+	// logs go, at its level, not over the progress bar.
+	klog.SetSlogLogger(o.Log)
 	if !*quiet {
 		o.Progress = os.Stderr
 	}

@@ -1,0 +1,83 @@
+package perf
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/warmpool/warmpool/internal/testenv"
+)
+
+// TestBenchmarkReduced runs the benchmark end to end at a small scale: 3
+// nodes, 60 pods, both shapes, warmpool at 1:1 scarcity beside both
+// baselines, through real namespaces and macvlan. It asserts correctness,
+// not speed: every phase completes (the harness itself fails a phase in
+// which two Running pods share an address or a pod lacks a dual-stack
+// pair, and for warmpool one whose NodeLeases do not settle to exactly the
+// pods' assignments), and warmpool's hit rate is reported.
+func TestBenchmarkReduced(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Missing(t, "the benchmark needs root for network namespaces")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	res, err := Benchmark(ctx, Options{Nodes: 3, Pods: 60, Log: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Runs) != 6 {
+		t.Fatalf("%d runs, want 2 shapes x 3 IPAMs", len(res.Runs))
+	}
+	for _, run := range res.Runs {
+		if run.Error != "" {
+			t.Errorf("%s %s: %s", run.IPAM, run.Shape, run.Error)
+			continue
+		}
+		if len(run.Phases) != 3 {
+			t.Errorf("%s %s: %d phases, want 3", run.IPAM, run.Shape, len(run.Phases))
+			continue
+		}
+		for _, ph := range run.Phases {
+			last := ph.Curve[len(ph.Curve)-1].Count
+			want := 60
+			if ph.Name == PhaseDelete {
+				want = 0
+			}
+			if last != want || ph.Pods != 60 {
+				t.Errorf("%s %s %s: ended at %d pods, want %d", run.IPAM, run.Shape, ph.Name, last, want)
+			}
+			if ph.Name != PhaseDelete && (ph.ADDs < 60 || ph.TimeToRunning == nil) {
+				t.Errorf("%s %s %s: %d ADDs, time to Running %v", run.IPAM, run.Shape, ph.Name, ph.ADDs, ph.TimeToRunning)
+			}
+			if ph.Name != PhaseCreate && ph.DELs < 60 {
+				t.Errorf("%s %s %s: %d DELs, want the 60 pods' at least", run.IPAM, run.Shape, ph.Name, ph.DELs)
+			}
+			if run.IPAM != IPAMWarmpool {
+				continue
+			}
+			// Every successful ADD is a hit or a miss of some agent.
+			if ph.Name != PhaseDelete && ph.Hits+ph.Misses != ph.ADDs-ph.ADDFailures {
+				t.Errorf("warmpool %s %s: %d hits + %d misses, %d ADDs of which %d failed", run.Shape, ph.Name, ph.Hits, ph.Misses, ph.ADDs, ph.ADDFailures)
+			}
+			if ph.Name == PhaseCreate && (ph.APIWrites <= 0 || ph.BusMessages <= 0) {
+				t.Errorf("warmpool %s create: %d API writes, %d bus messages: not counted", run.Shape, ph.APIWrites, ph.BusMessages)
+			}
+		}
+		if run.IPAM == IPAMWarmpool && (run.PeakRSS["allocator"] == 0 || len(run.PeakRSS) != 4) {
+			t.Errorf("warmpool peak RSS %v, want the allocator's and 3 agents'", run.PeakRSS)
+		}
+	}
+	s := Summarise(res)
+	for _, shape := range res.Settings.Shapes {
+		ph, ok := s.Phase(shape, IPAMWarmpool, PhaseCreate)
+		if !ok {
+			t.Fatalf("no warmpool create summary for %s", shape)
+		}
+		rate, ok := ph.HitRate()
+		if !ok {
+			t.Errorf("%s: no hit rate reported", shape)
+		}
+		t.Logf("%s: warmpool create %s, hit rate %.1f %%", shape, ph.Median, 100*rate)
+	}
+}
