@@ -100,6 +100,8 @@ type Agent struct {
 	// from the allocator (Grant, Revoke, Reconcile), each across its store
 	// write and its memory update, so memory and bbolt never diverge.
 	recordMu sync.Mutex
+	// recycleMu serialises Recycle.
+	recycleMu sync.Mutex
 
 	mu          sync.Mutex
 	pools       map[string]store.Pool
@@ -528,6 +530,14 @@ func (a *Agent) take(ctx context.Context, pool string) (store.Unit, bool, *wire.
 	if u, ok := a.awaitCooling(ctx, pool); ok {
 		return u, true, nil
 	}
+	if a.cfg.Allocator != nil {
+		// The wait may have outlasted the allocator's warm TTL: the miss
+		// path below pops warm units too.
+		if err := a.cfg.Allocator.Fenced(); err != nil {
+			return store.Unit{}, false, &wire.Error{Code: wire.CodeTryAgainLater,
+				Msg: fmt.Sprintf("node %s is not using its warm addresses of pool %s until it resynchronises with the allocator: %v", a.cfg.Node, pool, err), Details: "the runtime retries"}
+		}
+	}
 	if a.cfg.Allocator == nil {
 		return store.Unit{}, false, &wire.Error{Code: wire.CodeMissTimeout,
 			Msg:     fmt.Sprintf("node %s holds no warm address of pool %s", a.cfg.Node, pool),
@@ -611,7 +621,9 @@ func (a *Agent) awaitCooling(ctx context.Context, pool string) (store.Unit, bool
 		}
 		if ok {
 			if err := a.Recycle(a.cfg.Now()); err != nil {
+				// The unit stays cooling: waiting again would spin.
 				a.log.Error("recycle", "err", err)
+				ok = false
 			}
 		}
 		a.mu.Lock()
@@ -631,6 +643,9 @@ func (a *Agent) awaitCooling(ctx context.Context, pool string) (store.Unit, bool
 // sleepUntil waits until the agent's clock reaches t, or ctx ends (false).
 func (a *Agent) sleepUntil(ctx context.Context, t time.Time) bool {
 	for {
+		if ctx.Err() != nil {
+			return false
+		}
 		d := t.Sub(a.cfg.Now())
 		if d <= 0 {
 			return true
@@ -867,6 +882,11 @@ func (a *Agent) status(req *wire.Request) *wire.Error {
 // Recycle re-warms the units whose reuse delay has passed at now, persisted
 // first. The agent's loop calls it; tests call it with a moved clock.
 func (a *Agent) Recycle(now time.Time) error {
+	// ADDs waiting for cooling units call it too: one at a time, or a
+	// list of due units taken before another call re-warmed, assigned and
+	// released one would re-warm it before its new delay.
+	a.recycleMu.Lock()
+	defer a.recycleMu.Unlock()
 	a.mu.Lock()
 	var due []store.Key
 	for k, u := range a.units {

@@ -135,7 +135,10 @@ type bench struct {
 	networks   map[string]*network
 	warmpool   *warmpoolDeployment
 	bar        *progress
-	cleanup    []func()
+	// stopKubelets stops the simulated kubelets, tearing down what pods
+	// are left; idempotent.
+	stopKubelets func()
+	cleanup      []func()
 }
 
 // Benchmark brings up the cluster and everything the IPAMs need, runs every
@@ -290,20 +293,23 @@ func (b *bench) registerNodes(ctx context.Context) error {
 	perNode := (b.opts.Pods + b.opts.Nodes - 1) / b.opts.Nodes
 	hctx, stop := context.WithCancel(context.Background())
 	var beats sync.WaitGroup
-	b.cleanup = append(b.cleanup, func() { stop(); beats.Wait() })
+	// Cleanups run last first: heartbeats stop before the nodes go, or a
+	// heartbeat would recreate a deleted node's Lease.
+	b.cleanup = append(b.cleanup, func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, name := range b.nodes {
+			_ = b.kube.CoreV1().Nodes().Delete(dctx, name, metav1.DeleteOptions{})
+		}
+	}, func() { stop(); beats.Wait() })
 	for i := range b.opts.Nodes {
 		name := fmt.Sprintf("bench-node-%02d", i)
+		b.nodes = append(b.nodes, name) // before Register: a half-made node is deleted too
 		err := controlplane.Register(ctx, b.kube, controlplane.Node{Name: name, Labels: map[string]string{nodeLabel: "true"},
 			Taints: []corev1.Taint{{Key: benchTaint, Value: "true", Effect: corev1.TaintEffectNoSchedule}}, MaxPods: max(110, 2*perNode+10)})
 		if err != nil {
 			return err
 		}
-		b.nodes = append(b.nodes, name)
-		b.cleanup = append(b.cleanup, func() {
-			dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = b.kube.CoreV1().Nodes().Delete(dctx, name, metav1.DeleteOptions{})
-		})
 		beats.Add(1)
 		go func() {
 			defer beats.Done()
@@ -349,14 +355,18 @@ func (b *bench) startKubelets(ctx context.Context) error {
 		return fmt.Errorf("pod informer never synced: %w", ctx.Err())
 	}
 	b.kubelets.run(kctx, b.opts.Parallel)
-	b.cleanup = append(b.cleanup, func() {
-		sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
-		defer scancel()
-		cancel()
-		b.kubelets.stop(sctx)
-		close(stop)
-		factory.Shutdown()
-	})
+	var once sync.Once
+	b.stopKubelets = func() {
+		once.Do(func() {
+			sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
+			defer scancel()
+			cancel()
+			b.kubelets.stop(sctx)
+			close(stop)
+			factory.Shutdown()
+		})
+	}
+	b.cleanup = append(b.cleanup, b.stopKubelets)
 	return nil
 }
 
@@ -374,7 +384,9 @@ func (b *bench) networksUp(ctx context.Context) (err error) {
 				}
 				return err
 			}
-			b.cleanup = append(b.cleanup, b.warmpool.stop)
+			// The kubelets' last DELs need the agents: they stop first.
+			d := b.warmpool
+			b.cleanup = append(b.cleanup, func() { b.stopKubelets(); d.stop() })
 			n, err = warmpoolNetwork(b.warmpool.pool, b.warmpool.sockets, netns)
 			done()
 		case IPAMStatic:

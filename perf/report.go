@@ -58,8 +58,9 @@ type PhaseSummary struct {
 	// TimeToRunning holds the median, over the runs that measured it, of
 	// each percentile; nil when none did (delete).
 	TimeToRunning *Percentiles
-	// Hits and Misses are summed over the runs.
-	Hits, Misses int
+	// Hits, Misses and CoolingWaits (hits that waited for a reuse delay)
+	// are summed over the runs.
+	Hits, Misses, CoolingWaits int
 	// APIWritesPerPod is the median over the runs that measured API
 	// writes of their writes per pod; APIWriteRuns is how many did.
 	APIWritesPerPod float64
@@ -186,6 +187,7 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 		}
 		ps.Hits += ph.Hits
 		ps.Misses += ph.Misses
+		ps.CoolingWaits += ph.CoolingWaits
 		ps.ADDFailures += ph.ADDFailures
 		ps.DELFailures += ph.DELFailures
 		if ph.Pods > 0 {
@@ -534,7 +536,7 @@ func WriteTable(w io.Writer, r *Result) error {
 
 	b.WriteString("Details (medians over runs; time to Running per pod):\n\n")
 	rows = [][]string{{"IPAM", "shape", "phase", "runs", "median", "p50", "p90", "p99",
-		"hit rate", "API writes/pod", "bus msgs/pod", "ADD failures", "DEL failures"}}
+		"hit rate", "hits after cooling", "API writes/pod", "bus msgs/pod", "ADD failures", "DEL failures"}}
 	for _, ipam := range s.IPAMs {
 		for _, shape := range s.Shapes {
 			for _, phase := range s.Phases {
@@ -546,16 +548,16 @@ func WriteTable(w io.Writer, r *Result) error {
 				if t := ps.TimeToRunning; t != nil {
 					p50, p90, p99 = formatDuration(t.P50), formatDuration(t.P90), formatDuration(t.P99)
 				}
-				hit := "-"
+				hit, cooled := "-", "-"
 				if rate, ok := ps.HitRate(); ok {
-					hit = formatHitRate(rate)
+					hit, cooled = formatHitRate(rate), fmt.Sprint(ps.CoolingWaits)
 				}
 				writes := "-"
 				if ps.APIWriteRuns > 0 {
 					writes = fmt.Sprintf("%.3f", ps.APIWritesPerPod)
 				}
 				rows = append(rows, []string{ipam, shape.String(), phase, fmt.Sprint(ps.Runs),
-					formatDuration(ps.Median), p50, p90, p99, hit, writes,
+					formatDuration(ps.Median), p50, p90, p99, hit, cooled, writes,
 					fmt.Sprintf("%.2f", ps.BusMessagesPerPod), fmt.Sprint(ps.ADDFailures), fmt.Sprint(ps.DELFailures)})
 			}
 		}

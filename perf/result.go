@@ -93,6 +93,9 @@ type Phase struct {
 	// Hits and Misses of warmpool's warm caches (warmpool only).
 	Hits   int `json:"hits"`
 	Misses int `json:"misses"`
+	// CoolingWaits are the hits that waited for a unit of their node to
+	// finish its reuse delay after a DEL (warmpool only).
+	CoolingWaits int `json:"coolingWaits"`
 	// APIWrites is the number of Kubernetes API writes warmpool's
 	// components made (warmpool only; -1 when not measured).
 	APIWrites int `json:"apiWrites"`

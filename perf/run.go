@@ -10,7 +10,9 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // phaseTimeout bounds one phase: an IPAM that has not finished by then
@@ -31,6 +33,11 @@ func (b *bench) run(ctx context.Context, ipam string, shape Shape, rep int) Run 
 	if err != nil {
 		run.Error = err.Error()
 		b.bar.say("    %s %s run %d failed: %v", ipam, shape, rep+1, err)
+		// Its pods would otherwise be torn down during the next runs,
+		// taking their CPU and, at 1:1, warmpool's addresses.
+		if err := b.drain(ctx, ns); err != nil {
+			b.opts.Log.Warn("drain a failed run", "namespace", ns, "err", err)
+		}
 	}
 	dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -53,9 +60,7 @@ func (b *bench) phases(ctx context.Context, run *Run, ns string) error {
 		act  func(context.Context) error
 	}{
 		{PhaseCreate, func(ctx context.Context) error { return b.createDeployments(ctx, ns, run.Shape) }},
-		{PhaseRecreate, func(ctx context.Context) error {
-			return b.kube.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
-		}},
+		{PhaseRecreate, func(ctx context.Context) error { return b.deletePods(ctx, ns) }},
 		{PhaseDelete, func(ctx context.Context) error {
 			bg := metav1.DeletePropagationBackground
 			return b.kube.AppsV1().Deployments(ns).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{})
@@ -131,6 +136,7 @@ func (b *bench) phase(ctx context.Context, run *Run, ns, name string, act func(c
 			return &ph, err
 		}
 		ph.Hits, ph.Misses, ph.APIWrites = int(after.hits-wp.hits), int(after.misses-wp.misses), int(after.writes-wp.writes)
+		ph.CoolingWaits = int(after.cooled - wp.cooled)
 		now, err := b.nats.Published()
 		if err != nil {
 			return &ph, err
@@ -176,6 +182,50 @@ func (b *bench) createDeployments(ctx context.Context, ns string, shape Shape) e
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			_, errs[i] = b.kube.AppsV1().Deployments(ns).Create(ctx, deployment(fmt.Sprintf("app-%03d", i), shape.Replicas), metav1.CreateOptions{})
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// drain deletes a namespace's Deployments and pods and waits until no pod
+// is left.
+func (b *bench) drain(ctx context.Context, ns string) error {
+	bg := metav1.DeletePropagationBackground
+	if err := b.kube.AppsV1().Deployments(ns).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{}); err != nil {
+		return err
+	}
+	if err := b.deletePods(ctx, ns); err != nil {
+		return err
+	}
+	return wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := b.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		return err == nil && len(pods.Items) == 0, nil
+	})
+}
+
+// deletePods deletes every pod of ns at once, as kubectl delete pods
+// --all does: a request per pod, many in flight. One DeleteCollection
+// would do it in a single request that, for 1000 pods on a loaded
+// apiserver, can outlast the apiserver's 60 s request timeout.
+func (b *bench) deletePods(ctx context.Context, ns string) error {
+	pods, err := b.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list pods: %w", err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(pods.Items))
+	sem := make(chan struct{}, 32)
+	for i := range pods.Items {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			p := &pods.Items[i]
+			err := b.kube.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &p.UID}})
+			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+				errs[i] = fmt.Errorf("delete pod %s: %w", p.Name, err)
+			}
 		}()
 	}
 	wg.Wait()

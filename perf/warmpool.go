@@ -115,7 +115,7 @@ func (d *warmpoolDeployment) peakRSS() map[string]uint64 {
 
 // warmpoolCounts are warmpool's own counters at one moment.
 type warmpoolCounts struct {
-	hits, misses, writes float64
+	hits, misses, cooled, writes float64
 }
 
 func (d *warmpoolDeployment) counts(ctx context.Context) (warmpoolCounts, error) {
@@ -130,6 +130,7 @@ func (d *warmpoolDeployment) counts(ctx context.Context) (warmpoolCounts, error)
 		}
 		c.hits += sum(fams, "warmpool_agent_cache_hits_total", nil)
 		c.misses += sum(fams, "warmpool_agent_cache_misses_total", nil)
+		c.cooled += sum(fams, "warmpool_agent_cooling_waits_total", nil)
 		c.writes += sum(fams, "warmpool_kube_requests_total", func(l map[string]string) bool {
 			switch l["method"] {
 			case "POST", "PUT", "PATCH", "DELETE":
