@@ -173,15 +173,23 @@ func (b *bench) wait(ctx context.Context, w *phaseWatch, bar *phaseBar) error {
 // createDeployments creates a shape's Deployments, ten at a time, as a
 // kubectl apply of many objects would, a little faster.
 func (b *bench) createDeployments(ctx context.Context, ns string, shape Shape) error {
+	return inParallel(shape.Deployments, 10, func(i int) error {
+		_, err := b.kube.AppsV1().Deployments(ns).Create(ctx, deployment(fmt.Sprintf("app-%03d", i), shape.Replicas), metav1.CreateOptions{})
+		return err
+	})
+}
+
+// inParallel calls fn for 0..n-1, at most limit at once, and joins the errors.
+func inParallel(n, limit int, fn func(i int) error) error {
 	var wg sync.WaitGroup
-	errs := make([]error, shape.Deployments)
-	sem := make(chan struct{}, 10)
-	for i := range shape.Deployments {
+	errs := make([]error, n)
+	sem := make(chan struct{}, limit)
+	for i := range n {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			_, errs[i] = b.kube.AppsV1().Deployments(ns).Create(ctx, deployment(fmt.Sprintf("app-%03d", i), shape.Replicas), metav1.CreateOptions{})
+			errs[i] = fn(i)
 		}()
 	}
 	wg.Wait()
@@ -213,23 +221,14 @@ func (b *bench) deletePods(ctx context.Context, ns string) error {
 	if err != nil {
 		return fmt.Errorf("list pods: %w", err)
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(pods.Items))
-	sem := make(chan struct{}, 32)
-	for i := range pods.Items {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			p := &pods.Items[i]
-			err := b.kube.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &p.UID}})
-			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-				errs[i] = fmt.Errorf("delete pod %s: %w", p.Name, err)
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return inParallel(len(pods.Items), 32, func(i int) error {
+		p := &pods.Items[i]
+		err := b.kube.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &p.UID}})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return fmt.Errorf("delete pod %s: %w", p.Name, err)
+		}
+		return nil
+	})
 }
 
 // deployment is one of the shape's Deployments: pods that go only to the
