@@ -389,6 +389,7 @@ func (b *bench) networksUp(ctx context.Context) (err error) {
 			b.cleanup = append(b.cleanup, func() { b.stopKubelets(); d.stop() })
 			n, err = warmpoolNetwork(b.warmpool.pool, b.warmpool.sockets, netns)
 			done()
+			b.bar.say("    allocator metrics at %s, profiles at %s", b.warmpool.alloc.metrics, strings.TrimSuffix(b.warmpool.alloc.metrics, "metrics")+"debug/pprof/")
 		case IPAMStatic:
 			n, err = staticNetwork(b.opts.Nodes, netns)
 		case IPAMHostLocal:

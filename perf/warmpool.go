@@ -40,7 +40,7 @@ func deployWarmpool(ctx context.Context, b *bench) (d *warmpoolDeployment, err e
 	logDir := filepath.Join(b.dir, "logs")
 	if d.alloc, err = startProcess("allocator", filepath.Join(b.bins, "warmpool-allocator"), logDir,
 		"--kubeconfig="+b.kubeconfig, "--nats-url="+b.nats.ClientURL(), "--namespace=kube-system",
-		"--lease-name=warmpool-bench-allocator", "--log-level=warn"); err != nil {
+		"--lease-name=warmpool-bench-allocator", "--log-level=warn", "--pprof"); err != nil {
 		return d, err
 	}
 	if err := d.alloc.waitServing(ctx, time.Minute); err != nil {
@@ -50,7 +50,7 @@ func deployWarmpool(ctx context.Context, b *bench) (d *warmpoolDeployment, err e
 		sock := filepath.Join(b.dir, "run", fmt.Sprintf("agent-%d.sock", i))
 		p, err := startProcess("agent-"+node, filepath.Join(b.bins, "warmpool-agent"), logDir,
 			"--node="+node, "--socket="+sock, "--state="+filepath.Join(b.dir, "run", fmt.Sprintf("agent-%d.db", i)),
-			"--nats-url="+b.nats.ClientURL(), "--kubeconfig="+b.kubeconfig, "--log-level=warn")
+			"--nats-url="+b.nats.ClientURL(), "--kubeconfig="+b.kubeconfig, "--log-level=warn", "--pprof")
 		if err != nil {
 			return d, err
 		}

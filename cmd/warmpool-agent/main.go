@@ -39,6 +39,7 @@ func main() {
 		missTimeout = flag.Duration("miss-timeout", 5*time.Second, "how long an ADD with an empty cache waits for the allocator")
 		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
 		metricsAddr = flag.String("metrics-addr", ":9420", "where to serve /metrics; empty serves none")
+		pprof       = flag.Bool("pprof", false, "also serve Go's profiles at /debug/pprof/ on the metrics address")
 	)
 	flag.Parse()
 	var level slog.Level
@@ -47,13 +48,13 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", *node)
-	if err := run(*node, *socket, *state, *natsURL, *kubeconfig, *metricsAddr, *reuseDelay, *missTimeout, log); err != nil {
+	if err := run(*node, *socket, *state, *natsURL, *kubeconfig, *metricsAddr, *pprof, *reuseDelay, *missTimeout, log); err != nil {
 		log.Error("agent stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, reuseDelay, missTimeout time.Duration, log *slog.Logger) error {
+func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof bool, reuseDelay, missTimeout time.Duration, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	kube, wp, err := client.Clients(kubeconfig, 20, 40)
@@ -81,7 +82,7 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, reuseDela
 		return err
 	}
 	a.Registry().MustRegister(metrics.KubeRequests())
-	if err := metrics.Serve(ctx, metricsAddr, a.Registry(), log); err != nil {
+	if err := metrics.Serve(ctx, metricsAddr, a.Registry(), log, pprof); err != nil {
 		return err
 	}
 	// The agent serves from its record while the bus is away: connect

@@ -32,6 +32,7 @@ type options struct {
 	qps                                                                float64
 	burst                                                              int
 	planInterval, gcInterval, nodeLossGrace                            time.Duration
+	pprof                                                              bool
 }
 
 func main() {
@@ -42,6 +43,7 @@ func main() {
 	flag.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of the leader-election Lease")
 	flag.StringVar(&o.leaseName, "lease-name", "warmpool-allocator", "name of the leader-election Lease")
 	flag.StringVar(&o.metricsAddr, "metrics-addr", ":9421", "where to serve /metrics while leading; empty serves none")
+	flag.BoolVar(&o.pprof, "pprof", false, "also serve Go's profiles at /debug/pprof/ on the metrics address")
 	flag.Float64Var(&o.qps, "kube-api-qps", 100, "Kubernetes API requests per second (client-go rate limiter)")
 	flag.IntVar(&o.burst, "kube-api-burst", 200, "Kubernetes API request burst")
 	flag.DurationVar(&o.planInterval, "plan-interval", allocator.DefaultPlanInterval, "planning round period when no event triggers one")
@@ -121,7 +123,7 @@ func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, 
 		return err
 	}
 	a.Registry().MustRegister(metrics.KubeRequests())
-	if err := metrics.Serve(ctx, o.metricsAddr, a.Registry(), log); err != nil {
+	if err := metrics.Serve(ctx, o.metricsAddr, a.Registry(), log, o.pprof); err != nil {
 		return err
 	}
 	log.Info("serving the bus", "nats", conn.ConnectedUrlRedacted())

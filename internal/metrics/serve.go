@@ -8,15 +8,18 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Serve serves reg on addr at /metrics until ctx ends. An empty addr
-// serves nothing. It fails at once if addr cannot be bound.
-func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) error {
+// Serve serves reg on addr at /metrics until ctx ends, and with pprof Go's
+// profiles at /debug/pprof/ (off by default: a profile shows internals to
+// whoever can reach the port). An empty addr serves nothing. It fails at
+// once if addr cannot be bound.
+func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger, pprof bool) error {
 	if addr == "" {
 		return nil
 	}
@@ -26,6 +29,13 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if pprof {
+		mux.HandleFunc("/debug/pprof/", httppprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", httppprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {

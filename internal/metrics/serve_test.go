@@ -1,0 +1,50 @@
+package metrics
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TestServePprofOnlyWhenAsked: /metrics is always served, Go's profiles
+// only with pprof on.
+func TestServePprofOnlyWhenAsked(t *testing.T) {
+	for _, pprof := range []bool{false, true} {
+		t.Run(fmt.Sprint("pprof=", pprof), func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := l.Addr().String()
+			l.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if err := Serve(ctx, addr, prometheus.NewRegistry(), slog.New(slog.DiscardHandler), pprof); err != nil {
+				t.Fatal(err)
+			}
+			status := func(path string) int {
+				resp, err := http.Get("http://" + addr + path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				return resp.StatusCode
+			}
+			if got := status("/metrics"); got != http.StatusOK {
+				t.Errorf("/metrics: %d", got)
+			}
+			want := http.StatusNotFound
+			if pprof {
+				want = http.StatusOK
+			}
+			if got := status("/debug/pprof/cmdline"); got != want {
+				t.Errorf("/debug/pprof/cmdline: %d, want %d", got, want)
+			}
+		})
+	}
+}
