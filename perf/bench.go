@@ -380,7 +380,7 @@ func (b *bench) networksUp(ctx context.Context) (err error) {
 			done := b.step("deploying warmpool: a %d-pair dual-stack pool, the allocator and %d agents", b.opts.PoolSize, b.opts.Nodes)
 			if b.warmpool, err = deployWarmpool(ctx, b); err != nil {
 				if b.warmpool != nil {
-					err = fmt.Errorf("%w\n%s", err, b.warmpool.logTails(b.dir, 20))
+					err = fmt.Errorf("%w\n%s", err, b.warmpool.logTails(2000))
 				}
 				return err
 			}

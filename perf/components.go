@@ -8,90 +8,54 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/warmpool/warmpool/internal/child"
 )
 
 // process is one of warmpool's components, run from its real binary as
 // it would run on a node: the harness measures its memory and reads its
 // /metrics.
 type process struct {
-	name    string
-	cmd     *exec.Cmd
+	*child.Process
 	metrics string // http://127.0.0.1:<port>/metrics
-	exited  chan struct{}
-	err     error
 }
 
 // startProcess runs bin with args, its output in logDir/<name>.log, its
 // metrics on a free loopback port passed as --metrics-addr.
 func startProcess(name, bin, logDir string, args ...string) (*process, error) {
-	port, err := freePort()
+	ports, err := child.FreePorts(1)
 	if err != nil {
 		return nil, err
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	logf, err := os.Create(filepath.Join(logDir, name+".log"))
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	p, err := child.Start(name, logDir, bin, append(args, "--metrics-addr="+addr)...)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, append(args, "--metrics-addr="+addr)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &process{name: name, cmd: cmd, metrics: "http://" + addr + "/metrics", exited: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.exited)
-	}()
-	return p, nil
+	return &process{Process: p, metrics: "http://" + addr + "/metrics"}, nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// stop sends SIGTERM and waits, then kills after 10 s.
-func (p *process) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
+func (p *process) stop() { p.Stop(10 * time.Second) }
 
 // alive fails once the process has exited.
 func (p *process) alive() error {
-	select {
-	case <-p.exited:
-		return fmt.Errorf("%s exited: %v", p.name, p.err)
-	default:
-		return nil
+	if p.Exited() {
+		return p.ExitError()
 	}
+	return nil
 }
 
 // peakRSS is the process's peak resident set (VmHWM), in bytes.
 func (p *process) peakRSS() (uint64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.PID()))
 	if err != nil {
 		return 0, err
 	}
@@ -103,7 +67,7 @@ func (p *process) peakRSS() (uint64, error) {
 			return kb * 1024, err
 		}
 	}
-	return 0, fmt.Errorf("%s: no VmHWM in /proc status", p.name)
+	return 0, fmt.Errorf("%s: no VmHWM in /proc status", p.Name)
 }
 
 var scrapeClient = &http.Client{Timeout: 5 * time.Second}
@@ -116,16 +80,16 @@ func (p *process) scrape(ctx context.Context) (map[string]*dto.MetricFamily, err
 	}
 	resp, err := scrapeClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("metrics of %s: %w", p.name, err)
+		return nil, fmt.Errorf("metrics of %s: %w", p.Name, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("metrics of %s: %s", p.name, resp.Status)
+		return nil, fmt.Errorf("metrics of %s: %s", p.Name, resp.Status)
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return nil, fmt.Errorf("metrics of %s: %w", p.name, err)
+		return nil, fmt.Errorf("metrics of %s: %w", p.Name, err)
 	}
 	return fams, nil
 }
@@ -142,7 +106,7 @@ func (p *process) waitServing(ctx context.Context, timeout time.Duration) error 
 		return last == nil, nil
 	})
 	if err != nil {
-		return fmt.Errorf("%s not serving after %s: %w", p.name, timeout, errors.Join(err, last))
+		return fmt.Errorf("%s not serving after %s: %w", p.Name, timeout, errors.Join(err, last))
 	}
 	return nil
 }

@@ -3,7 +3,6 @@ package perf
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -73,7 +72,7 @@ func deployWarmpool(ctx context.Context, b *bench) (d *warmpoolDeployment, err e
 				return false, err
 			}
 			if sum(fams, "warmpool_agent_units", func(l map[string]string) bool { return l["state"] == "warm" }) == 0 {
-				cold = append(cold, p.name)
+				cold = append(cold, p.Name)
 			}
 		}
 		return len(cold) == 0, nil
@@ -107,7 +106,7 @@ func (d *warmpoolDeployment) peakRSS() map[string]uint64 {
 	out := map[string]uint64{}
 	for _, p := range d.processes() {
 		if v, err := p.peakRSS(); err == nil {
-			out[p.name] = v
+			out[p.Name] = v
 		}
 	}
 	return out
@@ -168,16 +167,11 @@ func (d *warmpoolDeployment) settle(ctx context.Context, ns string, want int) er
 	return nil
 }
 
-// logTails returns the last lines of each component's log, for an error.
-func (d *warmpoolDeployment) logTails(dir string, n int) string {
+// logTails returns the end of each component's log, for an error.
+func (d *warmpoolDeployment) logTails(n int) string {
 	var b strings.Builder
 	for _, p := range d.processes() {
-		data, err := os.ReadFile(filepath.Join(dir, "logs", p.name+".log"))
-		if err != nil {
-			continue
-		}
-		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-		fmt.Fprintf(&b, "--- %s\n%s\n", p.name, strings.Join(lines[max(0, len(lines)-n):], "\n"))
+		fmt.Fprintf(&b, "--- %s\n%s\n", p.Name, p.Tail(n))
 	}
 	return b.String()
 }

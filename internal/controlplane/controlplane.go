@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/warmpool/warmpool/internal/child"
 	"github.com/warmpool/warmpool/internal/toolchain"
 )
 
@@ -76,7 +77,7 @@ type ControlPlane struct {
 	etcdURL string
 
 	mu    sync.Mutex
-	procs []*process // in start order; stopped in reverse
+	procs []*child.Process // in start order; stopped in reverse
 }
 
 const adminUser = "warmpool-admin"
@@ -134,7 +135,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	if err != nil {
 		return cp, err
 	}
-	ports, err := freePorts(5)
+	ports, err := child.FreePorts(5)
 	if err != nil {
 		return cp, err
 	}
@@ -158,7 +159,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	if err != nil {
 		return cp, err
 	}
-	if err := etcd.waitListening(ctx, etcdClient, httpCheck(http.DefaultClient, cp.etcdURL+"/health", "")); err != nil {
+	if err := waitListening(ctx, etcd, etcdClient, httpCheck(http.DefaultClient, cp.etcdURL+"/health", "")); err != nil {
 		return cp, classify(etcd, err)
 	}
 
@@ -190,7 +191,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	// The serving certificate is self-signed and written at start-up, so the
 	// readiness probe cannot verify it yet; the client config below does.
 	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	if err := api.waitListening(ctx, apiPort, httpCheck(insecure, cp.server+"/readyz", cp.token)); err != nil {
+	if err := waitListening(ctx, api, apiPort, httpCheck(insecure, cp.server+"/readyz", cp.token)); err != nil {
 		return cp, classify(api, err)
 	}
 	cp.caFile = filepath.Join(certDir, "apiserver.crt")
@@ -239,7 +240,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		if err != nil {
 			return cp, err
 		}
-		if err := p.waitListening(ctx, c.port, httpCheck(insecure, "https://"+hostPort(c.port)+"/healthz", "")); err != nil {
+		if err := waitListening(ctx, p, c.port, httpCheck(insecure, "https://"+hostPort(c.port)+"/healthz", "")); err != nil {
 			return cp, classify(p, err)
 		}
 	}
@@ -257,8 +258,8 @@ func qpsArgs(opts Options) []string {
 	return args
 }
 
-func (cp *ControlPlane) launch(name, logDir, bin string, args ...string) (*process, error) {
-	p, err := startProcess(name, logDir, bin, args...)
+func (cp *ControlPlane) launch(name, logDir, bin string, args ...string) (*child.Process, error) {
+	p, err := child.Start(name, logDir, bin, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -270,8 +271,8 @@ func (cp *ControlPlane) launch(name, logDir, bin string, args ...string) (*proce
 
 // classify marks a readiness failure caused by a port taken after we
 // reserved it, which Start retries.
-func classify(p *process, err error) error {
-	if p.exited() && strings.Contains(p.tail(8000), "address already in use") {
+func classify(p *child.Process, err error) error {
+	if p.Exited() && strings.Contains(p.Tail(8000), "address already in use") {
 		return fmt.Errorf("%w: %w", errAddrInUse, err)
 	}
 	return err
@@ -363,8 +364,8 @@ func (cp *ControlPlane) PIDs() map[string]int {
 	defer cp.mu.Unlock()
 	pids := make(map[string]int, len(cp.procs))
 	for _, p := range cp.procs {
-		if !p.exited() {
-			pids[p.name] = p.cmd.Process.Pid
+		if !p.Exited() {
+			pids[p.Name] = p.PID()
 		}
 	}
 	return pids
@@ -377,7 +378,7 @@ func (cp *ControlPlane) LogTails(n int) string {
 	defer cp.mu.Unlock()
 	var b strings.Builder
 	for _, p := range cp.procs {
-		fmt.Fprintf(&b, "==> %s (%s) <==\n%s\n", p.name, p.logPath, p.tail(n))
+		fmt.Fprintf(&b, "==> %s (%s) <==\n%s\n", p.Name, p.LogPath, p.Tail(n))
 	}
 	return b.String()
 }
@@ -420,7 +421,7 @@ func (cp *ControlPlane) Stop() {
 	cp.procs = nil
 	cp.mu.Unlock()
 	for i := len(procs) - 1; i >= 0; i-- {
-		procs[i].stop(15 * time.Second)
+		procs[i].Stop(15 * time.Second)
 	}
 	if cp.ownDir && cp.dir != "" {
 		os.RemoveAll(cp.dir)
