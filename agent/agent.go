@@ -82,9 +82,32 @@ type Config struct {
 	// order per attachment; the bus reports them to the allocator. It must
 	// not block.
 	OnEvent func(broker.Event)
-	// AfterPersist, if set, runs between an ADD's commit and its answer:
-	// the fault tests' failpoint (they kill the agent there).
-	AfterPersist func()
+	// Failpoint, if set, is called at the named steps (the Failpoint*
+	// constants) of ADD, DEL, recycling, grants and revokes: the fault
+	// suite kills the agent there.
+	Failpoint func(name string)
+}
+
+// The failpoints: each names the step after which a crash is the hardest
+// to recover from.
+const (
+	FailpointAddBeforePersist   = "add-before-persist"    // a unit popped, nothing recorded
+	FailpointAddAfterPersist    = "add-after-persist"     // assignment committed, ADD not answered
+	FailpointDelBeforePersist   = "del-before-persist"    // DEL received, release not recorded
+	FailpointDelAfterPersist    = "del-after-persist"     // release committed, DEL not answered, not reported
+	FailpointRecycle            = "recycle-after-persist" // units re-warmed on disk, not in memory
+	FailpointGrantAfterPersist  = "grant-after-persist"   // grant recorded, not acknowledged
+	FailpointRevokeAfterPersist = "revoke-after-persist"  // units dropped, the allocator not told
+)
+
+// Failpoints lists every failpoint.
+var Failpoints = []string{FailpointAddBeforePersist, FailpointAddAfterPersist, FailpointDelBeforePersist,
+	FailpointDelAfterPersist, FailpointRecycle, FailpointGrantAfterPersist, FailpointRevokeAfterPersist}
+
+func (a *Agent) failpoint(name string) {
+	if a.cfg.Failpoint != nil {
+		a.cfg.Failpoint(name)
+	}
 }
 
 // Agent is the node agent's state and CNI operations.
@@ -204,6 +227,9 @@ func (a *Agent) grantRecordLocked(pool store.Pool, units []store.Unit, gen int64
 	}
 	if err := a.store.Grant(fresh); err != nil {
 		return fmt.Errorf("grant to %s: %w", pool.Name, err)
+	}
+	if len(fresh) > 0 {
+		a.failpoint(FailpointGrantAfterPersist)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -370,6 +396,7 @@ func (a *Agent) Revoke(pool string, ids []string, gen int64) ([]string, error) {
 		a.mu.Unlock()
 		return nil, fmt.Errorf("revoke: %w", err)
 	}
+	a.failpoint(FailpointRevokeAfterPersist)
 	a.forgetRecordLocked(dropped)
 	a.mu.Lock()
 	out := make([]string, 0, len(dropped))
@@ -481,6 +508,7 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 			Attachment: key, Pool: pool, UnitID: unit.ID, Network: req.Network, At: a.cfg.Now(),
 			Pod: store.Pod{Namespace: req.Pod.Namespace, Name: req.Pod.Name, UID: req.Pod.UID},
 		}
+		a.failpoint(FailpointAddBeforePersist)
 		t0 := time.Now()
 		err := a.store.Assign(as)
 		a.metrics.persist.WithLabelValues("assign").Observe(time.Since(t0).Seconds())
@@ -497,9 +525,7 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 		a.log.Error("persist assignment", "attachment", key, "pool", pool, "unit", unit.ID, "err", err)
 		return nil, &wire.Error{Code: wire.CodeTryAgainLater, Msg: "the agent could not record the assignment", Details: err.Error()}
 	}
-	if a.cfg.AfterPersist != nil {
-		a.cfg.AfterPersist()
-	}
+	a.failpoint(FailpointAddAfterPersist)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	unit.State, unit.Attachment = store.Assigned, key
@@ -764,6 +790,7 @@ func (a *Agent) delIf(req *wire.Request, match func(store.Assignment) bool) (boo
 			return false, nil
 		}
 	}
+	a.failpoint(FailpointDelBeforePersist)
 	t0 := time.Now()
 	as, found, err := a.store.Release(key, a.cfg.Now())
 	a.metrics.persist.WithLabelValues("release").Observe(time.Since(t0).Seconds())
@@ -773,6 +800,7 @@ func (a *Agent) delIf(req *wire.Request, match func(store.Assignment) bool) (boo
 	if !found {
 		return false, nil // DEL of the unknown succeeds
 	}
+	a.failpoint(FailpointDelAfterPersist)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.assignments, key)
@@ -901,6 +929,7 @@ func (a *Agent) Recycle(now time.Time) error {
 	if err := a.store.Rewarm(due); err != nil {
 		return fmt.Errorf("recycle %d units: %w", len(due), err)
 	}
+	a.failpoint(FailpointRecycle)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, k := range due {

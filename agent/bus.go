@@ -113,22 +113,41 @@ func (b *Bus) probeIfSilent(ctx context.Context) {
 // given to other nodes, so the agent asks for a sync and uses none until
 // that sync has reconciled its cache with its lease.
 func (b *Bus) Fenced() error {
+	silence, err := b.fence()
+	if err == nil {
+		return nil
+	}
+	if silence {
+		b.unsynced.Store(true)
+		b.log.Warn("warm units fenced", "err", err)
+	}
+	b.Resync()
+	return err
+}
+
+// Fencing is Fenced's answer without acting on it (no sync asked, no
+// state changed): for the agent's state endpoint.
+func (b *Bus) Fencing() error {
+	_, err := b.fence()
+	return err
+}
+
+// fence says why warm units may not be used now (nil: they may), and
+// whether the cause is a silence past the warm TTL, which unsyncs the
+// agent once Fenced notices it.
+func (b *Bus) fence() (silence bool, err error) {
 	if b.unsynced.Load() {
-		b.Resync()
-		return errors.New("the agent has not synchronised with the allocator since it started or since a silence")
+		return false, errors.New("the agent has not synchronised with the allocator since it started or since a silence")
 	}
 	now, ttl := b.agent.cfg.Now(), time.Duration(b.warmTTL.Load())
 	silent := now.Sub(time.Unix(0, b.heard.Load()))
 	if ready := b.readyAt.Load(); ready != 0 && now.Sub(time.Unix(0, ready)) <= ttl {
-		return nil // the API vouches for the node
+		return false, nil // the API vouches for the node
 	}
 	if silent > ttl {
-		b.unsynced.Store(true)
-		b.Resync()
-		b.log.Warn("warm units fenced: the allocator has not answered", "silent", silent, "warm_ttl", ttl)
-		return fmt.Errorf("no answer from the allocator for %s (warm addresses are usable for %s without one: the node may have been declared lost)", silent.Round(time.Second), ttl)
+		return true, fmt.Errorf("no answer from the allocator for %s (warm addresses are usable for %s without one: the node may have been declared lost)", silent.Round(time.Second), ttl)
 	}
-	return nil
+	return false, nil
 }
 
 // ExhaustedFor is how long an "exhausted" answer keeps STATUS not-ready

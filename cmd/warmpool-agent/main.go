@@ -9,8 +9,13 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,9 +29,31 @@ import (
 	"github.com/warmpool/warmpool/internal/metrics"
 )
 
-// failpointEnv names a failpoint for the fault tests: "after-persist" kills
-// the agent with SIGKILL between an ADD's commit and its answer.
+// failpointEnv arms a failpoint for the fault tests: "NAME" or "NAME:N"
+// kills the agent with SIGKILL the Nth time (default the first) it passes
+// the step NAME (agent.Failpoints).
 const failpointEnv = "WARMPOOL_FAILPOINT"
+
+// armFailpoint parses failpointEnv's value into a Failpoint hook.
+func armFailpoint(spec string) (func(string), error) {
+	name, nth, hasN := strings.Cut(spec, ":")
+	if !slices.Contains(agent.Failpoints, name) {
+		return nil, fmt.Errorf("%s=%q: unknown failpoint, want one of %v", failpointEnv, spec, agent.Failpoints)
+	}
+	n := int64(1)
+	if hasN {
+		var err error
+		if n, err = strconv.ParseInt(nth, 10, 64); err != nil || n < 1 {
+			return nil, fmt.Errorf("%s=%q: the count after ':' must be a positive integer", failpointEnv, spec)
+		}
+	}
+	var hits atomic.Int64
+	return func(at string) {
+		if at == name && hits.Add(1) == n {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+	}, nil
+}
 
 func main() {
 	var (
@@ -74,17 +101,17 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof boo
 		return err
 	}
 	acfg := agent.Config{Node: node, Store: s, Resolver: resolver, ReuseDelay: reuseDelay, MissTimeout: missTimeout, Logger: log}
-	if os.Getenv(failpointEnv) == "after-persist" {
-		acfg.AfterPersist = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
+	if spec := os.Getenv(failpointEnv); spec != "" {
+		if acfg.Failpoint, err = armFailpoint(spec); err != nil {
+			return err
+		}
+		log.Warn("failpoint armed: this agent will kill itself", "failpoint", spec)
 	}
 	a, err := agent.New(acfg)
 	if err != nil {
 		return err
 	}
 	a.Registry().MustRegister(metrics.KubeRequests())
-	if err := metrics.Serve(ctx, metricsAddr, a.Registry(), log, pprof); err != nil {
-		return err
-	}
 	// The agent serves from its record while the bus is away: connect
 	// without failing, and keep reconnecting.
 	conn, err := broker.Connect(ctx, natsURL, "warmpool-agent-"+node, nats.RetryOnFailedConnect(true))
@@ -94,6 +121,9 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof boo
 	defer conn.Close()
 	bus := agent.NewBus(a, conn, 0)
 	bus.NodeReady = agent.NodeReadyProbe(kube, node)
+	if err := metrics.Serve(ctx, metricsAddr, a.Registry(), log, pprof, map[string]http.Handler{agent.StatePath: a.StateHandler(bus.Fencing)}); err != nil {
+		return err
+	}
 	srv, err := agent.Listen(a, socket)
 	if err != nil {
 		return err

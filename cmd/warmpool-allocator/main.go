@@ -28,11 +28,12 @@ import (
 
 // options are the allocator's flags.
 type options struct {
-	kubeconfig, natsURL, natsListen, namespace, leaseName, metricsAddr string
-	qps                                                                float64
-	burst                                                              int
-	planInterval, gcInterval, nodeLossGrace                            time.Duration
-	pprof                                                              bool
+	kubeconfig, natsURL, natsListen, namespace, leaseName, identity, metricsAddr string
+	qps                                                                          float64
+	burst                                                                        int
+	planInterval, gcInterval, nodeLossGrace                                      time.Duration
+	leaseDuration, renewDeadline, retryPeriod                                    time.Duration
+	pprof                                                                        bool
 }
 
 func main() {
@@ -42,6 +43,10 @@ func main() {
 	flag.StringVar(&o.natsListen, "nats-listen", "0.0.0.0:4222", "address of the embedded NATS server")
 	flag.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of the leader-election Lease")
 	flag.StringVar(&o.leaseName, "lease-name", "warmpool-allocator", "name of the leader-election Lease")
+	flag.StringVar(&o.identity, "identity", os.Getenv("POD_NAME"), "this replica's name in the leader-election Lease (default $POD_NAME, else the host name and a random suffix)")
+	flag.DurationVar(&o.leaseDuration, "leader-lease-duration", 15*time.Second, "how long a leader's Lease lasts unrenewed: a dead leader's successor waits this long")
+	flag.DurationVar(&o.renewDeadline, "leader-renew-deadline", 10*time.Second, "how long a leader keeps trying to renew before it steps down; less than the lease duration")
+	flag.DurationVar(&o.retryPeriod, "leader-retry-period", 2*time.Second, "how often candidates try to take the Lease and the leader renews it")
 	flag.StringVar(&o.metricsAddr, "metrics-addr", ":9421", "where to serve /metrics while leading; empty serves none")
 	flag.BoolVar(&o.pprof, "pprof", false, "also serve Go's profiles at /debug/pprof/ on the metrics address")
 	flag.Float64Var(&o.qps, "kube-api-qps", 100, "Kubernetes API requests per second (client-go rate limiter)")
@@ -70,11 +75,18 @@ func run(o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	host, _ := os.Hostname()
-	suffix := make([]byte, 4)
-	_, _ = rand.Read(suffix)
-	identity := host + "-" + hex.EncodeToString(suffix)
-	e := allocator.Election{Namespace: o.namespace, Name: o.leaseName, Identity: identity}
+	identity := o.identity
+	if identity == "" {
+		host, _ := os.Hostname()
+		suffix := make([]byte, 4)
+		_, _ = rand.Read(suffix)
+		identity = host + "-" + hex.EncodeToString(suffix)
+	}
+	if o.renewDeadline >= o.leaseDuration || o.retryPeriod <= 0 || o.retryPeriod >= o.renewDeadline {
+		return fmt.Errorf("leader election: want 0 < --leader-retry-period (%s) < --leader-renew-deadline (%s) < --leader-lease-duration (%s)", o.retryPeriod, o.renewDeadline, o.leaseDuration)
+	}
+	e := allocator.Election{Namespace: o.namespace, Name: o.leaseName, Identity: identity,
+		LeaseDuration: o.leaseDuration, RenewDeadline: o.renewDeadline, Retry: o.retryPeriod}
 	err = allocator.RunLeader(ctx, kube, e, func(lctx context.Context, epoch uint64) error {
 		log := log.With("epoch", epoch, "identity", identity)
 		log.Info("leading")
@@ -123,7 +135,7 @@ func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, 
 		return err
 	}
 	a.Registry().MustRegister(metrics.KubeRequests())
-	if err := metrics.Serve(ctx, o.metricsAddr, a.Registry(), log, o.pprof); err != nil {
+	if err := metrics.Serve(ctx, o.metricsAddr, a.Registry(), log, o.pprof, nil); err != nil {
 		return err
 	}
 	log.Info("serving the bus", "nats", conn.ConnectedUrlRedacted())

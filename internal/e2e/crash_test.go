@@ -104,7 +104,7 @@ func TestAgentKilledBetweenPersistAndReply(t *testing.T) {
 	rt := &libcni.RuntimeConf{ContainerID: "sandbox-1", NetNS: podNS.Path(), IfName: "net1", Args: [][2]string{
 		{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", "web-0"}, {"K8S_POD_UID", string(pod.UID)}}}
 
-	crashing := startAgent(t, bin, c, "node-crash", dir, "WARMPOOL_FAILPOINT=after-persist")
+	crashing := startAgent(t, bin, c, "node-crash", dir, "WARMPOOL_FAILPOINT=add-after-persist")
 	add := func() (types.Result, error) {
 		var r types.Result
 		err := host.Do(func() error {

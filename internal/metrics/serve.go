@@ -15,11 +15,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Serve serves reg on addr at /metrics until ctx ends, and with pprof Go's
-// profiles at /debug/pprof/ (off by default: a profile shows internals to
-// whoever can reach the port). An empty addr serves nothing. It fails at
-// once if addr cannot be bound.
-func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger, pprof bool) error {
+// Serve serves reg on addr at /metrics until ctx ends, the component's
+// own read-only handlers at their paths, and with pprof Go's profiles at
+// /debug/pprof/ (off by default: a profile shows internals to whoever can
+// reach the port). An empty addr serves nothing. It fails at once if addr
+// cannot be bound.
+func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger, pprof bool, handlers map[string]http.Handler) error {
 	if addr == "" {
 		return nil
 	}
@@ -29,6 +30,9 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	for path, h := range handlers {
+		mux.Handle(path, h)
+	}
 	if pprof {
 		mux.HandleFunc("/debug/pprof/", httppprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", httppprof.Cmdline)

@@ -24,7 +24,7 @@ func TestServePprofOnlyWhenAsked(t *testing.T) {
 			l.Close()
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			if err := Serve(ctx, addr, prometheus.NewRegistry(), slog.New(slog.DiscardHandler), pprof); err != nil {
+			if err := Serve(ctx, addr, prometheus.NewRegistry(), slog.New(slog.DiscardHandler), pprof, nil); err != nil {
 				t.Fatal(err)
 			}
 			status := func(path string) int {
