@@ -81,6 +81,10 @@ type Allocator struct {
 	cfg Config
 	log *slog.Logger
 
+	// deposed is closed when a write found a newer leader's epoch.
+	deposed     chan struct{}
+	deposedOnce sync.Once
+
 	leaseLocks keyed.Mutex
 
 	mu      sync.Mutex
@@ -166,7 +170,7 @@ func newAllocator(cfg Config) *Allocator {
 		cfg.Logger = slog.Default()
 	}
 	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{},
-		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, suspects: map[suspectKey]time.Time{}, orphans: map[poolNode][]string{}, unsettled: map[poolNode]*unsettledWrite{}, kicks: make(chan struct{}, 1), writers: make(chan struct{}, cfg.Writers),
+		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, suspects: map[suspectKey]time.Time{}, orphans: map[poolNode][]string{}, unsettled: map[poolNode]*unsettledWrite{}, kicks: make(chan struct{}, 1), deposed: make(chan struct{}), writers: make(chan struct{}, cfg.Writers),
 		sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
 	return a
@@ -278,6 +282,18 @@ func (a *Allocator) upsertPool(p *v1alpha1.IPPool) {
 	if err := a.ledger.upsertPoolLocked(p); err != nil {
 		a.log.Error("pool not served", "pool", p.Name, "err", err)
 	}
+}
+
+// Deposed is closed once the allocator has found a lease written by a
+// newer leader: it must stop serving (and its process exit), whatever the
+// election says.
+func (a *Allocator) Deposed() <-chan struct{} { return a.deposed }
+
+func (a *Allocator) depose(newer int64) {
+	a.deposedOnce.Do(func() {
+		a.log.Error("deposed: a newer leader wrote a lease; stepping down", "newer_epoch", newer)
+		close(a.deposed)
+	})
 }
 
 // Stop stops planning and the informers, unsubscribes, and waits for the
@@ -864,6 +880,7 @@ func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string,
 		if uint64(cur.Spec.Epoch) > a.cfg.Epoch {
 			// A newer leader wrote it: this allocator is deposed and must
 			// not overwrite its successor's record.
+			a.depose(cur.Spec.Epoch)
 			return "", 0, fmt.Errorf("write lease %s: %w: it was written at epoch %d, this allocator's is %d", name, ErrDeposed, cur.Spec.Epoch, a.cfg.Epoch)
 		}
 		if !sameUnits(cur.Spec.Units, a.committedUnits(pool, node)) {

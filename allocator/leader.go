@@ -3,6 +3,7 @@ package allocator
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,13 +32,13 @@ func RunLeader(ctx context.Context, kube kubernetes.Interface, e Election, lead 
 	if e.LeaseDuration == 0 {
 		e.LeaseDuration, e.RenewDeadline, e.Retry = 15*time.Second, 10*time.Second, 2*time.Second
 	}
-	lock := &resourcelock.LeaseLock{
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lock := &termLock{Interface: &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: e.Namespace, Name: e.Name},
 		Client:     kube.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: e.Identity},
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	}, lost: cancel}
 	var (
 		leadErr error
 		began   atomic.Bool
@@ -68,6 +69,7 @@ func RunLeader(ctx context.Context, kube kubernetes.Interface, e Election, lead 
 				if lease.Spec.LeaseTransitions != nil {
 					transitions = *lease.Spec.LeaseTransitions
 				}
+				lock.begin(int(transitions))
 				leadErr = lead(lctx, uint64(transitions)+1)
 			},
 			OnStoppedLeading: func() {},
@@ -84,4 +86,38 @@ func RunLeader(ctx context.Context, kube kubernetes.Interface, e Election, lead 
 	}
 	<-led
 	return leadErr
+}
+
+// termLock is the election lock of one term of leadership. client-go's
+// elector keeps leading when a renewal acquires the Lease again after
+// someone else held it (a leader paused past its Lease, whose successor
+// released it before the pause ended), without telling us: our epoch would
+// then be older than the successor's, every write of ours refused, and
+// the Lease held by a leader that cannot serve. A renewal that would
+// record a change of hands ends the term instead.
+type termLock struct {
+	resourcelock.Interface
+	lost func()
+
+	mu      sync.Mutex
+	leading bool
+	term    int // the Lease's leaseTransitions when the term began
+}
+
+func (l *termLock) begin(transitions int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.leading, l.term = true, transitions
+}
+
+// Update writes a renewal, unless the Lease changed hands during the term.
+func (l *termLock) Update(ctx context.Context, rec resourcelock.LeaderElectionRecord) error {
+	l.mu.Lock()
+	leading, term := l.leading, l.term
+	l.mu.Unlock()
+	if leading && rec.LeaderTransitions != term {
+		l.lost()
+		return fmt.Errorf("leader lease changed hands during this term (transitions %d, the term began at %d): stepping down", rec.LeaderTransitions, term)
+	}
+	return l.Interface.Update(ctx, rec)
 }

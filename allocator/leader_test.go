@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/warmpool/warmpool/internal/testenv"
 )
@@ -47,4 +48,34 @@ func TestLeaderThatCannotServeLetsGo(t *testing.T) {
 	if waited := time.Since(start); waited > 2*time.Second {
 		t.Errorf("the second candidate waited %s: the failed leader did not release the Lease", waited)
 	}
+}
+
+// TestRenewalAcrossAChangeOfHandsEndsTheTerm: a leader paused past its
+// Lease whose successor released the Lease before the pause ended would
+// re-acquire it on its next renewal and keep leading with an epoch older
+// than the successor's. Its lock refuses that renewal and ends the term.
+func TestRenewalAcrossAChangeOfHandsEndsTheTerm(t *testing.T) {
+	inner := &recordingLock{}
+	lost := false
+	l := &termLock{Interface: inner, lost: func() { lost = true }}
+	l.begin(3)
+	if err := l.Update(context.Background(), resourcelock.LeaderElectionRecord{HolderIdentity: "a", LeaderTransitions: 3}); err != nil || lost {
+		t.Fatalf("a renewal within the term: err %v, lost %v", err, lost)
+	}
+	if err := l.Update(context.Background(), resourcelock.LeaderElectionRecord{HolderIdentity: "a", LeaderTransitions: 4}); err == nil || !lost {
+		t.Fatalf("a renewal that re-acquires after a change of hands: err %v, lost %v; want an error and the term ended", err, lost)
+	}
+	if inner.updates != 1 {
+		t.Fatalf("%d updates reached the Lease, want only the renewal within the term", inner.updates)
+	}
+}
+
+type recordingLock struct {
+	resourcelock.Interface
+	updates int
+}
+
+func (r *recordingLock) Update(context.Context, resourcelock.LeaderElectionRecord) error {
+	r.updates++
+	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/warmpool/warmpool/allocator"
@@ -119,9 +120,10 @@ func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, 
 		defer srv.Shutdown()
 		url = srv.ClientURL()
 	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	conn, err := broker.Connect(cctx, url, "warmpool-allocator")
+	// A bus that is down when the term begins (an external NATS
+	// restarting) is waited for, not a reason to exit: the agents keep
+	// serving from their caches meanwhile.
+	conn, err := broker.Connect(ctx, url, "warmpool-allocator", nats.RetryOnFailedConnect(true))
 	if err != nil {
 		return err
 	}
@@ -138,10 +140,15 @@ func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, 
 	if err := metrics.Serve(ctx, o.metricsAddr, a.Registry(), log, o.pprof, nil); err != nil {
 		return err
 	}
-	log.Info("serving the bus", "nats", conn.ConnectedUrlRedacted())
-	<-ctx.Done()
-	a.Stop()
-	return nil
+	log.Info("serving the bus", "nats", url)
+	select {
+	case <-ctx.Done():
+		a.Stop()
+		return nil
+	case <-a.Deposed():
+		a.Stop()
+		return allocator.ErrDeposed
+	}
 }
 
 func envOr(k, def string) string {

@@ -31,12 +31,21 @@ type Process struct {
 
 // Start runs bin with args, its output in logDir/<name>.log.
 func Start(name, logDir, bin string, args ...string) (*Process, error) {
+	return StartEnv(name, logDir, nil, bin, args...)
+}
+
+// StartEnv is Start with env ("K=V") added to the environment the child
+// inherits.
+func StartEnv(name, logDir string, env []string, bin string, args ...string) (*Process, error) {
 	logPath := filepath.Join(logDir, name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("%s: log file: %w", name, err)
 	}
 	cmd := exec.Command(bin, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	// Own process group, so a stop reaches anything the component forks, and

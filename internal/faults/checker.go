@@ -1,0 +1,275 @@
+package faults
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/warmpool/warmpool/agent"
+	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/api/v1alpha1"
+)
+
+// checker watches the sources of truth while the scenario runs: the pods'
+// reported addresses, the allocator's persisted NodeLeases, and each
+// agent's store. The runtime checks acknowledged ADDs itself (it knows
+// the instant), and the supervisor checks a dead agent's store.
+type checker struct {
+	w *world
+	r *runtime
+}
+
+// watch samples every interval until ctx ends.
+func (c *checker) watch(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := c.sample(ctx); err != nil {
+			c.w.fail(err)
+			return
+		}
+	}
+}
+
+// sample checks invariants 1 and 2 on one reading of each source. Reading
+// errors (the apiserver restarting, an agent down) skip that source.
+func (c *checker) sample(ctx context.Context) error {
+	c.w.stats.count("samples")
+	if err := c.podsShareNoAddress(ctx); err != nil {
+		return err
+	}
+	if err := c.leasesShareNoUnit(ctx); err != nil {
+		return err
+	}
+	return c.agentsShareNoUnit(ctx)
+}
+
+// podsShareNoAddress: no address is reported by two live pods (Running,
+// not being deleted). One LIST is one instant of etcd's history, and the
+// runtime clears a pod's addresses before it releases them.
+func (c *checker) podsShareNoAddress(ctx context.Context) error {
+	pods, err := c.w.kube.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil
+	}
+	owner := map[string]string{}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil || p.Status.Phase != "Running" {
+			continue
+		}
+		for _, ip := range p.Status.PodIPs {
+			c.w.stats.add("addresses-checked", 1)
+			if o, ok := owner[ip.IP]; ok {
+				return fmt.Errorf("invariant 1: %s is reported by live pods %s and %s", ip.IP, o, p.Name)
+			}
+			owner[ip.IP] = p.Name
+		}
+	}
+	return nil
+}
+
+// leasesShareNoUnit: no unit is in two nodes' leases (one LIST, one
+// instant).
+func (c *checker) leasesShareNoUnit(ctx context.Context) error {
+	list, err := c.w.wp.NodeLeases().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil
+	}
+	holder := map[string]string{}
+	for _, l := range list.Items {
+		for _, u := range l.Spec.Units {
+			c.w.stats.add("addresses-checked", 1)
+			if h, ok := holder[u.IPv4]; ok {
+				return fmt.Errorf("invariant 2: %s is in the NodeLeases of %s and %s", u.IPv4, h, l.Spec.Node)
+			}
+			holder[u.IPv4] = l.Spec.Node
+		}
+	}
+	return nil
+}
+
+// agentsShareNoUnit: no unit is held by two agents that may use what they
+// hold. A fenced agent (silent past its warm TTL, or not yet synced) uses
+// nothing until a sync reconciles it, and its node's units may have been
+// reclaimed by design; a dead agent uses nothing. The agents are read one
+// after the other, so a suspect pair is read again: held at A's first
+// reading, at B's, and at A's second means held by both at once.
+func (c *checker) agentsShareNoUnit(ctx context.Context) error {
+	states := c.readAgents(ctx)
+	suspects := sharedUnits(states)
+	if len(suspects) == 0 {
+		return nil
+	}
+	again := c.readAgents(ctx)
+	for unit, nodes := range suspects {
+		if len(nodes) < 2 {
+			continue
+		}
+		confirmed := 0
+		for _, n := range nodes {
+			if st := again[n]; st != nil && holds(st, unit) {
+				confirmed++
+			}
+		}
+		if confirmed >= 2 {
+			return fmt.Errorf("invariant 2: unit %s is held by the agents of %s at once: %s", unit, strings.Join(nodes, " and "), describe(again, nodes, unit))
+		}
+	}
+	return nil
+}
+
+// readAgents reads every serving, unfenced agent's record, by node.
+func (c *checker) readAgents(ctx context.Context) map[string]*agent.State {
+	out := map[string]*agent.State{}
+	for _, a := range c.w.agents {
+		st, err := agentState(ctx, a)
+		if err != nil || st.Fenced != "" {
+			continue
+		}
+		out[a.node] = st
+	}
+	return out
+}
+
+func sharedUnits(states map[string]*agent.State) map[string][]string {
+	holders := map[string][]string{}
+	for node, st := range states {
+		for _, u := range st.Units {
+			holders[u.ID] = append(holders[u.ID], node)
+		}
+	}
+	for id, nodes := range holders {
+		if len(nodes) < 2 {
+			delete(holders, id)
+		} else {
+			sort.Strings(nodes)
+		}
+	}
+	return holders
+}
+
+func holds(st *agent.State, id string) bool {
+	return slices.ContainsFunc(st.Units, func(u store.Unit) bool { return u.ID == id })
+}
+
+func describe(states map[string]*agent.State, nodes []string, id string) string {
+	var parts []string
+	for _, n := range nodes {
+		if st := states[n]; st != nil {
+			for _, u := range st.Units {
+				if u.ID == id {
+					parts = append(parts, fmt.Sprintf("%s: %s %s", n, u.State, u.Attachment))
+				}
+			}
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// checkStore is invariant 4, on an agent that just died: every ADD it
+// acknowledged whose sandbox is still live is in its store, with the same
+// unit.
+func (w *world) checkStore(c *component) {
+	snap, err := readStore(c)
+	if err != nil {
+		w.fail(fmt.Errorf("invariant 4: read the store of dead %s: %w", c.name, err))
+		return
+	}
+	live := w.runtime.liveOn(c.node)
+	for _, sb := range live {
+		as, ok := snap.Assignments[sb.id+"/"+ifName]
+		if !ok || as.UnitID != sb.v4 {
+			w.fail(fmt.Errorf("invariant 4: %s acknowledged %s to sandbox %s of %s, but its store after the crash has %+v",
+				c.name, sb.v4, sb.id, sb.pod.name, as))
+			return
+		}
+	}
+	w.stats.count("stores-checked-after-crash")
+	w.stats.add("assignments-checked-after-crash", len(live))
+}
+
+// converged is invariant 3 once the faults have stopped: every unit of
+// the pool is free (in no lease), or held by exactly the node whose lease
+// lists it; every assignment, in the leases and the agents' stores, is a
+// live sandbox's; every pod Running with its address. It returns nil or
+// what still disagrees.
+func (c *checker) converged(ctx context.Context) error {
+	if ok, why := c.r.quiet(); !ok {
+		return errors.New(why)
+	}
+	list, err := c.w.wp.NodeLeases().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	leased := map[string]map[string]v1alpha1.LeasedUnit{} // node -> unit -> lease entry
+	for _, l := range list.Items {
+		m := map[string]v1alpha1.LeasedUnit{}
+		for _, u := range l.Spec.Units {
+			m[u.IPv4] = u
+		}
+		leased[l.Spec.Node] = m
+	}
+	live := map[string]*sandbox{} // attachment -> sandbox
+	for _, a := range c.w.agents {
+		for _, sb := range c.r.liveOn(a.node) {
+			live[sb.id+"/"+ifName] = sb
+		}
+	}
+	inLeases := 0
+	for _, a := range c.w.agents {
+		st, err := agentState(ctx, a)
+		if err != nil {
+			return fmt.Errorf("%s: %w", a.name, err)
+		}
+		if st.Fenced != "" {
+			return fmt.Errorf("%s is fenced: %s", a.name, st.Fenced)
+		}
+		lease := leased[a.node]
+		inLeases += len(lease)
+		held := map[string]bool{}
+		for _, u := range st.Units {
+			held[u.ID] = true
+			e, ok := lease[u.ID]
+			if !ok {
+				return fmt.Errorf("%s holds %s (%s), which its NodeLease does not list", a.name, u.ID, u.State)
+			}
+			if (u.State == store.Assigned) != (e.State == v1alpha1.UnitAssigned) {
+				return fmt.Errorf("%s: %s is %s in the agent and %s in the NodeLease", a.name, u.ID, u.State, e.State)
+			}
+		}
+		for id := range lease {
+			if !held[id] {
+				return fmt.Errorf("the NodeLease of %s lists %s, which its agent does not hold", a.node, id)
+			}
+		}
+		for _, as := range st.Assignments {
+			sb, ok := live[as.Attachment]
+			if !ok {
+				return fmt.Errorf("%s assigns %s to %s (pod %s/%s), no live sandbox's (a leak)", a.name, as.UnitID, as.Attachment, as.Pod.Namespace, as.Pod.Name)
+			}
+			if sb.v4 != as.UnitID || sb.pod.node.node != a.node {
+				return fmt.Errorf("%s assigns %s to %s, but that sandbox on %s got %s", a.name, as.UnitID, as.Attachment, sb.pod.node.node, sb.v4)
+			}
+			delete(live, as.Attachment)
+		}
+	}
+	for att, sb := range live {
+		return fmt.Errorf("sandbox %s of %s on %s has %s, which its agent does not record", att, sb.pod.name, sb.pod.node.node, sb.v4)
+	}
+	if inLeases > c.w.cfg.Peak {
+		return fmt.Errorf("%d units in the leases of a %d-unit pool", inLeases, c.w.cfg.Peak)
+	}
+	c.w.stats.add("addresses-checked", c.w.cfg.Peak)
+	return nil
+}
