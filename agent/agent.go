@@ -302,8 +302,17 @@ func (a *Agent) Held() []broker.HeldUnit {
 // sync: the warm units the allocator lists are granted (idempotently, and
 // not those given back since), and warm or cooling units it does not list
 // are dropped, unless they were granted at a newer generation than the
-// reply (a grant that crossed it). Assigned units are never dropped.
-func (a *Agent) Reconcile(leases []broker.Lease) error {
+// reply (a grant that crossed it) or sent was the record the sync sent and
+// said they were assigned: the allocator does not list an assigned unit,
+// and a unit released since is still the node's (its release is reported
+// next). Assigned units are never dropped.
+func (a *Agent) Reconcile(leases []broker.Lease, sent []broker.HeldUnit) error {
+	assignedWhenSent := map[store.Key]bool{}
+	for _, h := range sent {
+		if h.Assigned {
+			assignedWhenSent[store.Key{Pool: h.Pool, ID: h.Unit.ID}] = true
+		}
+	}
 	a.recordMu.Lock()
 	defer a.recordMu.Unlock()
 	listed := map[store.Key]bool{}
@@ -322,7 +331,7 @@ func (a *Agent) Reconcile(leases []broker.Lease) error {
 	a.mu.Lock()
 	var drop []store.Key
 	for k, u := range a.units {
-		if !listed[k] && u.State != store.Assigned && a.grantedAt[k] <= genOf[k.Pool] {
+		if !listed[k] && u.State != store.Assigned && !assignedWhenSent[k] && a.grantedAt[k] <= genOf[k.Pool] {
 			drop = append(drop, k)
 		}
 	}

@@ -369,7 +369,7 @@ func TestStaleListingsCannotResurrectARevokedUnit(t *testing.T) {
 	}
 	stale := []broker.Lease{{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}, Gen: 5,
 		Units: []broker.Unit{{ID: us[0].ID, IPv4: us[0].IPv4, IPv6: us[0].IPv6}, {ID: us[1].ID, IPv4: us[1].IPv4, IPv6: us[1].IPv6}}}}
-	if err := f.agent.Reconcile(stale); err != nil {
+	if err := f.agent.Reconcile(stale, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.agent.Grant(dualPool, us[:1], 5); err != nil {
@@ -400,7 +400,7 @@ func TestReconcileKeepsWhatCrossedTheReply(t *testing.T) {
 	}
 	reply := []broker.Lease{{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}, Gen: 3,
 		Units: []broker.Unit{{ID: us[0].ID, IPv4: us[0].IPv4, IPv6: us[0].IPv6}}}}
-	if err := f.agent.Reconcile(reply); err != nil {
+	if err := f.agent.Reconcile(reply, nil); err != nil {
 		t.Fatal(err)
 	}
 	if f.agent.WarmCount("dual") != 2 {
@@ -408,11 +408,42 @@ func TestReconcileKeepsWhatCrossedTheReply(t *testing.T) {
 	}
 	// A reply at generation 4 that does not list it does drop it.
 	reply[0].Gen = 4
-	if err := f.agent.Reconcile(reply); err != nil {
+	if err := f.agent.Reconcile(reply, nil); err != nil {
 		t.Fatal(err)
 	}
 	if f.agent.WarmCount("dual") != 1 {
 		t.Fatalf("warm %d, want 1", f.agent.WarmCount("dual"))
+	}
+}
+
+// TestReconcileKeepsWhatWasAssignedWhenTheSyncWasSent: a sync sent while a
+// unit was assigned is answered without it (the allocator lists warm units
+// only); a DEL that released it meanwhile must not make the reply drop it:
+// the node still holds it, and its release is reported next. (Found by the
+// fault suite: the unit was dropped, and its assignment never freed.)
+func TestReconcileKeepsWhatWasAssignedWhenTheSyncWasSent(t *testing.T) {
+	f := newFixture(t, 0)
+	us := dualUnits(1)
+	if err := f.agent.Grant(dualPool, us, 3); err != nil {
+		t.Fatal(err)
+	}
+	f.do(t, req(wire.OpAdd, "c1"))
+	sent := f.agent.Held()
+	f.do(t, req(wire.OpDel, "c1"))
+	reply := []broker.Lease{{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}, Gen: 3}}
+	if err := f.agent.Reconcile(reply, sent); err != nil {
+		t.Fatal(err)
+	}
+	snap, _ := f.store.Load()
+	if u, ok := snap.Units[us[0].Key()]; !ok || u.State != store.Cooling {
+		t.Fatalf("the released unit is %+v (held %v), want kept cooling", u, ok)
+	}
+	// Without that sent record, the same reply drops it.
+	if err := f.agent.Reconcile(reply, nil); err != nil {
+		t.Fatal(err)
+	}
+	if snap, _ := f.store.Load(); len(snap.Units) != 0 {
+		t.Fatalf("units %v, want none", snap.Units)
 	}
 }
 

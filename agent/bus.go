@@ -435,7 +435,12 @@ func (b *Bus) sync(ctx context.Context) error {
 	covered := len(b.pending)
 	b.mu.Unlock()
 	var r broker.SyncReply
-	if err := b.request(ctx, broker.SubjectSync, &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: b.nextSeq(), Units: b.agent.Held()}, &r); err != nil {
+	// The sequence number is taken before the snapshot: a report of
+	// anything the snapshot misses is numbered after it, so the allocator
+	// never applies this snapshot over it.
+	seq := b.nextSeq()
+	held := b.agent.Held()
+	if err := b.request(ctx, broker.SubjectSync, &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Units: held}, &r); err != nil {
 		return err
 	}
 	if r.Error != "" {
@@ -444,7 +449,7 @@ func (b *Bus) sync(ctx context.Context) error {
 	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
 		return fmt.Errorf("sync answered by a deposed allocator (epoch %d): %w", r.Epoch, err)
 	}
-	if err := b.agent.Reconcile(r.Leases); err != nil {
+	if err := b.agent.Reconcile(r.Leases, held); err != nil {
 		return err
 	}
 	if r.WarmTTLMillis > 0 {

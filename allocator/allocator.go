@@ -356,9 +356,12 @@ func (a *Allocator) handleReport(ctx context.Context, m *nats.Msg) any {
 	unlock, fresh := a.inOrder(r.Node, r.Run, r.Seq)
 	defer unlock()
 	if !fresh {
+		a.log.Debug("report overtaken", "node", r.Node, "run", r.Run, "seq", r.Seq, "events", len(r.Events))
 		return reply // overtaken by a newer report or sync: what it said is applied
 	}
-	if _, err := a.applyByPool(ctx, r.Node, r.Events); err != nil {
+	_, err := a.applyByPool(ctx, r.Node, r.Events)
+	a.log.Debug("report applied", "node", r.Node, "run", r.Run, "seq", r.Seq, "events", len(r.Events), "err", err)
+	if err != nil {
 		reply.Error = err.Error()
 		return reply
 	}
@@ -460,7 +463,11 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 		events = append(events, broker.Event{Kind: kind, Pool: h.Pool, UnitID: h.Unit.ID, Attachment: h.Attachment, Pod: h.Pod})
 	}
 	_, err := a.applyByPool(ctx, req.Node, events)
+	if err == nil {
+		err = a.dropUnheldAssignments(ctx, req.Node, req.Units)
+	}
 	unlock()
+	a.log.Debug("sync applied", "node", req.Node, "run", req.Run, "seq", req.Seq, "units", len(req.Units), "err", err)
 	if err != nil {
 		reply.Error = err.Error()
 		return reply
@@ -488,6 +495,56 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 		reply.Leases = append(reply.Leases, lease)
 	}
 	return reply
+}
+
+// dropUnheldAssignments frees the units a node's leases list as assigned
+// that its agent's sync does not hold in any state. Only the agent makes
+// and ends assignments, and a sync is applied only if no newer report of
+// the agent was, so such a unit left the node (released and dropped by a
+// reconcile, say) with the news lost; kept, it would be asked back by the
+// leak GC forever and never used again. The caller holds the node's order
+// lock.
+func (a *Allocator) dropUnheldAssignments(ctx context.Context, node string, held []broker.HeldUnit) error {
+	holds := map[poolNode]map[string]bool{}
+	for _, h := range held {
+		pn := poolNode{h.Pool, node}
+		if holds[pn] == nil {
+			holds[pn] = map[string]bool{}
+		}
+		holds[pn][h.Unit.ID] = true
+	}
+	a.mu.Lock()
+	var pools []string
+	for name, ps := range a.ledger.pools {
+		if ls := ps.leases[node]; ls != nil {
+			for id, u := range ls.units {
+				if u.State == v1alpha1.UnitAssigned && !holds[poolNode{name, node}][id] {
+					pools = append(pools, name)
+					break
+				}
+			}
+		}
+	}
+	a.mu.Unlock()
+	for _, pool := range pools {
+		dropped, err := a.dropFromLease(ctx, pool, node, func(id string, u v1alpha1.LeasedUnit) bool {
+			return u.State == v1alpha1.UnitAssigned && !holds[poolNode{pool, node}][id]
+		})
+		if err != nil {
+			return err
+		}
+		for _, u := range dropped {
+			a.log.Warn("assignment its node no longer holds freed", "pool", pool, "node", node, "unit", unitID(u), "pod", podName(u.Pod))
+		}
+	}
+	return nil
+}
+
+func podName(p *v1alpha1.PodRef) string {
+	if p == nil {
+		return ""
+	}
+	return p.Namespace + "/" + p.Name
 }
 
 // push sends a grant to the node's agent. A lost push is not lost units:

@@ -246,7 +246,7 @@ func TestOrphansAreNeverListedBack(t *testing.T) {
 	if reply.Error != "" {
 		t.Fatal(reply.Error)
 	}
-	if err := ag.Reconcile(reply.Leases); err != nil {
+	if err := ag.Reconcile(reply.Leases, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range reply.Leases {
@@ -523,4 +523,37 @@ func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *flaky,
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a, api, agents["node-a"], a.ledger.pools["p"]
+}
+
+// TestSyncFreesAssignmentsTheNodeNoLongerHolds: a lease lists a unit as
+// assigned on a node whose agent's sync does not hold it at all (released,
+// then dropped, with the report lost). The sync frees it; before, the leak
+// GC asked the agent for it forever and it was never used again (found by
+// the fault suite).
+func TestSyncFreesAssignmentsTheNodeNoLongerHolds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, _, ag, _ := donorOfTheWholePool(t, ctx)
+	sync := func(seq uint64, held []broker.HeldUnit) {
+		t.Helper()
+		m := &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
+		if reply := a.handleSync(ctx, m).(*broker.SyncReply); reply.Error != "" {
+			t.Fatal(reply.Error)
+		}
+	}
+	held := ag.Held()
+	gone := held[0].Unit.ID
+	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
+	sync(1, held)
+	sync(2, held[1:])
+	a.mu.Lock()
+	_, listed := a.ledger.pools["p"].leases["node-a"].units[gone]
+	a.mu.Unlock()
+	if listed {
+		t.Fatalf("node-a's lease still lists %s, which its agent no longer holds", gone)
+	}
+	got, _, _, err := a.grant(ctx, "p", "node-b", 1)
+	if err != nil || len(got) != 1 || got[0].ID != gone {
+		t.Fatalf("grant to node-b: %v %v, want the freed %s", got, err, gone)
+	}
 }

@@ -44,7 +44,7 @@ func main() {
 	flag.StringVar(&o.natsListen, "nats-listen", "0.0.0.0:4222", "address of the embedded NATS server")
 	flag.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of the leader-election Lease")
 	flag.StringVar(&o.leaseName, "lease-name", "warmpool-allocator", "name of the leader-election Lease")
-	flag.StringVar(&o.identity, "identity", os.Getenv("POD_NAME"), "this replica's name in the leader-election Lease (default $POD_NAME, else the host name and a random suffix)")
+	flag.StringVar(&o.identity, "identity", os.Getenv("POD_NAME"), "this replica's name in the leader-election Lease, to which a random suffix is added (default $POD_NAME, else the host name)")
 	flag.DurationVar(&o.leaseDuration, "leader-lease-duration", 15*time.Second, "how long a leader's Lease lasts unrenewed: a dead leader's successor waits this long")
 	flag.DurationVar(&o.renewDeadline, "leader-renew-deadline", 10*time.Second, "how long a leader keeps trying to renew before it steps down; less than the lease duration")
 	flag.DurationVar(&o.retryPeriod, "leader-retry-period", 2*time.Second, "how often candidates try to take the Lease and the leader renews it")
@@ -76,13 +76,16 @@ func run(o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Unique per process, as kube-controller-manager's is: a process
+	// restarted under the same name must not take the Lease as a renewal
+	// of its predecessor's term (no change of hands, no new epoch).
 	identity := o.identity
 	if identity == "" {
-		host, _ := os.Hostname()
-		suffix := make([]byte, 4)
-		_, _ = rand.Read(suffix)
-		identity = host + "-" + hex.EncodeToString(suffix)
+		identity, _ = os.Hostname()
 	}
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix)
+	identity += "_" + hex.EncodeToString(suffix)
 	if o.renewDeadline >= o.leaseDuration || o.retryPeriod <= 0 || o.retryPeriod >= o.renewDeadline {
 		return fmt.Errorf("leader election: want 0 < --leader-retry-period (%s) < --leader-renew-deadline (%s) < --leader-lease-duration (%s)", o.retryPeriod, o.renewDeadline, o.leaseDuration)
 	}

@@ -78,6 +78,12 @@ type ControlPlane struct {
 
 	mu    sync.Mutex
 	procs []*child.Process // in start order; stopped in reverse
+
+	// What RestartAPIServer needs to start kube-apiserver again.
+	api                      *child.Process
+	apiBin, apiLogs          string
+	apiArgs                  []string
+	apiPort, apiIncarnations int
 }
 
 const adminUser = "warmpool-admin"
@@ -184,10 +190,12 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		// controller-manager no default ServiceAccount exists to admit pods.
 		"--disable-admission-plugins=ServiceAccount",
 	}
-	api, err := cp.launch("kube-apiserver", logs, opts.KubeBinary, append(apiArgs, opts.APIServerArgs...)...)
+	cp.apiBin, cp.apiLogs, cp.apiArgs, cp.apiPort = opts.KubeBinary, logs, append(apiArgs, opts.APIServerArgs...), apiPort
+	api, err := cp.launch("kube-apiserver", logs, opts.KubeBinary, cp.apiArgs...)
 	if err != nil {
 		return cp, err
 	}
+	cp.api = api
 	// The serving certificate is self-signed and written at start-up, so the
 	// readiness probe cannot verify it yet; the client config below does.
 	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
@@ -357,6 +365,47 @@ func (cp *ControlPlane) EtcdURL() string { return cp.etcdURL }
 
 // Dir returns the working directory; logs are in Dir()/logs.
 func (cp *ControlPlane) Dir() string { return cp.dir }
+
+// RestartAPIServer stops kube-apiserver (SIGTERM, as an upgrade or a
+// crash-looping control-plane node would), keeps it down for down, then
+// starts it again on its port with the same flags and certificate, and
+// waits until it is ready. Clients see refused connections meanwhile.
+func (cp *ControlPlane) RestartAPIServer(ctx context.Context, down time.Duration) error {
+	cp.mu.Lock()
+	old := cp.api
+	cp.apiIncarnations++
+	name := fmt.Sprintf("kube-apiserver.%d", cp.apiIncarnations+1)
+	cp.mu.Unlock()
+	if old == nil {
+		return errors.New("restart kube-apiserver: the control plane has none")
+	}
+	old.Stop(15 * time.Second)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(down):
+	}
+	p, err := child.Start(name, cp.apiLogs, cp.apiBin, cp.apiArgs...)
+	if err != nil {
+		return err
+	}
+	cp.mu.Lock()
+	for i := range cp.procs {
+		if cp.procs[i] == old {
+			cp.procs[i] = p // keeps the stop order
+		}
+	}
+	cp.api = p
+	cp.mu.Unlock()
+	client, err := rest.HTTPClientFor(cp.RESTConfig())
+	if err != nil {
+		return err
+	}
+	if err := waitListening(ctx, p, cp.apiPort, httpCheck(client, cp.server+"/readyz", "")); err != nil {
+		return fmt.Errorf("restart kube-apiserver: %w", err)
+	}
+	return nil
+}
 
 // PIDs returns the process ids of the running components, by name.
 func (cp *ControlPlane) PIDs() map[string]int {

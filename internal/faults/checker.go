@@ -248,9 +248,9 @@ func (c *checker) converged(ctx context.Context) error {
 				return fmt.Errorf("%s: %s is %s in the agent and %s in the NodeLease", a.name, u.ID, u.State, e.State)
 			}
 		}
-		for id := range lease {
+		for id, e := range lease {
 			if !held[id] {
-				return fmt.Errorf("the NodeLease of %s lists %s, which its agent does not hold", a.node, id)
+				return fmt.Errorf("the NodeLease of %s lists %s (%s %s), which its agent does not hold", a.node, id, e.State, podRef(e.Pod))
 			}
 		}
 		for _, as := range st.Assignments {
@@ -272,4 +272,11 @@ func (c *checker) converged(ctx context.Context) error {
 	}
 	c.w.stats.add("addresses-checked", c.w.cfg.Peak)
 	return nil
+}
+
+func podRef(p *v1alpha1.PodRef) string {
+	if p == nil {
+		return ""
+	}
+	return fmt.Sprintf("to %s/%s %s/%s", p.Namespace, p.Name, p.ContainerID, p.Interface)
 }

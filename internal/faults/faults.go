@@ -46,10 +46,19 @@ const (
 	// SandboxRestart: a pod's sandbox dies: DEL without the pod's
 	// deletion, then a new sandbox is ADDed.
 	SandboxRestart Kind = "sandbox-restart"
+	// APIConflicts: for a few seconds half of the allocators' writes to
+	// NodeLeases and IPPools are answered 409 Conflict.
+	APIConflicts Kind = "api-conflicts"
+	// APISlow: for a few seconds the allocators' writes are held before
+	// they are sent, or their answers held, or lost after they landed.
+	APISlow Kind = "api-slow"
+	// APIRestart: kube-apiserver stops and starts again.
+	APIRestart Kind = "apiserver-restart"
 )
 
 // AllKinds lists every fault.
-var AllKinds = []Kind{LeaderKill, LeaderFreeze, AgentKill, NATSRestart, AgentPartition, NodeNotReady, NodeDelete, PodLeak, SandboxRestart}
+var AllKinds = []Kind{LeaderKill, LeaderFreeze, AgentKill, NATSRestart, AgentPartition, NodeNotReady, NodeDelete, PodLeak, SandboxRestart,
+	APIConflicts, APISlow, APIRestart}
 
 // injector runs faults, at most one at a time per target: the allocator
 // pair, the bus, each node.
@@ -118,6 +127,8 @@ func (f *injector) inject(ctx context.Context, kind Kind) {
 		target = "allocators"
 	case NATSRestart:
 		target = "nats"
+	case APIConflicts, APISlow, APIRestart:
+		target = "api"
 	case AgentKill, AgentPartition, NodeNotReady, NodeDelete:
 		node = w.agents[w.intn(len(w.agents))]
 		target = node.node
@@ -187,6 +198,28 @@ func (f *injector) run(ctx context.Context, kind Kind, node *component) error {
 		sleep(ctx, frozen)
 		_ = syscall.Kill(p.PID(), syscall.SIGCONT)
 		w.log.add("heal", "%s: SIGCONT %s (leader now: %v)", kind, l.name, nameOf(w.leader(context.Background())))
+	case APIConflicts, APISlow:
+		d := w.between(2*time.Second, 8*time.Second)
+		w.stats.count("fault:" + string(kind))
+		w.log.add("fault", "%s for %s", kind, d)
+		mode := apiConflicts
+		if kind == APISlow {
+			mode = apiSlow
+		}
+		w.api.set(mode)
+		sleep(ctx, d)
+		w.api.set(apiPass)
+		w.log.add("heal", "%s over", kind)
+	case APIRestart:
+		d := w.between(200*time.Millisecond, 3*time.Second)
+		w.stats.count("fault:" + string(kind))
+		w.log.add("fault", "%s: kube-apiserver down for %s", kind, d)
+		hctx, cancel := heal()
+		defer cancel()
+		if err := w.cp.RestartAPIServer(hctx, d); err != nil {
+			return err
+		}
+		w.log.add("heal", "%s: kube-apiserver ready", kind)
 	case AgentKill:
 		w.stats.count("fault:" + string(kind))
 		w.log.add("fault", "%s: SIGKILL %s", kind, node.name)

@@ -68,6 +68,7 @@ type world struct {
 	kube  kubernetes.Interface
 	wp    *client.Clientset
 	cp    *controlplane.ControlPlane
+	api   *apiProxy // the allocators' way to the apiserver
 	cni   *libcni.CNIConfig
 	stats *Report
 
@@ -157,6 +158,9 @@ func (w *world) up(ctx context.Context) error {
 	if err := manifests.InstallCRDs(ctx, cfg); err != nil {
 		return err
 	}
+	if w.api, err = newAPIProxy(w, cfg, w.dir); err != nil {
+		return err
+	}
 	if w.kube, err = kubernetes.NewForConfig(cfg); err != nil {
 		return err
 	}
@@ -236,6 +240,9 @@ func (w *world) down() {
 		w.nats = nil
 	}
 	w.natsMu.Unlock()
+	if w.api != nil {
+		w.api.Close()
+	}
 	if w.cp != nil {
 		w.cp.Stop()
 	}
@@ -302,7 +309,7 @@ func (w *world) start(c *component) error {
 	var p *child.Process
 	if c.node == "" {
 		p, err = child.Start(name, logDir, w.cfg.Binaries.Allocator,
-			"--kubeconfig="+w.cp.Kubeconfig(), "--nats-url=nats://"+w.natsAddr(), "--namespace=kube-system",
+			"--kubeconfig="+w.api.kubeconfig, "--nats-url=nats://"+w.natsAddr(), "--namespace=kube-system",
 			"--lease-name="+electionLease, "--identity="+c.name, "--metrics-addr="+metrics, "--log-level=debug",
 			"--leader-lease-duration="+leaseDuration.String(), "--leader-renew-deadline="+renewDeadline.String(),
 			"--leader-retry-period="+retryPeriod.String(), "--node-loss-grace="+nodeLossGrace.String(),
@@ -494,7 +501,7 @@ func (w *world) leader(ctx context.Context) *component {
 		return nil
 	}
 	for _, c := range w.allocs {
-		if c.name == *l.Spec.HolderIdentity {
+		if strings.HasPrefix(*l.Spec.HolderIdentity, c.name+"_") {
 			return c
 		}
 	}
