@@ -55,7 +55,7 @@ func newAPIProxy(w *world, cfg *rest.Config, dir string) (*apiProxy, error) {
 	p := &apiProxy{w: w, rp: &httputil.ReverseProxy{
 		Rewrite:       func(r *httputil.ProxyRequest) { r.SetURL(target) },
 		Transport:     tr,
-		FlushInterval: -1, // watches stream
+		FlushInterval: -1,                         // watches stream
 		ErrorLog:      log.New(io.Discard, "", 0), // the apiserver restarting is the point
 	}}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
