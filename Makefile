@@ -8,7 +8,7 @@ CONTROLLER_GEN = $$(bash $(TOOLCHAIN) --print-dir controller-gen)/controller-gen
 # Test flags; e.g. make test GOTESTFLAGS='-run TestPoolValidation -v'.
 GOTESTFLAGS ?=
 
-.PHONY: all bins build generate verify-generated lint test demo clean
+.PHONY: all bins build generate verify-generated lint test test-faults fuzz demo clean
 
 all: build
 
@@ -49,6 +49,16 @@ lint:
 ## test: the whole suite against real components, with the race detector.
 test: bins lint verify-generated
 	$(GO) test -race -count=1 -timeout 20m $(GOTESTFLAGS) ./...
+
+## test-faults: the fault suite (docs/invariants.md): FAULTS seeded
+## scenarios (default 100) of 30 s of pod churn with faults each, on the real
+## components; make test runs a slice of 3. E.g. make test-faults FAULTS=10
+## FAULTSEED=200.
+FAULTS ?= 100
+FAULTSEED ?= 1
+test-faults: bins
+	$(GO) test -count=1 -timeout 0 ./internal/faults -run 'TestFaults$$' -v \
+		-faults.scenarios=$(FAULTS) -faults.seed=$(FAULTSEED) $(GOTESTFLAGS)
 
 ## demo: the benchmark (docs/benchmark.md): a local cluster (etcd,
 ## kube-apiserver, controller-manager, scheduler), embedded NATS, warmpool's

@@ -201,6 +201,12 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 		}
 	}
 	a.log = a.cfg.Logger.With("epoch", a.cfg.Epoch)
+	if err := a.fence(ctx, leases.Items); err != nil {
+		return nil, err
+	}
+	if leases, err = cfg.Client.NodeLeases().List(ctx, metav1.ListOptions{}); err != nil {
+		return nil, fmt.Errorf("list node leases: %w", err)
+	}
 	a.metrics.epochMetric.Set(float64(a.cfg.Epoch))
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -217,6 +223,47 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	}
 	a.log.Info("allocator loaded", "pools", len(pools.Items), "leases", len(leases.Items))
 	return a, nil
+}
+
+// fence rewrites every lease at this leader's epoch before it loads them:
+// a write of an older leader still in flight (a process paused past its
+// term, a request held up in the network) then fails on its
+// resourceVersion instead of landing over what this leader loaded, and
+// its author re-reads, finds the newer epoch and steps down. A lease that
+// changed since the list is fenced as it now is: nothing has been decided
+// on it yet.
+func (a *Allocator) fence(ctx context.Context, leases []v1alpha1.NodeLease) error {
+	api := a.cfg.Client.NodeLeases()
+	for i := range leases {
+		nl := leases[i].DeepCopy()
+		for attempt := 0; ; attempt++ {
+			if uint64(nl.Spec.Epoch) > a.cfg.Epoch {
+				return fmt.Errorf("fence lease %s: %w: it was written at epoch %d, this allocator's is %d", nl.Name, ErrDeposed, nl.Spec.Epoch, a.cfg.Epoch)
+			}
+			if uint64(nl.Spec.Epoch) == a.cfg.Epoch {
+				break
+			}
+			nl.Spec.Epoch = int64(a.cfg.Epoch)
+			_, err := api.Update(ctx, nl, metav1.UpdateOptions{})
+			if err == nil {
+				break
+			}
+			if apierrors.IsNotFound(err) {
+				break // deleted (its node went): nothing to fence
+			}
+			if attempt >= 5 || !apierrors.IsConflict(err) && !outcomeUnknown(err) {
+				return fmt.Errorf("fence lease %s at epoch %d: %w", nl.Name, a.cfg.Epoch, err)
+			}
+			if nl, err = api.Get(ctx, nl.Name, metav1.GetOptions{}); err != nil {
+				if apierrors.IsNotFound(err) {
+					break
+				}
+				return fmt.Errorf("fence lease %s: re-read: %w", leases[i].Name, err)
+			}
+		}
+	}
+	a.log.Info("leases fenced at this epoch", "leases", len(leases))
+	return nil
 }
 
 // Start starts the informers (with Config.Kube) and waits for their

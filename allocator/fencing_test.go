@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
@@ -63,6 +64,44 @@ func TestDeposedAllocatorCannotOverwrite(t *testing.T) {
 	}
 	if nl.Spec.Epoch != 2 || len(nl.Spec.Units) != 3 {
 		t.Fatalf("lease after the deposed write: epoch %d, %d units; want the successor's epoch 2 and 3 units", nl.Spec.Epoch, len(nl.Spec.Units))
+	}
+}
+
+// TestSuccessorFencesLeasesItHasNotWritten: the successor has not written
+// node-1's lease yet when the deposed allocator, paused past its term,
+// writes it. Without the fencing at takeover the write landed, over a
+// lease the successor had loaded and planned from: a unit in two nodes'
+// leases (found by the fault suite). Now it conflicts and deposes its
+// author.
+func TestSuccessorFencesLeasesItHasNotWritten(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	quiet := slog.New(slog.DiscardHandler)
+	old, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := old.grant(ctx, "p", "node-1", 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 2, Logger: quiet}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := old.grant(ctx, "p", "node-1", 1); !errors.Is(err, ErrDeposed) {
+		t.Fatalf("the deposed allocator's grant: %v, want ErrDeposed", err)
+	}
+	select {
+	case <-old.Deposed():
+	default:
+		t.Fatal("the deposed allocator did not step down")
+	}
+	nl, err := cs.NodeLeases().Get(ctx, v1alpha1.NodeLeaseName("p", "node-1"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nl.Spec.Epoch != 2 || len(nl.Spec.Units) != 2 {
+		t.Fatalf("lease after the deposed write: epoch %d, %d units; want the fence's epoch 2 and the 2 units it loaded", nl.Spec.Epoch, len(nl.Spec.Units))
 	}
 }
 
@@ -555,5 +594,50 @@ func TestSyncFreesAssignmentsTheNodeNoLongerHolds(t *testing.T) {
 	got, _, _, err := a.grant(ctx, "p", "node-b", 1)
 	if err != nil || len(got) != 1 || got[0].ID != gone {
 		t.Fatalf("grant to node-b: %v %v, want the freed %s", got, err, gone)
+	}
+}
+
+// TestLostNodeKeepsWarmUnitsAPodMayHold: a lost node's agent may have
+// assigned warm units whose reports never arrived (the API refused their
+// writes, then the agent died). While a pod bound to the node has no
+// address on record, the node's warm units are not reclaimed: one of them
+// may be that pod's (found by the fault suite: a unit on two live pods).
+// Once the pod is gone they are.
+func TestLostNodeKeepsWarmUnitsAPodMayHold(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	clk := clocktesting.NewFakeClock(time.Now())
+	a, cs, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute, Logger: slog.New(slog.DiscardHandler)})
+	a.started = clk.Now()
+	pods := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	namespaces := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	if err := namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default", UID: "u1"}, Spec: corev1.PodSpec{NodeName: "n1"}}
+	if err := pods.Add(pod); err != nil {
+		t.Fatal(err)
+	}
+	a.watch = &watcher{nodes: listerscorev1.NewNodeLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})),
+		podLister: listerscorev1.NewPodLister(pods), namespaces: listerscorev1.NewNamespaceLister(namespaces),
+		notReadySince: map[string]time.Time{"n1": clk.Now()}}
+	if _, _, _, err := a.grant(ctx, "p", "n1", 3); err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(2 * time.Minute)
+	if err := a.dropLost(ctx, "p", "n1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := unitsInLeases(t, ctx, cs); n != 3 {
+		t.Fatalf("%d units leased after the drop, want the 3 warm ones kept while web has no address on record", n)
+	}
+	if err := pods.Delete(pod); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.dropLost(ctx, "p", "n1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := unitsInLeases(t, ctx, cs); n != 0 {
+		t.Fatalf("%d units leased once the pod is gone, want 0", n)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
@@ -279,9 +280,18 @@ func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []lea
 	if !a.lost(node, a.cfg.Clock.Now()) {
 		return nil
 	}
+	// Its agent may have assigned warm units to pods without the reports
+	// reaching us (the API refusing their writes, say) before it went
+	// silent: while a pod bound to the node has no address on record, any
+	// warm unit may be that pod's, and given to another node it would be
+	// on two live pods.
+	unrecorded := a.unrecordedPods(pool, node)
+	if unrecorded > 0 {
+		a.log.Warn("lost node's warm units kept: pods on it have no address on record, and may hold one of them", "pool", pool, "node", node, "pods", unrecorded)
+	}
 	dropped, err := a.dropFromLeaseHeld(ctx, pool, node, func(id string, u v1alpha1.LeasedUnit) bool {
 		if u.State != v1alpha1.UnitAssigned {
-			return true
+			return unrecorded == 0
 		}
 		uid, ok := leaked[id]
 		return ok && u.Pod != nil && u.Pod.UID == uid
@@ -299,4 +309,54 @@ func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []lea
 	a.metrics.reclaimed.WithLabelValues(pool, "pod-gone").Add(float64(len(dropped) - warm))
 	a.log.Info("lost node's units reclaimed", "pool", pool, "node", node, "warm", warm, "leaked", len(dropped)-warm)
 	return nil
+}
+
+// unrecordedPods counts the pods bound to node, terminating ones included
+// (their sandboxes live until their DEL), that would take an address of
+// pool and have none recorded in the node's lease.
+func (a *Allocator) unrecordedPods(pool, node string) int {
+	if a.watch == nil || a.watch.podLister == nil {
+		return 0
+	}
+	pods, err := a.watch.podLister.List(labels.Everything())
+	if err != nil {
+		return 0
+	}
+	var nodeLabels map[string]string
+	if n, err := a.watch.nodes.Get(node); err == nil {
+		nodeLabels = n.Labels
+	}
+	a.mu.Lock()
+	ps := a.ledger.pools[pool]
+	if ps == nil {
+		a.mu.Unlock()
+		return 0
+	}
+	recorded := map[string]bool{}
+	if ls := ps.leases[node]; ls != nil {
+		for _, u := range ls.units {
+			if u.State == v1alpha1.UnitAssigned && u.Pod != nil {
+				recorded[addressedKey(u.Pod.Namespace, u.Pod.Name, u.Pod.UID)] = true
+			}
+		}
+	}
+	pools := make([]*v1alpha1.IPPool, 0, len(a.ledger.pools))
+	for name, p := range a.ledger.pools {
+		pools = append(pools, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: p.spec})
+	}
+	a.mu.Unlock()
+	n := 0
+	for _, p := range pods {
+		if p.Spec.NodeName != node || p.Spec.HostNetwork || finished(p) || recorded[string(p.UID)] || recorded[addressedKey(p.Namespace, p.Name, "")] {
+			continue
+		}
+		ns, err := a.watch.namespaces.Get(p.Namespace)
+		if err != nil {
+			continue
+		}
+		if choice, err := v1alpha1.SelectPool(p.Annotations, p.Labels, ns.Annotations, ns.Labels, nodeLabels, p.Namespace, pools); err == nil && choice.Name == pool {
+			n++
+		}
+	}
+	return n
 }

@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/warmpool/warmpool/agent"
@@ -293,7 +294,13 @@ func (f *injector) run(ctx context.Context, kind Kind, node *component) error {
 		defer f.setSchedulable(node.node, true)
 		node.hold()
 		w.kill(node)
-		if err := w.kube.CoreV1().Nodes().Delete(ctx, node.node, metav1.DeleteOptions{}); err != nil && ctx.Err() == nil {
+		if err := persist(ctx, "delete node "+node.node, func(ctx context.Context) error {
+			err := w.kube.CoreV1().Nodes().Delete(ctx, node.node, metav1.DeleteOptions{})
+			if apierrors.IsNotFound(err) {
+				return nil
+			}
+			return err
+		}); err != nil && ctx.Err() == nil {
 			node.release()
 			return err
 		}
@@ -304,8 +311,14 @@ func (f *injector) run(ctx context.Context, kind Kind, node *component) error {
 		sleep(ctx, d)
 		hctx, cancel := heal()
 		defer cancel()
-		if err := controlplane.RegisterNode(hctx, w.kube, node.node, nil); err != nil {
-			return fmt.Errorf("register %s again: %w", node.node, err)
+		if err := persist(hctx, "register "+node.node+" again", func(ctx context.Context) error {
+			err := controlplane.RegisterNode(ctx, w.kube, node.node, nil)
+			if apierrors.IsAlreadyExists(err) {
+				return w.setReady(ctx, node.node, true) // registered, its status not yet written
+			}
+			return err
+		}); err != nil {
+			return err
 		}
 		node.release()
 		w.log.add("heal", "%s: %s registered again", kind, node.node)

@@ -196,12 +196,13 @@ func (r *runtime) run(ctx context.Context, p *podSim) {
 			if err := r.setStatus(ctx, p, nil); err != nil {
 				return
 			}
-			r.release(sb)
 			r.w.log.add("sandbox", "%s: sandbox %s died, DEL without the pod's deletion", p.name, sb.id)
 			r.w.stats.count("sandbox-restarts")
 			if !r.del(ctx, p, sb) {
 				return
 			}
+			// The sandbox held its address until its DEL was answered.
+			r.release(sb)
 			continue
 		case cmdDelete:
 			r.remove(ctx, p, sb)
@@ -445,10 +446,12 @@ func (r *runtime) remove(ctx context.Context, p *podSim, sb *sandbox) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	r.release(sb)
+	// A terminating pod's sandbox holds its address until its DEL is
+	// answered.
 	if sb != nil && !r.del(ctx, p, sb) {
 		return
 	}
+	r.release(sb)
 	r.forceDelete(ctx, p)
 	r.w.stats.count("pods-deleted")
 	r.w.log.add("pod", "%s deleted", p.name)

@@ -23,7 +23,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
@@ -508,6 +507,23 @@ func (w *world) leader(ctx context.Context) *component {
 	return nil
 }
 
+// persist retries one of the suite's own API operations through an
+// apiserver restart: the suite's faults must not fail for the faults it
+// injects.
+func persist(ctx context.Context, what string, op func(context.Context) error) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := op(ctx)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
 // setReady sets a node's Ready condition, as the node-lifecycle
 // controller (Unknown) or the node's kubelet (True) would.
 func (w *world) setReady(ctx context.Context, node string, ready bool) error {
@@ -515,7 +531,7 @@ func (w *world) setReady(ctx context.Context, node string, ready bool) error {
 	if !ready {
 		status, reason = corev1.ConditionUnknown, "NodeStatusUnknown"
 	}
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	return persist(ctx, "set node "+node+" ready="+strconv.FormatBool(ready), func(ctx context.Context) error {
 		n, err := w.kube.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
 			return err
