@@ -46,9 +46,23 @@ lint:
 	if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-## test: the whole suite against real components, with the race detector.
+## test: the whole suite against real components, with the race detector,
+## then every fuzzer for a few seconds beyond its committed corpus.
 test: bins lint verify-generated
 	$(GO) test -race -count=1 -timeout 20m $(GOTESTFLAGS) ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+## fuzz: run every fuzzer for FUZZTIME (default 60 s) each, one after the
+## other; a finding is written to the package's testdata/fuzz and fails.
+FUZZTIME ?= 60s
+FUZZERS := ./cni:FuzzParseConfig ./cni:FuzzParseArgs ./agent/wire:FuzzRead \
+	./broker:FuzzDecode ./broker:FuzzSplitAttachment ./allocator:FuzzEnumerate \
+	./api/v1alpha1:FuzzNodeLeaseName ./api/v1alpha1:FuzzSelectPool
+fuzz:
+	@for f in $(FUZZERS); do \
+		echo "fuzz $${f%%:*} $${f##*:} for $(FUZZTIME)"; \
+		$(GO) test "$${f%%:*}" -run XXX -fuzz "^$${f##*:}$$" -fuzztime $(FUZZTIME) -parallel 1 >/tmp/warmpool-fuzz.log 2>&1 || { cat /tmp/warmpool-fuzz.log; exit 1; }; \
+	done
 
 ## test-faults: the fault suite (docs/invariants.md): FAULTS seeded
 ## scenarios (default 100) of 30 s of pod churn with faults each, on the real

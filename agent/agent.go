@@ -15,10 +15,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
 	"time"
+
+	cnitypes "github.com/containernetworking/cni/pkg/types"
+	cniutils "github.com/containernetworking/cni/pkg/utils"
 
 	"golang.org/x/sync/singleflight"
 
@@ -348,6 +352,51 @@ func (a *Agent) Reconcile(leases []broker.Lease, sent []broker.HeldUnit) error {
 	return nil
 }
 
+// Forget removes units another node holds now, in any state, from the
+// record and the cache: the allocator reclaimed them while this node was
+// lost (an assignment's pod gone, its sandbox with the machine). Assigned
+// ones are forgotten under their attachment's lock, so no DEL or ADD of
+// that attachment crosses it; a later DEL of it succeeds as one of the
+// unknown.
+func (a *Agent) Forget(units []broker.ForeignUnit) error {
+	if len(units) == 0 {
+		return nil
+	}
+	keys := make([]store.Key, 0, len(units))
+	var attachments []string
+	a.mu.Lock()
+	for _, f := range units {
+		k := store.Key{Pool: f.Pool, ID: f.ID}
+		keys = append(keys, k)
+		if u, ok := a.units[k]; ok && u.State == store.Assigned {
+			attachments = append(attachments, u.Attachment)
+		}
+	}
+	a.mu.Unlock()
+	// Attachment locks before recordMu, in order: an ADD holds its
+	// attachment's lock when a miss makes it take recordMu.
+	slices.Sort(attachments)
+	for _, att := range slices.Compact(attachments) {
+		defer a.locks.Lock(att)()
+	}
+	a.recordMu.Lock()
+	defer a.recordMu.Unlock()
+	voided, err := a.store.Void(keys)
+	if err != nil {
+		return err
+	}
+	a.forgetRecordLocked(keys)
+	a.mu.Lock()
+	for _, as := range voided {
+		delete(a.assignments, as.Attachment)
+		a.log.Warn("assignment voided: its unit was reclaimed while this node was lost", "attachment", as.Attachment, "pool", as.Pool,
+			"unit", as.UnitID, "pod", as.Pod.Namespace+"/"+as.Pod.Name)
+	}
+	a.mu.Unlock()
+	a.log.Warn("units held by another node forgotten", "units", len(keys), "assignments", len(voided))
+	return nil
+}
+
 // forgetRecordLocked removes dropped units from memory; the caller holds
 // recordMu.
 func (a *Agent) forgetRecordLocked(dropped []store.Key) {
@@ -473,6 +522,14 @@ func (a *Agent) Handle(ctx context.Context, req *wire.Request) *wire.Response {
 func (a *Agent) lockAttachment(req *wire.Request) (string, func(), *wire.Error) {
 	if req.ContainerID == "" || req.IfName == "" {
 		return "", nil, &wire.Error{Code: wire.CodeInvalidEnv, Msg: "CNI_CONTAINERID and CNI_IFNAME are required"}
+	}
+	// skel checks both before the plugin runs; a raw client of the socket
+	// must not record an attachment whose key cannot be split back (an
+	// interface name with a '/' stopped every later GC of its network).
+	for _, err := range []*cnitypes.Error{cniutils.ValidateContainerID(req.ContainerID), cniutils.ValidateInterfaceName(req.IfName)} {
+		if err != nil {
+			return "", nil, &wire.Error{Code: wire.CodeInvalidEnv, Msg: err.Msg, Details: err.Details}
+		}
 	}
 	key := req.Attachment.String()
 	return key, a.locks.Lock(key), nil

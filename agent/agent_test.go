@@ -447,6 +447,37 @@ func TestReconcileKeepsWhatWasAssignedWhenTheSyncWasSent(t *testing.T) {
 	}
 }
 
+// TestForgetVoidsWhatAnotherNodeHolds: units the allocator reclaimed while
+// the node was lost leave the cache and the record, assigned ones with
+// their assignment; a later DEL of that attachment succeeds, and the unit
+// is never warm here again (found by the fault suite: an agent back from a
+// lost node still held a unit assigned on another node).
+func TestForgetVoidsWhatAnotherNodeHolds(t *testing.T) {
+	f := newFixture(t, 0)
+	us := dualUnits(2)
+	if err := f.agent.Grant(dualPool, us, 3); err != nil {
+		t.Fatal(err)
+	}
+	f.do(t, req(wire.OpAdd, "c1"))
+	held := f.agent.Held()
+	var foreign []broker.ForeignUnit
+	for _, h := range held {
+		foreign = append(foreign, broker.ForeignUnit{Pool: h.Pool, ID: h.Unit.ID})
+	}
+	if err := f.agent.Forget(foreign); err != nil {
+		t.Fatal(err)
+	}
+	if snap, _ := f.store.Load(); len(snap.Units) != 0 || len(snap.Assignments) != 0 {
+		t.Fatalf("record after forgetting: %v %v, want empty", snap.Units, snap.Assignments)
+	}
+	if f.agent.WarmCount("dual") != 0 || len(f.agent.Held()) != 0 {
+		t.Fatalf("cache after forgetting: warm %d, held %v", f.agent.WarmCount("dual"), f.agent.Held())
+	}
+	if resp := f.do(t, req(wire.OpDel, "c1")); resp.Error != nil {
+		t.Fatalf("DEL of the voided attachment: %+v", resp.Error)
+	}
+}
+
 // countingAllocator grants count units per miss, after release is closed,
 // and counts the requests.
 type countingAllocator struct {

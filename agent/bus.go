@@ -370,7 +370,7 @@ func storeUnits(pool string, us []broker.Unit) []store.Unit {
 func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, int64, error) {
 	msg := broker.Encode(&broker.MissRequest{V: broker.ProtocolVersion, Node: b.node, Pool: pool, Count: count})
 	b.agent.metrics.bus.WithLabelValues("miss", "sent").Inc()
-	resp, err := b.conn.RequestWithContext(ctx, broker.SubjectMiss, msg)
+	resp, err := b.conn.RequestWithContext(ctx, broker.SubjectMissFrom(b.node), msg)
 	if errors.Is(err, nats.ErrNoResponders) {
 		// No allocator is subscribed at this instant (a failover, or the
 		// bus just came back and it has not resubscribed yet): ask again.
@@ -412,7 +412,7 @@ func (b *Bus) report(ctx context.Context) error {
 		return nil
 	}
 	var r broker.ReportReply
-	if err := b.request(ctx, broker.SubjectReport, &broker.Report{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: b.nextSeq(), Events: events}, &r); err != nil {
+	if err := b.request(ctx, broker.SubjectReportFrom(b.node), &broker.Report{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: b.nextSeq(), Events: events}, &r); err != nil {
 		return err
 	}
 	if r.Error != "" {
@@ -440,7 +440,7 @@ func (b *Bus) sync(ctx context.Context) error {
 	// never applies this snapshot over it.
 	seq := b.nextSeq()
 	held := b.agent.Held()
-	if err := b.request(ctx, broker.SubjectSync, &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Units: held}, &r); err != nil {
+	if err := b.request(ctx, broker.SubjectSyncFrom(b.node), &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Units: held}, &r); err != nil {
 		return err
 	}
 	if r.Error != "" {
@@ -450,6 +450,9 @@ func (b *Bus) sync(ctx context.Context) error {
 		return fmt.Errorf("sync answered by a deposed allocator (epoch %d): %w", r.Epoch, err)
 	}
 	if err := b.agent.Reconcile(r.Leases, held); err != nil {
+		return err
+	}
+	if err := b.agent.Forget(r.Foreign); err != nil {
 		return err
 	}
 	if r.WarmTTLMillis > 0 {

@@ -34,7 +34,7 @@ func TestGrantsOfADeposedLeaderAreRefused(t *testing.T) {
 		go func() { _ = bus.Run(bctx); close(done) }()
 		// Run subscribes before its first sync request; wait for the sync
 		// (nobody answers it here) as the sign that grants are heard.
-		sub, err := leader.SubscribeSync(broker.SubjectSync)
+		sub, err := leader.SubscribeSync(broker.SubjectSyncAll)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -207,7 +207,7 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 	syncs := answerSyncs(t, alloc, lease, &syncOn)
 	var reportOn atomic.Bool
 	var reports atomic.Int32
-	rsub, err := alloc.Subscribe(broker.SubjectReport, func(m *nats.Msg) {
+	rsub, err := alloc.Subscribe(broker.SubjectReportAll, func(m *nats.Msg) {
 		if !reportOn.Load() {
 			return
 		}
@@ -304,7 +304,7 @@ func waitForSync(t *testing.T, ctx context.Context, bus *Bus, syncs *atomic.Int3
 func answerSyncs(t *testing.T, alloc *nats.Conn, lease broker.Lease, on *atomic.Bool) *atomic.Int32 {
 	t.Helper()
 	var syncs atomic.Int32
-	sub, err := alloc.Subscribe(broker.SubjectSync, func(m *nats.Msg) {
+	sub, err := alloc.Subscribe(broker.SubjectSyncAll, func(m *nats.Msg) {
 		if !on.Load() {
 			return
 		}

@@ -204,6 +204,9 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if err := a.fence(ctx, leases.Items); err != nil {
 		return nil, err
 	}
+	if err := a.claim(ctx, pools.Items, leases.Items); err != nil {
+		return nil, err
+	}
 	if leases, err = cfg.Client.NodeLeases().List(ctx, metav1.ListOptions{}); err != nil {
 		return nil, fmt.Errorf("list node leases: %w", err)
 	}
@@ -266,6 +269,56 @@ func (a *Allocator) fence(ctx context.Context, leases []v1alpha1.NodeLease) erro
 	return nil
 }
 
+// claim creates, empty and at this leader's epoch, the lease of every
+// node a pool may grant to that has none yet: a deposed leader's create of
+// one (held up in the network past the takeover) then fails as one that
+// exists, and its author steps down on the epoch it finds. Nodes that
+// register later get theirs from this leader only.
+func (a *Allocator) claim(ctx context.Context, pools []v1alpha1.IPPool, leases []v1alpha1.NodeLease) error {
+	if a.cfg.Kube == nil {
+		return nil
+	}
+	nodes, err := a.cfg.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	have := map[string]bool{}
+	for _, nl := range leases {
+		have[nl.Name] = true
+	}
+	created := 0
+	for _, p := range pools {
+		for _, n := range nodes.Items {
+			name := v1alpha1.NodeLeaseName(p.Name, n.Name)
+			if have[name] || !v1alpha1.Selects(p.Spec.NodeSelector, n.Labels) {
+				continue
+			}
+			nl := &v1alpha1.NodeLease{ObjectMeta: metav1.ObjectMeta{Name: name},
+				Spec: v1alpha1.NodeLeaseSpec{Pool: p.Name, Node: n.Name, Epoch: int64(a.cfg.Epoch)}}
+			_, err := a.cfg.Client.NodeLeases().Create(ctx, nl, metav1.CreateOptions{})
+			switch {
+			case apierrors.IsAlreadyExists(err):
+				// Created since the list, by a deposed leader: fence it.
+				cur, gerr := a.cfg.Client.NodeLeases().Get(ctx, name, metav1.GetOptions{})
+				if gerr != nil {
+					return fmt.Errorf("claim lease %s: %w", name, gerr)
+				}
+				if err := a.fence(ctx, []v1alpha1.NodeLease{*cur}); err != nil {
+					return err
+				}
+			case err != nil:
+				return fmt.Errorf("claim lease %s: %w", name, err)
+			default:
+				created++
+			}
+		}
+	}
+	if created > 0 {
+		a.log.Info("leases claimed for nodes that had none", "created", created)
+	}
+	return nil
+}
+
 // Start starts the informers (with Config.Kube) and waits for their
 // caches, subscribes to the agents' requests, and starts planning.
 func (a *Allocator) Start(ctx context.Context) error {
@@ -279,9 +332,9 @@ func (a *Allocator) Start(ctx context.Context) error {
 		}
 	}
 	for subject, handle := range map[string]func(context.Context, *nats.Msg) any{
-		broker.SubjectMiss:   a.handleMiss,
-		broker.SubjectReport: a.handleReport,
-		broker.SubjectSync:   a.handleSync,
+		broker.SubjectMissAll:   a.handleMiss,
+		broker.SubjectReportAll: a.handleReport,
+		broker.SubjectSyncAll:   a.handleSync,
 	} {
 		kind := subject[strings.LastIndex(subject, ".")+1:]
 		sub, err := a.cfg.Conn.Subscribe(subject, func(m *nats.Msg) {
@@ -300,7 +353,14 @@ func (a *Allocator) Start(ctx context.Context) error {
 			a.sem <- struct{}{}
 			go func() {
 				defer func() { <-a.sem; a.wg.Done() }()
-				if err := m.Respond(broker.Encode(handle(ctx, m))); err != nil {
+				var reply any
+				if err := a.checkSender(m); err != nil {
+					a.metrics.refused.WithLabelValues(kind).Inc()
+					reply = &refusal{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Error: err.Error()}
+				} else {
+					reply = handle(ctx, m)
+				}
+				if err := m.Respond(broker.Encode(reply)); err != nil {
 					a.log.Warn("respond", "subject", m.Subject, "err", err)
 				}
 			}()
@@ -458,9 +518,10 @@ type runSeq struct {
 }
 
 // applyByPool applies a node's events, one lease write per pool, and
-// returns the pools touched. Events of a pool that no longer exists are
-// logged and skipped: they must not block the node's other pools.
-func (a *Allocator) applyByPool(ctx context.Context, node string, events []broker.Event) ([]string, error) {
+// returns the units the events named that another node holds now.
+// Events of a pool that no longer exists are logged and skipped: they
+// must not block the node's other pools.
+func (a *Allocator) applyByPool(ctx context.Context, node string, events []broker.Event) ([]broker.ForeignUnit, error) {
 	byPool := map[string][]broker.Event{}
 	var pools []string
 	for _, e := range events {
@@ -469,9 +530,9 @@ func (a *Allocator) applyByPool(ctx context.Context, node string, events []broke
 		}
 		byPool[e.Pool] = append(byPool[e.Pool], e)
 	}
-	var applied []string
+	var foreign []broker.ForeignUnit
 	for _, pool := range pools {
-		err := a.applyEvents(ctx, pool, node, byPool[pool])
+		ids, err := a.applyEvents(ctx, pool, node, byPool[pool])
 		if errors.Is(err, errUnknownPool) {
 			a.log.Warn("events for a pool that does not exist", "node", node, "pool", pool, "events", len(byPool[pool]))
 			continue
@@ -479,9 +540,11 @@ func (a *Allocator) applyByPool(ctx context.Context, node string, events []broke
 		if err != nil {
 			return nil, err
 		}
-		applied = append(applied, pool)
+		for _, id := range ids {
+			foreign = append(foreign, broker.ForeignUnit{Pool: pool, ID: id})
+		}
 	}
-	return applied, nil
+	return foreign, nil
 }
 
 func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
@@ -509,7 +572,7 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 		}
 		events = append(events, broker.Event{Kind: kind, Pool: h.Pool, UnitID: h.Unit.ID, Attachment: h.Attachment, Pod: h.Pod})
 	}
-	_, err := a.applyByPool(ctx, req.Node, events)
+	foreign, err := a.applyByPool(ctx, req.Node, events)
 	if err == nil {
 		err = a.dropUnheldAssignments(ctx, req.Node, req.Units)
 	}
@@ -519,6 +582,9 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 		reply.Error = err.Error()
 		return reply
 	}
+	// Units the agent holds that another node holds now were taken while
+	// this node was lost: the agent forgets them.
+	reply.Foreign = foreign
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	// Top-ups go out as grants after the reply, not inline: a sync must
@@ -818,14 +884,14 @@ func (a *Allocator) revoke(ctx context.Context, node, pool string, gen int64, id
 // free (the agent assigned it, so it is in use there); if another node
 // holds it, the conflict is logged and the event skipped: that is an
 // invariant violation no event may paper over.
-func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events []broker.Event) error {
+func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events []broker.Event) (foreign []string, err error) {
 	unlock := a.lockLease(pool, node)
 	defer unlock()
 	a.mu.Lock()
 	ps, ok := a.ledger.pools[pool]
 	if !ok {
 		a.mu.Unlock()
-		return fmt.Errorf("pool %s: %w", pool, errUnknownPool)
+		return nil, fmt.Errorf("pool %s: %w", pool, errUnknownPool)
 	}
 	next, name, rv := a.leaseCopyLocked(ps, node)
 	var adopt []int
@@ -839,6 +905,9 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 		u, held := next[e.UnitID]
 		if !held {
 			if h := ps.holder[i]; h != "" || ps.reserved[i] {
+				if h != node {
+					foreign = append(foreign, e.UnitID)
+				}
 				a.log.Error("unit held by another node", "node", node, "holder", h, "pool", pool, "unit", e.UnitID, "event", e.Kind)
 				a.metrics.conflicts.Inc()
 				continue
@@ -867,24 +936,24 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 	}
 	a.mu.Unlock()
 	if !changed {
-		return nil
+		return foreign, nil
 	}
 	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if errors.Is(err, errUnsettled) {
 		a.keepReservedLocked(pool, node, adopt)
-		return err
+		return foreign, err
 	}
 	ps.unreserveLocked(adopt)
 	if err != nil {
-		return err
+		return foreign, err
 	}
 	for _, i := range adopt {
 		ps.holder[i] = node
 	}
 	a.commitLeaseLocked(ps, node, &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next})
-	return nil
+	return foreign, nil
 }
 
 // leaseCopyLocked returns a copy of a node's lease units to modify, with

@@ -16,6 +16,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -28,6 +29,7 @@ import (
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/internal/controlplane"
 	"github.com/warmpool/warmpool/internal/testenv"
 )
 
@@ -445,7 +447,7 @@ func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 	held := []broker.HeldUnit{{Pool: "p", Unit: units[0]}, {Pool: "p", Unit: units[1], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}}}
 	for seq := uint64(1); seq <= 6; seq++ {
 		var r broker.SyncReply
-		resp, err := conn.Request(broker.SubjectSync, broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held}), 5*time.Second)
+		resp, err := conn.Request(broker.SubjectSyncFrom("node-a"), broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held}), 5*time.Second)
 		if err != nil {
 			t.Fatalf("node-a sync %d not answered: %v", seq, err)
 		}
@@ -453,7 +455,7 @@ func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 			t.Fatalf("node-a sync %d with the API down: %+v %v, want an error", seq, r, err)
 		}
 	}
-	if _, err := conn.Request(broker.SubjectSync, broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-b", Run: "r", Seq: 1}), 5*time.Second); err != nil {
+	if _, err := conn.Request(broker.SubjectSyncFrom("node-b"), broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-b", Run: "r", Seq: 1}), 5*time.Second); err != nil {
 		t.Fatalf("node-b, which needs no API write, is not served: %v", err)
 	}
 	api.mode.Store(normal)
@@ -639,5 +641,61 @@ func TestLostNodeKeepsWarmUnitsAPodMayHold(t *testing.T) {
 	}
 	if n := unitsInLeases(t, ctx, cs); n != 0 {
 		t.Fatalf("%d units leased once the pod is gone, want 0", n)
+	}
+}
+
+// TestSyncNamesUnitsAnotherNodeHolds: a node back from being lost syncs a
+// record that still holds units the allocator gave to another node since
+// (its pods gone, its units reclaimed). The reply names them, for the
+// agent to forget, instead of leaving them in its record where a DEL would
+// re-warm one that is live elsewhere (found by the fault suite).
+func TestSyncNamesUnitsAnotherNodeHolds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, _, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	got, _, _, err := a.grant(ctx, "p", "node-b", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := []broker.HeldUnit{{Pool: "p", Unit: got[0], Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}}}
+	m := &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
+	reply := a.handleSync(ctx, m).(*broker.SyncReply)
+	if reply.Error != "" {
+		t.Fatal(reply.Error)
+	}
+	if len(reply.Foreign) != 1 || reply.Foreign[0] != (broker.ForeignUnit{Pool: "p", ID: got[0].ID}) {
+		t.Fatalf("foreign %+v, want %s of pool p", reply.Foreign, got[0].ID)
+	}
+}
+
+// TestSuccessorClaimsLeasesOfNodesWithoutOne: node-2 has no lease yet
+// when the successor takes over; the deposed allocator's first grant to
+// it would create one the successor never loaded. The successor creates
+// it at takeover, so that create fails and deposes its author.
+func TestSuccessorClaimsLeasesOfNodesWithoutOne(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cs, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	kube := kubernetes.NewForConfigOrDie(rc)
+	quiet := slog.New(slog.DiscardHandler)
+	old, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := controlplane.RegisterNode(ctx, kube, "node-2", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(ctx, Config{Client: cs, Conn: conn, Kube: kube, Epoch: 2, Logger: quiet}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := old.grant(ctx, "p", "node-2", 1); !errors.Is(err, ErrDeposed) {
+		t.Fatalf("the deposed allocator's first grant to node-2: %v, want ErrDeposed", err)
+	}
+	nl, err := cs.NodeLeases().Get(ctx, v1alpha1.NodeLeaseName("p", "node-2"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nl.Spec.Epoch != 2 || len(nl.Spec.Units) != 0 {
+		t.Fatalf("node-2's lease: epoch %d, %d units; want the successor's empty claim at epoch 2", nl.Spec.Epoch, len(nl.Spec.Units))
 	}
 }

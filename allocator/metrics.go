@@ -11,6 +11,7 @@ type metrics struct {
 	writes      *prometheus.CounterVec // lease writes by result
 	writeTime   prometheus.Histogram
 	requests    *prometheus.CounterVec // bus requests served, by kind
+	refused     *prometheus.CounterVec // bus requests refused, by kind
 	moved       prometheus.Counter
 	roundTime   prometheus.Histogram
 	reclaimed   *prometheus.CounterVec // by pool and reason
@@ -29,6 +30,8 @@ func newMetrics(a *Allocator) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12)}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_allocator_bus_requests_total", Help: "Bus requests served, by kind (miss, report, sync)."}, []string{"kind"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warmpool_allocator_bus_refused_total", Help: "Bus requests refused because the node named in the body is not the node of the subject they were sent on, by kind (miss, report, sync): an agent speaking for another node."}, []string{"kind"}),
 		moved: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "warmpool_allocator_units_moved_total", Help: "Warm units revoked from one node and granted to another under scarcity."}),
 		roundTime: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -46,7 +49,7 @@ func newMetrics(a *Allocator) *metrics {
 			Name: "warmpool_allocator_epoch", Help: "The leader epoch this allocator serves with."}),
 	}
 	m.epochMetric.Set(float64(a.cfg.Epoch))
-	m.registry.MustRegister(m.writes, m.writeTime, m.requests, m.moved, m.roundTime, m.reclaimed, m.adds, m.conflicts, m.epochMetric, poolCollector{a},
+	m.registry.MustRegister(m.writes, m.writeTime, m.requests, m.refused, m.moved, m.roundTime, m.reclaimed, m.adds, m.conflicts, m.epochMetric, poolCollector{a},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -139,17 +139,6 @@ func addresses(s *v1alpha1.Subnet, limit int) ([]netip.Addr, *big.Int, error) {
 	}
 	// Ranges may be listed in any order; hand out in ascending order.
 	slices.SortFunc(spans, func(a, b span) int { return a.first.Compare(b.first) })
-	skip := func(a netip.Addr) bool {
-		if never[a] {
-			return true
-		}
-		for _, p := range excluded {
-			if p.Contains(a) {
-				return true
-			}
-		}
-		return false
-	}
 	total := new(big.Int)
 	var out []netip.Addr
 	truncated := false
@@ -157,8 +146,18 @@ func addresses(s *v1alpha1.Subnet, limit int) ([]netip.Addr, *big.Int, error) {
 		size := new(big.Int).Sub(addrInt(sp.last), addrInt(sp.first))
 		size.Add(size, big.NewInt(1))
 		total.Add(total, size)
-		for a := sp.first; ; a = a.Next() {
-			if !skip(a) {
+		for a := sp.first; ; {
+			// An excluded prefix is stepped over in one jump: an IPv6 /64
+			// excluding a /80 must not walk 2^48 addresses.
+			if p, ok := containing(excluded, a); ok {
+				end := lastAddr(p)
+				if !end.Less(sp.last) {
+					break
+				}
+				a = end.Next()
+				continue
+			}
+			if !never[a] {
 				if len(out) == limit {
 					truncated = true
 					break
@@ -168,6 +167,7 @@ func addresses(s *v1alpha1.Subnet, limit int) ([]netip.Addr, *big.Int, error) {
 			if a == sp.last {
 				break
 			}
+			a = a.Next()
 		}
 	}
 	if !truncated {
@@ -192,6 +192,18 @@ func addresses(s *v1alpha1.Subnet, limit int) ([]netip.Addr, *big.Int, error) {
 		total.SetInt64(0)
 	}
 	return out, total, nil
+}
+
+// containing returns the widest excluded prefix holding a.
+func containing(ps []netip.Prefix, a netip.Addr) (netip.Prefix, bool) {
+	var best netip.Prefix
+	found := false
+	for _, p := range ps {
+		if p.Contains(a) && (!found || p.Bits() < best.Bits()) {
+			best, found = p, true
+		}
+	}
+	return best, found
 }
 
 func inAny(ps []netip.Prefix, a netip.Addr) bool {

@@ -7,9 +7,11 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -29,11 +31,20 @@ type ServerOptions struct {
 	// Logger receives the server's notices, warnings and errors; nil
 	// discards them.
 	Logger *slog.Logger
+	// Auth, if set, authenticates every client and gives each agent the
+	// permissions of its own node only (docs/security.md). Nil accepts
+	// every client with every permission: for tests and benchmarks only.
+	Auth *ServerAuth
+	// TLS, if set, is the listener's TLS configuration (its certificate):
+	// clients must connect with TLS. Server.Connect, in-process, needs
+	// none.
+	TLS *tls.Config
 }
 
 // Server is an embedded nats-server.
 type Server struct {
-	ns *server.Server
+	ns   *server.Server
+	auth *ServerAuth
 }
 
 // ErrNotReady means the embedded server did not accept connections in time.
@@ -55,13 +66,20 @@ func StartServer(opts ServerOptions) (*Server, error) {
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 10 * time.Second
 	}
-	ns, err := server.NewServer(&server.Options{
+	sopts := &server.Options{
 		ServerName: opts.Name,
 		Host:       opts.Host,
 		Port:       port,
 		// The embedding process owns signals; the server must not exit it.
 		NoSigs: true,
-	})
+	}
+	if opts.Auth != nil {
+		sopts.CustomClientAuthentication = opts.Auth
+	}
+	if opts.TLS != nil {
+		sopts.TLS, sopts.TLSConfig = true, opts.TLS
+	}
+	ns, err := server.NewServer(sopts)
 	if err != nil {
 		return nil, fmt.Errorf("nats server: %w", err)
 	}
@@ -83,11 +101,28 @@ func StartServer(opts ServerOptions) (*Server, error) {
 			return nil, fmt.Errorf("nats server on %s:%d: %w after %s", opts.Host, opts.Port, ErrNotReady, opts.ReadyTimeout)
 		}
 	}
-	return &Server{ns: ns}, nil
+	return &Server{ns: ns, auth: opts.Auth}, nil
 }
 
 // ClientURL is the URL clients connect to, e.g. nats://127.0.0.1:40321.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// Connect opens a connection to the server from its own process, through
+// no socket and with the allocator's credential when the server
+// authenticates its clients: every permission, no TLS needed.
+func (s *Server) Connect(ctx context.Context, name string, extra ...nats.Option) (*nats.Conn, error) {
+	opts := []nats.Option{nats.InProcessServer(s.ns)}
+	if s.auth != nil {
+		opts = append(opts, nats.UserInfo(s.auth.User, s.auth.Password))
+	}
+	// A tls:// URL would make the client ask for TLS, which an in-process
+	// connection does without.
+	url := s.ClientURL()
+	if rest, ok := strings.CutPrefix(url, "tls://"); ok {
+		url = "nats://" + rest
+	}
+	return Connect(ctx, url, name, append(opts, extra...)...)
+}
 
 // Published is the number of messages clients have published to the
 // server since it started (requests and replies included): the benchmark
@@ -115,6 +150,10 @@ func Connect(ctx context.Context, url, name string, extra ...nats.Option) (*nats
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(false),
+		// A refused credential is retried too: the server's review of an
+		// agent's token may fail while the apiserver is away, and a
+		// projected token is rotated on disk.
+		nats.IgnoreAuthErrorAbort(),
 	}
 	if deadline, ok := ctx.Deadline(); ok {
 		opts = append(opts, nats.Timeout(time.Until(deadline)))
@@ -161,28 +200,31 @@ type Config struct {
 	Server ServerOptions
 	// ClientName names the connection in the server's monitoring.
 	ClientName string
+	// ClientOptions add to the connection's options with an external URL:
+	// its credentials and TLS (ClientAuth.Options).
+	ClientOptions []nats.Option
 }
 
 // Open connects to the bus that cfg names, starting the embedded server
 // first when cfg.URL is empty.
 func Open(ctx context.Context, cfg Config) (*Bus, error) {
-	url := cfg.URL
-	var srv *Server
-	if url == "" {
-		var err error
-		if srv, err = StartServer(cfg.Server); err != nil {
+	if cfg.URL == "" {
+		srv, err := StartServer(cfg.Server)
+		if err != nil {
 			return nil, err
 		}
-		url = srv.ClientURL()
-	}
-	nc, err := Connect(ctx, url, cfg.ClientName)
-	if err != nil {
-		if srv != nil {
+		nc, err := srv.Connect(ctx, cfg.ClientName)
+		if err != nil {
 			srv.Shutdown()
+			return nil, err
 		}
+		return &Bus{Conn: nc, server: srv}, nil
+	}
+	nc, err := Connect(ctx, cfg.URL, cfg.ClientName, cfg.ClientOptions...)
+	if err != nil {
 		return nil, err
 	}
-	return &Bus{Conn: nc, server: srv}, nil
+	return &Bus{Conn: nc}, nil
 }
 
 // URL is the URL other components connect to: the embedded server's, or

@@ -15,33 +15,80 @@ const ProtocolVersion = 1
 // message, so each sender retries until answered, and every message is
 // idempotent (a grant of a unit already held, a report already applied,
 // changes nothing). docs/protocol.md describes each one.
+//
+// Every subject names the node it concerns: an agent sends on
+// "warmpool.v1.agent.<node>.*" and listens on "warmpool.v1.node.<node>.*",
+// so that a server can limit each agent's credential to its own node's
+// subjects (docs/security.md), and the allocator refuses a request whose
+// body names another node than its subject.
 const (
-	// SubjectMiss: agent -> allocator, MissRequest / MissReply.
-	SubjectMiss = "warmpool.v1.alloc.miss"
-	// SubjectReport: agent -> allocator, Report / ReportReply.
-	SubjectReport = "warmpool.v1.alloc.report"
-	// SubjectSync: agent -> allocator, SyncRequest / SyncReply.
-	SubjectSync = "warmpool.v1.alloc.sync"
+	// SubjectMissAll: agent -> allocator, MissRequest / MissReply; the
+	// allocator's subscription to every node's SubjectMissFrom.
+	SubjectMissAll = "warmpool.v1.agent.*.miss"
+	// SubjectReportAll: agent -> allocator, Report / ReportReply.
+	SubjectReportAll = "warmpool.v1.agent.*.report"
+	// SubjectSyncAll: agent -> allocator, SyncRequest / SyncReply.
+	SubjectSyncAll = "warmpool.v1.agent.*.sync"
+)
+
+// NodeToken is a node's name as one subject token. Node names may hold
+// dots, which NATS reads as token separators; they cannot hold
+// underscores, so mapping '.' to '_' is one to one.
+func NodeToken(node string) string { return strings.ReplaceAll(node, ".", "_") }
+
+// SubjectMissFrom is where node's agent asks the allocator for units on a
+// cache miss.
+func SubjectMissFrom(node string) string { return agentPrefix + NodeToken(node) + ".miss" }
+
+// SubjectReportFrom is where node's agent reports its assignments and
+// releases.
+func SubjectReportFrom(node string) string { return agentPrefix + NodeToken(node) + ".report" }
+
+// SubjectSyncFrom is where node's agent sends its whole record.
+func SubjectSyncFrom(node string) string { return agentPrefix + NodeToken(node) + ".sync" }
+
+// AgentSubjects is the wildcard of every subject node's agent sends on:
+// what its credential may publish to.
+func AgentSubjects(node string) string { return agentPrefix + NodeToken(node) + ".>" }
+
+// NodeSubjects is the wildcard of every subject the allocator sends node's
+// agent requests on: what its credential may subscribe to.
+func NodeSubjects(node string) string { return nodePrefix + NodeToken(node) + ".>" }
+
+// AgentInboxPrefix is the prefix of node's agent's reply inboxes
+// (nats.CustomInboxPrefix): its credential may subscribe to
+// AgentInboxPrefix(node)+".>" and to no other node's replies.
+func AgentInboxPrefix(node string) string { return "_INBOX_warmpool." + NodeToken(node) }
+
+// SubjectNodeToken returns the node token of a subject an agent sends on
+// ("warmpool.v1.agent.<token>.<kind>"), and false for any other subject.
+func SubjectNodeToken(subject string) (string, bool) {
+	rest, ok := strings.CutPrefix(subject, agentPrefix)
+	if !ok {
+		return "", false
+	}
+	token, kind, ok := strings.Cut(rest, ".")
+	if !ok || token == "" || kind == "" || strings.Contains(kind, ".") {
+		return "", false
+	}
+	return token, true
+}
+
+const (
+	agentPrefix = "warmpool.v1.agent."
+	nodePrefix  = "warmpool.v1.node."
 )
 
 // SubjectGrant is where the allocator pushes Grants to a node's agent.
-// Node names may hold dots, which NATS reads as token separators; they
-// cannot hold underscores, so the mapping is one to one.
-func SubjectGrant(node string) string {
-	return "warmpool.v1.node." + strings.ReplaceAll(node, ".", "_") + ".grant"
-}
+func SubjectGrant(node string) string { return nodePrefix + NodeToken(node) + ".grant" }
 
 // SubjectRevoke is where the allocator asks a node's agent to give back
 // warm units, under scarcity.
-func SubjectRevoke(node string) string {
-	return "warmpool.v1.node." + strings.ReplaceAll(node, ".", "_") + ".revoke"
-}
+func SubjectRevoke(node string) string { return nodePrefix + NodeToken(node) + ".revoke" }
 
 // SubjectReclaim is where the allocator asks a node's agent to release
 // assignments whose pods are gone (its leak GC).
-func SubjectReclaim(node string) string {
-	return "warmpool.v1.node." + strings.ReplaceAll(node, ".", "_") + ".reclaim"
-}
+func SubjectReclaim(node string) string { return nodePrefix + NodeToken(node) + ".reclaim" }
 
 // ErrVersion means a message is of another protocol version.
 var ErrVersion = errors.New("bus protocol version mismatch")
@@ -244,8 +291,18 @@ type SyncReply struct {
 	// an answer from the allocator: less than the node-loss grace period,
 	// after which the allocator may reclaim them without the agent's
 	// confirmation.
-	WarmTTLMillis int64  `json:"warmTTLms,omitempty"`
-	Error         string `json:"error,omitempty"`
+	WarmTTLMillis int64 `json:"warmTTLms,omitempty"`
+	// Foreign are units the agent's record holds that another node holds
+	// now (reclaimed while this node was lost, their pods gone): the agent
+	// forgets them, assigned ones included.
+	Foreign []ForeignUnit `json:"foreign,omitempty"`
+	Error   string        `json:"error,omitempty"`
+}
+
+// ForeignUnit names a unit of a pool.
+type ForeignUnit struct {
+	Pool string `json:"pool"`
+	ID   string `json:"id"`
 }
 
 // Encode marshals a message. Messages are plain structs: this cannot fail

@@ -384,6 +384,47 @@ func (s *Store) Drop(keys []Key) ([]Key, error) {
 	return dropped, nil
 }
 
+// Void removes units in any state, with the assignments that hold them,
+// and returns the assignments removed: the allocator found them held by
+// another node (reclaimed while this node was lost, their pods gone).
+func (s *Store) Void(keys []Key) ([]Assignment, error) {
+	var voided []Assignment
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		voided = voided[:0]
+		units, assignments := tx.Bucket(bucketUnits), tx.Bucket(bucketAssignments)
+		for _, key := range keys {
+			k := unitKey(key)
+			u, ok, err := getUnit(units, k)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			if u.State == Assigned {
+				if v := assignments.Get([]byte(u.Attachment)); v != nil {
+					var a Assignment
+					if err := json.Unmarshal(v, &a); err != nil {
+						return fmt.Errorf("assignment record: %w", err)
+					}
+					if err := assignments.Delete([]byte(u.Attachment)); err != nil {
+						return err
+					}
+					voided = append(voided, a)
+				}
+			}
+			if err := units.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("void: %w", err)
+	}
+	return voided, nil
+}
+
 func unitKey(k Key) []byte { return []byte(k.Pool + "\x00" + k.ID) }
 
 func getUnit(b *bolt.Bucket, k []byte) (Unit, bool, error) {

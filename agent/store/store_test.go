@@ -217,3 +217,33 @@ func TestConcurrentAssignsNeverShareAUnit(t *testing.T) {
 		}
 	}
 }
+
+// TestVoidRemovesUnitsAndTheirAssignments: units another node holds now
+// leave the record in any state, assigned ones with their assignment.
+func TestVoidRemovesUnitsAndTheirAssignments(t *testing.T) {
+	s, _ := open(t)
+	us := units("p", 3)
+	if err := s.Grant(us); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Assign(assignment("c1/eth0", us[0])); err != nil {
+		t.Fatal(err)
+	}
+	voided, err := s.Void([]Key{us[0].Key(), us[1].Key(), {Pool: "p", ID: "10.9.9.9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(voided) != 1 || voided[0].Attachment != "c1/eth0" {
+		t.Fatalf("voided %+v, want the assignment of c1/eth0", voided)
+	}
+	snap, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Units) != 1 || len(snap.Assignments) != 0 {
+		t.Fatalf("after the void: units %v, assignments %v; want only %s", snap.Units, snap.Assignments, us[2].ID)
+	}
+	if _, found, err := s.Release("c1/eth0", t0); err != nil || found {
+		t.Fatalf("DEL of the voided attachment: found %v, err %v; want a DEL of the unknown", found, err)
+	}
+}

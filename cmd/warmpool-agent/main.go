@@ -67,7 +67,11 @@ func main() {
 		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
 		metricsAddr = flag.String("metrics-addr", ":9420", "where to serve /metrics; empty serves none")
 		pprof       = flag.Bool("pprof", false, "also serve Go's profiles at /debug/pprof/ on the metrics address")
+		natsAuth    broker.ClientAuth
 	)
+	// --nats-token-file: the pod's projected service-account token for
+	// the allocator's embedded server (docs/security.md).
+	natsAuth.AddFlags(flag.CommandLine)
 	flag.Parse()
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil || *node == "" || *natsURL == "" {
@@ -75,13 +79,18 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", *node)
-	if err := run(*node, *socket, *state, *natsURL, *kubeconfig, *metricsAddr, *pprof, *reuseDelay, *missTimeout, log); err != nil {
+	natsOpts, err := natsAuth.Options()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "warmpool-agent: %v\n", err)
+		os.Exit(2)
+	}
+	if err := run(*node, *socket, *state, *natsURL, *kubeconfig, *metricsAddr, *pprof, *reuseDelay, *missTimeout, natsOpts, log); err != nil {
 		log.Error("agent stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof bool, reuseDelay, missTimeout time.Duration, log *slog.Logger) error {
+func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof bool, reuseDelay, missTimeout time.Duration, natsOpts []nats.Option, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	kube, wp, err := client.Clients(kubeconfig, 20, 40)
@@ -114,7 +123,10 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof boo
 	a.Registry().MustRegister(metrics.KubeRequests())
 	// The agent serves from its record while the bus is away: connect
 	// without failing, and keep reconnecting.
-	conn, err := broker.Connect(ctx, natsURL, "warmpool-agent-"+node, nats.RetryOnFailedConnect(true))
+	// Replies come to this node's own inboxes: a server that gives each
+	// agent the permissions of its node lets it subscribe to those only.
+	natsOpts = append(natsOpts, nats.RetryOnFailedConnect(true), nats.CustomInboxPrefix(broker.AgentInboxPrefix(node)))
+	conn, err := broker.Connect(ctx, natsURL, "warmpool-agent-"+node, natsOpts...)
 	if err != nil {
 		return err
 	}

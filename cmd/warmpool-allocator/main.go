@@ -7,13 +7,16 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -35,7 +38,17 @@ type options struct {
 	planInterval, gcInterval, nodeLossGrace                                      time.Duration
 	leaseDuration, renewDeadline, retryPeriod                                    time.Duration
 	pprof                                                                        bool
+	// the bus's security (docs/security.md)
+	agentAuth, agentAudience, agentServiceAccount string
+	tlsCert, tlsKey                               string
+	natsAuth                                      broker.ClientAuth
 }
+
+// Values of --nats-agent-auth.
+const (
+	agentAuthNone           = "none"
+	agentAuthServiceAccount = "serviceaccount"
+)
 
 func main() {
 	var o options
@@ -55,6 +68,14 @@ func main() {
 	flag.DurationVar(&o.planInterval, "plan-interval", allocator.DefaultPlanInterval, "planning round period when no event triggers one")
 	flag.DurationVar(&o.gcInterval, "gc-interval", allocator.DefaultGCInterval, "leak GC period; a leak is freed within about two periods")
 	flag.DurationVar(&o.nodeLossGrace, "node-loss-grace", allocator.DefaultNodeLossGrace, "how long a node may be NotReady (and its agent silent) before its units are reclaimed")
+	flag.StringVar(&o.agentAuth, "nats-agent-auth", agentAuthNone, "how the embedded NATS server authenticates agents: "+agentAuthServiceAccount+
+		" (each agent by its pod-bound service-account token, reviewed by the apiserver, with permissions for its own node's subjects only) or "+agentAuthNone+
+		" (any client, every permission: for tests and benchmarks only; production must use "+agentAuthServiceAccount+")")
+	flag.StringVar(&o.agentAudience, "nats-agent-audience", broker.DefaultAgentAudience, "audience of the agents' projected service-account tokens for the bus")
+	flag.StringVar(&o.agentServiceAccount, "agent-service-account", envOr("POD_NAMESPACE", "kube-system")+"/warmpool-agent", "the agents' service account, namespace/name: a token of any other is refused")
+	flag.StringVar(&o.tlsCert, "nats-tls-cert-file", "", "PEM certificate (chain) of the embedded NATS server: clients must then connect with TLS (agents: --nats-ca-file)")
+	flag.StringVar(&o.tlsKey, "nats-tls-key-file", "", "PEM private key of --nats-tls-cert-file")
+	o.natsAuth.AddFlags(flag.CommandLine)
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 	var level slog.Level
@@ -89,12 +110,17 @@ func run(o options, log *slog.Logger) error {
 	if o.renewDeadline >= o.leaseDuration || o.retryPeriod <= 0 || o.retryPeriod >= o.renewDeadline {
 		return fmt.Errorf("leader election: want 0 < --leader-retry-period (%s) < --leader-renew-deadline (%s) < --leader-lease-duration (%s)", o.retryPeriod, o.renewDeadline, o.leaseDuration)
 	}
+	bus, err := newBusSecurity(kube, o, log)
+	if err != nil {
+		return err
+	}
+	defer bus.close()
 	e := allocator.Election{Namespace: o.namespace, Name: o.leaseName, Identity: identity,
 		LeaseDuration: o.leaseDuration, RenewDeadline: o.renewDeadline, Retry: o.retryPeriod}
 	err = allocator.RunLeader(ctx, kube, e, func(lctx context.Context, epoch uint64) error {
 		log := log.With("epoch", epoch, "identity", identity)
 		log.Info("leading")
-		return lead(lctx, kube, wp, o, epoch, log)
+		return lead(lctx, kube, wp, o, bus, epoch, log)
 	})
 	if ctx.Err() == nil {
 		// Leadership ended while we meant to run (lost, or lead failed):
@@ -105,8 +131,13 @@ func run(o options, log *slog.Logger) error {
 	return err
 }
 
-func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, o options, epoch uint64, log *slog.Logger) error {
-	url := o.natsURL
+func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, o options, bus *busSecurity, epoch uint64, log *slog.Logger) error {
+	// A bus that is down when the term begins (an external NATS
+	// restarting) is waited for, not a reason to exit: the agents keep
+	// serving from their caches meanwhile.
+	url, connect := o.natsURL, func() (*nats.Conn, error) {
+		return broker.Connect(ctx, o.natsURL, "warmpool-allocator", append(slices.Clip(bus.clientOpts), nats.RetryOnFailedConnect(true))...)
+	}
 	if url == "" {
 		host, portStr, err := net.SplitHostPort(o.natsListen)
 		if err != nil {
@@ -116,17 +147,16 @@ func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, 
 		if err != nil {
 			return fmt.Errorf("--nats-listen: %w", err)
 		}
-		srv, err := broker.StartServer(broker.ServerOptions{Host: host, Port: port, Logger: log.With("component", "nats")})
+		srv, err := broker.StartServer(broker.ServerOptions{Host: host, Port: port, Logger: log.With("component", "nats"), Auth: bus.serverAuth, TLS: bus.tls})
 		if err != nil {
 			return err
 		}
 		defer srv.Shutdown()
 		url = srv.ClientURL()
+		// In-process, with the server's own allocator credential.
+		connect = func() (*nats.Conn, error) { return srv.Connect(ctx, "warmpool-allocator") }
 	}
-	// A bus that is down when the term begins (an external NATS
-	// restarting) is waited for, not a reason to exit: the agents keep
-	// serving from their caches meanwhile.
-	conn, err := broker.Connect(ctx, url, "warmpool-allocator", nats.RetryOnFailedConnect(true))
+	conn, err := connect()
 	if err != nil {
 		return err
 	}
@@ -159,4 +189,58 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
+}
+
+// busSecurity is what the flags say of the bus's security: the embedded
+// server's authentication and TLS, or the credentials for an external one.
+type busSecurity struct {
+	serverAuth *broker.ServerAuth // nil: no authentication
+	tls        *tls.Config
+	clientOpts []nats.Option // for an external server
+	close      func()
+}
+
+func newBusSecurity(kube kubernetes.Interface, o options, log *slog.Logger) (*busSecurity, error) {
+	b := &busSecurity{close: func() {}}
+	embedded := o.natsURL == ""
+	switch o.agentAuth {
+	case agentAuthNone:
+		if embedded {
+			log.Warn("the embedded NATS server authenticates no one: any client may speak for any node (--nats-agent-auth=" + agentAuthServiceAccount + " in production)")
+		}
+	case agentAuthServiceAccount:
+		if !embedded {
+			return nil, fmt.Errorf("--nats-agent-auth=%s is for the embedded server; an external server's agent permissions are its own configuration (docs/security.md)", agentAuthServiceAccount)
+		}
+		reviewer, err := broker.NewTokenReviewer(kube, broker.TokenReviewerOptions{Audience: o.agentAudience, ServiceAccount: o.agentServiceAccount})
+		if err != nil {
+			return nil, err
+		}
+		b.close = reviewer.Close
+		b.serverAuth = broker.NewServerAuth(reviewer, log.With("component", "nats-auth"))
+	default:
+		return nil, fmt.Errorf("--nats-agent-auth=%q: want %s or %s", o.agentAuth, agentAuthNone, agentAuthServiceAccount)
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return nil, errors.New("--nats-tls-cert-file and --nats-tls-key-file go together")
+	}
+	if o.tlsCert != "" {
+		if !embedded {
+			return nil, errors.New("--nats-tls-cert-file is the embedded server's; for an external server's TLS give --nats-ca-file")
+		}
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("nats TLS: %w", err)
+		}
+		b.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	opts, err := o.natsAuth.Options()
+	if err != nil {
+		return nil, err
+	}
+	if embedded && len(opts) > 0 {
+		return nil, errors.New("--nats-ca-file and the --nats-* credentials are for an external server (--nats-url); the allocator connects to its embedded server in-process")
+	}
+	b.clientOpts = opts
+	return b, nil
 }

@@ -48,7 +48,7 @@ func TestAllocatorBinary(t *testing.T) {
 	if err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		rctx, rcancel := context.WithTimeout(ctx, time.Second)
 		defer rcancel()
-		msg, err := conn.RequestWithContext(rctx, broker.SubjectSync, broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "probe-node", Run: "r", Seq: 1}))
+		msg, err := conn.RequestWithContext(rctx, broker.SubjectSyncFrom("probe-node"), broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "probe-node", Run: "r", Seq: 1}))
 		if err != nil {
 			return false, nil // not leading yet
 		}

@@ -195,6 +195,15 @@ func (w *world) checkStore(c *component) {
 			return
 		}
 	}
+	// A DEL the agent recorded before it died reached the IPAM: the
+	// address is free from then on, though its answer never came (the
+	// runtime retries it). One it did not record still holds it.
+	for _, sb := range w.runtime.deletingOn(c.node) {
+		if _, ok := snap.Assignments[sb.id+"/"+ifName]; !ok {
+			w.log.add("del", "%s: the DEL of sandbox %s was recorded by %s before it died", sb.pod.name, sb.id, c.name)
+			w.runtime.release(sb)
+		}
+	}
 	w.stats.count("stores-checked-after-crash")
 	w.stats.add("assignments-checked-after-crash", len(live))
 }

@@ -63,6 +63,9 @@ type sandbox struct {
 	id     string
 	pod    *podSim
 	v4, v6 string
+	// deleting: a DEL was sent (guarded by runtime.mu); the agent may have
+	// released the address, so its store need not hold it after a crash.
+	deleting bool
 }
 
 func newRuntime(w *world) *runtime {
@@ -335,14 +338,28 @@ func (r *runtime) release(sb *sandbox) {
 	}
 }
 
-// liveOn returns the live sandboxes of a node (acknowledged, not being
-// torn down): what the node's agent must hold after a crash.
+// liveOn returns the live sandboxes of a node (acknowledged, no DEL sent):
+// what the node's agent must hold after a crash.
 func (r *runtime) liveOn(node string) []*sandbox {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []*sandbox
 	for _, p := range r.pods {
-		if p.node.node == node && p.sb != nil {
+		if p.node.node == node && p.sb != nil && !p.sb.deleting {
+			out = append(out, p.sb)
+		}
+	}
+	return out
+}
+
+// deletingOn returns the sandboxes of a node whose DEL was sent and not
+// yet answered.
+func (r *runtime) deletingOn(node string) []*sandbox {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*sandbox
+	for _, p := range r.pods {
+		if p.node.node == node && p.sb != nil && p.sb.deleting {
 			out = append(out, p.sb)
 		}
 	}
@@ -374,6 +391,9 @@ func (r *runtime) setStatus(ctx context.Context, p *podSim, sb *sandbox) error {
 
 // del runs DEL of sb until it succeeds; false if ctx ended first.
 func (r *runtime) del(ctx context.Context, p *podSim, sb *sandbox) bool {
+	r.mu.Lock()
+	sb.deleting = true
+	r.mu.Unlock()
 	backoff := 100 * time.Millisecond
 	for {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
