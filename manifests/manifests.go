@@ -1,12 +1,17 @@
 // Package manifests owns warmpool's Kubernetes manifests: the generated CRDs
-// in crds/ and the example pools in examples/, embedded so that tests, the
-// demo and the perf harness install exactly the files that are shipped.
+// in crds/, the example pools in examples/ and the service accounts and
+// RBAC in rbac/, embedded so that tests, the demo and the perf harness
+// install exactly the files that are shipped.
 package manifests
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"embed"
+	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"path"
 	"time"
@@ -15,7 +20,10 @@ import (
 	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
@@ -27,6 +35,44 @@ var crdFiles embed.FS
 
 //go:embed examples/*.yaml
 var exampleFiles embed.FS
+
+//go:embed rbac/*.yaml
+var rbacFiles embed.FS
+
+// RBAC returns the objects of rbac/*.yaml (service accounts, roles and
+// bindings), decoded into their client-go types.
+func RBAC() ([]runtime.Object, error) {
+	names, err := fs.Glob(rbacFiles, "rbac/*.yaml")
+	if err != nil {
+		return nil, err
+	}
+	var out []runtime.Object
+	for _, name := range names {
+		b, err := rbacFiles.ReadFile(name)
+		if err != nil {
+			return nil, err
+		}
+		docs := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
+		for {
+			doc, err := docs.Read()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			if len(bytes.TrimSpace(doc)) == 0 {
+				continue
+			}
+			obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			out = append(out, obj)
+		}
+	}
+	return out, nil
+}
 
 // CRDs returns the CustomResourceDefinitions in crds/.
 func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {

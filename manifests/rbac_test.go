@@ -1,0 +1,121 @@
+package manifests_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/warmpool/warmpool/internal/controlplane"
+	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/manifests"
+)
+
+// TestRBACIsLeastPrivilege installs rbac/ on a real apiserver (RBAC on)
+// and asks it, by SubjectAccessReview, what each service account may do:
+// what the components need is allowed, and the writes that matter are
+// not (no one but the allocator writes NodeLeases; the agent writes
+// nothing; the allocator touches no pod and no other Lease).
+func TestRBACIsLeastPrivilege(t *testing.T) {
+	cp := testenv.ControlPlane(t, controlplane.Options{})
+	kube := kubernetes.NewForConfigOrDie(cp.RESTConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	objs, err := manifests.RBAC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if err := create(ctx, kube, o); err != nil {
+			t.Fatalf("install %T: %v", o, err)
+		}
+	}
+	type check struct {
+		verb, group, resource, sub, ns, name string
+		allowed                              bool
+	}
+	agent, allocator := "warmpool-agent", "warmpool-allocator"
+	cases := map[string][]check{
+		agent: {
+			{"list", "", "pods", "", "", "", true},
+			{"watch", "", "pods", "", "", "", true},
+			{"get", "", "pods", "", "default", "web-0", true},
+			{"get", "", "nodes", "", "", "node-1", true},
+			{"list", "", "namespaces", "", "", "", true},
+			{"list", "warmpool.io", "ippools", "", "", "", true},
+			{"watch", "warmpool.io", "ippools", "", "", "", true},
+			{"create", "warmpool.io", "nodeleases", "", "", "", false},
+			{"update", "warmpool.io", "nodeleases", "", "", "x", false},
+			{"list", "warmpool.io", "nodeleases", "", "", "", false},
+			{"update", "warmpool.io", "ippools", "status", "", "x", false},
+			{"update", "", "pods", "", "default", "web-0", false},
+			{"patch", "", "nodes", "status", "", "node-1", false},
+			{"get", "", "secrets", "", "kube-system", "x", false},
+			{"create", "authentication.k8s.io", "tokenreviews", "", "", "", false},
+		},
+		allocator: {
+			{"create", "warmpool.io", "nodeleases", "", "", "", true},
+			{"update", "warmpool.io", "nodeleases", "", "", "faults.node-1", true},
+			{"list", "warmpool.io", "nodeleases", "", "", "", true},
+			{"update", "warmpool.io", "ippools", "status", "", "dual", true},
+			{"get", "", "pods", "", "default", "web-0", true},
+			{"watch", "", "nodes", "", "", "", true},
+			{"create", "authentication.k8s.io", "tokenreviews", "", "", "", true},
+			{"create", "coordination.k8s.io", "leases", "", "kube-system", "", true},
+			{"update", "coordination.k8s.io", "leases", "", "kube-system", "warmpool-allocator", true},
+			{"update", "coordination.k8s.io", "leases", "", "kube-system", "kube-scheduler", false},
+			{"update", "coordination.k8s.io", "leases", "", "kube-node-lease", "node-1", false},
+			{"delete", "warmpool.io", "nodeleases", "", "", "x", false},
+			{"update", "warmpool.io", "ippools", "", "", "dual", false},
+			{"create", "warmpool.io", "ippools", "", "", "", false},
+			{"update", "", "pods", "", "default", "web-0", false},
+			{"delete", "", "pods", "", "default", "web-0", false},
+			{"update", "", "nodes", "", "", "node-1", false},
+			{"get", "", "secrets", "", "kube-system", "x", false},
+		},
+	}
+	for sa, checks := range cases {
+		for _, c := range checks {
+			sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+				User:   fmt.Sprintf("system:serviceaccount:kube-system:%s", sa),
+				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"},
+				ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: c.verb, Group: c.group, Resource: c.resource,
+					Subresource: c.sub, Namespace: c.ns, Name: c.name},
+			}}
+			out, err := kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out.Status.Allowed != c.allowed {
+				t.Errorf("%s %s %s.%s/%s %s/%s: allowed %v, want %v (%s)", sa, c.verb, c.resource, c.group, c.sub, c.ns, c.name,
+					out.Status.Allowed, c.allowed, out.Status.Reason)
+			}
+		}
+	}
+}
+
+func create(ctx context.Context, kube kubernetes.Interface, o runtime.Object) error {
+	var err error
+	switch o := o.(type) {
+	case *corev1.ServiceAccount:
+		_, err = kube.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+	case *rbacv1.ClusterRole:
+		_, err = kube.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
+	case *rbacv1.ClusterRoleBinding:
+		_, err = kube.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+	case *rbacv1.Role:
+		_, err = kube.RbacV1().Roles(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+	case *rbacv1.RoleBinding:
+		_, err = kube.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+	default:
+		err = fmt.Errorf("no client for %T", o)
+	}
+	return err
+}
