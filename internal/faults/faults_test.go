@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -16,16 +17,23 @@ import (
 	"github.com/warmpool/warmpool/internal/toolchain"
 )
 
+// regressionSeeds are the slice make test runs: seeds whose scenarios
+// found bugs (docs/invariants.md, "What it found"). A seed replays its plan
+// of churn and faults, not its interleaving, so each bug is also pinned by
+// a unit test.
+const regressionSeeds = "2,3,10"
+
 var (
-	scenarios = flag.Int("faults.scenarios", 3, "how many seeded scenarios to run (make test runs the default slice, make test-faults 100)")
-	firstSeed = flag.Int64("faults.seed", 1, "the first scenario's seed; the others follow it")
+	seedList  = flag.String("faults.seeds", regressionSeeds, "comma-separated seeds to run, unless -faults.scenarios is set")
+	scenarios = flag.Int("faults.scenarios", 0, "run this many scenarios, seeds -faults.seed, -faults.seed+1, ... (make test-faults: 100)")
+	firstSeed = flag.Int64("faults.seed", 1, "the first seed of -faults.scenarios")
 	duration  = flag.Duration("faults.duration", 30*time.Second, "churn with faults per scenario")
 	kinds     = flag.String("faults.kinds", "", "comma-separated fault kinds (default all)")
 )
 
 // TestFaults runs the seeded scenarios, one after the other. A failing
 // one keeps its directory (logs of every component and the event log) and
-// names its seed: rerun it with -faults.seed=N -faults.scenarios=1.
+// names its seed: rerun it with -faults.seeds=N.
 func TestFaults(t *testing.T) {
 	for _, c := range []string{toolchain.Etcd, toolchain.Kube} {
 		if _, err := toolchain.Dir(c); err != nil {
@@ -46,11 +54,24 @@ func TestFaults(t *testing.T) {
 			ks = append(ks, Kind(k))
 		}
 	}
+	var seeds []int64
+	if *scenarios > 0 {
+		for i := range *scenarios {
+			seeds = append(seeds, *firstSeed+int64(i))
+		}
+	} else {
+		for _, f := range strings.Split(*seedList, ",") {
+			seed, err := strconv.ParseInt(strings.TrimSpace(f), 10, 64)
+			if err != nil {
+				t.Fatalf("-faults.seeds: %q is not a seed", f)
+			}
+			seeds = append(seeds, seed)
+		}
+	}
 	var mu sync.Mutex
 	total := map[string]int{}
 	passed := 0
-	for i := range *scenarios {
-		seed := *firstSeed + int64(i)
+	for _, seed := range seeds {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			dir, err := os.MkdirTemp("", fmt.Sprintf("warmpool-faults-%d-", seed))
 			if err != nil {
@@ -61,7 +82,7 @@ func TestFaults(t *testing.T) {
 			rep, err := Run(ctx, Config{Seed: seed, Duration: *duration, Kinds: ks, Dir: dir, Binaries: bins})
 			t.Log(rep)
 			if err != nil {
-				t.Fatalf("%v\nrerun: go test ./internal/faults -run TestFaults -faults.seed=%d -faults.scenarios=1 -v\nlogs kept in %s", err, seed, dir)
+				t.Fatalf("%v\nrerun: go test ./internal/faults -run TestFaults -faults.seeds=%d -v\nlogs kept in %s", err, seed, dir)
 			}
 			os.RemoveAll(dir)
 			mu.Lock()
@@ -76,5 +97,5 @@ func TestFaults(t *testing.T) {
 	for _, k := range slices.Sorted(maps.Keys(total)) {
 		fmt.Fprintf(&b, "\n  %-40s %d", k, total[k])
 	}
-	t.Logf("%d of %d scenarios passed; totals:%s", passed, *scenarios, b.String())
+	t.Logf("%d of %d scenarios passed; totals:%s", passed, len(seeds), b.String())
 }
