@@ -354,38 +354,56 @@ func (a *Agent) Reconcile(leases []broker.Lease, sent []broker.HeldUnit) error {
 
 // Forget removes units another node holds now, in any state, from the
 // record and the cache: the allocator reclaimed them while this node was
-// lost (an assignment's pod gone, its sandbox with the machine). Assigned
-// ones are forgotten under their attachment's lock, so no DEL or ADD of
-// that attachment crosses it; a later DEL of it succeeds as one of the
-// unknown.
-func (a *Agent) Forget(units []broker.ForeignUnit) error {
+// lost (an assignment's pod gone, its sandbox with the machine). replyGen
+// is the generation of each pool's lease in the reply that named them: a
+// unit granted here at a newer one crossed the reply and is kept.
+//
+// Warm ones leave the cache first, so no ADD pops them; assigned ones are
+// voided under their attachment's lock, so no DEL or ADD of it crosses;
+// a unit an ADD assigned meanwhile, to an attachment not locked here, is
+// left for the next sync. A later DEL of a voided attachment succeeds as
+// one of the unknown.
+func (a *Agent) Forget(units []broker.ForeignUnit, replyGen map[string]int64) error {
 	if len(units) == 0 {
 		return nil
 	}
 	keys := make([]store.Key, 0, len(units))
 	var attachments []string
 	a.mu.Lock()
+	drop := map[store.Key]bool{}
 	for _, f := range units {
 		k := store.Key{Pool: f.Pool, ID: f.ID}
+		if a.grantedAt[k] > replyGen[f.Pool] {
+			continue
+		}
 		keys = append(keys, k)
+		drop[k] = true
 		if u, ok := a.units[k]; ok && u.State == store.Assigned {
 			attachments = append(attachments, u.Attachment)
 		}
 	}
+	for pool, q := range a.warm {
+		a.warm[pool] = slices.DeleteFunc(q, func(k store.Key) bool { return drop[k] })
+	}
 	a.mu.Unlock()
+	if len(keys) == 0 {
+		return nil
+	}
 	// Attachment locks before recordMu, in order: an ADD holds its
 	// attachment's lock when a miss makes it take recordMu.
 	slices.Sort(attachments)
-	for _, att := range slices.Compact(attachments) {
+	attachments = slices.Compact(attachments)
+	for _, att := range attachments {
 		defer a.locks.Lock(att)()
 	}
 	a.recordMu.Lock()
 	defer a.recordMu.Unlock()
-	voided, err := a.store.Void(keys)
+	voided, kept, err := a.store.Void(keys, attachments)
 	if err != nil {
 		return err
 	}
-	a.forgetRecordLocked(keys)
+	gone := slices.DeleteFunc(keys, func(k store.Key) bool { return slices.Contains(kept, k) })
+	a.forgetRecordLocked(gone)
 	a.mu.Lock()
 	for _, as := range voided {
 		delete(a.assignments, as.Attachment)
@@ -393,7 +411,7 @@ func (a *Agent) Forget(units []broker.ForeignUnit) error {
 			"unit", as.UnitID, "pod", as.Pod.Namespace+"/"+as.Pod.Name)
 	}
 	a.mu.Unlock()
-	a.log.Warn("units held by another node forgotten", "units", len(keys), "assignments", len(voided))
+	a.log.Warn("units held by another node forgotten", "units", len(gone), "assignments", len(voided), "kept", len(kept))
 	return nil
 }
 

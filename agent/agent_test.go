@@ -464,7 +464,20 @@ func TestForgetVoidsWhatAnotherNodeHolds(t *testing.T) {
 	for _, h := range held {
 		foreign = append(foreign, broker.ForeignUnit{Pool: h.Pool, ID: h.Unit.ID})
 	}
-	if err := f.agent.Forget(foreign); err != nil {
+	// Granted at generation 4 after a reply at 3: crossed it, kept.
+	if err := f.agent.Grant(dualPool, dualUnits(3)[2:], 4); err != nil {
+		t.Fatal(err)
+	}
+	crossed := dualUnits(3)[2]
+	foreign = append(foreign, broker.ForeignUnit{Pool: "dual", ID: crossed.ID})
+	if err := f.agent.Forget(foreign, map[string]int64{"dual": 3}); err != nil {
+		t.Fatal(err)
+	}
+	held = f.agent.Held()
+	if len(held) != 1 || held[0].Unit.ID != crossed.ID {
+		t.Fatalf("held after forgetting: %+v, want only %s (granted after the reply)", held, crossed.ID)
+	}
+	if err := f.agent.Forget([]broker.ForeignUnit{{Pool: "dual", ID: crossed.ID}}, map[string]int64{"dual": 4}); err != nil {
 		t.Fatal(err)
 	}
 	if snap, _ := f.store.Load(); len(snap.Units) != 0 || len(snap.Assignments) != 0 {

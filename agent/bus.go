@@ -452,7 +452,11 @@ func (b *Bus) sync(ctx context.Context) error {
 	if err := b.agent.Reconcile(r.Leases, held); err != nil {
 		return err
 	}
-	if err := b.agent.Forget(r.Foreign); err != nil {
+	replyGen := map[string]int64{}
+	for _, l := range r.Leases {
+		replyGen[l.Pool.Name] = l.Gen
+	}
+	if err := b.agent.Forget(r.Foreign, replyGen); err != nil {
 		return err
 	}
 	if r.WarmTTLMillis > 0 {

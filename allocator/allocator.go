@@ -8,9 +8,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -210,6 +212,11 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if leases, err = cfg.Client.NodeLeases().List(ctx, metav1.ListOptions{}); err != nil {
 		return nil, fmt.Errorf("list node leases: %w", err)
 	}
+	for _, nl := range leases.Items {
+		if uint64(nl.Spec.Epoch) > a.cfg.Epoch {
+			return nil, fmt.Errorf("lease %s: %w: it was written at epoch %d after this allocator fenced at %d", nl.Name, ErrDeposed, nl.Spec.Epoch, a.cfg.Epoch)
+		}
+	}
 	a.metrics.epochMetric.Set(float64(a.cfg.Epoch))
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -234,39 +241,80 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 // resourceVersion instead of landing over what this leader loaded, and
 // its author re-reads, finds the newer epoch and steps down. A lease that
 // changed since the list is fenced as it now is: nothing has been decided
-// on it yet.
+// on it yet. It costs one write per lease at each takeover, Writers at a
+// time.
 func (a *Allocator) fence(ctx context.Context, leases []v1alpha1.NodeLease) error {
-	api := a.cfg.Client.NodeLeases()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(a.cfg.Writers)
 	for i := range leases {
-		nl := leases[i].DeepCopy()
-		for attempt := 0; ; attempt++ {
-			if uint64(nl.Spec.Epoch) > a.cfg.Epoch {
-				return fmt.Errorf("fence lease %s: %w: it was written at epoch %d, this allocator's is %d", nl.Name, ErrDeposed, nl.Spec.Epoch, a.cfg.Epoch)
-			}
-			if uint64(nl.Spec.Epoch) == a.cfg.Epoch {
-				break
-			}
-			nl.Spec.Epoch = int64(a.cfg.Epoch)
-			_, err := api.Update(ctx, nl, metav1.UpdateOptions{})
-			if err == nil {
-				break
-			}
-			if apierrors.IsNotFound(err) {
-				break // deleted (its node went): nothing to fence
-			}
-			if attempt >= 5 || !apierrors.IsConflict(err) && !outcomeUnknown(err) {
-				return fmt.Errorf("fence lease %s at epoch %d: %w", nl.Name, a.cfg.Epoch, err)
-			}
-			if nl, err = api.Get(ctx, nl.Name, metav1.GetOptions{}); err != nil {
-				if apierrors.IsNotFound(err) {
-					break
-				}
-				return fmt.Errorf("fence lease %s: re-read: %w", leases[i].Name, err)
-			}
-		}
+		g.Go(func() error { return a.fenceOne(gctx, leases[i].Name, leases[i].DeepCopy()) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	a.log.Info("leases fenced at this epoch", "leases", len(leases))
 	return nil
+}
+
+// fenceOne writes this leader's epoch into lease name (nl: as last read,
+// nil to read it), re-reading it on a conflict; errors that may pass (a
+// timeout, the API throttling or restarting) are retried until ctx ends.
+func (a *Allocator) fenceOne(ctx context.Context, name string, nl *v1alpha1.NodeLease) error {
+	api := a.cfg.Client.NodeLeases()
+	return retryTransient(ctx, func() error {
+		if nl == nil {
+			cur, err := api.Get(ctx, name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return nil // deleted (its node went): nothing to fence
+			}
+			if err != nil {
+				return err
+			}
+			nl = cur
+		}
+		switch e := uint64(nl.Spec.Epoch); {
+		case e > a.cfg.Epoch:
+			return fmt.Errorf("fence lease %s: %w: it was written at epoch %d, this allocator's is %d", name, ErrDeposed, e, a.cfg.Epoch)
+		case e == a.cfg.Epoch:
+			return nil
+		}
+		next := nl.DeepCopy()
+		next.Spec.Epoch = int64(a.cfg.Epoch)
+		_, err := api.Update(ctx, next, metav1.UpdateOptions{})
+		if err != nil {
+			nl = nil // re-read before trying again
+		}
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			return errRetryNow
+		}
+		return err
+	})
+}
+
+// errRetryNow asks retryTransient for another attempt at once.
+var errRetryNow = errors.New("retry now")
+
+// retryTransient runs op until it succeeds, fails for good, or ctx ends,
+// waiting between attempts that failed for reasons that pass.
+func retryTransient(ctx context.Context, op func() error) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := op()
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, errRetryNow):
+			continue
+		case !(outcomeUnknown(err) || apierrors.IsTooManyRequests(err) || apierrors.IsServiceUnavailable(err)):
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last: %w)", ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 // claim creates, empty and at this leader's epoch, the lease of every
@@ -286,7 +334,9 @@ func (a *Allocator) claim(ctx context.Context, pools []v1alpha1.IPPool, leases [
 	for _, nl := range leases {
 		have[nl.Name] = true
 	}
-	created := 0
+	var created atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(a.cfg.Writers)
 	for _, p := range pools {
 		for _, n := range nodes.Items {
 			name := v1alpha1.NodeLeaseName(p.Name, n.Name)
@@ -295,26 +345,28 @@ func (a *Allocator) claim(ctx context.Context, pools []v1alpha1.IPPool, leases [
 			}
 			nl := &v1alpha1.NodeLease{ObjectMeta: metav1.ObjectMeta{Name: name},
 				Spec: v1alpha1.NodeLeaseSpec{Pool: p.Name, Node: n.Name, Epoch: int64(a.cfg.Epoch)}}
-			_, err := a.cfg.Client.NodeLeases().Create(ctx, nl, metav1.CreateOptions{})
-			switch {
-			case apierrors.IsAlreadyExists(err):
-				// Created since the list, by a deposed leader: fence it.
-				cur, gerr := a.cfg.Client.NodeLeases().Get(ctx, name, metav1.GetOptions{})
-				if gerr != nil {
-					return fmt.Errorf("claim lease %s: %w", name, gerr)
-				}
-				if err := a.fence(ctx, []v1alpha1.NodeLease{*cur}); err != nil {
+			g.Go(func() error {
+				err := retryTransient(gctx, func() error {
+					_, err := a.cfg.Client.NodeLeases().Create(gctx, nl, metav1.CreateOptions{})
+					if apierrors.IsAlreadyExists(err) {
+						// Created since the list (by a deposed leader, or by
+						// our own create whose answer was lost): fence it.
+						return a.fenceOne(gctx, name, nil)
+					}
 					return err
+				})
+				if err == nil {
+					created.Add(1)
 				}
-			case err != nil:
-				return fmt.Errorf("claim lease %s: %w", name, err)
-			default:
-				created++
-			}
+				return err
+			})
 		}
 	}
-	if created > 0 {
-		a.log.Info("leases claimed for nodes that had none", "created", created)
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("claim leases: %w", err)
+	}
+	if n := created.Load(); n > 0 {
+		a.log.Info("leases claimed for nodes that had none", "leases", n)
 	}
 	return nil
 }
@@ -905,7 +957,10 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 		u, held := next[e.UnitID]
 		if !held {
 			if h := ps.holder[i]; h != "" || ps.reserved[i] {
-				if h != node {
+				// Held by another node: the agent is told to forget it. A
+				// reservation without a holder may be a grant to this very
+				// node in flight: left alone.
+				if h != "" && h != node {
 					foreign = append(foreign, e.UnitID)
 				}
 				a.log.Error("unit held by another node", "node", node, "holder", h, "pool", pool, "unit", e.UnitID, "event", e.Kind)
@@ -1129,6 +1184,10 @@ func (a *Allocator) Epoch() uint64 { return a.cfg.Epoch }
 // reload replaces the ledger's record of a node's lease with the stored
 // object.
 func (a *Allocator) reload(cur *v1alpha1.NodeLease) {
+	if uint64(cur.Spec.Epoch) > a.cfg.Epoch {
+		a.depose(cur.Spec.Epoch) // written by a newer leader: not ours to load
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	ps := a.ledger.pools[cur.Spec.Pool]

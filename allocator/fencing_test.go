@@ -633,14 +633,20 @@ func TestLostNodeKeepsWarmUnitsAPodMayHold(t *testing.T) {
 	if n := unitsInLeases(t, ctx, cs); n != 3 {
 		t.Fatalf("%d units leased after the drop, want the 3 warm ones kept while web has no address on record", n)
 	}
+	// A pod bound after the agent had fenced itself cannot hold one.
 	if err := pods.Delete(pod); err != nil {
+		t.Fatal(err)
+	}
+	late := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "late", Namespace: "default", UID: "u2", CreationTimestamp: metav1.NewTime(clk.Now())},
+		Spec: corev1.PodSpec{NodeName: "n1"}}
+	if err := pods.Add(late); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.dropLost(ctx, "p", "n1", nil); err != nil {
 		t.Fatal(err)
 	}
 	if n := unitsInLeases(t, ctx, cs); n != 0 {
-		t.Fatalf("%d units leased once the pod is gone, want 0", n)
+		t.Fatalf("%d units leased once web is gone (late was created after the agent fenced itself), want 0", n)
 	}
 }
 

@@ -313,7 +313,11 @@ func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []lea
 
 // unrecordedPods counts the pods bound to node, terminating ones included
 // (their sandboxes live until their DEL), that would take an address of
-// pool and have none recorded in the node's lease.
+// pool and have none recorded in the node's lease. Pods created after the
+// node's agent was last heard from plus the warm TTL are not counted: that
+// agent had stopped using warm units by then, so they hold none (without
+// this, a pod bound to a dead node would keep its warm units for as long
+// as it exists).
 func (a *Allocator) unrecordedPods(pool, node string) int {
 	if a.watch == nil || a.watch.podLister == nil {
 		return 0
@@ -332,6 +336,11 @@ func (a *Allocator) unrecordedPods(pool, node string) int {
 		a.mu.Unlock()
 		return 0
 	}
+	last := a.lastContact[node]
+	if last.Before(a.started) {
+		last = a.started
+	}
+	fencedBy := last.Add(a.cfg.NodeLossGrace / 2) // the warm TTL sync replies give
 	recorded := map[string]bool{}
 	if ls := ps.leases[node]; ls != nil {
 		for _, u := range ls.units {
@@ -347,7 +356,8 @@ func (a *Allocator) unrecordedPods(pool, node string) int {
 	a.mu.Unlock()
 	n := 0
 	for _, p := range pods {
-		if p.Spec.NodeName != node || p.Spec.HostNetwork || finished(p) || recorded[string(p.UID)] || recorded[addressedKey(p.Namespace, p.Name, "")] {
+		if p.Spec.NodeName != node || p.Spec.HostNetwork || finished(p) || recorded[string(p.UID)] || recorded[addressedKey(p.Namespace, p.Name, "")] ||
+			p.CreationTimestamp.Time.After(fencedBy) {
 			continue
 		}
 		ns, err := a.watch.namespaces.Get(p.Namespace)

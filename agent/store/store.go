@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -136,10 +137,38 @@ type Options struct {
 	// NoSync skips fsync on commit. Only for tests and benchmarks that
 	// measure everything else: a crash may then lose acknowledged writes.
 	NoSync bool
+	// ReadOnly opens an existing store to read it (a dead agent's, for a
+	// check), writing nothing, creating nothing.
+	ReadOnly bool
 }
 
 // Open opens or creates the store at path, creating its directory.
 func Open(path string, opts Options) (*Store, error) {
+	if opts.ReadOnly {
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("store %s: %w", path, err)
+		}
+		db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, ReadOnly: true})
+		if err != nil {
+			return nil, fmt.Errorf("store %s: %w", path, err)
+		}
+		err = db.View(func(tx *bolt.Tx) error {
+			for _, b := range [][]byte{bucketMeta, bucketPools, bucketUnits, bucketAssignments} {
+				if tx.Bucket(b) == nil {
+					return fmt.Errorf("no %s bucket: not an agent's store", b)
+				}
+			}
+			if v := tx.Bucket(bucketMeta).Get(keyFormat); string(v) != FormatVersion {
+				return fmt.Errorf("%w: file has version %s, this agent reads %s", ErrFormat, v, FormatVersion)
+			}
+			return nil
+		})
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("store %s: %w", path, err)
+		}
+		return &Store{db: db, commit: committer{db: db}}, nil
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
@@ -386,11 +415,12 @@ func (s *Store) Drop(keys []Key) ([]Key, error) {
 
 // Void removes units in any state, with the assignments that hold them,
 // and returns the assignments removed: the allocator found them held by
-// another node (reclaimed while this node was lost, their pods gone).
-func (s *Store) Void(keys []Key) ([]Assignment, error) {
-	var voided []Assignment
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		voided = voided[:0]
+// another node (reclaimed while this node was lost, their pods gone). A
+// unit assigned to an attachment not in attachments (the caller holds
+// those attachments' locks) is kept, and returned in kept.
+func (s *Store) Void(keys []Key, attachments []string) (voided []Assignment, kept []Key, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		voided, kept = voided[:0], kept[:0]
 		units, assignments := tx.Bucket(bucketUnits), tx.Bucket(bucketAssignments)
 		for _, key := range keys {
 			k := unitKey(key)
@@ -402,15 +432,21 @@ func (s *Store) Void(keys []Key) ([]Assignment, error) {
 				continue
 			}
 			if u.State == Assigned {
+				if !slices.Contains(attachments, u.Attachment) {
+					kept = append(kept, key)
+					continue
+				}
 				if v := assignments.Get([]byte(u.Attachment)); v != nil {
 					var a Assignment
 					if err := json.Unmarshal(v, &a); err != nil {
 						return fmt.Errorf("assignment record: %w", err)
 					}
-					if err := assignments.Delete([]byte(u.Attachment)); err != nil {
-						return err
+					if a.UnitID == key.ID && a.Pool == key.Pool {
+						if err := assignments.Delete([]byte(u.Attachment)); err != nil {
+							return err
+						}
+						voided = append(voided, a)
 					}
-					voided = append(voided, a)
 				}
 			}
 			if err := units.Delete(k); err != nil {
@@ -420,9 +456,9 @@ func (s *Store) Void(keys []Key) ([]Assignment, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("void: %w", err)
+		return nil, nil, fmt.Errorf("void: %w", err)
 	}
-	return voided, nil
+	return voided, kept, nil
 }
 
 func unitKey(k Key) []byte { return []byte(k.Pool + "\x00" + k.ID) }

@@ -229,21 +229,51 @@ func TestVoidRemovesUnitsAndTheirAssignments(t *testing.T) {
 	if err := s.Assign(assignment("c1/eth0", us[0])); err != nil {
 		t.Fatal(err)
 	}
-	voided, err := s.Void([]Key{us[0].Key(), us[1].Key(), {Pool: "p", ID: "10.9.9.9"}})
+	if err := s.Assign(assignment("c2/eth0", us[2])); err != nil {
+		t.Fatal(err)
+	}
+	// c2's assignment is not the caller's to void (it does not hold that
+	// attachment's lock): kept.
+	voided, kept, err := s.Void([]Key{us[0].Key(), us[1].Key(), us[2].Key(), {Pool: "p", ID: "10.9.9.9"}}, []string{"c1/eth0"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(voided) != 1 || voided[0].Attachment != "c1/eth0" {
 		t.Fatalf("voided %+v, want the assignment of c1/eth0", voided)
 	}
+	if len(kept) != 1 || kept[0] != us[2].Key() {
+		t.Fatalf("kept %v, want %s (assigned to an attachment not locked)", kept, us[2].ID)
+	}
 	snap, err := s.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(snap.Units) != 1 || len(snap.Assignments) != 0 {
-		t.Fatalf("after the void: units %v, assignments %v; want only %s", snap.Units, snap.Assignments, us[2].ID)
+	if len(snap.Units) != 1 || len(snap.Assignments) != 1 || snap.Assignments["c2/eth0"].UnitID != us[2].ID {
+		t.Fatalf("after the void: units %v, assignments %v; want only %s assigned to c2", snap.Units, snap.Assignments, us[2].ID)
 	}
 	if _, found, err := s.Release("c1/eth0", t0); err != nil || found {
 		t.Fatalf("DEL of the voided attachment: found %v, err %v; want a DEL of the unknown", found, err)
+	}
+}
+
+// TestReadOnlyOpenWritesNothing: a dead agent's store is read without a
+// write; a missing file is an error, not a new store.
+func TestReadOnlyOpenWritesNothing(t *testing.T) {
+	s, path := open(t)
+	if err := s.Grant(units("p", 1)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	ro, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := ro.Load()
+	ro.Close()
+	if err != nil || len(snap.Units) != 1 {
+		t.Fatalf("read-only load: %v units, err %v", snap, err)
+	}
+	if _, err := Open(filepath.Join(t.TempDir(), "none.db"), Options{ReadOnly: true}); err == nil {
+		t.Fatal("a read-only open of a missing file succeeded")
 	}
 }

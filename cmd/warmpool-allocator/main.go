@@ -110,7 +110,7 @@ func run(o options, log *slog.Logger) error {
 	if o.renewDeadline >= o.leaseDuration || o.retryPeriod <= 0 || o.retryPeriod >= o.renewDeadline {
 		return fmt.Errorf("leader election: want 0 < --leader-retry-period (%s) < --leader-renew-deadline (%s) < --leader-lease-duration (%s)", o.retryPeriod, o.renewDeadline, o.leaseDuration)
 	}
-	bus, err := newBusSecurity(kube, o, log)
+	bus, err := newBusSecurity(o, log)
 	if err != nil {
 		return err
 	}
@@ -200,7 +200,7 @@ type busSecurity struct {
 	close      func()
 }
 
-func newBusSecurity(kube kubernetes.Interface, o options, log *slog.Logger) (*busSecurity, error) {
+func newBusSecurity(o options, log *slog.Logger) (*busSecurity, error) {
 	b := &busSecurity{close: func() {}}
 	embedded := o.natsURL == ""
 	switch o.agentAuth {
@@ -212,7 +212,14 @@ func newBusSecurity(kube kubernetes.Interface, o options, log *slog.Logger) (*bu
 		if !embedded {
 			return nil, fmt.Errorf("--nats-agent-auth=%s is for the embedded server; an external server's agent permissions are its own configuration (docs/security.md)", agentAuthServiceAccount)
 		}
-		reviewer, err := broker.NewTokenReviewer(kube, broker.TokenReviewerOptions{Audience: o.agentAudience, ServiceAccount: o.agentServiceAccount})
+		// Reviews get a client, and a rate limit, of their own: a flood of
+		// bad tokens from whoever reaches the bus must not starve the
+		// election's renewals and the data path's lease writes.
+		reviewKube, _, err := client.Clients(o.kubeconfig, 20, 40)
+		if err != nil {
+			return nil, err
+		}
+		reviewer, err := broker.NewTokenReviewer(reviewKube, broker.TokenReviewerOptions{Audience: o.agentAudience, ServiceAccount: o.agentServiceAccount})
 		if err != nil {
 			return nil, err
 		}

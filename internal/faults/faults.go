@@ -156,7 +156,9 @@ func (f *injector) inject(ctx context.Context, kind Kind) {
 	go func() {
 		defer f.wg.Done()
 		defer f.free(target)
-		if err := f.run(ctx, kind, node); err != nil {
+		if err := f.run(ctx, kind, node); err != nil && ctx.Err() == nil {
+			// A fault cut short by the end of the churn healed itself;
+			// only a fault that could not be injected or healed fails.
 			w.fail(fmt.Errorf("fault %s: %w", kind, err))
 		}
 	}()
@@ -266,7 +268,13 @@ func (f *injector) run(ctx context.Context, kind Kind, node *component) error {
 		f.setSchedulable(node.node, false)
 		defer f.setSchedulable(node.node, true)
 		if err := w.setReady(ctx, node.node, false); err != nil {
-			return err
+			if ctx.Err() == nil {
+				return err
+			}
+			// Cut short: the write may have landed. Undo it.
+			hctx, cancel := heal()
+			defer cancel()
+			return w.setReady(hctx, node.node, true)
 		}
 		if dead {
 			node.hold()
@@ -303,6 +311,20 @@ func (f *injector) run(ctx context.Context, kind Kind, node *component) error {
 		}); err != nil && ctx.Err() == nil {
 			node.release()
 			return err
+		}
+		if ctx.Err() != nil {
+			// Cut short before the node was surely deleted: bring it back.
+			hctx, cancel := heal()
+			defer cancel()
+			_ = persist(hctx, "register "+node.node+" again", func(ctx context.Context) error {
+				err := controlplane.RegisterNode(ctx, w.kube, node.node, nil)
+				if apierrors.IsAlreadyExists(err) {
+					return w.setReady(ctx, node.node, true)
+				}
+				return err
+			})
+			node.release()
+			return nil
 		}
 		// The pod GC removes a deleted node's pods; nobody DELs them.
 		for _, p := range w.runtime.onNode(node.node) {

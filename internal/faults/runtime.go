@@ -119,11 +119,13 @@ func (r *runtime) tell(p *podSim, cmd podCmd) bool {
 	if p.stopping {
 		return false
 	}
-	if cmd != cmdRestart {
-		p.stopping = true
-	}
 	select {
 	case p.cmds <- cmd:
+		// Only once sent: a dropped delete must not leave the pod
+		// "stopping" with nothing under way.
+		if cmd != cmdRestart {
+			p.stopping = true
+		}
 		return true
 	default:
 		return false

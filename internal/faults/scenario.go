@@ -15,10 +15,11 @@ import (
 
 // Config is one scenario.
 type Config struct {
-	// Seed drives every random choice: the churn, the faults, their
-	// targets and timings. Timing on a shared machine still varies, so a
-	// seed replays the same plan, not the same interleaving; the event
-	// log records the interleaving.
+	// Seed seeds every random choice: the churn, the faults, their targets
+	// and timings, the failpoints. Concurrent goroutines draw from it, so
+	// on a shared machine a seed does not replay the same sequence of
+	// choices, let alone the same interleaving; the event log records what
+	// happened, and each bug found is pinned by a unit test.
 	Seed int64
 	// Duration is the churn with faults; default 30 s.
 	Duration time.Duration
@@ -136,7 +137,9 @@ func (w *world) scenario(ctx context.Context) error {
 		defer close(churned)
 		w.churn(fctx, rctx, inj)
 	}()
+	injecting := make(chan struct{})
 	go func() {
+		defer close(injecting)
 		for fctx.Err() == nil {
 			sleep(fctx, w.between(300*time.Millisecond, 2*time.Second))
 			if fctx.Err() == nil {
@@ -147,12 +150,14 @@ func (w *world) scenario(ctx context.Context) error {
 	select {
 	case err := <-w.fatal:
 		stopFaults()
+		<-injecting
 		inj.wg.Wait()
 		return err
 	case <-time.After(w.cfg.Duration):
 	}
 	stopFaults()
 	<-churned
+	<-injecting   // no fault starts after this
 	inj.wg.Wait() // every fault healed
 	w.log.add("settle", "faults stopped; waiting for convergence (at most %s)", w.cfg.Settle)
 

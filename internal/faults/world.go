@@ -365,27 +365,37 @@ func (w *world) supervise(ctx context.Context, c *component) {
 		if c.node != "" {
 			w.checkStore(c)
 		}
-		for {
-			c.mu.Lock()
-			held := c.held
-			c.mu.Unlock()
-			if held == 0 {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
+		if !w.waitReleased(ctx, c) {
+			return
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(w.between(100*time.Millisecond, 2*time.Second)):
 		}
+		if !w.waitReleased(ctx, c) { // a fault may have taken it during the pause
+			return
+		}
 		if err := w.start(c); err != nil {
 			w.fail(fmt.Errorf("restart %s: %w", c.name, err))
 			return
+		}
+	}
+}
+
+// waitReleased waits until no fault holds c down; false if ctx ended.
+func (w *world) waitReleased(ctx context.Context, c *component) bool {
+	for {
+		c.mu.Lock()
+		held := c.held
+		c.mu.Unlock()
+		if held == 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
@@ -446,7 +456,7 @@ var errDown = fmt.Errorf("agent not serving")
 
 // readStore reads a stopped agent's bbolt record.
 func readStore(c *component) (*store.Snapshot, error) {
-	s, err := store.Open(c.store(), store.Options{})
+	s, err := store.Open(c.store(), store.Options{ReadOnly: true})
 	if err != nil {
 		return nil, err
 	}
