@@ -305,6 +305,10 @@ func retryTransient(ctx context.Context, op func() error) error {
 			return nil
 		case errors.Is(err, errRetryNow):
 			continue
+		case errors.Is(err, ErrDeposed):
+			// Not the API's error but our verdict: stop at once (outcomeUnknown
+			// would call any error that is not the API's a transport one).
+			return err
 		case !(outcomeUnknown(err) || apierrors.IsTooManyRequests(err) || apierrors.IsServiceUnavailable(err)):
 			return err
 		}

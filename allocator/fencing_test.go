@@ -705,3 +705,39 @@ func TestSuccessorClaimsLeasesOfNodesWithoutOne(t *testing.T) {
 		t.Fatalf("node-2's lease: epoch %d, %d units; want the successor's empty claim at epoch 2", nl.Spec.Epoch, len(nl.Spec.Units))
 	}
 }
+
+// TestTakeoverMeetingANewerEpochFailsAtOnce: two allocators believed they
+// led at once (renewals hung in a slow API), and the one with the higher
+// epoch fenced a lease first. The other's takeover must fail with
+// ErrDeposed at once, so that its process exits and gives the Lease up;
+// it retried the fence as a transient error instead, leading without
+// serving (found by the fault suite, seed 91: no allocator answered for a
+// minute).
+func TestTakeoverMeetingANewerEpochFailsAtOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	quiet := slog.New(slog.DiscardHandler)
+	first, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := first.grant(ctx, "p", "node-1", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 5, Logger: quiet}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	a := newAllocator(Config{Client: cs, Conn: conn, Epoch: 4, Logger: quiet})
+	leases, err := cs.NodeLeases().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.fence(ctx, leases.Items); !errors.Is(err, ErrDeposed) {
+		t.Fatalf("fence at epoch 4 over a lease at epoch 5: %v, want ErrDeposed", err)
+	}
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Fatalf("the fence took %s to give up", waited)
+	}
+}
