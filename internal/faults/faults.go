@@ -316,13 +316,7 @@ func (f *injector) run(ctx context.Context, kind Kind, node *component) error {
 			// Cut short before the node was surely deleted: bring it back.
 			hctx, cancel := heal()
 			defer cancel()
-			_ = persist(hctx, "register "+node.node+" again", func(ctx context.Context) error {
-				err := controlplane.RegisterNode(ctx, w.kube, node.node, nil)
-				if apierrors.IsAlreadyExists(err) {
-					return w.setReady(ctx, node.node, true)
-				}
-				return err
-			})
+			_ = w.reregister(hctx, node.node)
 			node.release()
 			return nil
 		}
@@ -333,19 +327,25 @@ func (f *injector) run(ctx context.Context, kind Kind, node *component) error {
 		sleep(ctx, d)
 		hctx, cancel := heal()
 		defer cancel()
-		if err := persist(hctx, "register "+node.node+" again", func(ctx context.Context) error {
-			err := controlplane.RegisterNode(ctx, w.kube, node.node, nil)
-			if apierrors.IsAlreadyExists(err) {
-				return w.setReady(ctx, node.node, true) // registered, its status not yet written
-			}
-			return err
-		}); err != nil {
+		if err := w.reregister(hctx, node.node); err != nil {
 			return err
 		}
 		node.release()
 		w.log.add("heal", "%s: %s registered again", kind, node.node)
 	}
 	return nil
+}
+
+// reregister registers a deleted node again, as its kubelet would when
+// the machine comes back, through an apiserver restart.
+func (w *world) reregister(ctx context.Context, node string) error {
+	return persist(ctx, "register "+node+" again", func(ctx context.Context) error {
+		err := controlplane.RegisterNode(ctx, w.kube, node, nil)
+		if apierrors.IsAlreadyExists(err) {
+			return w.setReady(ctx, node, true) // registered, its status not yet written
+		}
+		return err
+	})
 }
 
 func nameOf(c *component) string {
