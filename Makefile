@@ -8,7 +8,7 @@ CONTROLLER_GEN = $$(bash $(TOOLCHAIN) --print-dir controller-gen)/controller-gen
 # Test flags; e.g. make test GOTESTFLAGS='-run TestPoolValidation -v'.
 GOTESTFLAGS ?=
 
-.PHONY: all bins build generate verify-generated lint test test-faults fuzz demo clean
+.PHONY: all bins build generate verify-generated lint test test-faults fuzz demo images clean
 
 all: build
 
@@ -57,7 +57,8 @@ test: bins lint verify-generated
 FUZZTIME ?= 60s
 FUZZERS := ./cni:FuzzParseConfig ./cni:FuzzParseArgs ./agent/wire:FuzzRead \
 	./broker:FuzzDecode ./broker:FuzzSplitAttachment ./allocator:FuzzEnumerate \
-	./api/v1alpha1:FuzzNodeLeaseName ./api/v1alpha1:FuzzSelectPool
+	./api/v1alpha1:FuzzNodeLeaseName ./api/v1alpha1:FuzzSelectPool \
+	./internal/inspect:FuzzParseState ./internal/inspect:FuzzParseMetrics ./internal/inspect:FuzzParseNetworkStatus
 fuzz:
 	@for f in $(FUZZERS); do \
 		echo "fuzz $${f%%:*} $${f##*:} for $(FUZZTIME)"; \
@@ -83,6 +84,16 @@ test-faults: bins
 DEMOFLAGS ?=
 demo: bins build
 	./bin/warmpool-perf bench --bin-dir bin $(DEMOFLAGS)
+
+## images: build the allocator and agent images (manifests/images/) with
+## docker, named as manifests/deploy/base/kustomization.yaml names them
+## (manifests/deploy_test.go checks that the two agree).
+IMAGE_REPO ?= ghcr.io/warmpool
+IMAGE_TAG ?= v0.1.0
+DOCKER ?= docker
+images:
+	$(DOCKER) build -f manifests/images/allocator.Dockerfile -t $(IMAGE_REPO)/warmpool-allocator:$(IMAGE_TAG) .
+	$(DOCKER) build -f manifests/images/agent.Dockerfile -t $(IMAGE_REPO)/warmpool-agent:$(IMAGE_TAG) .
 
 clean:
 	rm -rf bin

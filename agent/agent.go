@@ -30,6 +30,7 @@ import (
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/broker"
 	"github.com/warmpool/warmpool/internal/keyed"
+	"github.com/warmpool/warmpool/internal/logkey"
 )
 
 // DefaultReuseDelay is how long a released unit cools before it is warm
@@ -371,6 +372,7 @@ func (a *Agent) Forget(units []broker.ForeignUnit, replyGen map[string]int64) er
 	var attachments []string
 	a.mu.Lock()
 	drop := map[store.Key]bool{}
+	addresses := map[store.Key]string{} // for the log: the record forgets them
 	for _, f := range units {
 		k := store.Key{Pool: f.Pool, ID: f.ID}
 		if a.grantedAt[k] > replyGen[f.Pool] {
@@ -378,6 +380,7 @@ func (a *Agent) Forget(units []broker.ForeignUnit, replyGen map[string]int64) er
 		}
 		keys = append(keys, k)
 		drop[k] = true
+		addresses[k] = a.addressLocked(k)
 		if u, ok := a.units[k]; ok && u.State == store.Assigned {
 			attachments = append(attachments, u.Attachment)
 		}
@@ -408,7 +411,7 @@ func (a *Agent) Forget(units []broker.ForeignUnit, replyGen map[string]int64) er
 	for _, as := range voided {
 		delete(a.assignments, as.Attachment)
 		a.log.Warn("assignment voided: its unit was reclaimed while this node was lost", "attachment", as.Attachment, "pool", as.Pool,
-			"unit", as.UnitID, "pod", as.Pod.Namespace+"/"+as.Pod.Name)
+			"address", addresses[store.Key{Pool: as.Pool, ID: as.UnitID}], "pod", logkey.Pod(as.Pod.Namespace, as.Pod.Name), "pod_uid", as.Pod.UID)
 	}
 	a.mu.Unlock()
 	a.log.Warn("units held by another node forgotten", "units", len(gone), "assignments", len(voided), "kept", len(kept))
@@ -553,7 +556,17 @@ func (a *Agent) lockAttachment(req *wire.Request) (string, func(), *wire.Error) 
 	return key, a.locks.Lock(key), nil
 }
 
-func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire.Error) {
+func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, werr *wire.Error) {
+	pool := req.Pool
+	defer func() {
+		// The runtime logs the error on its node too, but without the
+		// pool and apart from the agent's lines: this is the line a search
+		// by pod, node or pool finds.
+		if werr != nil {
+			a.log.Warn("ADD failed", "pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "attachment", req.Attachment.String(),
+				"pool", pool, "code", werr.Code, "err", werr.Error())
+		}
+	}()
 	key, unlock, werr := a.lockAttachment(req)
 	if werr != nil {
 		return nil, werr
@@ -570,7 +583,7 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 	}
 	a.mu.Unlock()
 
-	pool, werr := a.cfg.Resolver.Resolve(ctx, req.Pod, req.Pool)
+	pool, werr = a.cfg.Resolver.Resolve(ctx, req.Pod, req.Pool)
 	if werr != nil {
 		return nil, werr
 	}
@@ -606,7 +619,8 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 		}
 		// Nothing was recorded: the unit goes back to the cache.
 		a.putBack(unit.Key())
-		a.log.Error("persist assignment", "attachment", key, "pool", pool, "unit", unit.ID, "err", err)
+		a.log.Error("persist assignment", "attachment", key, "pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "pool", pool,
+			"address", logkey.Address(unit.IPv4, unit.IPv6), "err", err)
 		return nil, &wire.Error{Code: wire.CodeTryAgainLater, Msg: "the agent could not record the assignment", Details: err.Error()}
 	}
 	a.failpoint(FailpointAddAfterPersist)
@@ -619,7 +633,8 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (*wire.Result, *wire
 	if res != nil {
 		res.Hit = hit
 	}
-	a.log.Debug("assigned", "attachment", key, "pool", pool, "unit", unit.ID, "pod", req.Pod.Namespace+"/"+req.Pod.Name, "hit", hit)
+	a.log.Debug("assigned", "attachment", key, "pool", pool, "address", logkey.Address(unit.IPv4, unit.IPv6),
+		"pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "pod_uid", req.Pod.UID, "hit", hit)
 	a.emit(broker.EventAssigned, as, hit)
 	return res, werr
 }
@@ -832,6 +847,15 @@ func (a *Agent) putBack(k store.Key) {
 	}
 }
 
+// addressLocked is the log's address of a unit: its addresses, or its ID
+// (its primary address) when the node no longer holds it.
+func (a *Agent) addressLocked(k store.Key) string {
+	if u, ok := a.units[k]; ok {
+		return logkey.Address(u.IPv4, u.IPv6)
+	}
+	return k.ID
+}
+
 // resultLocked builds the plugin's answer for an assignment.
 func (a *Agent) resultLocked(as store.Assignment) (*wire.Result, *wire.Error) {
 	p, ok := a.pools[as.Pool]
@@ -853,14 +877,19 @@ func (a *Agent) resultLocked(as store.Assignment) (*wire.Result, *wire.Error) {
 }
 
 func (a *Agent) del(req *wire.Request) *wire.Error {
-	_, werr := a.delIf(req, nil)
+	_, werr := a.delIf(req, nil, "")
+	if werr != nil {
+		a.log.Warn("DEL failed", "pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "attachment", req.Attachment.String(),
+			"code", werr.Code, "err", werr.Error())
+	}
 	return werr
 }
 
 // delIf is DEL, only if the attachment's assignment satisfies match (nil:
 // any), checked under the attachment's lock. It reports whether it
-// released one.
-func (a *Agent) delIf(req *wire.Request, match func(store.Assignment) bool) (bool, *wire.Error) {
+// released one, and logs the release: at Info with why as the message
+// when the runtime did not ask for it (a reclaim, a GC), else at Debug.
+func (a *Agent) delIf(req *wire.Request, match func(store.Assignment) bool, why string) (bool, *wire.Error) {
 	key, unlock, werr := a.lockAttachment(req)
 	if werr != nil {
 		return false, werr
@@ -893,7 +922,12 @@ func (a *Agent) delIf(req *wire.Request, match func(store.Assignment) bool) (boo
 		u.State, u.Attachment, u.Since = store.Cooling, "", a.cfg.Now()
 		a.units[k] = u
 	}
-	a.log.Debug("released", "attachment", key, "pool", as.Pool, "unit", as.UnitID)
+	level, msg := slog.LevelDebug, "released"
+	if why != "" {
+		level, msg = slog.LevelInfo, why
+	}
+	a.log.Log(context.Background(), level, msg, "attachment", key, "pod", logkey.Pod(as.Pod.Namespace, as.Pod.Name), "pod_uid", as.Pod.UID,
+		"pool", as.Pool, "address", a.addressLocked(k), "network", as.Network)
 	a.emit(broker.EventReleased, as, false)
 	return true, nil
 }
@@ -909,7 +943,7 @@ func (a *Agent) Reclaim(pool string, items []broker.ReclaimItem) ([]string, erro
 		req := &wire.Request{Attachment: wire.Attachment{ContainerID: ctr, IfName: ifname}}
 		released, werr := a.delIf(req, func(as store.Assignment) bool {
 			return as.Pool == pool && as.UnitID == it.UnitID && as.Pod.UID == it.PodUID
-		})
+		}, "leaked assignment released at the allocator's request")
 		if werr != nil {
 			return out, fmt.Errorf("reclaim %s: %s", it.Attachment, werr.Msg)
 		}
@@ -917,7 +951,6 @@ func (a *Agent) Reclaim(pool string, items []broker.ReclaimItem) ([]string, erro
 			continue
 		}
 		a.metrics.reclaimed.WithLabelValues(pool).Inc()
-		a.log.Info("leaked assignment released", "attachment", it.Attachment, "pool", pool, "unit", it.UnitID, "pod_uid", it.PodUID)
 		out = append(out, it.UnitID)
 	}
 	return out, nil
@@ -956,10 +989,10 @@ func (a *Agent) gc(req *wire.Request) *wire.Error {
 	a.mu.Unlock()
 	for _, key := range stale {
 		ctr, ifn := broker.SplitAttachment(key)
-		if werr := a.del(&wire.Request{Attachment: wire.Attachment{ContainerID: ctr, IfName: ifn}}); werr != nil {
+		if _, werr := a.delIf(&wire.Request{Attachment: wire.Attachment{ContainerID: ctr, IfName: ifn}}, nil,
+			"released by the runtime's GC: the attachment is not among its valid ones"); werr != nil {
 			return werr
 		}
-		a.log.Info("gc released", "attachment", key, "network", req.Network)
 	}
 	return nil
 }

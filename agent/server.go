@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/warmpool/warmpool/agent/wire"
+	"github.com/warmpool/warmpool/internal/logkey"
 )
 
 // Server serves the plugin's unix socket.
@@ -96,6 +97,6 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	_ = conn.SetReadDeadline(time.Time{})
 	resp := s.agent.Handle(ctx, req)
 	if err := wire.Write(conn, resp); err != nil {
-		s.agent.log.Warn("write response", "op", req.Op, "attachment", req.Attachment.String(), "err", err)
+		s.agent.log.Warn("write response", "op", req.Op, "pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "attachment", req.Attachment.String(), "err", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
 	"github.com/warmpool/warmpool/internal/keyed"
+	"github.com/warmpool/warmpool/internal/logkey"
 )
 
 // Config configures an allocator.
@@ -198,7 +199,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	// the old epochs would refuse this leader forever.
 	for _, nl := range leases.Items {
 		if e := uint64(nl.Spec.Epoch); e >= a.cfg.Epoch {
-			a.log.Warn("leader epoch below a lease's; raising it", "given", a.cfg.Epoch, "lease", nl.Name, "lease_epoch", e)
+			a.log.Warn("leader epoch below a lease's; raising it", "lease", nl.Name, "pool", nl.Spec.Pool, "node", nl.Spec.Node, "lease_epoch", e)
 			a.cfg.Epoch = e + 1
 		}
 	}
@@ -227,7 +228,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	}
 	for i := range leases.Items {
 		for _, err := range a.ledger.loadLeaseLocked(&leases.Items[i]) {
-			a.log.Error("inconsistent lease", "lease", leases.Items[i].Name, "err", err)
+			a.log.Error("inconsistent lease", "lease", leases.Items[i].Name, "pool", leases.Items[i].Spec.Pool, "node", leases.Items[i].Spec.Node, "err", err)
 			a.metrics.conflicts.Inc()
 		}
 	}
@@ -417,7 +418,7 @@ func (a *Allocator) Start(ctx context.Context) error {
 					reply = handle(ctx, m)
 				}
 				if err := m.Respond(broker.Encode(reply)); err != nil {
-					a.log.Warn("respond", "subject", m.Subject, "err", err)
+					a.log.Warn("respond", "subject", m.Subject, "node", subjectNode(m.Subject), "err", err)
 				}
 			}()
 		})
@@ -703,17 +704,51 @@ func (a *Allocator) dropUnheldAssignments(ctx context.Context, node string, held
 			return err
 		}
 		for _, u := range dropped {
-			a.log.Warn("assignment its node no longer holds freed", "pool", pool, "node", node, "unit", unitID(u), "pod", podName(u.Pod))
+			a.log.Warn("assignment its node no longer holds freed", "pool", pool, "node", node, "address", logkey.Address(u.IPv4, u.IPv6),
+				"pod", podName(u.Pod), "pod_uid", podUID(u.Pod))
 		}
 	}
 	return nil
 }
 
+// podName and podUID are the log's pod and pod_uid of a leased unit's pod.
 func podName(p *v1alpha1.PodRef) string {
 	if p == nil {
 		return ""
 	}
-	return p.Namespace + "/" + p.Name
+	return logkey.Pod(p.Namespace, p.Name)
+}
+
+func podUID(p *v1alpha1.PodRef) string {
+	if p == nil {
+		return ""
+	}
+	return p.UID
+}
+
+// address is the log's address of the unit id of pool: its addresses, or
+// id (its primary address) if the pool does not know it.
+func (a *Allocator) address(pool, id string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ps, ok := a.ledger.pools[pool]; ok {
+		if i, ok := ps.byID[id]; ok {
+			return ps.units[i].address()
+		}
+	}
+	return id
+}
+
+// address is the log's address of a unit.
+func (u Unit) address() string {
+	var v4, v6 string
+	if u.IPv4.IsValid() {
+		v4 = u.IPv4.String()
+	}
+	if u.IPv6.IsValid() {
+		v6 = u.IPv6.String()
+	}
+	return logkey.Address(v4, v6)
 }
 
 // push sends a grant to the node's agent. A lost push is not lost units:
@@ -842,14 +877,14 @@ func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]brok
 		}
 		taken, err := a.takeFrom(ctx, ps, d.node, n-len(idx))
 		if err != nil {
-			a.log.Warn("revoke", "pool", pool, "donor", d.node, "err", err)
+			a.log.Warn("revoke for a miss", "pool", pool, "node", d.node, "for_node", node, "err", err)
 		}
 		idx = append(idx, taken...)
 	}
 	if len(idx) == 0 {
 		return nil, info, 0, fmt.Errorf("pool %s: %w", pool, errBusy)
 	}
-	a.log.Info("units moved under scarcity", "pool", pool, "to", node, "units", len(idx))
+	a.log.Info("units moved under scarcity", "pool", pool, "node", node, "units", len(idx))
 	a.metrics.moved.Add(float64(len(idx)))
 	unlock := a.lockLease(pool, node)
 	defer unlock()
@@ -955,7 +990,8 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 	for _, e := range events {
 		i, known := ps.byID[e.UnitID]
 		if !known {
-			a.log.Error("event for a unit not in the pool", "node", node, "pool", pool, "unit", e.UnitID)
+			a.log.Error("event for a unit not in the pool", "node", node, "pool", pool, "address", e.UnitID,
+				"pod", logkey.Pod(e.Pod.Namespace, e.Pod.Name), "attachment", e.Attachment, "event", e.Kind)
 			continue
 		}
 		u, held := next[e.UnitID]
@@ -967,7 +1003,8 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 				if h != "" && h != node {
 					foreign = append(foreign, e.UnitID)
 				}
-				a.log.Error("unit held by another node", "node", node, "holder", h, "pool", pool, "unit", e.UnitID, "event", e.Kind)
+				a.log.Error("unit held by another node", "node", node, "holder", h, "pool", pool, "address", ps.units[i].address(),
+					"pod", logkey.Pod(e.Pod.Namespace, e.Pod.Name), "attachment", e.Attachment, "event", e.Kind)
 				a.metrics.conflicts.Inc()
 				continue
 			}
@@ -1207,7 +1244,7 @@ func (a *Allocator) reload(cur *v1alpha1.NodeLease) {
 	}
 	delete(ps.leases, cur.Spec.Node)
 	for _, err := range a.ledger.loadLeaseLocked(cur) {
-		a.log.Error("inconsistent lease on reload", "lease", cur.Name, "err", err)
+		a.log.Error("inconsistent lease on reload", "lease", cur.Name, "pool", cur.Spec.Pool, "node", cur.Spec.Node, "err", err)
 		a.metrics.conflicts.Inc()
 	}
 }

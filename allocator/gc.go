@@ -15,6 +15,7 @@ import (
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/internal/logkey"
 )
 
 // The leak GC. A unit assigned to a pod that is gone (deleted, re-created
@@ -240,6 +241,8 @@ func (a *Allocator) reclaim(ctx context.Context, pool, node string, leaks []leak
 	items := make([]broker.ReclaimItem, 0, len(leaks))
 	for _, l := range leaks {
 		items = append(items, broker.ReclaimItem{UnitID: l.unit, Attachment: l.pod.ContainerID + "/" + l.pod.Interface, PodUID: l.pod.UID})
+		a.log.Info("leaked assignment: its pod is gone; asking its node to release it", "pool", pool, "node", node, "address", a.address(pool, l.unit),
+			"pod", logkey.Pod(l.pod.Namespace, l.pod.Name), "pod_uid", l.pod.UID, "attachment", l.pod.ContainerID+"/"+l.pod.Interface)
 	}
 	msg := broker.Encode(&broker.Reclaim{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Pool: pool, Items: items})
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.PushTimeout)
@@ -303,7 +306,10 @@ func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []lea
 	for _, u := range dropped {
 		if u.State != v1alpha1.UnitAssigned {
 			warm++
+			continue
 		}
+		a.log.Info("leaked assignment of a lost node freed: its pod is gone", "pool", pool, "node", node, "address", logkey.Address(u.IPv4, u.IPv6),
+			"pod", podName(u.Pod), "pod_uid", podUID(u.Pod))
 	}
 	a.metrics.reclaimed.WithLabelValues(pool, "node-lost").Add(float64(warm))
 	a.metrics.reclaimed.WithLabelValues(pool, "pod-gone").Add(float64(len(dropped) - warm))

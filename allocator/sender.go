@@ -3,6 +3,7 @@ package allocator
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 
@@ -16,6 +17,13 @@ type refusal struct {
 	V     int    `json:"v"`
 	Epoch uint64 `json:"epoch"`
 	Error string `json:"error"`
+}
+
+// subjectNode is the node whose agent's subject this is, for the log
+// (node names hold no '_', so broker.NodeToken's '.' to '_' reverses).
+func subjectNode(subject string) string {
+	token, _ := broker.SubjectNodeToken(subject)
+	return strings.ReplaceAll(token, "_", ".")
 }
 
 // checkSender refuses an agent's request whose body names another node
@@ -39,7 +47,7 @@ func (a *Allocator) checkSender(m *nats.Msg) error {
 		return nil
 	}
 	if broker.NodeToken(head.Node) != token {
-		a.log.Warn("request refused: its body names another node than its subject", "subject", m.Subject, "subject_node", token, "body_node", head.Node)
+		a.log.Warn("request refused: its body names another node than its subject", "subject", m.Subject, "node", subjectNode(m.Subject), "body_node", head.Node)
 		return fmt.Errorf("request on %s names node %q: an agent may speak only for the node of its subject", m.Subject, head.Node)
 	}
 	return nil

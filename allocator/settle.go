@@ -55,7 +55,7 @@ func (a *Allocator) settle(ctx context.Context, pool, node string, nl *v1alpha1.
 	out, cur := a.resend(ctx, pool, node, nl)
 	switch out {
 	case outcomeLanded:
-		a.log.Info("lease write answer lost, but it landed", "lease", nl.Name, "err", werr)
+		a.log.Info("lease write answer lost, but it landed", "lease", nl.Name, "pool", pool, "node", node, "err", werr)
 		return cur.ResourceVersion, cur.Generation, nil
 	case outcomeNotLanded:
 		return "", 0, fmt.Errorf("write lease %s: %w (it did not land)", nl.Name, werr)
@@ -65,7 +65,7 @@ func (a *Allocator) settle(ctx context.Context, pool, node string, nl *v1alpha1.
 	a.mu.Lock()
 	a.unsettled[poolNode{pool, node}] = &unsettledWrite{obj: nl.DeepCopy()}
 	a.mu.Unlock()
-	a.log.Warn("lease write outcome unknown; its units stay reserved until it is settled", "lease", nl.Name, "err", werr)
+	a.log.Warn("lease write outcome unknown; its units stay reserved until it is settled", "lease", nl.Name, "pool", pool, "node", node, "err", werr)
 	return "", 0, fmt.Errorf("write lease %s: %w: %w", nl.Name, werr, errUnsettled)
 }
 

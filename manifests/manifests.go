@@ -1,7 +1,12 @@
 // Package manifests owns warmpool's Kubernetes manifests: the generated CRDs
-// in crds/, the example pools in examples/ and the service accounts and
-// RBAC in rbac/, embedded so that tests, the demo and the perf harness
-// install exactly the files that are shipped.
+// in crds/, the example pools and Multus networks in examples/, the service
+// accounts and RBAC in rbac/, and the install in deploy/ (a Kustomize base
+// with the allocator Deployment, the agent DaemonSet and its CNI config,
+// and overlays such as an external NATS cluster), with the images'
+// Dockerfiles in images/. They are embedded so that tests, the demo and
+// the perf harness install exactly the files that are shipped;
+// deploy_test.go builds every kustomization and dry-runs it on a real
+// apiserver.
 package manifests
 
 import (

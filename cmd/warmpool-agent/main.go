@@ -1,6 +1,10 @@
 // Command warmpool-agent is the node agent (one per node, a DaemonSet): it
 // serves the CNI plugin's socket from the node's warm cache and its bbolt
 // record, and talks to the allocator over NATS.
+//
+// `warmpool-agent install-cni` is the DaemonSet's init container instead:
+// it installs the plugin binary and a validated network config on the
+// node (package cni/install).
 package main
 
 import (
@@ -26,6 +30,7 @@ import (
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/cni/install"
 	"github.com/warmpool/warmpool/internal/metrics"
 )
 
@@ -56,6 +61,9 @@ func armFailpoint(spec string) (func(string), error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "install-cni" {
+		os.Exit(installCNI(os.Args[2:]))
+	}
 	var (
 		node        = flag.String("node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 		socket      = flag.String("socket", wire.DefaultSocket, "the CNI plugin's socket")
@@ -78,19 +86,22 @@ func main() {
 		fmt.Fprintln(os.Stderr, "warmpool-agent: --node (or $NODE_NAME) and --nats-url are required; --log-level is debug, info, warn or error")
 		os.Exit(2)
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", *node)
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	natsOpts, err := natsAuth.Options()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "warmpool-agent: %v\n", err)
 		os.Exit(2)
 	}
 	if err := run(*node, *socket, *state, *natsURL, *kubeconfig, *metricsAddr, *pprof, *reuseDelay, *missTimeout, natsOpts, log); err != nil {
-		log.Error("agent stopped", "err", err)
+		log.Error("agent stopped", "node", *node, "err", err)
 		os.Exit(1)
 	}
 }
 
 func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof bool, reuseDelay, missTimeout time.Duration, natsOpts []nats.Option, log *slog.Logger) error {
+	// agent.New adds the node to the agent's lines; this process's own
+	// lines add it here (a key given twice would be logged twice).
+	agentLog, log := log, log.With("node", node)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	kube, wp, err := client.Clients(kubeconfig, 20, 40)
@@ -109,7 +120,7 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof boo
 	if err != nil {
 		return err
 	}
-	acfg := agent.Config{Node: node, Store: s, Resolver: resolver, ReuseDelay: reuseDelay, MissTimeout: missTimeout, Logger: log}
+	acfg := agent.Config{Node: node, Store: s, Resolver: resolver, ReuseDelay: reuseDelay, MissTimeout: missTimeout, Logger: agentLog}
 	if spec := os.Getenv(failpointEnv); spec != "" {
 		if acfg.Failpoint, err = armFailpoint(spec); err != nil {
 			return err
@@ -148,4 +159,27 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof boo
 	err = <-errs
 	stop()
 	return errors.Join(err, <-errs)
+}
+
+// installCNI runs the install-cni subcommand and returns the exit code.
+func installCNI(args []string) int {
+	fs := flag.NewFlagSet("warmpool-agent install-cni", flag.ContinueOnError)
+	var o install.Options
+	fs.StringVar(&o.Plugin, "plugin", "/warmpool", "the warmpool plugin binary to install (in the image)")
+	fs.StringVar(&o.BinDir, "bin-dir", "/host/opt/cni/bin", "the host's CNI bin directory, mounted")
+	fs.StringVar(&o.Conf, "conf", "", "the network config to install (.conflist, .conf or .json), validated first (required)")
+	fs.StringVar(&o.ConfDir, "conf-dir", "/host/etc/cni/multus/net.d", "the directory the config goes to, mounted")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	r, err := install.Install(o)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "warmpool-agent install-cni: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "warmpool-agent install-cni: plugin %s (changed: %v), config %s (changed: %v)\n", r.Plugin, r.PluginChanged, r.Conf, r.ConfChanged)
+	return 0
 }

@@ -33,6 +33,7 @@ import (
 // options are the allocator's flags.
 type options struct {
 	kubeconfig, natsURL, natsListen, namespace, leaseName, identity, metricsAddr string
+	healthAddr                                                                   string
 	qps                                                                          float64
 	burst                                                                        int
 	planInterval, gcInterval, nodeLossGrace                                      time.Duration
@@ -62,6 +63,9 @@ func main() {
 	flag.DurationVar(&o.renewDeadline, "leader-renew-deadline", 10*time.Second, "how long a leader keeps trying to renew before it steps down; less than the lease duration")
 	flag.DurationVar(&o.retryPeriod, "leader-retry-period", 2*time.Second, "how often candidates try to take the Lease and the leader renews it")
 	flag.StringVar(&o.metricsAddr, "metrics-addr", ":9421", "where to serve /metrics while leading; empty serves none")
+	// Off by default: tests and the benchmark run several allocators on
+	// one host, where a fixed port would collide. The install sets it.
+	flag.StringVar(&o.healthAddr, "health-addr", "", "where to serve "+metrics.HealthPath+" in every role, for the kubelet's probes (the install uses :9422); empty serves none")
 	flag.BoolVar(&o.pprof, "pprof", false, "also serve Go's profiles at /debug/pprof/ on the metrics address")
 	flag.Float64Var(&o.qps, "kube-api-qps", 100, "Kubernetes API requests per second (client-go rate limiter)")
 	flag.IntVar(&o.burst, "kube-api-burst", 200, "Kubernetes API request burst")
@@ -115,11 +119,19 @@ func run(o options, log *slog.Logger) error {
 		return err
 	}
 	defer bus.close()
+	// Served in both roles: a standby serves nothing else.
+	health := &termWatch{grace: 2 * o.leaseDuration, now: time.Now}
+	if err := metrics.ServeHealth(ctx, o.healthAddr, health.check, log); err != nil {
+		return err
+	}
 	e := allocator.Election{Namespace: o.namespace, Name: o.leaseName, Identity: identity,
 		LeaseDuration: o.leaseDuration, RenewDeadline: o.renewDeadline, Retry: o.retryPeriod}
 	err = allocator.RunLeader(ctx, kube, e, func(lctx context.Context, epoch uint64) error {
-		log := log.With("epoch", epoch, "identity", identity)
-		log.Info("leading")
+		// allocator.New adds the epoch it serves with (raised above any
+		// lease's) to its lines; a key given twice would be logged twice.
+		log := log.With("identity", identity)
+		log.Info("leading", "epoch", epoch)
+		defer health.term(lctx)()
 		return lead(lctx, kube, wp, o, bus, epoch, log)
 	})
 	if ctx.Err() == nil {
@@ -173,7 +185,7 @@ func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, 
 	if err := metrics.Serve(ctx, o.metricsAddr, a.Registry(), log, o.pprof, nil); err != nil {
 		return err
 	}
-	log.Info("serving the bus", "nats", url)
+	log.Info("serving the bus", "nats", url, "epoch", a.Epoch())
 	select {
 	case <-ctx.Done():
 		a.Stop()

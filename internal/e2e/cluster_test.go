@@ -127,6 +127,7 @@ type node struct {
 	name   string
 	host   *netsim.Host
 	agent  *agent.Agent
+	bus    *agent.Bus // for the agent's state endpoint's fencing
 	store  *store.Store
 	socket string
 	cni    *libcni.CNIConfig
@@ -163,6 +164,7 @@ func (c *cluster) addNode(name string, labels ...string) *node {
 		t.Fatal(err)
 	}
 	bus := agent.NewBus(a, conn, 0)
+	n.bus = bus
 	n.socket = filepath.Join(dir, "agent.sock")
 	srv, err := agent.Listen(a, n.socket)
 	if err != nil {

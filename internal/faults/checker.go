@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/api/v1alpha1"
+	"github.com/warmpool/warmpool/internal/inspect"
 )
 
 // checker watches the sources of truth while the scenario runs: the pods'
@@ -86,15 +86,12 @@ func (c *checker) leasesShareNoUnit(ctx context.Context) error {
 	if err != nil {
 		return nil
 	}
-	holder := map[string]string{}
 	for _, l := range list.Items {
-		for _, u := range l.Spec.Units {
-			c.w.stats.add("addresses-checked", 1)
-			if h, ok := holder[u.IPv4]; ok {
-				return fmt.Errorf("invariant 2: %s is in the NodeLeases of %s and %s", u.IPv4, h, l.Spec.Node)
-			}
-			holder[u.IPv4] = l.Spec.Node
-		}
+		c.w.stats.add("addresses-checked", len(l.Spec.Units))
+	}
+	if shared := inspect.SharedLeaseUnits(list.Items); len(shared) > 0 {
+		s := shared[0]
+		return fmt.Errorf("invariant 2: %s is in the NodeLeases of %s and %s", s.Unit, s.Leases[0].Node, s.Leases[1].Node)
 	}
 	return nil
 }
@@ -107,7 +104,7 @@ func (c *checker) leasesShareNoUnit(ctx context.Context) error {
 // reading, at B's, and at A's second means held by both at once.
 func (c *checker) agentsShareNoUnit(ctx context.Context) error {
 	states := c.readAgents(ctx)
-	suspects := sharedUnits(states)
+	suspects := inspect.SharedAgentUnits(states)
 	if len(suspects) == 0 {
 		return nil
 	}
@@ -140,23 +137,6 @@ func (c *checker) readAgents(ctx context.Context) map[string]*agent.State {
 		out[a.node] = st
 	}
 	return out
-}
-
-func sharedUnits(states map[string]*agent.State) map[string][]string {
-	holders := map[string][]string{}
-	for node, st := range states {
-		for _, u := range st.Units {
-			holders[u.ID] = append(holders[u.ID], node)
-		}
-	}
-	for id, nodes := range holders {
-		if len(nodes) < 2 {
-			delete(holders, id)
-		} else {
-			sort.Strings(nodes)
-		}
-	}
-	return holders
 }
 
 func holds(st *agent.State, id string) bool {
@@ -221,13 +201,9 @@ func (c *checker) converged(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	leased := map[string]map[string]v1alpha1.LeasedUnit{} // node -> unit -> lease entry
+	leased := map[string][]v1alpha1.NodeLease{} // node -> its leases
 	for _, l := range list.Items {
-		m := map[string]v1alpha1.LeasedUnit{}
-		for _, u := range l.Spec.Units {
-			m[u.IPv4] = u
-		}
-		leased[l.Spec.Node] = m
+		leased[l.Spec.Node] = append(leased[l.Spec.Node], l)
 	}
 	live := map[string]*sandbox{} // attachment -> sandbox
 	for _, a := range c.w.agents {
@@ -244,22 +220,19 @@ func (c *checker) converged(ctx context.Context) error {
 		if st.Fenced != "" {
 			return fmt.Errorf("%s is fenced: %s", a.name, st.Fenced)
 		}
-		lease := leased[a.node]
-		inLeases += len(lease)
-		held := map[string]bool{}
-		for _, u := range st.Units {
-			held[u.ID] = true
-			e, ok := lease[u.ID]
-			if !ok {
-				return fmt.Errorf("%s holds %s (%s), which its NodeLease does not list", a.name, u.ID, u.State)
-			}
-			if (u.State == store.Assigned) != (e.State == v1alpha1.UnitAssigned) {
-				return fmt.Errorf("%s: %s is %s in the agent and %s in the NodeLease", a.name, u.ID, u.State, e.State)
-			}
+		for _, l := range leased[a.node] {
+			inLeases += len(l.Spec.Units)
 		}
-		for id, e := range lease {
-			if !held[id] {
-				return fmt.Errorf("the NodeLease of %s lists %s (%s %s), which its agent does not hold", a.node, id, e.State, podRef(e.Pod))
+		// The same rule as kubectl-warmpool doctor's: the agent's units
+		// first, then the lease's the agent lacks.
+		if ms := inspect.CompareHoldings(leased[a.node], st); len(ms) > 0 {
+			switch m := ms[0]; m.Kind {
+			case inspect.NotLeased:
+				return fmt.Errorf("%s holds %s (%s), which its NodeLease does not list", a.name, m.Unit, m.Agent.State)
+			case inspect.StateDiffers:
+				return fmt.Errorf("%s: %s is %s in the agent and %s in the NodeLease", a.name, m.Unit, m.Agent.State, m.Lease.State)
+			default:
+				return fmt.Errorf("the NodeLease of %s lists %s (%s %s), which its agent does not hold", a.node, m.Unit, m.Lease.State, podRef(m.Lease.Pod))
 			}
 		}
 		for _, as := range st.Assignments {

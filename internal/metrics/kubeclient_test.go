@@ -12,6 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/warmpool/warmpool/internal/metricsdoc"
 )
 
 // TestKubeRequestsCountsClientGo: requests a client-go clientset sends
@@ -49,5 +51,23 @@ func TestKubeRequestsCountsClientGo(t *testing.T) {
 	}
 	if n, err := testutil.GatherAndCount(reg, "warmpool_kube_requests_total"); err != nil || n < 2 {
 		t.Errorf("registry holds %d series (%v), want the GET and the POST", n, err)
+	}
+}
+
+// TestKubeRequestsIsDocumented: docs/metrics.md's table of what both
+// components export lists exactly the client-go counter both register.
+func TestKubeRequestsIsDocumented(t *testing.T) {
+	doc, err := metricsdoc.ReadDoc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(KubeRequests())
+	got, err := metricsdoc.Registered(reg, kubeRequests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range metricsdoc.Compare(doc, []string{metricsdoc.SectionBoth}, got) {
+		t.Error(err)
 	}
 }

@@ -40,10 +40,18 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog
 		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
 	}
+	serveUntil(ctx, l, mux, "metrics", log)
+	log.Info("serving metrics", "listen", l.Addr().String())
+	return nil
+}
+
+// serveUntil serves mux on l in the background until ctx ends, then shuts
+// the server down, giving requests in flight two seconds.
+func serveUntil(ctx context.Context, l net.Listener, mux *http.ServeMux, what string, log *slog.Logger) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server", "err", err)
+			log.Error(what+" server", "err", err)
 		}
 	}()
 	context.AfterFunc(ctx, func() {
@@ -51,6 +59,4 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	})
-	log.Info("serving metrics", "addr", l.Addr().String())
-	return nil
 }

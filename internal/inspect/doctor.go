@@ -1,0 +1,661 @@
+package inspect
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/warmpool/warmpool/agent"
+	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/api/v1alpha1"
+)
+
+// Exit codes of the CLI. doctor distinguishes warnings from errors so a
+// script can page on one and log the other.
+const (
+	ExitOK       = 0
+	ExitFailed   = 1 // the command could not run (bad flags, API unreachable)
+	ExitWarnings = 2 // doctor: warnings only
+	ExitErrors   = 3 // doctor: at least one error
+)
+
+// Severity grades a finding: an Error is an invariant broken or a
+// component down, a Warning a difference that may be a change in flight
+// or a leak the allocator repairs by itself.
+type Severity string
+
+// Severities.
+const (
+	Warning Severity = "warning"
+	Error   Severity = "error"
+)
+
+// Finding is one discrepancy the doctor found, with what it means and
+// what to do. Kind is stable (docs/cli.md lists them all).
+type Finding struct {
+	Severity Severity `json:"severity"`
+	Kind     string   `json:"kind"`
+	Pool     string   `json:"pool,omitempty"`
+	Node     string   `json:"node,omitempty"`
+	Unit     string   `json:"unit,omitempty"`
+	Pod      string   `json:"pod,omitempty"`
+	Message  string   `json:"message"`
+	Meaning  string   `json:"meaning"`
+	Action   string   `json:"action"`
+}
+
+// Key identifies a finding across two readings (Confirm).
+func (f Finding) Key() string {
+	return f.Kind + "\x00" + f.Pool + "\x00" + f.Node + "\x00" + f.Unit + "\x00" + f.Pod
+}
+
+// Kinds of finding, each with its severity, meaning and action.
+const (
+	KindLeaderMissing        = "leader-missing"
+	KindLeaderStale          = "leader-stale"
+	KindUnitInTwoLeases      = "unit-in-two-leases"
+	KindUnitInTwoAgents      = "unit-held-by-two-agents"
+	KindOutsidePool          = "address-outside-pool"
+	KindUnknownPool          = "lease-of-unknown-pool"
+	KindLeaseOfMissingNode   = "lease-of-missing-node"
+	KindLeaseEpochAhead      = "lease-epoch-ahead"
+	KindStatusDisagrees      = "status-disagrees"
+	KindAgentUnreachable     = "agent-unreachable"
+	KindAgentFenced          = "agent-fenced"
+	KindAgentMissing         = "agent-missing"
+	KindAgentUnitNotLeased   = "agent-unit-not-leased"
+	KindLeaseUnitNotHeld     = "lease-unit-not-held"
+	KindStateMismatch        = "state-mismatch"
+	KindAssignmentMismatch   = "assignment-mismatch"
+	KindLeakPodGone          = "leak-pod-gone"
+	KindLeakPodReplaced      = "leak-pod-replaced"
+	KindLeakPodFinished      = "leak-pod-finished"
+	KindPodOnOtherNode       = "pod-on-other-node"
+	KindUnrecordedPodAddress = "unrecorded-pod-address"
+	KindAddressOfOtherPod    = "address-of-another-pod"
+	KindAddressOnTwoPods     = "address-on-two-pods"
+	KindBadNetworkStatus     = "bad-network-status"
+)
+
+type kindInfo struct {
+	severity        Severity
+	meaning, action string
+}
+
+// kinds says what each finding means and what to do. %[1]s in a leak's
+// action is the GC window.
+var kinds = map[string]kindInfo{
+	KindLeaderMissing: {Error, "no allocator has ever taken the election Lease here (or it was deleted): nothing grants, serves misses, records assignments or reclaims leaks; agents serve only what they hold",
+		"check the warmpool-allocator Deployment's pods and logs; the namespace and name are the allocator's --namespace and --lease-name (this CLI's -n and --election-lease)"},
+	KindLeaderStale: {Error, "the election Lease has no holder or was not renewed within its duration: no allocator leads now (a takeover may be under way)",
+		"run again in a lease duration; if it stays, check the allocator pods (crash-looping, unable to reach the apiserver) and their logs"},
+	KindUnitInTwoLeases: {Error, "invariant 2 is broken: two nodes may hand the same address to two pods",
+		"capture both NodeLeases (kubectl get nl -o yaml) and the allocators' logs and file a bug; do not edit the leases by hand while pods use the address; `kubectl warmpool where` shows who uses it"},
+	KindUnitInTwoAgents: {Error, "invariant 2 is broken: two agents, both unfenced, hold the same unit at once (read twice)",
+		"capture both agents' /state and logs and file a bug; `kubectl warmpool where` shows which pods use the address"},
+	KindOutsidePool: {Error, "a NodeLease lists an address that is not one of its pool's units (edited by hand, or a pool's addresses changed under it): a pod could get an address outside the subnet's usable set",
+		"find who edited the lease (audit log); `kubectl warmpool where` says which pod holds it; pools' addresses are immutable, so recreate the pod after fixing the lease"},
+	KindUnknownPool: {Warning, "a NodeLease names a pool that does not exist (deleted with units still leased): its units are no longer managed",
+		"drain the pods using those addresses, then delete the NodeLease; or recreate the pool with the same addresses"},
+	KindLeaseOfMissingNode: {Warning, "a NodeLease belongs to a node that no longer exists: its warm units come back once the node is lost for the allocator's node-loss grace; assigned ones once their pods are gone",
+		"wait for the node-loss grace (allocator --node-loss-grace) and for the node's pods to be deleted; if it stays, check the allocator's log"},
+	KindLeaseEpochAhead: {Warning, "a NodeLease was written at an epoch above the leader's (as the election Lease and the pools' Ready conditions record it): another allocator wrote after the current one took over, or the current one's records are not written yet",
+		"run again in a few seconds; if it stays, check that one allocator leads (warmpool_allocator_epoch on each replica) and the allocators' logs for 'deposed'"},
+	KindStatusDisagrees: {Warning, "the pool's status counts differ from its NodeLeases': the status is written every 5 s when a count changes, and counts grants in flight as warm",
+		"run again in a few seconds; if it stays, check the allocator's log for 'pool status' errors"},
+	KindAgentUnreachable: {Error, "the node's agent could not be read: it may be down (the node's ADDs fail with code 11) or only unreachable from here (pod proxy, RBAC, --agent URL)",
+		"kubectl -n kube-system get pods -l app.kubernetes.io/name=warmpool-agent -o wide; its logs; that the CLI may get pods/proxy in that namespace"},
+	KindAgentFenced: {Warning, "the agent uses none of its warm units until it resynchronises with the allocator (just started, or silent on the bus past its warm TTL): ADDs on the node are misses",
+		"normal for a moment after a restart; if it stays, check the agent's bus connection (its log, the allocator's NATS service)"},
+	KindAgentMissing: {Warning, "a node holds units in its NodeLease but no agent was found for it",
+		"check the warmpool-agent DaemonSet covers the node (tolerations, node selector); for agents outside pods, pass --agent NODE=URL"},
+	KindAgentUnitNotLeased: {Error, "an agent holds a unit its node's NodeLease does not list: the allocator may grant it to another node, and two pods could get the address",
+		"run again; if it stays, capture the agent's /state and the NodeLease and file a bug; the agent's next sync (every 30 s) should make it drop a warm one"},
+	KindLeaseUnitNotHeld: {Warning, "the NodeLease lists a unit its agent does not hold: normal while a grant is in flight (the lease is written before the push); otherwise the unit is lost to the node until the agent's next sync",
+		"run again in 30 s (an agent's sync period); if it stays, check the agent's bus connection and log"},
+	KindStateMismatch: {Warning, "the NodeLease and the agent disagree whether the unit is assigned: normal while the agent's report is in flight (the agent records first)",
+		"run again in a few seconds; if it stays, check the agent's log for report errors"},
+	KindAssignmentMismatch: {Warning, "the NodeLease and the agent assign the unit to different pods or sandboxes",
+		"run again in a few seconds; if it stays, the agent's record wins at its next sync: check its log"},
+	KindLeakPodGone: {Warning, "a leak: the pod the unit is assigned to is gone without a CNI DEL (force-deleted, or its node died), so the address is unusable until reclaimed",
+		"the allocator's leak GC reclaims it within about %[1]s; if it stays longer, check the allocator's log ('leak GC') and warmpool_allocator_reclaimed_total{reason=\"pod-gone\"}, and the agent's bus connection"},
+	KindLeakPodReplaced: {Warning, "a leak: a pod of that name exists with another UID (re-created) and the old pod's sandbox got no DEL",
+		"the allocator's leak GC reclaims it within about %[1]s; if it stays, check the allocator's log ('leak GC')"},
+	KindLeakPodFinished: {Warning, "a leak: the pod has finished (Succeeded or Failed) and still holds the unit",
+		"the allocator's leak GC reclaims it within about %[1]s; if it stays, check the allocator's log and whether the runtime DELs finished sandboxes"},
+	KindPodOnOtherNode: {Error, "the unit is assigned to a pod that is bound to another node than the one holding it: the records and the API disagree about where the pod runs",
+		"capture the NodeLease, the agent's /state and the pod; delete the pod so its address is released and reassigned"},
+	KindUnrecordedPodAddress: {Error, "a live pod reports one of a pool's units, which no record assigns to it: warmpool may hand it to another pod (invariant 1)",
+		"check how the pod got it (`kubectl warmpool where`; a static address or another IPAM inside a pool's range?); exclude it from the pool or recreate the pod"},
+	KindAddressOfOtherPod: {Error, "a live pod reports an address the records assign to another pod",
+		"`kubectl warmpool where ADDRESS`; recreate the pod that should not have it"},
+	KindAddressOnTwoPods: {Error, "invariant 1 is broken: two live pods report the same address",
+		"`kubectl warmpool where ADDRESS`; recreate one of the pods; capture both nodes' agents' /state and file a bug"},
+	KindBadNetworkStatus: {Warning, "the pod's network-status annotation is not valid JSON: its secondary interfaces' addresses cannot be checked",
+		"check the meta-plugin (Multus) version writing it"},
+}
+
+// Kinds returns every finding kind with its severity, meaning and action
+// (for docs and -o json consumers).
+func Kinds() map[string][3]string {
+	out := map[string][3]string{}
+	for k, v := range kinds {
+		out[k] = [3]string{string(v.severity), v.meaning, v.action}
+	}
+	return out
+}
+
+// DoctorReport is what `kubectl warmpool doctor` prints.
+type DoctorReport struct {
+	Findings []Finding `json:"findings"`
+	Errors   int       `json:"errors"`
+	Warnings int       `json:"warnings"`
+	Checked  Checked   `json:"checked"`
+	// Transient counts findings of the first reading that the second
+	// did not confirm (changes in flight), with Confirm.
+	Transient int `json:"transient"`
+	// election is the reading of the election Lease the report was made
+	// from (nil if not made by Doctor): Confirm judges the leader from
+	// two of them.
+	election *ElectionReport
+}
+
+// Checked counts what the doctor looked at.
+type Checked struct {
+	Pools        int `json:"pools"`
+	Leases       int `json:"leases"`
+	LeasedUnits  int `json:"leasedUnits"`
+	Agents       int `json:"agents"`
+	AgentsRead   int `json:"agentsRead"`
+	AgentUnits   int `json:"agentUnits"`
+	Pods         int `json:"pods"`
+	PodAddresses int `json:"podAddresses"`
+}
+
+type doctor struct {
+	s        *Snapshot
+	ix       *poolIndex
+	findings []Finding
+	checked  Checked
+	e        ElectionReport
+}
+
+func (d *doctor) add(kind string, f Finding, format string, args ...any) {
+	d.findings = append(d.findings, newFinding(kind, f, d.s.GCInterval, format, args...))
+}
+
+// newFinding fills in a finding of kind: its severity, meaning and
+// action (a leak's with the GC window of gc), and its message.
+func newFinding(kind string, f Finding, gc time.Duration, format string, args ...any) Finding {
+	info := kinds[kind]
+	f.Kind, f.Severity, f.Meaning = kind, info.severity, info.meaning
+	f.Action = info.action
+	if kind == KindLeakPodGone || kind == KindLeakPodReplaced || kind == KindLeakPodFinished {
+		f.Action = fmt.Sprintf(info.action, gcWindow(gc))
+	}
+	f.Message = fmt.Sprintf(format, args...)
+	return f
+}
+
+func gcWindow(interval time.Duration) string {
+	return fmt.Sprintf("%s (2 × the GC interval of %s, allocator flag --gc-interval)", 2*interval, interval)
+}
+
+// Doctor cross-checks the allocator's records against the agents' and
+// the pods, and reports every discrepancy. What was not read (nil Pods,
+// nil Agents) is not checked.
+func Doctor(s *Snapshot) DoctorReport {
+	d := &doctor{s: s, ix: indexPools(s.Pools)}
+	d.checked.Pools, d.checked.Leases = len(s.Pools), len(s.Leases)
+	d.election()
+	d.leases()
+	d.status()
+	if s.Agents != nil {
+		d.agents()
+	}
+	if s.Pods != nil {
+		d.pods()
+	}
+	r := report(d.findings, d.checked)
+	r.election = &d.e
+	return r
+}
+
+func report(fs []Finding, c Checked) DoctorReport {
+	slices.SortStableFunc(fs, func(a, b Finding) int {
+		return cmp.Or(cmp.Compare(rank(a.Severity), rank(b.Severity)), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Node, b.Node),
+			cmp.Compare(a.Pool, b.Pool), compareAddr(a.Unit, b.Unit), cmp.Compare(a.Pod, b.Pod))
+	})
+	r := DoctorReport{Findings: fs, Checked: c}
+	if r.Findings == nil {
+		r.Findings = []Finding{}
+	}
+	for _, f := range fs {
+		if f.Severity == Error {
+			r.Errors++
+		} else {
+			r.Warnings++
+		}
+	}
+	return r
+}
+
+func rank(s Severity) int {
+	if s == Error {
+		return 0
+	}
+	return 1
+}
+
+// Confirm keeps the findings of a second reading that the first also
+// had: a difference that is a change in flight (a grant pushed after its
+// lease write, a report on its way, a unit between two agents) is gone
+// from one of them. A finding present once is counted as transient.
+//
+// The leader is judged from the two readings of the election Lease
+// instead (leaderAcross): one reading can only compare the holder's
+// renewTime with the operator's clock, two can see whether it renewed.
+func Confirm(first, second DoctorReport) DoctorReport {
+	both := first.election != nil && second.election != nil
+	seen := map[string]bool{}
+	for _, f := range first.Findings {
+		seen[f.Key()] = true
+	}
+	var kept []Finding
+	for _, f := range second.Findings {
+		if both && f.Kind == KindLeaderStale {
+			continue
+		}
+		if seen[f.Key()] {
+			kept = append(kept, f)
+		}
+	}
+	if both {
+		if f, ok := leaderAcross(first, second); ok {
+			kept = append(kept, f)
+		}
+	}
+	keptKeys := map[string]bool{}
+	for _, f := range kept {
+		keptKeys[f.Key()] = true
+	}
+	transient := 0
+	for _, fs := range [][]Finding{first.Findings, second.Findings} {
+		for _, f := range fs {
+			if !keptKeys[f.Key()] {
+				transient++
+			}
+		}
+	}
+	r := report(kept, second.Checked)
+	r.Transient = transient
+	r.election = second.election
+	return r
+}
+
+// leaderAcross returns the leader-stale finding two readings of the
+// election Lease confirm, if any. A leader renews every retry period (2 s
+// by default, under --recheck's 3 s), so a renewTime that changed between
+// the readings, or a new holder, is a live leader whatever either reading
+// concluded from the operator's clock. One that did not change is stale
+// if the readings are more than a lease duration apart (by the
+// operator's clock alone: no skew enters), or if each reading found it
+// expired (readings closer than a renewal).
+func leaderAcross(first, second DoctorReport) (Finding, bool) {
+	a, b := *first.election, *second.election
+	if !a.Found || !b.Found {
+		return Finding{}, false // leader-missing says it, or the Lease was just created
+	}
+	i := slices.IndexFunc(second.Findings, func(f Finding) bool { return f.Kind == KindLeaderStale })
+	switch {
+	case b.Holder == "":
+		// Released, and still released a recheck later: no standby
+		// took over.
+		if i < 0 || a.Holder != "" {
+			return Finding{}, false
+		}
+		return second.Findings[i], true
+	case a.Holder != b.Holder || !sameTime(a.RenewTime, b.RenewTime):
+		return Finding{}, false
+	}
+	apart := b.at.Sub(a.at)
+	if apart > time.Duration(b.LeaseDuration)*time.Second {
+		return newFinding(KindLeaderStale, Finding{}, 0, "the election Lease %s held by %s was not renewed between two readings %s apart (lease duration %ds)",
+			b.Lease, b.Holder, apart.Round(100*time.Millisecond), b.LeaseDuration), true
+	}
+	if a.Expired && i >= 0 {
+		f := second.Findings[i]
+		f.Message += fmt.Sprintf(", and not between two readings %s apart", apart.Round(100*time.Millisecond))
+		return f, true
+	}
+	return Finding{}, false
+}
+
+func sameTime(a, b *time.Time) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(*b)
+}
+
+func (d *doctor) election() {
+	e := Election(d.s)
+	d.e = e
+	switch {
+	case !e.Found:
+		d.add(KindLeaderMissing, Finding{}, "the election Lease %s does not exist", e.Lease)
+	case e.Holder == "":
+		d.add(KindLeaderStale, Finding{}, "the election Lease %s has no holder (released; transitions %d)", e.Lease, e.Transitions)
+	case e.Expired:
+		since := "never renewed"
+		if e.SinceRenew != nil {
+			since = "last renewed " + e.SinceRenew.Round(time.Second).String() + " ago"
+		}
+		d.add(KindLeaderStale, Finding{}, "the election Lease %s held by %s was %s (lease duration %ds)", e.Lease, e.Holder, since, e.LeaseDuration)
+	}
+	if !e.Found {
+		return
+	}
+	leader := e.LeaderEpoch()
+	for _, l := range d.s.Leases {
+		if l.Spec.Epoch > leader {
+			d.add(KindLeaseEpochAhead, Finding{Pool: l.Spec.Pool, Node: l.Spec.Node}, "NodeLease %s was written at epoch %d; the leader's is %d (leaseTransitions+1 = %d, pools' Ready condition: %d)",
+				l.Name, l.Spec.Epoch, leader, e.DerivedEpoch, e.ServedEpoch)
+		}
+	}
+}
+
+func (d *doctor) leases() {
+	for _, sh := range SharedLeaseUnits(d.s.Leases) {
+		names := make([]string, 0, len(sh.Leases))
+		for _, l := range sh.Leases {
+			names = append(names, l.Name+" (node "+l.Node+")")
+		}
+		d.add(KindUnitInTwoLeases, Finding{Pool: sh.Leases[0].Pool, Unit: sh.Unit}, "unit %s is in %d NodeLeases: %v", sh.Unit, len(sh.Leases), names)
+	}
+	for _, l := range d.s.Leases {
+		d.checked.LeasedUnits += len(l.Spec.Units)
+		f := Finding{Pool: l.Spec.Pool, Node: l.Spec.Node}
+		if d.s.node(l.Spec.Node) == nil {
+			c := countLease(l)
+			d.add(KindLeaseOfMissingNode, f, "NodeLease %s is node %s's, which does not exist; it lists %d warm, %d assigned, %d revoking", l.Name, l.Spec.Node, c.Warm, c.Assigned, c.Revoking)
+		}
+		p := d.ix.get(l.Spec.Pool)
+		if p == nil {
+			if len(l.Spec.Units) > 0 {
+				d.add(KindUnknownPool, f, "NodeLease %s lists %d units of pool %s, which does not exist", l.Name, len(l.Spec.Units), l.Spec.Pool)
+			}
+			continue
+		}
+		for _, u := range l.Spec.Units {
+			if why := p.checkUnit(u); why != "" {
+				f := f
+				f.Unit = LeaseUnitID(u)
+				d.add(KindOutsidePool, f, "NodeLease %s lists %s: %s", l.Name, unitString(u.IPv4, u.IPv6), why)
+			}
+		}
+	}
+}
+
+func (d *doctor) status() {
+	for _, row := range Pools(d.s) {
+		if row.Ready == "-" {
+			continue // not served yet: no status to compare
+		}
+		free := row.Total - row.Leases.Held()
+		if row.Warm != row.Leases.Warm+row.Leases.Revoking || row.Assigned != row.Leases.Assigned || row.Free != free {
+			d.add(KindStatusDisagrees, Finding{Pool: row.Name}, "pool %s's status says free %d, warm %d, assigned %d; its NodeLeases: free %d, warm %d (%d revoking), assigned %d",
+				row.Name, row.Free, row.Warm, row.Assigned, free, row.Leases.Warm+row.Leases.Revoking, row.Leases.Revoking, row.Leases.Assigned)
+		}
+	}
+}
+
+func (d *doctor) agents() {
+	read := map[string]*agent.State{}
+	for i := range d.s.Agents {
+		r := &d.s.Agents[i]
+		d.checked.Agents++
+		f := Finding{Node: r.Node}
+		switch {
+		case r.State == nil:
+			d.add(KindAgentUnreachable, f, "node %s's agent (%s): %s", r.Node, r.Source, r.StateError)
+			continue
+		case r.State.Fenced != "":
+			d.add(KindAgentFenced, f, "node %s's agent is fenced: %s", r.Node, r.State.Fenced)
+		}
+		d.checked.AgentsRead++
+		d.checked.AgentUnits += len(r.State.Units)
+		if r.State.Fenced == "" {
+			read[r.Node] = r.State
+			d.holdings(r.Node, r.State)
+		}
+	}
+	for _, l := range d.s.Leases {
+		if d.s.agentOf(l.Spec.Node) == nil && len(l.Spec.Units) > 0 && d.s.node(l.Spec.Node) != nil {
+			d.add(KindAgentMissing, Finding{Node: l.Spec.Node, Pool: l.Spec.Pool}, "node %s holds %d units of pool %s but no agent was found for it", l.Spec.Node, len(l.Spec.Units), l.Spec.Pool)
+		}
+	}
+	shared := SharedAgentUnits(read)
+	ids := make([]string, 0, len(shared))
+	for id := range shared {
+		ids = append(ids, id)
+	}
+	slices.SortFunc(ids, compareAddr)
+	for _, id := range ids {
+		d.add(KindUnitInTwoAgents, Finding{Unit: id}, "unit %s is held by the agents of %v: %s", id, shared[id], describeHolders(read, shared[id], id))
+	}
+}
+
+func describeHolders(states map[string]*agent.State, nodes []string, id string) string {
+	var out string
+	for _, n := range nodes {
+		for _, u := range states[n].Units {
+			if u.ID == id {
+				if out != "" {
+					out += "; "
+				}
+				out += fmt.Sprintf("%s: %s %s", n, u.State, u.Attachment)
+			}
+		}
+	}
+	return out
+}
+
+// holdings compares one reachable, unfenced agent with its node's leases.
+func (d *doctor) holdings(node string, st *agent.State) {
+	leases := d.s.leasesOf(node)
+	for _, m := range CompareHoldings(leases, st) {
+		f := Finding{Node: node, Pool: m.Pool, Unit: m.Unit}
+		switch m.Kind {
+		case NotLeased:
+			d.add(KindAgentUnitNotLeased, f, "node %s's agent holds %s of pool %s (%s), which the node's NodeLease does not list", node, m.Unit, m.Pool,
+				strings.TrimSpace(string(m.Agent.State)+" "+m.Agent.Attachment))
+		case NotHeld:
+			d.add(KindLeaseUnitNotHeld, f, "node %s's NodeLease lists %s of pool %s (%s%s), which its agent does not hold", node, m.Unit, m.Pool, m.Lease.State, assignedTo(m.Lease.Pod))
+		case StateDiffers:
+			d.add(KindStateMismatch, f, "%s of pool %s on node %s: the NodeLease says %s, the agent %s", m.Unit, m.Pool, node, m.Lease.State, m.Agent.State)
+		}
+	}
+	// Both assigned: to the same sandbox and pod?
+	byAttachment := map[string]store.Assignment{}
+	for _, as := range st.Assignments {
+		byAttachment[as.Attachment] = as
+	}
+	for _, l := range leases {
+		for _, u := range l.Spec.Units {
+			if u.State != v1alpha1.UnitAssigned || u.Pod == nil {
+				continue
+			}
+			id := LeaseUnitID(u)
+			for _, au := range st.Units {
+				if au.Pool != l.Spec.Pool || au.ID != id || au.State != store.Assigned {
+					continue
+				}
+				as := byAttachment[au.Attachment]
+				if au.Attachment != u.Pod.ContainerID+"/"+u.Pod.Interface || (as.Pod.UID != "" && u.Pod.UID != "" && as.Pod.UID != u.Pod.UID) {
+					d.add(KindAssignmentMismatch, Finding{Node: node, Pool: l.Spec.Pool, Unit: id}, "%s of pool %s on node %s: the NodeLease assigns it%s, the agent to %s (pod %s/%s, uid %s)",
+						id, l.Spec.Pool, node, assignedTo(u.Pod), au.Attachment, as.Pod.Namespace, as.Pod.Name, as.Pod.UID)
+				}
+			}
+		}
+	}
+}
+
+func assignedTo(p *v1alpha1.PodRef) string {
+	if p == nil {
+		return ""
+	}
+	return fmt.Sprintf(" to %s/%s uid %s, %s/%s", p.Namespace, p.Name, p.UID, p.ContainerID, p.Interface)
+}
+
+// assignment is one record of a unit assigned to a pod, from a lease or
+// an agent.
+type assignment struct {
+	node, pool, unit string
+	ns, name, uid    string
+	attachment       string
+	from             string
+}
+
+func (d *doctor) assignments() []assignment {
+	var out []assignment
+	seen := map[string]bool{}
+	add := func(a assignment) {
+		k := a.node + "\x00" + a.pool + "\x00" + a.unit + "\x00" + a.ns + "/" + a.name + "\x00" + a.uid
+		if seen[k] {
+			return
+		}
+		seen[k] = true
+		out = append(out, a)
+	}
+	for _, l := range d.s.Leases {
+		for _, u := range l.Spec.Units {
+			if u.State == v1alpha1.UnitAssigned && u.Pod != nil {
+				add(assignment{node: l.Spec.Node, pool: l.Spec.Pool, unit: LeaseUnitID(u), ns: u.Pod.Namespace, name: u.Pod.Name, uid: u.Pod.UID,
+					attachment: u.Pod.ContainerID + "/" + u.Pod.Interface, from: "NodeLease " + l.Name})
+			}
+		}
+	}
+	for _, r := range d.s.Agents {
+		if r.State == nil {
+			continue
+		}
+		for _, as := range r.State.Assignments {
+			add(assignment{node: r.Node, pool: as.Pool, unit: as.UnitID, ns: as.Pod.Namespace, name: as.Pod.Name, uid: as.Pod.UID,
+				attachment: as.Attachment, from: "node " + r.Node + "'s agent"})
+		}
+	}
+	return out
+}
+
+func (d *doctor) pods() {
+	byName := map[string]*corev1.Pod{}
+	for i := range d.s.Pods {
+		p := &d.s.Pods[i]
+		byName[p.Namespace+"/"+p.Name] = p
+	}
+	d.checked.Pods = len(d.s.Pods)
+	// Each assignment's pod must exist, with that UID, unfinished, on
+	// that node.
+	for _, a := range d.assignments() {
+		f := Finding{Node: a.node, Pool: a.pool, Unit: a.unit, Pod: a.ns + "/" + a.name}
+		p := byName[a.ns+"/"+a.name]
+		what := fmt.Sprintf("%s of pool %s on node %s, assigned (%s) to pod %s/%s uid %s, sandbox %s", a.unit, a.pool, a.node, a.from, a.ns, a.name, a.uid, a.attachment)
+		switch {
+		case p == nil:
+			d.add(KindLeakPodGone, f, "%s: the pod is gone", what)
+		case a.uid != "" && string(p.UID) != a.uid:
+			d.add(KindLeakPodReplaced, f, "%s: the pod now has uid %s", what, p.UID)
+		case p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed:
+			d.add(KindLeakPodFinished, f, "%s: the pod has %s", what, p.Status.Phase)
+		case p.Spec.NodeName != a.node:
+			d.add(KindPodOnOtherNode, f, "%s: the pod is bound to node %q", what, p.Spec.NodeName)
+		}
+	}
+	// Each address warmpool may have handed out that a live pod reports
+	// must be assigned to it.
+	type owner struct{ pool, ns, name, uid string }
+	recorded := map[netip.Addr][]owner{} // address -> pods the records assign it to
+	addrsOf := func(pool, unit string) []netip.Addr {
+		var out []netip.Addr
+		if a, err := netip.ParseAddr(unit); err == nil {
+			out = append(out, a.Unmap())
+		}
+		if p := d.ix.get(pool); p != nil && len(out) == 1 {
+			if u, ok := p.unitOf(out[0]); ok {
+				for _, x := range []netip.Addr{u.IPv4, u.IPv6} {
+					if x.IsValid() && x != out[0] {
+						out = append(out, x)
+					}
+				}
+			}
+		}
+		return out
+	}
+	for _, a := range d.assignments() {
+		for _, x := range addrsOf(a.pool, a.unit) {
+			recorded[x] = append(recorded[x], owner{a.pool, a.ns, a.name, a.uid})
+		}
+	}
+	reporters := map[netip.Addr][]string{}
+	for i := range d.s.Pods {
+		p := &d.s.Pods[i]
+		addrs, err := podAddresses(p)
+		if err != nil {
+			d.add(KindBadNetworkStatus, Finding{Pod: p.Namespace + "/" + p.Name, Node: p.Spec.NodeName}, "pod %s/%s: %v", p.Namespace, p.Name, err)
+		}
+		if !podIsLive(p) {
+			continue
+		}
+		for _, pa := range addrs {
+			// Only what warmpool hands out, a pool's unit, or what a
+			// record says it handed out (a lease edited by hand, which
+			// address-outside-pool reports too): a pool's subnet also
+			// holds its gateway, the nodes' own addresses and others'
+			// static ones, excluded or outside its ranges, which no
+			// warmpool record can conflict with.
+			pools, owners := d.ix.allocating(pa.Addr), recorded[pa.Addr]
+			if len(pools) == 0 && len(owners) == 0 {
+				continue
+			}
+			d.checked.PodAddresses++
+			reporters[pa.Addr] = append(reporters[pa.Addr], p.Namespace+"/"+p.Name)
+			var pool string
+			if len(pools) > 0 {
+				pool = pools[0].name
+			} else {
+				pool = owners[0].pool
+			}
+			f := Finding{Pool: pool, Node: p.Spec.NodeName, Unit: pa.Addr.String(), Pod: p.Namespace + "/" + p.Name}
+			mine := slices.ContainsFunc(owners, func(o owner) bool {
+				return o.ns == p.Namespace && o.name == p.Name && (o.uid == "" || o.uid == string(p.UID))
+			})
+			switch {
+			case mine:
+			case len(owners) == 0:
+				d.add(KindUnrecordedPodAddress, f, "pod %s/%s on node %s reports %s (%s), which no record assigns", p.Namespace, p.Name, p.Spec.NodeName, pa.Addr, pa.Source)
+				if r := d.s.agentOf(p.Spec.NodeName); r != nil && r.State == nil {
+					// The agent records an assignment before its lease
+					// does: unread, it may well have this one.
+					last := &d.findings[len(d.findings)-1]
+					last.Severity = Warning
+					last.Message += " (but its node's agent could not be read, and its record may have it)"
+				}
+			default:
+				d.add(KindAddressOfOtherPod, f, "pod %s/%s on node %s reports %s (%s), which the records assign to %s/%s uid %s", p.Namespace, p.Name, p.Spec.NodeName, pa.Addr, pa.Source,
+					owners[0].ns, owners[0].name, owners[0].uid)
+			}
+		}
+	}
+	for a, pods := range reporters {
+		if len(pods) > 1 {
+			slices.Sort(pods)
+			d.add(KindAddressOnTwoPods, Finding{Unit: a.String()}, "%s is reported by live pods %v", a, pods)
+		}
+	}
+}
