@@ -633,6 +633,9 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 	if err == nil {
 		err = a.dropUnheldAssignments(ctx, req.Node, req.Units)
 	}
+	if err == nil {
+		a.releaseUnconfirmed(req.Node, req.Units)
+	}
 	unlock()
 	a.log.Debug("sync applied", "node", req.Node, "run", req.Run, "seq", req.Seq, "units", len(req.Units), "err", err)
 	if err != nil {
@@ -709,6 +712,43 @@ func (a *Allocator) dropUnheldAssignments(ctx context.Context, node string, held
 		}
 	}
 	return nil
+}
+
+// releaseUnconfirmed frees the units unconfirmed for node (taken off its
+// lease by a reload) that its sync does not hold: its agent does not have
+// them, so no agent does. Those it holds were adopted back by the sync's
+// events; one still unconfirmed (taken by a reload since) waits for the
+// next sync. The caller holds the node's order lock.
+func (a *Allocator) releaseUnconfirmed(node string, held []broker.HeldUnit) {
+	holds := map[string]map[string]bool{}
+	for _, h := range held {
+		if holds[h.Pool] == nil {
+			holds[h.Pool] = map[string]bool{}
+		}
+		holds[h.Pool][h.Unit.ID] = true
+	}
+	a.mu.Lock()
+	var pools []string
+	for name, ps := range a.ledger.pools {
+		for _, p := range ps.unconfirmed {
+			if p == node {
+				pools = append(pools, name)
+				break
+			}
+		}
+	}
+	a.mu.Unlock()
+	for _, pool := range pools {
+		// Under the lease lock: no reload of this lease while we look.
+		unlock := a.lockLease(pool, node)
+		a.mu.Lock()
+		n := a.ledger.pools[pool].releaseUnconfirmedLocked(node, func(id string) bool { return holds[pool][id] })
+		a.mu.Unlock()
+		unlock()
+		if n > 0 {
+			a.log.Info("units taken off a node's lease by a reload freed: its agent's sync does not hold them", "pool", pool, "node", node, "units", n)
+		}
+	}
 }
 
 // podName and podUID are the log's pod and pod_uid of a leased unit's pod.
@@ -995,7 +1035,15 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 			continue
 		}
 		u, held := next[e.UnitID]
-		if !held {
+		if !held && ps.unconfirmed[i] == node {
+			// Taken off this node's lease by a reload, and kept reserved
+			// for it: its agent holds it, in whatever state the event
+			// says, so it is the node's again. (A unit without a holder
+			// but reserved may be a grant in flight to another node: only
+			// an unconfirmed one is known to be this node's.)
+			u = leasedUnit(ps.units[i])
+			adopt = append(adopt, i)
+		} else if !held {
 			if h := ps.holder[i]; h != "" || ps.reserved[i] {
 				// Held by another node: the agent is told to forget it. A
 				// reservation without a holder may be a grant to this very
@@ -1041,12 +1089,16 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 		a.keepReservedLocked(pool, node, adopt)
 		return foreign, err
 	}
-	ps.unreserveLocked(adopt)
+	ps.unreserveLocked(adopt) // unconfirmed ones stay reserved if the write failed
 	if err != nil {
 		return foreign, err
 	}
 	for _, i := range adopt {
 		ps.holder[i] = node
+		if ps.unconfirmed[i] == node {
+			delete(ps.unconfirmed, i)
+			ps.reserved[i] = false
+		}
 	}
 	a.commitLeaseLocked(ps, node, &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next})
 	return foreign, nil
@@ -1223,7 +1275,13 @@ func sameUnits(x, y []v1alpha1.LeasedUnit) bool {
 func (a *Allocator) Epoch() uint64 { return a.cfg.Epoch }
 
 // reload replaces the ledger's record of a node's lease with the stored
-// object.
+// object. Units the ledger's record listed that the stored lease lacks are
+// not freed: they become unconfirmed for the node (reserved) until its
+// sync says whether its agent holds them. The stored lease may be a drop
+// whose answer was lost, and a sync applied while that write was
+// unsettled was answered from the ledger's record, listing them to the
+// agent, which uses them (fault-suite seed 93: freed here, then granted
+// to another node while the first one's agent held them).
 func (a *Allocator) reload(cur *v1alpha1.NodeLease) {
 	if uint64(cur.Spec.Epoch) > a.cfg.Epoch {
 		a.depose(cur.Spec.Epoch) // written by a newer leader: not ours to load
@@ -1235,16 +1293,32 @@ func (a *Allocator) reload(cur *v1alpha1.NodeLease) {
 	if ps == nil {
 		return
 	}
-	if old := ps.leases[cur.Spec.Node]; old != nil {
+	node := cur.Spec.Node
+	stored := make(map[string]bool, len(cur.Spec.Units))
+	for _, u := range cur.Spec.Units {
+		stored[unitID(u)] = true
+	}
+	var taken []int
+	if old := ps.leases[node]; old != nil {
 		for id := range old.units {
-			if i, ok := ps.byID[id]; ok && ps.holder[i] == cur.Spec.Node {
+			if i, ok := ps.byID[id]; ok && ps.holder[i] == node {
 				ps.holder[i] = ""
+				if !stored[id] {
+					ps.reserved[i] = true
+					ps.unconfirmed[i] = node
+					taken = append(taken, i)
+				}
 			}
 		}
 	}
-	delete(ps.leases, cur.Spec.Node)
+	delete(ps.leases, node)
 	for _, err := range a.ledger.loadLeaseLocked(cur) {
-		a.log.Error("inconsistent lease on reload", "lease", cur.Name, "pool", cur.Spec.Pool, "node", cur.Spec.Node, "err", err)
+		a.log.Error("inconsistent lease on reload", "lease", cur.Name, "pool", cur.Spec.Pool, "node", node, "err", err)
 		a.metrics.conflicts.Inc()
+	}
+	slices.Sort(taken)
+	for _, i := range taken {
+		a.log.Warn("the stored lease lacks a unit the node held; it stays reserved for the node until its agent's sync says whether it holds it",
+			"lease", cur.Name, "pool", cur.Spec.Pool, "node", node, "address", ps.units[i].address())
 	}
 }

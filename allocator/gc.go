@@ -218,7 +218,8 @@ func (a *Allocator) lost(node string, now time.Time) bool {
 	return now.Sub(since) >= a.cfg.NodeLossGrace
 }
 
-// lostLeases lists the leases of lost nodes that still hold warm units.
+// lostLeases lists the leases of lost nodes that still hold warm units,
+// or for which units are unconfirmed (taken off their lease by a reload).
 func (a *Allocator) lostLeases(now time.Time) []poolNode {
 	a.mu.Lock()
 	var held []poolNode
@@ -226,6 +227,11 @@ func (a *Allocator) lostLeases(now time.Time) []poolNode {
 		for node, ls := range ps.leases {
 			if ls.warmCount() > 0 {
 				held = append(held, poolNode{name, node})
+			}
+		}
+		for _, node := range ps.unconfirmed {
+			if pn := (poolNode{name, node}); !slices.Contains(held, pn) {
+				held = append(held, pn)
 			}
 		}
 	}
@@ -291,6 +297,21 @@ func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []lea
 	unrecorded := a.unrecordedPods(pool, node)
 	if unrecorded > 0 {
 		a.log.Warn("lost node's warm units kept: pods on it have no address on record, and may hold one of them", "pool", pool, "node", node, "pods", unrecorded)
+	} else {
+		// Units a reload took off its lease and kept for its sync, which
+		// will not come: its agent stopped using warm units a warm TTL
+		// after its last answer, and no pod on it lacks an address on
+		// record, so none of them is a pod's (one assigned to a live
+		// pod would leave that pod without one on record).
+		a.mu.Lock()
+		n := 0
+		if ps := a.ledger.pools[pool]; ps != nil {
+			n = ps.releaseUnconfirmedLocked(node, nil)
+		}
+		a.mu.Unlock()
+		if n > 0 {
+			a.log.Info("lost node's unconfirmed units freed", "pool", pool, "node", node, "units", n)
+		}
 	}
 	dropped, err := a.dropFromLeaseHeld(ctx, pool, node, func(id string, u v1alpha1.LeasedUnit) bool {
 		if u.State != v1alpha1.UnitAssigned {

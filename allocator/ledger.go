@@ -28,8 +28,15 @@ type poolState struct {
 	// reserved marks units picked for a grant whose lease write is in
 	// flight: not free, not yet held.
 	reserved []bool
-	cursor   int // where the next free search starts
-	leases   map[string]*leaseState
+	// unconfirmed: units a reload took off a node's lease (the stored lease
+	// lacks what the ledger recorded for that node), by index, with that
+	// node. Its agent may still hold them (a sync reply listed them while
+	// the write that dropped them was unsettled), so they stay reserved,
+	// free for no other node, until the node's sync says whether it holds
+	// them (it re-adopts those it does), or the node is lost.
+	unconfirmed map[int]string
+	cursor      int // where the next free search starts
+	leases      map[string]*leaseState
 	// hits and misses: ADDs served from warm caches and not, as reported
 	// (continued from the pool's status at load); pending: pods needing
 	// an address at the last planning round.
@@ -90,8 +97,8 @@ func (l *ledger) upsertPoolLocked(p *v1alpha1.IPPool) error {
 		name: p.Name, spec: p.Spec, info: poolInfo(p.Name, p.Spec),
 		units: pu.Units, total: pu.Total, byID: make(map[string]int, len(pu.Units)),
 		holder: make([]string, len(pu.Units)), reserved: make([]bool, len(pu.Units)),
-		leases: map[string]*leaseState{},
-		hits:   p.Status.Hits, misses: p.Status.Misses,
+		unconfirmed: map[int]string{}, leases: map[string]*leaseState{},
+		hits: p.Status.Hits, misses: p.Status.Misses,
 	}
 	for i, u := range pu.Units {
 		ps.byID[u.ID()] = i
@@ -123,6 +130,11 @@ func (l *ledger) loadLeaseLocked(nl *v1alpha1.NodeLease) []error {
 		}
 		ps.holder[i] = nl.Spec.Node
 		ls.units[id] = u
+		if ps.unconfirmed[i] == nl.Spec.Node {
+			// Back in the node's lease: held again, confirmed.
+			delete(ps.unconfirmed, i)
+			ps.reserved[i] = false
+		}
 	}
 	ps.leases[nl.Spec.Node] = ls
 	return errs
@@ -152,10 +164,30 @@ func (ps *poolState) reserveLocked(n int) []int {
 	return picked
 }
 
+// unreserveLocked ends reservations for grants and writes. An unconfirmed
+// unit (reserved for its node until that node's sync) stays reserved: only
+// releaseUnconfirmedLocked and the node's lease taking it back end that.
 func (ps *poolState) unreserveLocked(idx []int) {
 	for _, i := range idx {
-		ps.reserved[i] = false
+		if _, unconfirmed := ps.unconfirmed[i]; !unconfirmed {
+			ps.reserved[i] = false
+		}
 	}
+}
+
+// releaseUnconfirmedLocked frees the units unconfirmed for node that keep
+// does not select (nil selects none), and returns how many it freed.
+func (ps *poolState) releaseUnconfirmedLocked(node string, keep func(id string) bool) int {
+	n := 0
+	for i, p := range ps.unconfirmed {
+		if p != node || keep != nil && keep(ps.units[i].ID()) {
+			continue
+		}
+		delete(ps.unconfirmed, i)
+		ps.reserved[i] = false
+		n++
+	}
+	return n
 }
 
 // countsLocked returns the free, warm and assigned units of the pool; a
