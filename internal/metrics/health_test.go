@@ -1,6 +1,10 @@
 package metrics
 
 import (
+	"strconv"
+
+	"github.com/warmpool/warmpool/internal/child"
+
 	"context"
 	"errors"
 	"io"
@@ -15,12 +19,11 @@ import (
 // TestServeHealthFollowsTheCheck: the answer changes with the check's,
 // at every request.
 func TestServeHealthFollowsTheCheck(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := child.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var failing atomic.Bool

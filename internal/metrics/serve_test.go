@@ -1,6 +1,10 @@
 package metrics
 
 import (
+	"strconv"
+
+	"github.com/warmpool/warmpool/internal/child"
+
 	"context"
 	"fmt"
 	"log/slog"
@@ -16,12 +20,11 @@ import (
 func TestServePprofOnlyWhenAsked(t *testing.T) {
 	for _, pprof := range []bool{false, true} {
 		t.Run(fmt.Sprint("pprof=", pprof), func(t *testing.T) {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
+			ports, err := child.FreePorts(1)
 			if err != nil {
 				t.Fatal(err)
 			}
-			addr := l.Addr().String()
-			l.Close()
+			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			if err := Serve(ctx, addr, prometheus.NewRegistry(), slog.New(slog.DiscardHandler), pprof, nil); err != nil {

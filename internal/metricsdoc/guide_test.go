@@ -47,13 +47,11 @@ func readGuide(t *testing.T) (string, []string) {
 	return string(b), prose
 }
 
-// definedFlags are the flags the agent and the allocator define: the
-// first string argument of flag.String, fs.StringVar and their kin.
-func definedFlags(t *testing.T, root string) map[string]bool {
+// walkSources calls visit on every node of the non-test Go files that
+// patterns (globs under root) match.
+func walkSources(t *testing.T, root string, patterns []string, visit func(path string, n ast.Node)) {
 	t.Helper()
-	defining := []string{"String", "Bool", "Duration", "Int", "Float64", "StringVar", "BoolVar", "DurationVar", "IntVar", "Float64Var"}
-	out := map[string]bool{}
-	for _, pattern := range []string{"cmd/warmpool-agent/*.go", "cmd/warmpool-allocator/*.go", "broker/clientauth.go"} {
+	for _, pattern := range patterns {
 		files, err := filepath.Glob(filepath.Join(root, pattern))
 		if err != nil {
 			t.Fatal(err)
@@ -67,26 +65,37 @@ func definedFlags(t *testing.T, root string) map[string]bool {
 				t.Fatal(err)
 			}
 			ast.Inspect(f, func(n ast.Node) bool {
-				call, ok := n.(*ast.CallExpr)
-				if !ok {
-					return true
-				}
-				sel, ok := call.Fun.(*ast.SelectorExpr)
-				if !ok || !slices.Contains(defining, sel.Sel.Name) {
-					return true
-				}
-				for _, a := range call.Args {
-					if bl, ok := a.(*ast.BasicLit); ok && bl.Kind == token.STRING {
-						if s, err := strconv.Unquote(bl.Value); err == nil {
-							out[s] = true
-						}
-						break
-					}
-				}
+				visit(path, n)
 				return true
 			})
 		}
 	}
+}
+
+// definedFlags are the flags the agent and the allocator define: the
+// first string argument of flag.String, fs.StringVar and their kin.
+func definedFlags(t *testing.T, root string) map[string]bool {
+	t.Helper()
+	defining := []string{"String", "Bool", "Duration", "Int", "Float64", "StringVar", "BoolVar", "DurationVar", "IntVar", "Float64Var"}
+	out := map[string]bool{}
+	walkSources(t, root, []string{"cmd/warmpool-agent/*.go", "cmd/warmpool-allocator/*.go", "broker/clientauth.go"}, func(_ string, n ast.Node) {
+		call, ok := n.(*ast.CallExpr)
+		if !ok {
+			return
+		}
+		sel, ok := call.Fun.(*ast.SelectorExpr)
+		if !ok || !slices.Contains(defining, sel.Sel.Name) {
+			return
+		}
+		for _, a := range call.Args {
+			if bl, ok := a.(*ast.BasicLit); ok && bl.Kind == token.STRING {
+				if s, err := strconv.Unquote(bl.Value); err == nil {
+					out[s] = true
+				}
+				break
+			}
+		}
+	})
 	return out
 }
 
@@ -141,40 +150,22 @@ var codeNames = map[string]uint{
 func returnedCodes(t *testing.T, root string) map[uint]bool {
 	t.Helper()
 	out := map[uint]bool{}
-	var paths []string
-	for _, pattern := range []string{"agent/*.go", "cni/*.go"} {
-		files, err := filepath.Glob(filepath.Join(root, pattern))
-		if err != nil {
-			t.Fatal(err)
+	walkSources(t, root, []string{"agent/*.go", "cni/*.go"}, func(path string, n ast.Node) {
+		sel, ok := n.(*ast.SelectorExpr)
+		if !ok {
+			return
 		}
-		paths = append(paths, files...)
-	}
-	for _, path := range paths {
-		if strings.HasSuffix(path, "_test.go") {
-			continue
+		x, ok := sel.X.(*ast.Ident)
+		if !ok || !(x.Name == "wire" && strings.HasPrefix(sel.Sel.Name, "Code") || x.Name == "types" && strings.HasPrefix(sel.Sel.Name, "Err")) {
+			return
 		}
-		f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
-		if err != nil {
-			t.Fatal(err)
+		code, known := codeNames[sel.Sel.Name]
+		if !known {
+			t.Errorf("%s: %s.%s is not in this test's codeNames: add it", path, x.Name, sel.Sel.Name)
+			return
 		}
-		ast.Inspect(f, func(n ast.Node) bool {
-			sel, ok := n.(*ast.SelectorExpr)
-			if !ok {
-				return true
-			}
-			x, ok := sel.X.(*ast.Ident)
-			if !ok || !(x.Name == "wire" && strings.HasPrefix(sel.Sel.Name, "Code") || x.Name == "types" && strings.HasPrefix(sel.Sel.Name, "Err")) {
-				return true
-			}
-			code, known := codeNames[sel.Sel.Name]
-			if !known {
-				t.Errorf("%s: %s.%s is not in this test's codeNames: add it", path, x.Name, sel.Sel.Name)
-				return true
-			}
-			out[code] = true
-			return true
-		})
-	}
+		out[code] = true
+	})
 	return out
 }
 

@@ -23,6 +23,15 @@ import (
 	"github.com/warmpool/warmpool/internal/inspect"
 )
 
+// show writes v as JSON with -o json, else as render's table (-o wide
+// adds columns).
+func show[T any](c *cli, v T, render func(io.Writer, T, bool) error) error {
+	if c.output == inspect.FormatJSON {
+		return inspect.WriteJSON(c.out, v)
+	}
+	return render(c.out, v, c.output == inspect.FormatWide)
+}
+
 type cli struct {
 	config     *genericclioptions.ConfigFlags
 	out, err   io.Writer
@@ -92,10 +101,7 @@ the agents' namespace), or at URLs given with --agent NODE=URL.`,
 				return err
 			}
 			rows := inspect.Pools(s)
-			if c.output == inspect.FormatJSON {
-				return inspect.WriteJSON(c.out, rows)
-			}
-			return inspect.RenderPools(c.out, rows, c.output == inspect.FormatWide)
+			return show(c, rows, inspect.RenderPools)
 		}}
 	nodes := &cobra.Command{Use: "nodes", Short: "Per node and pool: the lease's units, the agent's own counts and hit rate, fenced, Ready", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -104,10 +110,7 @@ the agents' namespace), or at URLs given with --agent NODE=URL.`,
 				return err
 			}
 			rows := inspect.Nodes(s, c.pool)
-			if c.output == inspect.FormatJSON {
-				return inspect.WriteJSON(c.out, rows)
-			}
-			return inspect.RenderNodes(c.out, rows, c.output == inspect.FormatWide)
+			return show(c, rows, inspect.RenderNodes)
 		}}
 	nodes.Flags().StringVar(&c.pool, "pool", "", "only this pool")
 	where := &cobra.Command{Use: "where ADDRESS", Short: "Where one address is, in every record, and where they disagree", Args: cobra.ExactArgs(1),
@@ -121,10 +124,7 @@ the agents' namespace), or at URLs given with --agent NODE=URL.`,
 				return err
 			}
 			loc := inspect.Where(s, a)
-			if c.output == inspect.FormatJSON {
-				return inspect.WriteJSON(c.out, loc)
-			}
-			return inspect.RenderWhere(c.out, loc, c.output == inspect.FormatWide)
+			return show(c, loc, inspect.RenderWhere)
 		}}
 	leases := &cobra.Command{Use: "leases", Short: "The allocator's election Lease and the NodeLeases", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -133,10 +133,7 @@ the agents' namespace), or at URLs given with --agent NODE=URL.`,
 				return err
 			}
 			r := inspect.Leases(s)
-			if c.output == inspect.FormatJSON {
-				return inspect.WriteJSON(c.out, r)
-			}
-			return inspect.RenderLeases(c.out, r, c.output == inspect.FormatWide)
+			return show(c, r, inspect.RenderLeases)
 		}}
 	doctor := &cobra.Command{Use: "doctor", Short: "Cross-check the allocator's records, the agents' and the pods; exit 2 on warnings, 3 on errors", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -150,10 +147,7 @@ the agents' namespace), or at URLs given with --agent NODE=URL.`,
 			case r.Warnings > 0:
 				c.code = inspect.ExitWarnings
 			}
-			if c.output == inspect.FormatJSON {
-				return inspect.WriteJSON(c.out, r)
-			}
-			return inspect.RenderDoctor(c.out, r, c.output == inspect.FormatWide)
+			return show(c, r, inspect.RenderDoctor)
 		}}
 	doctor.Flags().DurationVar(&c.recheck, "recheck", 3*time.Second, "when the first reading finds something, read everything again after this long and report only what both readings found (0: one reading)")
 	root.AddCommand(pools, nodes, where, leases, doctor)
