@@ -263,6 +263,10 @@ func pool(n int) *v1alpha1.IPPool {
 }
 
 func (w *world) natsAddr() string {
+	// A NATS restart fault rewrites the port (to the same value) while
+	// supervisors restart allocators.
+	w.natsMu.Lock()
+	defer w.natsMu.Unlock()
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(w.natsPort))
 }
 
