@@ -150,6 +150,9 @@ func (w *world) scenario(ctx context.Context) error {
 	select {
 	case err := <-w.fatal:
 		stopFaults()
+		// The churn may be creating a pod: its runtime.wg.Add must come
+		// before the deferred Wait.
+		<-churned
 		<-injecting
 		inj.wg.Wait()
 		return err
