@@ -661,8 +661,8 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 			// An orphan was given up by this agent: listing it would give
 			// it back (the agent's memory of giving it up is lost on a
 			// restart) just before the allocator frees it.
-			if u.State == v1alpha1.UnitWarm && !slices.Contains(orphans, unitID(u)) {
-				lease.Units = append(lease.Units, broker.Unit{ID: unitID(u), IPv4: u.IPv4, IPv6: u.IPv6})
+			if u.State == v1alpha1.UnitWarm && !slices.Contains(orphans, u.ID()) {
+				lease.Units = append(lease.Units, broker.Unit{ID: u.ID(), IPv4: u.IPv4, IPv6: u.IPv6})
 			}
 		}
 		reply.Leases = append(reply.Leases, lease)
@@ -851,7 +851,7 @@ func (a *Allocator) grantReservedHeld(ctx context.Context, pool, node string, id
 	var units []broker.Unit
 	for _, i := range idx {
 		lu := leasedUnit(ps.units[i])
-		next[unitID(lu)] = lu
+		next[lu.ID()] = lu
 		units = append(units, brokerUnit(ps.units[i]))
 	}
 	a.mu.Unlock()
@@ -979,7 +979,7 @@ func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n
 		// rewrites the lease without them.
 		ps.unreserveLocked(idx)
 		for _, i := range idx {
-			a.orphanLocked(ps.name, donor, unitID(leasedUnit(ps.units[i])))
+			a.orphanLocked(ps.name, donor, ps.units[i].ID())
 		}
 		return nil, werr
 	}
@@ -1259,10 +1259,10 @@ func sameUnits(x, y []v1alpha1.LeasedUnit) bool {
 	}
 	seen := map[string]v1alpha1.LeasedUnit{}
 	for _, u := range x {
-		seen[unitID(u)] = u
+		seen[u.ID()] = u
 	}
 	for _, u := range y {
-		v, ok := seen[unitID(u)]
+		v, ok := seen[u.ID()]
 		if !ok || v.State != u.State {
 			return false
 		}
@@ -1296,7 +1296,7 @@ func (a *Allocator) reload(cur *v1alpha1.NodeLease) {
 	node := cur.Spec.Node
 	stored := make(map[string]bool, len(cur.Spec.Units))
 	for _, u := range cur.Spec.Units {
-		stored[unitID(u)] = true
+		stored[u.ID()] = true
 	}
 	var taken []int
 	if old := ps.leases[node]; old != nil {

@@ -118,7 +118,7 @@ func (l *ledger) loadLeaseLocked(nl *v1alpha1.NodeLease) []error {
 	ls := &leaseState{name: nl.Name, resourceVersion: nl.ResourceVersion, generation: nl.Generation, units: map[string]v1alpha1.LeasedUnit{}}
 	var errs []error
 	for _, u := range nl.Spec.Units {
-		id := unitID(u)
+		id := u.ID()
 		i, ok := ps.byID[id]
 		if !ok {
 			errs = append(errs, fmt.Errorf("lease %s: unit %s is not in pool %s", nl.Name, id, ps.name))
@@ -138,13 +138,6 @@ func (l *ledger) loadLeaseLocked(nl *v1alpha1.NodeLease) []error {
 	}
 	ps.leases[nl.Spec.Node] = ls
 	return errs
-}
-
-func unitID(u v1alpha1.LeasedUnit) string {
-	if u.IPv4 != "" {
-		return u.IPv4
-	}
-	return u.IPv6
 }
 
 // reserveLocked picks up to n free units of the pool for node and marks

@@ -54,7 +54,7 @@ func offline(b *testing.B, nodes, pods int) *Allocator {
 			ps.leases[node] = ls
 		}
 		ps.holder[next] = node
-		ls.units[unitID(u)] = u
+		ls.units[u.ID()] = u
 		next++
 	}
 	for i := range pods {

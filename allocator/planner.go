@@ -406,7 +406,7 @@ func (a *Allocator) dropFromLeaseHeld(ctx context.Context, pool, node string, dr
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, u := range dropped {
-		if i, ok := ps.byID[unitID(u)]; ok && ps.holder[i] == node {
+		if i, ok := ps.byID[u.ID()]; ok && ps.holder[i] == node {
 			ps.holder[i] = ""
 		}
 	}

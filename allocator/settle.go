@@ -167,10 +167,10 @@ func sameUnitsAndPods(x, y []v1alpha1.LeasedUnit) bool {
 	}
 	pods := map[string]*v1alpha1.PodRef{}
 	for _, u := range x {
-		pods[unitID(u)] = u.Pod
+		pods[u.ID()] = u.Pod
 	}
 	for _, u := range y {
-		p, q := pods[unitID(u)], u.Pod
+		p, q := pods[u.ID()], u.Pod
 		if (p == nil) != (q == nil) || p != nil && *p != *q {
 			return false
 		}

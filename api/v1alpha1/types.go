@@ -369,6 +369,16 @@ type LeasedUnit struct {
 	Deadline *metav1.Time `json:"deadline,omitempty"`
 }
 
+// ID is the unit's key within its pool, the one the allocator's ledger
+// and the agent's store use (store.Unit.ID): its IPv4, or its IPv6 in an
+// IPv6-only pool.
+func (u LeasedUnit) ID() string {
+	if u.IPv4 != "" {
+		return u.IPv4
+	}
+	return u.IPv6
+}
+
 // UnitState is the state of a leased unit.
 // +kubebuilder:validation:Enum=Warm;Assigned;Revoking
 type UnitState string

@@ -395,7 +395,7 @@ func (d *doctor) leases() {
 		for _, u := range l.Spec.Units {
 			if why := p.checkUnit(u); why != "" {
 				f := f
-				f.Unit = LeaseUnitID(u)
+				f.Unit = u.ID()
 				d.add(KindOutsidePool, f, "NodeLease %s lists %s: %s", l.Name, unitString(u.IPv4, u.IPv6), why)
 			}
 		}
@@ -491,7 +491,7 @@ func (d *doctor) holdings(node string, st *agent.State) {
 			if u.State != v1alpha1.UnitAssigned || u.Pod == nil {
 				continue
 			}
-			id := LeaseUnitID(u)
+			id := u.ID()
 			for _, au := range st.Units {
 				if au.Pool != l.Spec.Pool || au.ID != id || au.State != store.Assigned {
 					continue
@@ -536,7 +536,7 @@ func (d *doctor) assignments() []assignment {
 	for _, l := range d.s.Leases {
 		for _, u := range l.Spec.Units {
 			if u.State == v1alpha1.UnitAssigned && u.Pod != nil {
-				add(assignment{node: l.Spec.Node, pool: l.Spec.Pool, unit: LeaseUnitID(u), ns: u.Pod.Namespace, name: u.Pod.Name, uid: u.Pod.UID,
+				add(assignment{node: l.Spec.Node, pool: l.Spec.Pool, unit: u.ID(), ns: u.Pod.Namespace, name: u.Pod.Name, uid: u.Pod.UID,
 					attachment: u.Pod.ContainerID + "/" + u.Pod.Interface, from: "NodeLease " + l.Name})
 			}
 		}

@@ -14,15 +14,6 @@ import (
 // (internal/faults/checker.go): the same rules whether a test or an
 // operator asks. They are pure; callers read the records.
 
-// LeaseUnitID is a leased unit's key within its pool, the one the agent's
-// store uses (store.Unit.ID): its IPv4, or its IPv6 in an IPv6-only pool.
-func LeaseUnitID(u v1alpha1.LeasedUnit) string {
-	if u.IPv4 != "" {
-		return u.IPv4
-	}
-	return u.IPv6
-}
-
 // LeaseRef names a NodeLease.
 type LeaseRef struct {
 	Name string `json:"name"`
@@ -49,7 +40,7 @@ func SharedLeaseUnits(leases []v1alpha1.NodeLease) []SharedUnit {
 	for _, l := range leases {
 		ref := LeaseRef{Name: l.Name, Pool: l.Spec.Pool, Node: l.Spec.Node}
 		for _, u := range l.Spec.Units {
-			id := LeaseUnitID(u)
+			id := u.ID()
 			if _, ok := holders[id]; !ok {
 				order = append(order, id)
 			}
@@ -124,7 +115,7 @@ func CompareHoldings(leases []v1alpha1.NodeLease, st *agent.State) []Mismatch {
 	leased := map[key]v1alpha1.LeasedUnit{}
 	for _, l := range leases {
 		for _, u := range l.Spec.Units {
-			leased[key{l.Spec.Pool, LeaseUnitID(u)}] = u
+			leased[key{l.Spec.Pool, u.ID()}] = u
 		}
 	}
 	var out []Mismatch
