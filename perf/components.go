@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -31,11 +30,10 @@ type process struct {
 // startProcess runs bin with args, its output in logDir/<name>.log, its
 // metrics on a free loopback port passed as --metrics-addr.
 func startProcess(name, bin, logDir string, args ...string) (*process, error) {
-	ports, err := child.FreePorts(1)
+	addr, err := child.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	p, err := child.Start(name, logDir, bin, append(args, "--metrics-addr="+addr)...)
 	if err != nil {
 		return nil, err

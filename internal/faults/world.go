@@ -291,11 +291,10 @@ func (w *world) startNATS(port int) error {
 
 // start runs a component's next incarnation.
 func (w *world) start(c *component) error {
-	ports, err := child.FreePorts(1)
+	metrics, err := child.FreeAddr()
 	if err != nil {
 		return err
 	}
-	metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	if c.node != "" {
 		w.armFailpoint(c)
 	}

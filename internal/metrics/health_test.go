@@ -1,29 +1,25 @@
 package metrics
 
 import (
-	"strconv"
-
-	"github.com/warmpool/warmpool/internal/child"
-
 	"context"
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/warmpool/warmpool/internal/child"
 )
 
 // TestServeHealthFollowsTheCheck: the answer changes with the check's,
 // at every request.
 func TestServeHealthFollowsTheCheck(t *testing.T) {
-	ports, err := child.FreePorts(1)
+	addr, err := child.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var failing atomic.Bool

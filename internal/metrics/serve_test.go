@@ -1,18 +1,15 @@
 package metrics
 
 import (
-	"strconv"
-
-	"github.com/warmpool/warmpool/internal/child"
-
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/warmpool/warmpool/internal/child"
 )
 
 // TestServePprofOnlyWhenAsked: /metrics is always served, Go's profiles
@@ -20,11 +17,10 @@ import (
 func TestServePprofOnlyWhenAsked(t *testing.T) {
 	for _, pprof := range []bool{false, true} {
 		t.Run(fmt.Sprint("pprof=", pprof), func(t *testing.T) {
-			ports, err := child.FreePorts(1)
+			addr, err := child.FreeAddr()
 			if err != nil {
 				t.Fatal(err)
 			}
-			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			if err := Serve(ctx, addr, prometheus.NewRegistry(), slog.New(slog.DiscardHandler), pprof, nil); err != nil {
