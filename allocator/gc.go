@@ -246,9 +246,9 @@ func (a *Allocator) reclaim(ctx context.Context, pool, node string, leaks []leak
 	}
 	items := make([]broker.ReclaimItem, 0, len(leaks))
 	for _, l := range leaks {
-		items = append(items, broker.ReclaimItem{UnitID: l.unit, Attachment: l.pod.ContainerID + "/" + l.pod.Interface, PodUID: l.pod.UID})
+		items = append(items, broker.ReclaimItem{UnitID: l.unit, Attachment: l.pod.Attachment(), PodUID: l.pod.UID})
 		a.log.Info("leaked assignment: its pod is gone; asking its node to release it", "pool", pool, "node", node, "address", a.address(pool, l.unit),
-			"pod", logkey.Pod(l.pod.Namespace, l.pod.Name), "pod_uid", l.pod.UID, "attachment", l.pod.ContainerID+"/"+l.pod.Interface)
+			"pod", logkey.Pod(l.pod.Namespace, l.pod.Name), "pod_uid", l.pod.UID, "attachment", l.pod.Attachment())
 	}
 	msg := broker.Encode(&broker.Reclaim{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Pool: pool, Items: items})
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.PushTimeout)

@@ -103,7 +103,7 @@ func addresses(s *v1alpha1.Subnet, limit int) ([]netip.Addr, *big.Int, error) {
 	prefix = prefix.Masked()
 	never := map[netip.Addr]bool{prefix.Addr(): true}
 	if prefix.Addr().Is4() {
-		never[lastAddr(prefix)] = true
+		never[LastAddr(prefix)] = true
 	}
 	if s.Gateway != "" {
 		gw, err := netip.ParseAddr(s.Gateway)
@@ -127,7 +127,7 @@ func addresses(s *v1alpha1.Subnet, limit int) ([]netip.Addr, *big.Int, error) {
 	type span struct{ first, last netip.Addr }
 	var spans []span
 	if len(s.Ranges) == 0 {
-		spans = []span{{prefix.Addr(), lastAddr(prefix)}}
+		spans = []span{{prefix.Addr(), LastAddr(prefix)}}
 	}
 	for _, r := range s.Ranges {
 		first, err1 := netip.ParseAddr(r.Start)
@@ -150,7 +150,7 @@ func addresses(s *v1alpha1.Subnet, limit int) ([]netip.Addr, *big.Int, error) {
 			// An excluded prefix is stepped over in one jump: an IPv6 /64
 			// excluding a /80 must not walk 2^48 addresses.
 			if p, ok := containing(excluded, a); ok {
-				end := lastAddr(p)
+				end := LastAddr(p)
 				if !end.Less(sp.last) {
 					break
 				}
@@ -217,7 +217,7 @@ func inAny(ps []netip.Prefix, a netip.Addr) bool {
 
 // overlap counts the addresses of p within [first, last].
 func overlap(p netip.Prefix, first, last netip.Addr) *big.Int {
-	lo, hi := p.Addr(), lastAddr(p)
+	lo, hi := p.Addr(), LastAddr(p)
 	if lo.Less(first) {
 		lo = first
 	}
@@ -231,7 +231,8 @@ func overlap(p netip.Prefix, first, last netip.Addr) *big.Int {
 	return n.Add(n, big.NewInt(1))
 }
 
-func lastAddr(p netip.Prefix) netip.Addr {
+// LastAddr is the last address of p: its broadcast address in IPv4.
+func LastAddr(p netip.Prefix) netip.Addr {
 	b := p.Masked().Addr().AsSlice()
 	bits := p.Bits()
 	for i := range b {

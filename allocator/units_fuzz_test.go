@@ -83,7 +83,7 @@ func expect(s *v1alpha1.Subnet, limit int) want {
 		w.excluded = append(w.excluded, xp.Masked())
 	}
 	if len(s.Ranges) == 0 {
-		w.spans = [][2]netip.Addr{{w.prefix.Addr(), lastAddr(w.prefix)}}
+		w.spans = [][2]netip.Addr{{w.prefix.Addr(), LastAddr(w.prefix)}}
 	}
 	for _, r := range s.Ranges {
 		a, err1 := netip.ParseAddr(r.Start)
@@ -111,15 +111,15 @@ func expect(s *v1alpha1.Subnet, limit int) want {
 		}
 	}
 	never := func(a netip.Addr) bool {
-		return a.IsValid() && (a == w.prefix.Addr() || a.Is4() && a == lastAddr(w.prefix) || a == w.gateway)
+		return a.IsValid() && (a == w.prefix.Addr() || a.Is4() && a == LastAddr(w.prefix) || a == w.gateway)
 	}
 	// blockEnd is the last address of the excluded blocks that hold a
 	// (several may nest or overlap), or false when none does.
 	blockEnd := func(a netip.Addr) (netip.Addr, bool) {
 		var end netip.Addr
 		for _, x := range w.excluded {
-			if x.Contains(a) && (!end.IsValid() || end.Less(lastAddr(x))) {
-				end = lastAddr(x)
+			if x.Contains(a) && (!end.IsValid() || end.Less(LastAddr(x))) {
+				end = LastAddr(x)
 			}
 		}
 		return end, end.IsValid()
@@ -129,13 +129,13 @@ func expect(s *v1alpha1.Subnet, limit int) want {
 		// Count: the span minus the union of what is skipped in it.
 		var holes [][2]netip.Addr
 		for _, x := range w.excluded {
-			lo, hi := x.Addr(), lastAddr(x)
+			lo, hi := x.Addr(), LastAddr(x)
 			if lo.BitLen() != sp[0].BitLen() || hi.Less(sp[0]) || sp[1].Less(lo) {
 				continue
 			}
 			holes = append(holes, [2]netip.Addr{maxAddr(lo, sp[0]), minAddr(hi, sp[1])})
 		}
-		for _, a := range []netip.Addr{w.prefix.Addr(), lastAddr(w.prefix), w.gateway} {
+		for _, a := range []netip.Addr{w.prefix.Addr(), LastAddr(w.prefix), w.gateway} {
 			if never(a) && a.Zone() == "" && !a.Less(sp[0]) && !sp[1].Less(a) {
 				holes = append(holes, [2]netip.Addr{a, a})
 			}
@@ -362,7 +362,7 @@ func FuzzEnumerate(f *testing.F) {
 					t.Fatalf("%s %s: %s outside the subnet", show(spec), fam, a)
 				case a == w.prefix.Addr():
 					t.Fatalf("%s %s: %s is the network address", show(spec), fam, a)
-				case a.Is4() && a == lastAddr(w.prefix):
+				case a.Is4() && a == LastAddr(w.prefix):
 					t.Fatalf("%s %s: %s is the broadcast address", show(spec), fam, a)
 				case a == w.gateway || adm && w.gateway.IsValid() && a == w.gateway.WithZone(""):
 					t.Fatalf("%s %s: %s is the gateway", show(spec), fam, a)

@@ -411,6 +411,10 @@ type PodRef struct {
 	Interface string `json:"interface,omitempty"`
 }
 
+// Attachment is the key the agent records the assignment under,
+// "<containerID>/<ifname>" (wire.Attachment, broker.SplitAttachment).
+func (p PodRef) Attachment() string { return p.ContainerID + "/" + p.Interface }
+
 // NodeLeaseList is a list of NodeLeases.
 //
 // +kubebuilder:object:root=true

@@ -25,7 +25,6 @@ type poolInfo struct {
 	// units by each of their addresses; err when the spec cannot be
 	// enumerated (the apiserver's validation makes that rare).
 	units map[netip.Addr]allocator.Unit
-	total int64
 	err   error
 }
 
@@ -42,7 +41,7 @@ func indexPools(pools []v1alpha1.IPPool) *poolIndex {
 			}
 		}
 		pu, err := allocator.Enumerate(p.Spec)
-		pi.err, pi.total = err, pu.Total
+		pi.err = err
 		for _, u := range pu.Units {
 			if u.IPv4.IsValid() {
 				pi.units[u.IPv4] = u
@@ -151,7 +150,7 @@ func (p *poolInfo) whyNot(a netip.Addr) string {
 		return "outside its subnet " + s.CIDR
 	case a == pre.Masked().Addr():
 		return "the subnet's network address"
-	case a.Is4() && a == lastOf(pre):
+	case a.Is4() && a == allocator.LastAddr(pre):
 		return "the subnet's broadcast address"
 	case sameAddr(s.Gateway, a):
 		return "the pool's gateway"
@@ -178,15 +177,6 @@ func (p *poolInfo) whyNot(a netip.Addr) string {
 		return "beyond the pairs of the dual-stack pool (the larger family's surplus is not used)"
 	}
 	return fmt.Sprintf("beyond the first %d units the allocator hands out", allocator.MaxUnitsPerPool)
-}
-
-func lastOf(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 1 << (7 - i%8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }
 
 func unitString(v4, v6 string) string {

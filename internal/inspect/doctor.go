@@ -87,8 +87,8 @@ type kindInfo struct {
 	meaning, action string
 }
 
-// kinds says what each finding means and what to do. %[1]s in a leak's
-// action is the GC window.
+// kinds says what each finding means and what to do. %[1]s in an
+// action (the leaks') is the GC window.
 var kinds = map[string]kindInfo{
 	KindLeaderMissing: {Error, "no allocator has ever taken the election Lease here (or it was deleted): nothing grants, serves misses, records assignments or reclaims leaks; agents serve only what they hold",
 		"check the warmpool-allocator Deployment's pods and logs; the namespace and name are the allocator's --namespace and --lease-name (this CLI's -n and --election-lease)"},
@@ -140,16 +140,6 @@ var kinds = map[string]kindInfo{
 		"check the meta-plugin (Multus) version writing it"},
 }
 
-// Kinds returns every finding kind with its severity, meaning and action
-// (for docs and -o json consumers).
-func Kinds() map[string][3]string {
-	out := map[string][3]string{}
-	for k, v := range kinds {
-		out[k] = [3]string{string(v.severity), v.meaning, v.action}
-	}
-	return out
-}
-
 // DoctorReport is what `kubectl warmpool doctor` prints.
 type DoctorReport struct {
 	Findings []Finding `json:"findings"`
@@ -195,7 +185,7 @@ func newFinding(kind string, f Finding, gc time.Duration, format string, args ..
 	info := kinds[kind]
 	f.Kind, f.Severity, f.Meaning = kind, info.severity, info.meaning
 	f.Action = info.action
-	if kind == KindLeakPodGone || kind == KindLeakPodReplaced || kind == KindLeakPodFinished {
+	if strings.Contains(info.action, "%[1]s") {
 		f.Action = fmt.Sprintf(info.action, gcWindow(gc))
 	}
 	f.Message = fmt.Sprintf(format, args...)
@@ -497,7 +487,7 @@ func (d *doctor) holdings(node string, st *agent.State) {
 					continue
 				}
 				as := byAttachment[au.Attachment]
-				if au.Attachment != u.Pod.ContainerID+"/"+u.Pod.Interface || (as.Pod.UID != "" && u.Pod.UID != "" && as.Pod.UID != u.Pod.UID) {
+				if au.Attachment != u.Pod.Attachment() || (as.Pod.UID != "" && u.Pod.UID != "" && as.Pod.UID != u.Pod.UID) {
 					d.add(KindAssignmentMismatch, Finding{Node: node, Pool: l.Spec.Pool, Unit: id}, "%s of pool %s on node %s: the NodeLease assigns it%s, the agent to %s (pod %s/%s, uid %s)",
 						id, l.Spec.Pool, node, assignedTo(u.Pod), au.Attachment, as.Pod.Namespace, as.Pod.Name, as.Pod.UID)
 				}
@@ -537,7 +527,7 @@ func (d *doctor) assignments() []assignment {
 		for _, u := range l.Spec.Units {
 			if u.State == v1alpha1.UnitAssigned && u.Pod != nil {
 				add(assignment{node: l.Spec.Node, pool: l.Spec.Pool, unit: u.ID(), ns: u.Pod.Namespace, name: u.Pod.Name, uid: u.Pod.UID,
-					attachment: u.Pod.ContainerID + "/" + u.Pod.Interface, from: "NodeLease " + l.Name})
+					attachment: u.Pod.Attachment(), from: "NodeLease " + l.Name})
 			}
 		}
 	}
@@ -560,9 +550,10 @@ func (d *doctor) pods() {
 		byName[p.Namespace+"/"+p.Name] = p
 	}
 	d.checked.Pods = len(d.s.Pods)
+	assignments := d.assignments()
 	// Each assignment's pod must exist, with that UID, unfinished, on
 	// that node.
-	for _, a := range d.assignments() {
+	for _, a := range assignments {
 		f := Finding{Node: a.node, Pool: a.pool, Unit: a.unit, Pod: a.ns + "/" + a.name}
 		p := byName[a.ns+"/"+a.name]
 		what := fmt.Sprintf("%s of pool %s on node %s, assigned (%s) to pod %s/%s uid %s, sandbox %s", a.unit, a.pool, a.node, a.from, a.ns, a.name, a.uid, a.attachment)
@@ -597,7 +588,7 @@ func (d *doctor) pods() {
 		}
 		return out
 	}
-	for _, a := range d.assignments() {
+	for _, a := range assignments {
 		for _, x := range addrsOf(a.pool, a.unit) {
 			recorded[x] = append(recorded[x], owner{a.pool, a.ns, a.name, a.uid})
 		}

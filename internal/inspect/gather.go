@@ -155,7 +155,7 @@ func (g *Gatherer) gather(ctx context.Context, need Need) (*Snapshot, error) {
 		}
 	}
 	s.Now = now()
-	sortSnapshot(s)
+	s.Normalize()
 	return s, nil
 }
 

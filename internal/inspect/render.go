@@ -139,7 +139,7 @@ func RenderWhere(w io.Writer, loc Location, wide bool) error {
 		pod, detail := "", "epoch "+itoa(l.Epoch)
 		if l.Pod != nil {
 			pod = l.Pod.Namespace + "/" + l.Pod.Name
-			detail += ", uid " + l.Pod.UID + ", " + l.Pod.ContainerID + "/" + l.Pod.Interface
+			detail += ", uid " + l.Pod.UID + ", " + l.Pod.Attachment()
 		}
 		t.row("NodeLease "+l.Lease, l.Node, l.Pool, string(l.State), pod, detail)
 	}
@@ -175,7 +175,7 @@ func RenderLeases(w io.Writer, r LeasesReport, wide bool) error {
 		if e.ServedEpoch > e.DerivedEpoch {
 			epoch = fmt.Sprintf("%d (serves %d)", e.DerivedEpoch, e.ServedEpoch)
 		}
-		t.row(e.Lease, e.Holder, timeAgo(e.AcquireTime, e.SinceRenew, false), timeAgo(e.RenewTime, e.SinceRenew, true),
+		t.row(e.Lease, e.Holder, timeAgo(e.AcquireTime, nil), timeAgo(e.RenewTime, e.SinceRenew),
 			fmt.Sprintf("%ds", e.LeaseDuration), itoa(e.Transitions), epoch, status)
 	}
 	if err := t.flush(); err != nil {
@@ -197,13 +197,14 @@ func RenderLeases(w io.Writer, r LeasesReport, wide bool) error {
 	return t.flush()
 }
 
-func timeAgo(t *time.Time, sinceRenew *time.Duration, renew bool) string {
+// timeAgo formats t, and how long ago it was if ago is known.
+func timeAgo(t *time.Time, ago *time.Duration) string {
 	if t == nil {
 		return ""
 	}
 	s := t.UTC().Format(time.RFC3339)
-	if renew && sinceRenew != nil {
-		s += fmt.Sprintf(" (%s ago)", sinceRenew.Round(time.Second))
+	if ago != nil {
+		s += fmt.Sprintf(" (%s ago)", ago.Round(time.Second))
 	}
 	return s
 }

@@ -1,11 +1,11 @@
 package inspect
 
 import (
+	"cmp"
 	"fmt"
 	"regexp"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -202,7 +202,7 @@ func Nodes(s *Snapshot, pool string) []NodeRow {
 		}
 		out = append(out, *r)
 	}
-	sortRows(out, func(r NodeRow) []string { return []string{r.Node, r.Pool} })
+	slices.SortStableFunc(out, func(a, b NodeRow) int { return cmp.Or(cmp.Compare(a.Node, b.Node), cmp.Compare(a.Pool, b.Pool)) })
 	return out
 }
 
@@ -368,20 +368,6 @@ func Leases(s *Snapshot) LeasesReport {
 		r.NodeLeases = append(r.NodeLeases, row)
 	}
 	return r
-}
-
-// sortRows sorts rows by the keys key returns, in order.
-func sortRows[T any](rows []T, key func(T) []string) {
-	less := func(a, b T) int {
-		ka, kb := key(a), key(b)
-		for i := range ka {
-			if c := strings.Compare(ka[i], kb[i]); c != 0 {
-				return c
-			}
-		}
-		return 0
-	}
-	slices.SortStableFunc(rows, less)
 }
 
 // FormatRate prints a hit rate: "97.5%", or "-" before any ADD.

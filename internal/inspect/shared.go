@@ -111,17 +111,16 @@ type Mismatch struct {
 // cooling). It returns the agent's units first, in the record's order,
 // then the lease's units the agent lacks, sorted by pool and unit.
 func CompareHoldings(leases []v1alpha1.NodeLease, st *agent.State) []Mismatch {
-	type key struct{ pool, id string }
-	leased := map[key]v1alpha1.LeasedUnit{}
+	leased := map[store.Key]v1alpha1.LeasedUnit{}
 	for _, l := range leases {
 		for _, u := range l.Spec.Units {
-			leased[key{l.Spec.Pool, u.ID()}] = u
+			leased[store.Key{Pool: l.Spec.Pool, ID: u.ID()}] = u
 		}
 	}
 	var out []Mismatch
-	held := map[key]bool{}
+	held := map[store.Key]bool{}
 	for _, u := range st.Units {
-		k := key{u.Pool, u.ID}
+		k := store.Key{Pool: u.Pool, ID: u.ID}
 		held[k] = true
 		e, ok := leased[k]
 		switch {
@@ -134,7 +133,7 @@ func CompareHoldings(leases []v1alpha1.NodeLease, st *agent.State) []Mismatch {
 	var missing []Mismatch
 	for k, e := range leased {
 		if !held[k] {
-			missing = append(missing, Mismatch{Kind: NotHeld, Pool: k.pool, Unit: k.id, Lease: &e})
+			missing = append(missing, Mismatch{Kind: NotHeld, Pool: k.Pool, Unit: k.ID, Lease: &e})
 		}
 	}
 	slices.SortFunc(missing, func(a, b Mismatch) int { return cmp.Or(cmp.Compare(a.Pool, b.Pool), compareAddr(a.Unit, b.Unit)) })

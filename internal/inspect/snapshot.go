@@ -56,9 +56,6 @@ type AgentReading struct {
 	MetricsError string        `json:"metricsError,omitempty"`
 }
 
-// Reachable reports whether the agent's record was read.
-func (r AgentReading) Reachable() bool { return r.State != nil }
-
 // AgentMetrics are the figures of an agent's /metrics the CLI shows.
 type AgentMetrics struct {
 	// Hits and Misses are warmpool_agent_cache_{hits,misses}_total, by
@@ -79,16 +76,6 @@ func (s *Snapshot) agentOf(node string) *AgentReading {
 	return &s.Agents[i]
 }
 
-// pool returns the named pool, or nil.
-func (s *Snapshot) pool(name string) *v1alpha1.IPPool {
-	for i := range s.Pools {
-		if s.Pools[i].Name == name {
-			return &s.Pools[i]
-		}
-	}
-	return nil
-}
-
 // node returns the named Node, or nil when it does not exist.
 func (s *Snapshot) node(name string) *corev1.Node {
 	for i := range s.Nodes {
@@ -99,8 +86,10 @@ func (s *Snapshot) node(name string) *corev1.Node {
 	return nil
 }
 
-// sortSnapshot puts every list in a stable order, so that every output is.
-func sortSnapshot(s *Snapshot) {
+// Normalize puts every list in a stable order, so that every output is;
+// Gather returns snapshots already normalized, tests that build one call
+// it.
+func (s *Snapshot) Normalize() {
 	slices.SortFunc(s.Pools, func(a, b v1alpha1.IPPool) int { return cmp.Compare(a.Name, b.Name) })
 	slices.SortFunc(s.Leases, func(a, b v1alpha1.NodeLease) int {
 		return cmp.Or(cmp.Compare(a.Spec.Pool, b.Spec.Pool), cmp.Compare(a.Spec.Node, b.Spec.Node), cmp.Compare(a.Name, b.Name))
@@ -111,10 +100,6 @@ func sortSnapshot(s *Snapshot) {
 	})
 	slices.SortFunc(s.Agents, func(a, b AgentReading) int { return cmp.Compare(a.Node, b.Node) })
 }
-
-// Normalize sorts the snapshot's lists; Gather returns snapshots already
-// normalized, tests that build one call it.
-func (s *Snapshot) Normalize() { sortSnapshot(s) }
 
 // leasesOf returns the NodeLeases of one node.
 func (s *Snapshot) leasesOf(node string) []v1alpha1.NodeLease {

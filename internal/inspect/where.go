@@ -272,7 +272,7 @@ func compareLeaseAndAgents(loc *Location, differ func(string, ...any)) {
 		case found == nil:
 		case (found.State == store.Assigned) != (lp.State == v1alpha1.UnitAssigned):
 			differ("node %s: the NodeLease says %s, the agent %s", lp.Node, lp.State, found.State)
-		case lp.Pod != nil && found.Pod != nil && (lp.Pod.UID != found.Pod.UID || lp.Pod.ContainerID+"/"+lp.Pod.Interface != found.Attachment):
+		case lp.Pod != nil && found.Pod != nil && (lp.Pod.UID != found.Pod.UID || lp.Pod.Attachment() != found.Attachment):
 			differ("node %s: the NodeLease assigns it to %s, the agent to %s (%s)", lp.Node, podRefString(lp.Pod), storePodString(found.Pod), found.Attachment)
 		}
 	}

@@ -34,7 +34,7 @@ func show[T any](c *cli, v T, render func(io.Writer, T, bool) error) error {
 
 type cli struct {
 	config     *genericclioptions.ConfigFlags
-	out, err   io.Writer
+	out        io.Writer
 	output     string
 	agents     []string
 	selector   string
@@ -50,7 +50,7 @@ type cli struct {
 // Run runs the CLI with args (without the program's name) and returns its
 // exit code.
 func Run(args []string, stdout, stderr io.Writer) int {
-	c := &cli{out: stdout, err: stderr}
+	c := &cli{out: stdout}
 	root := c.command()
 	root.SetArgs(args)
 	root.SetOut(stdout)
