@@ -633,8 +633,11 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 	if res != nil {
 		res.Hit = hit
 	}
-	a.log.Debug("assigned", "attachment", key, "pool", pool, "address", logkey.Address(unit.IPv4, unit.IPv6),
-		"pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "pod_uid", req.Pod.UID, "hit", hit)
+	// Checked first: the arguments would be built on every ADD.
+	if a.log.Enabled(ctx, slog.LevelDebug) {
+		a.log.Debug("assigned", "attachment", key, "pool", pool, "address", logkey.Address(unit.IPv4, unit.IPv6),
+			"pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "pod_uid", req.Pod.UID, "hit", hit)
+	}
 	a.emit(broker.EventAssigned, as, hit)
 	return res, werr
 }
@@ -926,8 +929,11 @@ func (a *Agent) delIf(req *wire.Request, match func(store.Assignment) bool, why 
 	if why != "" {
 		level, msg = slog.LevelInfo, why
 	}
-	a.log.Log(context.Background(), level, msg, "attachment", key, "pod", logkey.Pod(as.Pod.Namespace, as.Pod.Name), "pod_uid", as.Pod.UID,
-		"pool", as.Pool, "address", a.addressLocked(k), "network", as.Network)
+	// Checked first: the arguments would be built on every DEL.
+	if a.log.Enabled(context.Background(), level) {
+		a.log.Log(context.Background(), level, msg, "attachment", key, "pod", logkey.Pod(as.Pod.Namespace, as.Pod.Name), "pod_uid", as.Pod.UID,
+			"pool", as.Pool, "address", a.addressLocked(k), "network", as.Network)
+	}
 	a.emit(broker.EventReleased, as, false)
 	return true, nil
 }

@@ -630,11 +630,12 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 		events = append(events, broker.Event{Kind: kind, Pool: h.Pool, UnitID: h.Unit.ID, Attachment: h.Attachment, Pod: h.Pod})
 	}
 	foreign, err := a.applyByPool(ctx, req.Node, events)
+	holds := heldByPool(req.Units)
 	if err == nil {
-		err = a.dropUnheldAssignments(ctx, req.Node, req.Units)
+		err = a.dropUnheldAssignments(ctx, req.Node, holds)
 	}
 	if err == nil {
-		a.releaseUnconfirmed(req.Node, req.Units)
+		a.releaseUnconfirmed(req.Node, holds)
 	}
 	unlock()
 	a.log.Debug("sync applied", "node", req.Node, "run", req.Run, "seq", req.Seq, "units", len(req.Units), "err", err)
@@ -670,6 +671,18 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 	return reply
 }
 
+// heldByPool is a sync's units as pool -> unit ID -> held.
+func heldByPool(held []broker.HeldUnit) map[string]map[string]bool {
+	out := map[string]map[string]bool{}
+	for _, h := range held {
+		if out[h.Pool] == nil {
+			out[h.Pool] = map[string]bool{}
+		}
+		out[h.Pool][h.Unit.ID] = true
+	}
+	return out
+}
+
 // dropUnheldAssignments frees the units a node's leases list as assigned
 // that its agent's sync does not hold in any state. Only the agent makes
 // and ends assignments, and a sync is applied only if no newer report of
@@ -677,21 +690,13 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 // reconcile, say) with the news lost; kept, it would be asked back by the
 // leak GC forever and never used again. The caller holds the node's order
 // lock.
-func (a *Allocator) dropUnheldAssignments(ctx context.Context, node string, held []broker.HeldUnit) error {
-	holds := map[poolNode]map[string]bool{}
-	for _, h := range held {
-		pn := poolNode{h.Pool, node}
-		if holds[pn] == nil {
-			holds[pn] = map[string]bool{}
-		}
-		holds[pn][h.Unit.ID] = true
-	}
+func (a *Allocator) dropUnheldAssignments(ctx context.Context, node string, holds map[string]map[string]bool) error {
 	a.mu.Lock()
 	var pools []string
 	for name, ps := range a.ledger.pools {
 		if ls := ps.leases[node]; ls != nil {
 			for id, u := range ls.units {
-				if u.State == v1alpha1.UnitAssigned && !holds[poolNode{name, node}][id] {
+				if u.State == v1alpha1.UnitAssigned && !holds[name][id] {
 					pools = append(pools, name)
 					break
 				}
@@ -701,7 +706,7 @@ func (a *Allocator) dropUnheldAssignments(ctx context.Context, node string, held
 	a.mu.Unlock()
 	for _, pool := range pools {
 		dropped, err := a.dropFromLease(ctx, pool, node, func(id string, u v1alpha1.LeasedUnit) bool {
-			return u.State == v1alpha1.UnitAssigned && !holds[poolNode{pool, node}][id]
+			return u.State == v1alpha1.UnitAssigned && !holds[pool][id]
 		})
 		if err != nil {
 			return err
@@ -719,14 +724,7 @@ func (a *Allocator) dropUnheldAssignments(ctx context.Context, node string, held
 // them, so no agent does. Those it holds were adopted back by the sync's
 // events; one still unconfirmed (taken by a reload since) waits for the
 // next sync. The caller holds the node's order lock.
-func (a *Allocator) releaseUnconfirmed(node string, held []broker.HeldUnit) {
-	holds := map[string]map[string]bool{}
-	for _, h := range held {
-		if holds[h.Pool] == nil {
-			holds[h.Pool] = map[string]bool{}
-		}
-		holds[h.Pool][h.Unit.ID] = true
-	}
+func (a *Allocator) releaseUnconfirmed(node string, holds map[string]map[string]bool) {
 	a.mu.Lock()
 	var pools []string
 	for name, ps := range a.ledger.pools {
@@ -781,14 +779,8 @@ func (a *Allocator) address(pool, id string) string {
 
 // address is the log's address of a unit.
 func (u Unit) address() string {
-	var v4, v6 string
-	if u.IPv4.IsValid() {
-		v4 = u.IPv4.String()
-	}
-	if u.IPv6.IsValid() {
-		v6 = u.IPv6.String()
-	}
-	return logkey.Address(v4, v6)
+	bu := brokerUnit(u)
+	return logkey.Address(bu.IPv4, bu.IPv6)
 }
 
 // push sends a grant to the node's agent. A lost push is not lost units:
@@ -1094,11 +1086,7 @@ func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events [
 		return foreign, err
 	}
 	for _, i := range adopt {
-		ps.holder[i] = node
-		if ps.unconfirmed[i] == node {
-			delete(ps.unconfirmed, i)
-			ps.reserved[i] = false
-		}
+		ps.holdLocked(i, node)
 	}
 	a.commitLeaseLocked(ps, node, &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next})
 	return foreign, nil

@@ -128,16 +128,22 @@ func (l *ledger) loadLeaseLocked(nl *v1alpha1.NodeLease) []error {
 			errs = append(errs, fmt.Errorf("lease %s: unit %s is also held by node %s", nl.Name, id, h))
 			continue
 		}
-		ps.holder[i] = nl.Spec.Node
+		ps.holdLocked(i, nl.Spec.Node)
 		ls.units[id] = u
-		if ps.unconfirmed[i] == nl.Spec.Node {
-			// Back in the node's lease: held again, confirmed.
-			delete(ps.unconfirmed, i)
-			ps.reserved[i] = false
-		}
 	}
 	ps.leases[nl.Spec.Node] = ls
 	return errs
+}
+
+// holdLocked records unit i as node's. One unconfirmed for node (taken
+// off its lease by a reload) is back in its lease: confirmed, no longer
+// reserved for it.
+func (ps *poolState) holdLocked(i int, node string) {
+	ps.holder[i] = node
+	if ps.unconfirmed[i] == node {
+		delete(ps.unconfirmed, i)
+		ps.reserved[i] = false
+	}
 }
 
 // reserveLocked picks up to n free units of the pool for node and marks

@@ -109,10 +109,7 @@ func (c *checker) agentsShareNoUnit(ctx context.Context) error {
 		return nil
 	}
 	again := c.readAgents(ctx)
-	for unit, nodes := range suspects {
-		if len(nodes) < 2 {
-			continue
-		}
+	for unit, nodes := range suspects { // two nodes or more each
 		confirmed := 0
 		for _, n := range nodes {
 			if st := again[n]; st != nil && holds(st, unit) {
