@@ -44,6 +44,7 @@ import (
 	"github.com/warmpool/warmpool/broker"
 	"github.com/warmpool/warmpool/cni"
 	"github.com/warmpool/warmpool/cni/install"
+	"github.com/warmpool/warmpool/internal/metrics"
 	"github.com/warmpool/warmpool/internal/testenv"
 	"github.com/warmpool/warmpool/manifests"
 )
@@ -185,10 +186,8 @@ func TestKustomizationsListEveryFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		u := &unstructured.Unstructured{Object: m}
-		kind := fmt.Sprintf("%T", o)
-		kind = kind[strings.LastIndex(kind, ".")+1:]
-		if find(base, kind, u.GetName()) == nil {
-			t.Errorf("the base does not install %s %s", kind, u.GetName())
+		if find(base, u.GetKind(), u.GetName()) == nil {
+			t.Errorf("the base does not install %s %s", u.GetKind(), u.GetName())
 		}
 	}
 }
@@ -469,7 +468,7 @@ func checkAllocator(t *testing.T, c corev1.Container, external bool) {
 	}
 	checkPort(t, c, "health", flagValue(c.Args, "health-addr"))
 	for _, p := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe} {
-		if p == nil || p.HTTPGet == nil || p.HTTPGet.Port.StrVal != "health" || p.HTTPGet.Path != "/healthz" {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Port.StrVal != "health" || p.HTTPGet.Path != metrics.HealthPath {
 			t.Errorf("the allocator's probes must ask /healthz on the port served in both roles: %+v", p)
 		}
 	}

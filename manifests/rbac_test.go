@@ -7,10 +7,7 @@ import (
 	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
-	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/warmpool/warmpool/internal/controlplane"
@@ -29,14 +26,8 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 	kube := kubernetes.NewForConfigOrDie(cp.RESTConfig())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	objs, err := manifests.RBAC()
-	if err != nil {
+	if err := manifests.InstallRBAC(ctx, kube); err != nil {
 		t.Fatal(err)
-	}
-	for _, o := range objs {
-		if err := create(ctx, kube, o); err != nil {
-			t.Fatalf("install %T: %v", o, err)
-		}
 	}
 	type check struct {
 		verb, group, resource, sub, ns, name string
@@ -137,23 +128,4 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 			}
 		}
 	}
-}
-
-func create(ctx context.Context, kube kubernetes.Interface, o runtime.Object) error {
-	var err error
-	switch o := o.(type) {
-	case *corev1.ServiceAccount:
-		_, err = kube.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-	case *rbacv1.ClusterRole:
-		_, err = kube.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-	case *rbacv1.ClusterRoleBinding:
-		_, err = kube.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
-	case *rbacv1.Role:
-		_, err = kube.RbacV1().Roles(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-	case *rbacv1.RoleBinding:
-		_, err = kube.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-	default:
-		err = fmt.Errorf("no client for %T", o)
-	}
-	return err
 }

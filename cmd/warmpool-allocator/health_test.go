@@ -2,35 +2,24 @@ package main
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // TestTermWatch: healthy as a standby and while leading, and while a term
 // shuts down within the grace; unhealthy once a shutdown hangs past it;
 // healthy again when the term finishes.
 func TestTermWatch(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1000, 0)}
-	w := &termWatch{grace: 30 * time.Second, now: clock.now}
+	clock := clocktesting.NewFakeClock(time.Unix(1000, 0))
+	w := &termWatch{grace: 30 * time.Second, now: clock.Now}
 	if err := w.check(); err != nil {
 		t.Fatalf("standby: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	finished := w.term(ctx)
-	clock.add(time.Hour)
+	clock.Step(time.Hour)
 	if err := w.check(); err != nil {
 		t.Fatalf("leading for an hour: %v", err)
 	}
@@ -49,11 +38,11 @@ func TestTermWatch(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	clock.add(29 * time.Second)
+	clock.Step(29 * time.Second)
 	if err := w.check(); err != nil {
 		t.Fatalf("shutting down within the grace: %v", err)
 	}
-	clock.add(2 * time.Second)
+	clock.Step(2 * time.Second)
 	if err := w.check(); err == nil {
 		t.Fatal("a shutdown hung past the grace is healthy")
 	}
@@ -65,7 +54,7 @@ func TestTermWatch(t *testing.T) {
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	w.term(ctx2)()
 	cancel2()
-	clock.add(time.Hour)
+	clock.Step(time.Hour)
 	if err := w.check(); err != nil {
 		t.Fatalf("after a finished term: %v", err)
 	}

@@ -16,7 +16,6 @@ package install
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -126,15 +125,8 @@ func ValidateConfig(name string, b []byte) error {
 	}
 	found := 0
 	for i, p := range plugins {
-		var ipam struct {
-			IPAM *struct {
-				Type string `json:"type"`
-			} `json:"ipam"`
-		}
-		if err := json.Unmarshal(p.Bytes, &ipam); err != nil {
-			return fmt.Errorf("plugin %d (%s): %w", i, p.Network.Type, err)
-		}
-		if ipam.IPAM == nil || ipam.IPAM.Type != cni.PluginType {
+		// libcni has parsed the ipam section already.
+		if p.Network.IPAM.Type != cni.PluginType {
 			continue
 		}
 		// What the plugin itself will check at every ADD: the pool's

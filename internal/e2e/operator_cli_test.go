@@ -19,7 +19,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -179,7 +178,9 @@ func TestOperatorCLI(t *testing.T) {
 	// The same as an operator bound to rbac/operator.yaml's roles (the
 	// admin impersonating a member of warmpool-operators): the role must
 	// be enough for every read, the pod proxy to op-0's agent included.
-	installRBAC(t, ctx, c)
+	if err := manifests.InstallRBAC(ctx, c.kube); err != nil {
+		t.Fatal(err)
+	}
 	out, code = cli("doctor", "--as", "alice", "--as-group", "warmpool-operators")
 	t.Logf("$ kubectl warmpool doctor --as alice --as-group warmpool-operators\n%s", out)
 	if code != 0 || !strings.Contains(out, "no problem found") || !strings.Contains(out, "4 agents (4 read") {
@@ -556,33 +557,4 @@ func find(r inspect.DoctorReport, kind string) inspect.Finding {
 		}
 	}
 	return inspect.Finding{}
-}
-
-// installRBAC creates rbac/'s objects (manifests.RBAC), the operator's
-// roles among them.
-func installRBAC(t *testing.T, ctx context.Context, c *cluster) {
-	t.Helper()
-	objs, err := manifests.RBAC()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range objs {
-		switch o := o.(type) {
-		case *corev1.ServiceAccount:
-			_, err = c.kube.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRole:
-			_, err = c.kube.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRoleBinding:
-			_, err = c.kube.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.Role:
-			_, err = c.kube.RbacV1().Roles(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.RoleBinding:
-			_, err = c.kube.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		default:
-			err = fmt.Errorf("no client for %T", o)
-		}
-		if err != nil {
-			t.Fatalf("install %T: %v", o, err)
-		}
-	}
 }

@@ -203,8 +203,6 @@ func TestOperatorGuideCoversEveryCNIError(t *testing.T) {
 	}
 }
 
-var backtickedExpr = regexp.MustCompile("`([^`]+)`")
-
 // TestOperatorGuideMetricsAndAlerts: every metric the guide names is in
 // docs/metrics.md (and so registered: TestMetricsAreDocumented), and
 // every alert expression passes the dashboard's checks.
@@ -232,7 +230,7 @@ func TestOperatorGuideMetricsAndAlerts(t *testing.T) {
 			continue
 		}
 		cells := strings.Split(strings.ReplaceAll(l, `\|`, "\x00"), "|")
-		m := backtickedExpr.FindStringSubmatch(cells[2])
+		m := backticked.FindStringSubmatch(cells[2])
 		if m == nil {
 			t.Errorf("an alert without an expression: %s", l)
 			continue

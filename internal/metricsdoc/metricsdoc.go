@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -25,7 +26,6 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 )
 
 // Metric is one metric as the doc lists it or a registry holds it.
@@ -192,19 +192,7 @@ func Registered(reg *prometheus.Registry, vecs ...prometheus.Collector) (map[str
 	}
 	out := map[string]Metric{}
 	for _, f := range families {
-		m := Metric{Name: f.GetName()}
-		switch f.GetType() {
-		case dto.MetricType_COUNTER:
-			m.Type = "counter"
-		case dto.MetricType_GAUGE:
-			m.Type = "gauge"
-		case dto.MetricType_HISTOGRAM:
-			m.Type = "histogram"
-		case dto.MetricType_SUMMARY:
-			m.Type = "summary"
-		default:
-			m.Type = strings.ToLower(f.GetType().String())
-		}
+		m := Metric{Name: f.GetName(), Type: strings.ToLower(f.GetType().String())}
 		if len(f.GetMetric()) > 0 {
 			for _, lp := range f.GetMetric()[0].GetLabel() {
 				m.Labels = append(m.Labels, lp.GetName())
@@ -272,7 +260,7 @@ func touch(c prometheus.Collector) error {
 // are documented as a group, not one by one: Runtime checks them.
 func Compare(doc Doc, sections []string, reg map[string]Metric) []error {
 	var errs []error
-	for _, name := range sortedKeys(reg) {
+	for _, name := range slices.Sorted(maps.Keys(reg)) {
 		r := reg[name]
 		if runtimeMetric(name) {
 			continue
@@ -287,7 +275,7 @@ func Compare(doc Doc, sections []string, reg map[string]Metric) []error {
 			errs = append(errs, fmt.Errorf("%s: docs/metrics.md gives labels %v, registered with %v", name, d.Labels, r.Labels))
 		}
 	}
-	for _, name := range sortedKeys(doc) {
+	for _, name := range slices.Sorted(maps.Keys(doc)) {
 		if d := doc[name]; slices.Contains(sections, d.Section) {
 			if _, ok := reg[name]; !ok {
 				errs = append(errs, fmt.Errorf("%s is documented under %q in docs/metrics.md but not registered", name, d.Section))
@@ -313,13 +301,4 @@ func Runtime(reg map[string]Metric) error {
 
 func runtimeMetric(name string) bool {
 	return strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_")
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
