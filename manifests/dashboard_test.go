@@ -19,14 +19,7 @@ import (
 // TestKubeRequestsIsDocumented) hold docs/metrics.md to what they
 // register, so what the dashboard graphs exists.
 func TestDashboardReadsDocumentedMetrics(t *testing.T) {
-	doc, err := metricsdoc.ReadDoc()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dashboards, err := Dashboards()
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc, dashboards := readDashboards(t)
 	js, ok := dashboards["warmpool.json"]
 	if !ok {
 		t.Fatalf("no dashboards/warmpool.json among %d dashboards", len(dashboards))
@@ -43,18 +36,13 @@ func TestDashboardReadsDocumentedMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	exprs := map[string]bool{}
-	var walk func([]metricsdoc.Panel)
-	walk = func(ps []metricsdoc.Panel) {
-		for _, p := range ps {
-			walk(p.Panels)
-			for _, tg := range p.Targets {
-				for _, m := range metricName.FindAllString(tg.Expr, -1) {
-					exprs[m] = true
-				}
+	for _, p := range db.Graphs() {
+		for _, tg := range p.Targets {
+			for _, m := range metricName.FindAllString(tg.Expr, -1) {
+				exprs[m] = true
 			}
 		}
 	}
-	walk(db.Panels)
 	for name, m := range doc {
 		if !strings.HasPrefix(name, "warmpool_") {
 			continue
@@ -72,14 +60,7 @@ func TestDashboardReadsDocumentedMetrics(t *testing.T) {
 // misspelt metric, a label the metric lacks, or a histogram read without
 // its buckets fails the check.
 func TestDashboardCheckCatchesABrokenPanel(t *testing.T) {
-	doc, err := metricsdoc.ReadDoc()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dashboards, err := Dashboards()
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc, dashboards := readDashboards(t)
 	js := dashboards["warmpool.json"]
 	for _, c := range []struct{ old, new, want string }{
 		{"warmpool_allocator_adds_total{result=", "warmpool_allocator_add_total{result=", "warmpool_allocator_add_total is not a metric"},
@@ -95,6 +76,20 @@ func TestDashboardCheckCatchesABrokenPanel(t *testing.T) {
 			t.Errorf("%s -> %s: want %q, got %s", c.old, c.new, c.want, errs)
 		}
 	}
+}
+
+// readDashboards reads docs/metrics.md and the embedded dashboards.
+func readDashboards(t *testing.T) (metricsdoc.Doc, map[string][]byte) {
+	t.Helper()
+	doc, err := metricsdoc.ReadDoc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dashboards, err := Dashboards()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc, dashboards
 }
 
 var metricName = regexp.MustCompile(`warmpool_[a-z0-9_]+`)

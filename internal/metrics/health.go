@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 )
 
@@ -17,13 +16,6 @@ const HealthPath = "/healthz"
 // allocator), so that a kubelet's probes reach it in every role. An empty
 // addr serves nothing. It fails at once if addr cannot be bound.
 func ServeHealth(ctx context.Context, addr string, check func() error, log *slog.Logger) error {
-	if addr == "" {
-		return nil
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("health on %s: %w", addr, err)
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(HealthPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -34,6 +26,6 @@ func ServeHealth(ctx context.Context, addr string, check func() error, log *slog
 		}
 		_, _ = fmt.Fprintln(w, "ok")
 	})
-	serveUntil(ctx, l, mux, "health", log)
-	return nil
+	_, err := serve(ctx, addr, mux, "health", log)
+	return err
 }

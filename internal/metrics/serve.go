@@ -21,13 +21,6 @@ import (
 // reach the port). An empty addr serves nothing. It fails at once if addr
 // cannot be bound.
 func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger, pprof bool, handlers map[string]http.Handler) error {
-	if addr == "" {
-		return nil
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("metrics on %s: %w", addr, err)
-	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	for path, h := range handlers {
@@ -40,14 +33,25 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog
 		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
 	}
-	serveUntil(ctx, l, mux, "metrics", log)
-	log.Info("serving metrics", "listen", l.Addr().String())
-	return nil
+	at, err := serve(ctx, addr, mux, "metrics", log)
+	if at != nil {
+		log.Info("serving metrics", "listen", at.String())
+	}
+	return err
 }
 
-// serveUntil serves mux on l in the background until ctx ends, then shuts
-// the server down, giving requests in flight two seconds.
-func serveUntil(ctx context.Context, l net.Listener, mux *http.ServeMux, what string, log *slog.Logger) {
+// serve listens on addr and serves mux there in the background until ctx
+// ends, then shuts the server down, giving requests in flight two
+// seconds. It returns the address bound: nil for an empty addr, which
+// serves nothing.
+func serve(ctx context.Context, addr string, mux *http.ServeMux, what string, log *slog.Logger) (net.Addr, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s on %s: %w", what, addr, err)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -59,4 +63,5 @@ func serveUntil(ctx context.Context, l net.Listener, mux *http.ServeMux, what st
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	})
+	return l.Addr(), nil
 }

@@ -304,6 +304,24 @@ type Panel struct {
 	Panels []Panel `json:"panels"`
 }
 
+// Graphs returns the dashboard's panels that are not rows, in order, the
+// panels of collapsed rows included.
+func (db Dashboard) Graphs() []Panel {
+	var out []Panel
+	var walk func(ps []Panel)
+	walk = func(ps []Panel) {
+		for _, p := range ps {
+			if p.Type == "row" {
+				walk(p.Panels)
+				continue
+			}
+			out = append(out, p)
+		}
+	}
+	walk(db.Panels)
+	return out
+}
+
 // Datasource is a panel's or a target's data source reference.
 type Datasource struct {
 	Type string `json:"type"`
@@ -370,34 +388,26 @@ func (d Doc) CheckDashboard(js []byte) []error {
 		}
 	}
 	titles := map[string]bool{}
-	var walk func(ps []Panel)
-	walk = func(ps []Panel) {
-		for _, p := range ps {
-			if p.Type == "row" {
-				walk(p.Panels)
-				continue
+	for _, p := range db.Graphs() {
+		if titles[p.Title] {
+			errs = append(errs, fmt.Errorf("two panels titled %q", p.Title))
+		}
+		titles[p.Title] = true
+		if p.Datasource == nil || p.Datasource.UID != DatasourceVariable {
+			errs = append(errs, fmt.Errorf("panel %q: its datasource must be %s", p.Title, DatasourceVariable))
+		}
+		if len(p.Targets) == 0 {
+			errs = append(errs, fmt.Errorf("panel %q has no query", p.Title))
+		}
+		for _, t := range p.Targets {
+			if t.Datasource != nil && t.Datasource.UID != DatasourceVariable {
+				errs = append(errs, fmt.Errorf("panel %q: a query's datasource must be %s", p.Title, DatasourceVariable))
 			}
-			if titles[p.Title] {
-				errs = append(errs, fmt.Errorf("two panels titled %q", p.Title))
-			}
-			titles[p.Title] = true
-			if p.Datasource == nil || p.Datasource.UID != DatasourceVariable {
-				errs = append(errs, fmt.Errorf("panel %q: its datasource must be %s", p.Title, DatasourceVariable))
-			}
-			if len(p.Targets) == 0 {
-				errs = append(errs, fmt.Errorf("panel %q has no query", p.Title))
-			}
-			for _, t := range p.Targets {
-				if t.Datasource != nil && t.Datasource.UID != DatasourceVariable {
-					errs = append(errs, fmt.Errorf("panel %q: a query's datasource must be %s", p.Title, DatasourceVariable))
-				}
-				for _, err := range d.CheckExpr(t.Expr) {
-					errs = append(errs, fmt.Errorf("panel %q: %w", p.Title, err))
-				}
+			for _, err := range d.CheckExpr(t.Expr) {
+				errs = append(errs, fmt.Errorf("panel %q: %w", p.Title, err))
 			}
 		}
 	}
-	walk(db.Panels)
 	if len(titles) == 0 {
 		errs = append(errs, errors.New("the dashboard has no panel"))
 	}
