@@ -67,7 +67,7 @@ fuzz:
 
 ## test-faults: the fault suite (docs/invariants.md): FAULTS seeded
 ## scenarios (default 100) of 30 s of pod churn with faults each, on the real
-## components; make test runs the 5 regression seeds. E.g. make test-faults FAULTS=10
+## components; make test runs the 6 regression seeds. E.g. make test-faults FAULTS=10
 ## FAULTSEED=200.
 FAULTS ?= 100
 FAULTSEED ?= 1

@@ -59,6 +59,12 @@ type Allocator interface {
 	// Fenced says why warm units must not be used now (the allocator has
 	// not answered for too long), or nil.
 	Fenced() error
+	// Unreported says whether an event of pod in pool, on another
+	// attachment than except, awaits the allocator's acknowledgement.
+	Unreported(pod store.Pod, pool, except string) bool
+	// AwaitReported waits until no event of pod in pool awaits the
+	// allocator's acknowledgement, or ctx ends.
+	AwaitReported(ctx context.Context, pod store.Pod, pool string) error
 }
 
 // Errors an Allocator returns from Miss.
@@ -576,10 +582,16 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 	a.mu.Lock()
 	if as, ok := a.assignments[key]; ok {
 		// ADD is idempotent per attachment: a retried ADD (the runtime did
-		// not see our answer) gets what was assigned.
+		// not see our answer) gets what was assigned, once it may.
 		res, err := a.resultLocked(as)
 		a.mu.Unlock()
-		return res, err
+		if err == nil {
+			err = a.awaitIfMasked(ctx, as)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return res, nil
 	}
 	a.mu.Unlock()
 
@@ -625,7 +637,6 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 	}
 	a.failpoint(FailpointAddAfterPersist)
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	unit.State, unit.Attachment = store.Assigned, key
 	a.units[unit.Key()] = unit
 	a.assignments[key] = as
@@ -639,7 +650,60 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 			"pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "pod_uid", req.Pod.UID, "hit", hit)
 	}
 	a.emit(broker.EventAssigned, as, hit)
-	return res, werr
+	a.mu.Unlock()
+	if werr == nil {
+		werr = a.awaitIfMasked(ctx, as)
+	}
+	if werr != nil {
+		return nil, werr
+	}
+	return res, nil
+}
+
+// awaitIfMasked holds an ADD's answer until the allocator acknowledged
+// the assignment as, if the allocator may already have an address of
+// as's pod in its pool on record: another assignment of the pod there, or
+// an event of another of its attachments not yet acknowledged (a dead
+// sandbox's release). The allocator reclaims a lost node's warm units
+// once every pod on the node has an address on record; a pod it already
+// counts would not hold back a warm unit it took without the allocator
+// knowing, which could then go to another node while the pod uses it
+// (fault-suite seed 94: a sandbox restarted while the node's agent was
+// cut from the bus). A pod's first assignment answers at once: until it
+// is on record, the pod holds the lost node's warm units back.
+func (a *Agent) awaitIfMasked(ctx context.Context, as store.Assignment) *wire.Error {
+	if a.cfg.Allocator == nil {
+		return nil
+	}
+	a.mu.Lock()
+	masked := false
+	for k, other := range a.assignments {
+		if k != as.Attachment && other.Pool == as.Pool && samePod(other.Pod, as.Pod) {
+			masked = true
+			break
+		}
+	}
+	a.mu.Unlock()
+	if !masked && !a.cfg.Allocator.Unreported(as.Pod, as.Pool, as.Attachment) {
+		return nil
+	}
+	actx, cancel := context.WithTimeout(ctx, a.cfg.MissTimeout)
+	defer cancel()
+	if err := a.cfg.Allocator.AwaitReported(actx, as.Pod, as.Pool); err != nil {
+		return &wire.Error{Code: wire.CodeTryAgainLater,
+			Msg:     fmt.Sprintf("pod %s has another address of pool %s on node %s, and the allocator has not acknowledged this one: %v", logkey.Pod(as.Pod.Namespace, as.Pod.Name), as.Pool, a.cfg.Node, err),
+			Details: "the assignment is kept; the runtime retries and gets it once the allocator acknowledges it"}
+	}
+	return nil
+}
+
+// samePod: by UID when both have one, else by namespace and name (a
+// runtime that does not pass K8S_POD_UID), as the allocator records pods.
+func samePod(x, y store.Pod) bool {
+	if x.UID != "" && y.UID != "" {
+		return x.UID == y.UID
+	}
+	return x.Namespace == y.Namespace && x.Name == y.Name
 }
 
 // take pops a warm unit of pool, or on a miss asks the allocator.

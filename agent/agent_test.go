@@ -494,6 +494,7 @@ func TestForgetVoidsWhatAnotherNodeHolds(t *testing.T) {
 // countingAllocator grants count units per miss, after release is closed,
 // and counts the requests.
 type countingAllocator struct {
+	ReportsAcked
 	mu       sync.Mutex
 	requests []int
 	next     int

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,7 +42,10 @@ type Bus struct {
 
 	mu      sync.Mutex
 	pending []broker.Event
-	kick    chan struct{} // a report or a sync is due
+	// reported is closed, and replaced, each time the allocator has
+	// acknowledged some of pending (AwaitReported).
+	reported chan struct{}
+	kick     chan struct{} // a report or a sync is due
 
 	syncDue chan struct{}
 
@@ -189,7 +193,7 @@ func NewBus(a *Agent, conn *nats.Conn, timeout time.Duration) *Bus {
 	runID := make([]byte, 8)
 	_, _ = rand.Read(runID)
 	b := &Bus{agent: a, conn: conn, node: a.cfg.Node, log: a.log, timeout: timeout, run: hex.EncodeToString(runID),
-		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}}
+		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}, reported: make(chan struct{})}
 	b.warmTTL.Store(int64(DefaultWarmTTL))
 	b.unsynced.Store(true)
 	a.cfg.OnEvent = b.Record
@@ -423,9 +427,47 @@ func (b *Bus) report(ctx context.Context) error {
 	}
 	b.heardFrom()
 	b.mu.Lock()
-	b.pending = b.pending[len(events):]
+	b.forgetLocked(len(events))
 	b.mu.Unlock()
 	return nil
+}
+
+// forgetLocked drops the first n pending events, which the allocator
+// acknowledged, and wakes AwaitReported.
+func (b *Bus) forgetLocked(n int) {
+	b.pending = b.pending[n:]
+	close(b.reported)
+	b.reported = make(chan struct{})
+}
+
+// Unreported implements Allocator: whether an event of pod in pool,
+// on another attachment than except, awaits the allocator's
+// acknowledgement.
+func (b *Bus) Unreported(pod store.Pod, pool, except string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.ContainsFunc(b.pending, func(e broker.Event) bool {
+		return e.Pool == pool && e.Attachment != except && samePod(store.Pod(e.Pod), pod)
+	})
+}
+
+// AwaitReported implements Allocator: it waits until no event of pod in
+// pool awaits the allocator's acknowledgement, or ctx ends.
+func (b *Bus) AwaitReported(ctx context.Context, pod store.Pod, pool string) error {
+	for {
+		b.mu.Lock()
+		waiting := slices.ContainsFunc(b.pending, func(e broker.Event) bool { return e.Pool == pool && samePod(store.Pod(e.Pod), pod) })
+		reported := b.reported
+		b.mu.Unlock()
+		if !waiting {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the allocator has not acknowledged the pod's assignments: %w", context.Cause(ctx))
+		case <-reported:
+		}
+	}
 }
 
 // sync sends the whole record and reconciles with the allocator's answer.
@@ -465,7 +507,7 @@ func (b *Bus) sync(ctx context.Context) error {
 	b.heardFrom()
 	b.unsynced.Store(false)
 	b.mu.Lock()
-	b.pending = b.pending[covered:]
+	b.forgetLocked(covered)
 	b.mu.Unlock()
 	b.log.Info("synced with the allocator", "epoch", r.Epoch, "pools", len(r.Leases))
 	return nil

@@ -206,38 +206,14 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 	syncOn.Store(true)
 	syncs := answerSyncs(t, alloc, lease, &syncOn)
 	var reportOn atomic.Bool
-	var reports atomic.Int32
-	rsub, err := alloc.Subscribe(broker.SubjectReportAll, func(m *nats.Msg) {
-		if !reportOn.Load() {
-			return
-		}
-		var r broker.Report
-		_ = broker.Decode(m.Data, &r)
-		reports.Add(1)
-		_ = m.Respond(broker.Encode(&broker.ReportReply{V: broker.ProtocolVersion, Epoch: 1, Seq: r.Seq}))
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rsub.Unsubscribe()
+	reports := answerReports(t, alloc, &reportOn)
 	bus := runBus(t, ctx, f, srv.ClientURL(), nil)
 	waitForSync(t, ctx, bus, syncs, 1)
 	if werr := f.do(t, req(wire.OpAdd, "c1")).Error; werr != nil {
 		t.Fatal(werr)
 	}
-	// partition: nothing answered; the DEL's report is pending. A sync
-	// answered just as the partition begins would land after the clock
-	// moved and count as fresh: start the partition again until none was
-	// answered across its start (its reply has had 20 ms to land).
-	for {
-		n := syncs.Load()
-		syncOn.Store(false)
-		time.Sleep(20 * time.Millisecond)
-		if syncs.Load() == n {
-			break
-		}
-		syncOn.Store(true)
-	}
+	// partition: nothing answered; the DEL's report is pending.
+	stopAnswering(syncs, &syncOn)
 	f.do(t, req(wire.OpDel, "c1"))
 	f.clock.Advance(60 * time.Second) // far past the 10 s TTL; no ADD meanwhile
 	// heal: the report goes through first
@@ -256,6 +232,44 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 	waitForSync(t, ctx, bus, syncs, 2)
 	if werr := f.do(t, req(wire.OpAdd, "c2")).Error; werr != nil {
 		t.Fatalf("ADD after the resync: %v", werr)
+	}
+}
+
+// answerReports acknowledges the agent's reports while on is set, and
+// counts the answers.
+func answerReports(t *testing.T, alloc *nats.Conn, on *atomic.Bool) *atomic.Int32 {
+	t.Helper()
+	var reports atomic.Int32
+	sub, err := alloc.Subscribe(broker.SubjectReportAll, func(m *nats.Msg) {
+		if !on.Load() {
+			return
+		}
+		var r broker.Report
+		_ = broker.Decode(m.Data, &r)
+		reports.Add(1)
+		_ = m.Respond(broker.Encode(&broker.ReportReply{V: broker.ProtocolVersion, Epoch: 1, Seq: r.Seq}))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return &reports
+}
+
+// stopAnswering clears on (answerSyncs' switch) such that no sync was
+// answered across that instant: a sync answered just as a partition
+// begins would land after the test's clock moved and count as fresh, and
+// would acknowledge what is pending. It clears on again until no answer
+// came within 20 ms of it.
+func stopAnswering(syncs *atomic.Int32, on *atomic.Bool) {
+	for {
+		n := syncs.Load()
+		on.Store(false)
+		time.Sleep(20 * time.Millisecond)
+		if syncs.Load() == n {
+			return
+		}
+		on.Store(true)
 	}
 }
 
@@ -316,4 +330,79 @@ func answerSyncs(t *testing.T, alloc *nats.Conn, lease broker.Lease, on *atomic.
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	return &syncs
+}
+
+// TestAnotherAddressOfAPodWaitsForTheAllocator: a pod the allocator has
+// on record (an earlier sandbox's address, or another attachment's) gets
+// a new address only once the allocator acknowledged it. A lost node's
+// warm units are reclaimed once every pod on it has an address on record,
+// so an assignment of such a pod the allocator never heard of could go to
+// another node while the pod uses it (fault-suite seed 94). A pod's first
+// address is answered at once, bus or no bus.
+func TestAnotherAddressOfAPodWaitsForTheAllocator(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, alloc := allocatorSide(t, ctx)
+	f := newFixture(t, 0)
+	f.agent.cfg.MissTimeout = 300 * time.Millisecond
+	var answering atomic.Bool // syncs and reports
+	answering.Store(true)
+	syncs := answerSyncs(t, alloc, dualLease(4), &answering)
+	answerReports(t, alloc, &answering)
+	bus := runBus(t, ctx, f, srv.ClientURL(), nil)
+	waitForSync(t, ctx, bus, syncs, 1)
+	podReq := func(op wire.Op, ctr, ifname, pod string) *wire.Request {
+		return &wire.Request{V: wire.Version, Op: op, Network: "underlay", Attachment: wire.Attachment{ContainerID: ctr, IfName: ifname},
+			Pod: wire.Pod{Namespace: "default", Name: pod, UID: "uid-" + pod}}
+	}
+	reported := func() {
+		t.Helper()
+		for {
+			bus.mu.Lock()
+			n := len(bus.pending)
+			bus.mu.Unlock()
+			if n == 0 {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatal("the allocator never acknowledged the events")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	partition := func() { stopAnswering(syncs, &answering) }
+	refused := func(r *wire.Request, what string) {
+		t.Helper()
+		if werr := f.do(t, r).Error; werr == nil || werr.Code != wire.CodeTryAgainLater || !strings.Contains(werr.Msg, "has not acknowledged") {
+			t.Fatalf("%s, the allocator unreachable: %+v, want code %d", what, werr, wire.CodeTryAgainLater)
+		}
+	}
+
+	if werr := f.do(t, podReq(wire.OpAdd, "s1", "eth0", "p")).Error; werr != nil {
+		t.Fatal(werr)
+	}
+	reported()
+	partition()
+	// The sandbox dies; its release cannot be reported.
+	if werr := f.do(t, podReq(wire.OpDel, "s1", "eth0", "p")).Error; werr != nil {
+		t.Fatal(werr)
+	}
+	refused(podReq(wire.OpAdd, "s2", "eth0", "p"), "the ADD of a restarted sandbox")
+	refused(podReq(wire.OpAdd, "s2", "eth0", "p"), "its retry")
+	if werr := f.do(t, podReq(wire.OpAdd, "q1", "eth0", "q")).Error; werr != nil {
+		t.Fatalf("a pod's first address, the allocator unreachable: %v", werr)
+	}
+	answering.Store(true)
+	for {
+		werr := f.do(t, podReq(wire.OpAdd, "s2", "eth0", "p")).Error
+		if werr == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the restarted sandbox's ADD once the allocator answers: %v", werr)
+		}
+	}
+	reported()
+	partition()
+	refused(podReq(wire.OpAdd, "s2", "net1", "p"), "a second attachment's ADD")
 }

@@ -21,7 +21,7 @@ import (
 // found bugs (docs/invariants.md, "What it found"). A seed does not replay
 // its run exactly (timing decides the order in which concurrent goroutines
 // draw from it), so each bug is also pinned by a unit test.
-const regressionSeeds = "2,3,10,91,93"
+const regressionSeeds = "2,3,10,91,93,94"
 
 var (
 	seedList  = flag.String("faults.seeds", regressionSeeds, "comma-separated seeds to run, unless -faults.scenarios is set")
