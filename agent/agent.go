@@ -59,12 +59,14 @@ type Allocator interface {
 	// Fenced says why warm units must not be used now (the allocator has
 	// not answered for too long), or nil.
 	Fenced() error
-	// Unreported says whether an event of pod in pool, on another
-	// attachment than except, awaits the allocator's acknowledgement.
-	Unreported(pod store.Pod, pool, except string) bool
-	// AwaitReported waits until no event of pod in pool awaits the
-	// allocator's acknowledgement, or ctx ends.
-	AwaitReported(ctx context.Context, pod store.Pod, pool string) error
+	// Unreported says whether the allocator may not know what as's pod
+	// holds in as's pool apart from as: an event of the pod there other
+	// than as's own awaits its acknowledgement, or the agent has not
+	// synced since its start or a long silence.
+	Unreported(as store.Assignment) bool
+	// AwaitReported waits until the allocator knows what as's pod holds
+	// in as's pool, as included, or ctx ends.
+	AwaitReported(ctx context.Context, as store.Assignment) error
 }
 
 // Errors an Allocator returns from Miss.
@@ -662,9 +664,10 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 
 // awaitIfMasked holds an ADD's answer until the allocator acknowledged
 // the assignment as, if the allocator may already have an address of
-// as's pod in its pool on record: another assignment of the pod there, or
-// an event of another of its attachments not yet acknowledged (a dead
-// sandbox's release). The allocator reclaims a lost node's warm units
+// as's pod in its pool on record: another assignment of the pod there, an
+// unacknowledged event of the pod other than as's own (a dead sandbox's
+// release, of this attachment too), or no sync since the agent's start or
+// a long silence (what it reported before may be lost). The allocator reclaims a lost node's warm units
 // once every pod on the node has an address on record; a pod it already
 // counts would not hold back a warm unit it took without the allocator
 // knowing, which could then go to another node while the pod uses it
@@ -684,12 +687,12 @@ func (a *Agent) awaitIfMasked(ctx context.Context, as store.Assignment) *wire.Er
 		}
 	}
 	a.mu.Unlock()
-	if !masked && !a.cfg.Allocator.Unreported(as.Pod, as.Pool, as.Attachment) {
+	if !masked && !a.cfg.Allocator.Unreported(as) {
 		return nil
 	}
 	actx, cancel := context.WithTimeout(ctx, a.cfg.MissTimeout)
 	defer cancel()
-	if err := a.cfg.Allocator.AwaitReported(actx, as.Pod, as.Pool); err != nil {
+	if err := a.cfg.Allocator.AwaitReported(actx, as); err != nil {
 		return &wire.Error{Code: wire.CodeTryAgainLater,
 			Msg:     fmt.Sprintf("pod %s has another address of pool %s on node %s, and the allocator has not acknowledged this one: %v", logkey.Pod(as.Pod.Namespace, as.Pod.Name), as.Pool, a.cfg.Node, err),
 			Details: "the assignment is kept; the runtime retries and gets it once the allocator acknowledges it"}

@@ -440,23 +440,31 @@ func (b *Bus) forgetLocked(n int) {
 	b.reported = make(chan struct{})
 }
 
-// Unreported implements Allocator: whether an event of pod in pool,
-// on another attachment than except, awaits the allocator's
-// acknowledgement.
-func (b *Bus) Unreported(pod store.Pod, pool, except string) bool {
+// Unreported implements Allocator: whether an event of as's pod in its
+// pool other than as's own assignment (an earlier release of the same
+// attachment included) awaits the allocator's acknowledgement, or the
+// agent has not synced since it started or since a silence past the
+// warm TTL: events it sent before may have been lost (a restart forgets
+// the pending ones), or applied by an allocator that meanwhile gave the
+// units away.
+func (b *Bus) Unreported(as store.Assignment) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return slices.ContainsFunc(b.pending, func(e broker.Event) bool {
-		return e.Pool == pool && e.Attachment != except && samePod(store.Pod(e.Pod), pod)
+	return b.unsynced.Load() || slices.ContainsFunc(b.pending, func(e broker.Event) bool {
+		own := e.Kind == broker.EventAssigned && e.Attachment == as.Attachment && e.UnitID == as.UnitID
+		return !own && e.Pool == as.Pool && samePod(store.Pod(e.Pod), as.Pod)
 	})
 }
 
-// AwaitReported implements Allocator: it waits until no event of pod in
-// pool awaits the allocator's acknowledgement, or ctx ends.
-func (b *Bus) AwaitReported(ctx context.Context, pod store.Pod, pool string) error {
+// AwaitReported implements Allocator: it waits until the agent has
+// synced and no event of as's pod in its pool awaits the allocator's
+// acknowledgement, or ctx ends.
+func (b *Bus) AwaitReported(ctx context.Context, as store.Assignment) error {
 	for {
 		b.mu.Lock()
-		waiting := slices.ContainsFunc(b.pending, func(e broker.Event) bool { return e.Pool == pool && samePod(store.Pod(e.Pod), pod) })
+		waiting := b.unsynced.Load() || slices.ContainsFunc(b.pending, func(e broker.Event) bool {
+			return e.Pool == as.Pool && samePod(store.Pod(e.Pod), as.Pod)
+		})
 		reported := b.reported
 		b.mu.Unlock()
 		if !waiting {

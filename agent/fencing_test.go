@@ -347,7 +347,7 @@ func TestAnotherAddressOfAPodWaitsForTheAllocator(t *testing.T) {
 	f.agent.cfg.MissTimeout = 300 * time.Millisecond
 	var answering atomic.Bool // syncs and reports
 	answering.Store(true)
-	syncs := answerSyncs(t, alloc, dualLease(4), &answering)
+	syncs := answerSyncs(t, alloc, dualLease(8), &answering)
 	answerReports(t, alloc, &answering)
 	bus := runBus(t, ctx, f, srv.ClientURL(), nil)
 	waitForSync(t, ctx, bus, syncs, 1)
@@ -405,4 +405,28 @@ func TestAnotherAddressOfAPodWaitsForTheAllocator(t *testing.T) {
 	reported()
 	partition()
 	refused(podReq(wire.OpAdd, "s2", "net1", "p"), "a second attachment's ADD")
+	// The same sandbox ADDed again after its DEL: its release is pending.
+	if werr := f.do(t, podReq(wire.OpDel, "q1", "eth0", "q")).Error; werr != nil {
+		t.Fatal(werr)
+	}
+	refused(podReq(wire.OpAdd, "q1", "eth0", "q"), "the ADD of a sandbox after its DEL")
+	// Not synced (a restart forgets what was pending; a long silence may
+	// have let the node be lost): the kept assignment of net1 waits for
+	// the sync, not only for its report.
+	answering.Store(true)
+	reported()
+	partition()
+	bus.unsynced.Store(true)
+	refused(podReq(wire.OpAdd, "s2", "net1", "p"), "a kept assignment's retry before a sync")
+	answering.Store(true)
+	bus.Resync()
+	for {
+		werr := f.do(t, podReq(wire.OpAdd, "s2", "net1", "p")).Error
+		if werr == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the kept assignment's retry after the sync: %v", werr)
+		}
+	}
 }

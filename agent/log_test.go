@@ -17,8 +17,8 @@ type exhaustedAllocator struct{ ReportsAcked }
 // external tests): every event is acknowledged at once.
 type ReportsAcked struct{}
 
-func (ReportsAcked) Unreported(store.Pod, string, string) bool              { return false }
-func (ReportsAcked) AwaitReported(context.Context, store.Pod, string) error { return nil }
+func (ReportsAcked) Unreported(store.Assignment) bool                      { return false }
+func (ReportsAcked) AwaitReported(context.Context, store.Assignment) error { return nil }
 
 func (exhaustedAllocator) Miss(context.Context, string, int) ([]store.Unit, store.Pool, int64, error) {
 	return nil, store.Pool{}, 0, ErrPoolExhausted
