@@ -46,6 +46,11 @@ const DefaultReuseDelay = time.Second
 // found) that the plugin passes to the runtime.
 type PoolResolver interface {
 	Resolve(ctx context.Context, pod wire.Pod, netconfPool string) (string, *wire.Error)
+	// Attributed says whether the allocator, should this node be lost,
+	// counts pod among the pods that may hold pool's warm units without
+	// being told: the pool's selection picks the pod, or the pool is
+	// marked as named by network configs. False when it cannot tell.
+	Attributed(ctx context.Context, pod wire.Pod, pool string) bool
 }
 
 // Allocator is the agent's view of the cluster allocator: the cache-miss
@@ -262,12 +267,13 @@ func (a *Agent) grantRecordLocked(pool store.Pool, units []store.Unit, gen int64
 	return nil
 }
 
-// emit reports an assignment (hit: served from the warm cache) or a
-// release to the allocator.
-func (a *Agent) emit(kind string, as store.Assignment, hit bool) {
+// emit reports an assignment or a release to the allocator: e carries
+// its kind and flags, as the rest.
+func (a *Agent) emit(e broker.Event, as store.Assignment) {
 	if a.cfg.OnEvent != nil {
-		a.cfg.OnEvent(broker.Event{Kind: kind, Pool: as.Pool, UnitID: as.UnitID, Attachment: as.Attachment, Hit: hit,
-			Pod: broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}})
+		e.Pool, e.UnitID, e.Attachment = as.Pool, as.UnitID, as.Attachment
+		e.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
+		a.cfg.OnEvent(e)
 	}
 }
 
@@ -588,7 +594,7 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 		res, err := a.resultLocked(as)
 		a.mu.Unlock()
 		if err == nil {
-			err = a.awaitIfMasked(ctx, as)
+			err = a.awaitIfMasked(ctx, as, a.attributed(ctx, req, as.Pool))
 		}
 		if err != nil {
 			return nil, err
@@ -601,6 +607,7 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 	if werr != nil {
 		return nil, werr
 	}
+	attributed := a.attributed(ctx, req, pool)
 	var unit store.Unit
 	var hit bool
 	var as store.Assignment
@@ -651,10 +658,10 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 		a.log.Debug("assigned", "attachment", key, "pool", pool, "address", logkey.Address(unit.IPv4, unit.IPv6),
 			"pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "pod_uid", req.Pod.UID, "hit", hit)
 	}
-	a.emit(broker.EventAssigned, as, hit)
+	a.emit(broker.Event{Kind: broker.EventAssigned, Hit: hit, Unattributed: !attributed}, as)
 	a.mu.Unlock()
 	if werr == nil {
-		werr = a.awaitIfMasked(ctx, as)
+		werr = a.awaitIfMasked(ctx, as, attributed)
 	}
 	if werr != nil {
 		return nil, werr
@@ -662,39 +669,55 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 	return res, nil
 }
 
+// attributed: a pool the pod's own selection chose is one the allocator
+// attributes to it; one the network config named may not be.
+func (a *Agent) attributed(ctx context.Context, req *wire.Request, pool string) bool {
+	return req.Pool == "" || a.cfg.Resolver.Attributed(ctx, req.Pod, pool)
+}
+
 // awaitIfMasked holds an ADD's answer until the allocator acknowledged
-// the assignment as, if the allocator may already have an address of
-// as's pod in its pool on record: another assignment of the pod there, an
-// unacknowledged event of the pod other than as's own (a dead sandbox's
-// release, of this attachment too), or no sync since the agent's start or
-// a long silence (what it reported before may be lost). The allocator reclaims a lost node's warm units
-// once every pod on the node has an address on record; a pod it already
-// counts would not hold back a warm unit it took without the allocator
-// knowing, which could then go to another node while the pod uses it
-// (fault-suite seed 94: a sandbox restarted while the node's agent was
-// cut from the bus). A pod's first assignment answers at once: until it
-// is on record, the pod holds the lost node's warm units back.
-func (a *Agent) awaitIfMasked(ctx context.Context, as store.Assignment) *wire.Error {
+// the assignment as, when the allocator would not count as's pod among the
+// pods that may hold the pool's warm units. It counts a pod that its
+// selection rules attribute to the pool (attributed) and that has no
+// address of the pool on record; so it would not count one that has
+// another assignment there, one with an unacknowledged event other than
+// as's own (a dead sandbox's release, of this attachment too), or any pod
+// while the agent has not synced since its start or a long silence (what
+// it reported before may be lost). The allocator reclaims a lost node's
+// warm units once no pod it counts is left on the node; a warm unit taken
+// by a pod it does not count could go to another node while the pod uses
+// it (fault-suite seed 94: a sandbox restarted while the node's agent was
+// cut from the bus). An attributed pod's first assignment answers at once:
+// until it is on record, the pod holds the lost node's warm units back.
+func (a *Agent) awaitIfMasked(ctx context.Context, as store.Assignment, attributed bool) *wire.Error {
 	if a.cfg.Allocator == nil {
 		return nil
 	}
+	why := ""
+	if !attributed {
+		why = "the network config names a pool whose selection does not pick the pod"
+	}
 	a.mu.Lock()
-	masked := false
 	for k, other := range a.assignments {
-		if k != as.Attachment && other.Pool == as.Pool && samePod(other.Pod, as.Pod) {
-			masked = true
+		if why != "" {
 			break
+		}
+		if k != as.Attachment && other.Pool == as.Pool && samePod(other.Pod, as.Pod) {
+			why = "the pod has another address of the pool on the node"
 		}
 	}
 	a.mu.Unlock()
-	if !masked && !a.cfg.Allocator.Unreported(as) {
+	if why == "" && a.cfg.Allocator.Unreported(as) {
+		why = "the allocator may not know what the pod holds in the pool"
+	}
+	if why == "" {
 		return nil
 	}
 	actx, cancel := context.WithTimeout(ctx, a.cfg.MissTimeout)
 	defer cancel()
 	if err := a.cfg.Allocator.AwaitReported(actx, as); err != nil {
 		return &wire.Error{Code: wire.CodeTryAgainLater,
-			Msg:     fmt.Sprintf("pod %s has another address of pool %s on node %s, and the allocator has not acknowledged this one: %v", logkey.Pod(as.Pod.Namespace, as.Pod.Name), as.Pool, a.cfg.Node, err),
+			Msg:     fmt.Sprintf("address %s of pool %s for pod %s on node %s waits for the allocator's acknowledgement (%s): %v", as.UnitID, as.Pool, logkey.Pod(as.Pod.Namespace, as.Pod.Name), a.cfg.Node, why, err),
 			Details: "the assignment is kept; the runtime retries and gets it once the allocator acknowledges it"}
 	}
 	return nil
@@ -1001,7 +1024,7 @@ func (a *Agent) delIf(req *wire.Request, match func(store.Assignment) bool, why 
 		a.log.Log(context.Background(), level, msg, "attachment", key, "pod", logkey.Pod(as.Pod.Namespace, as.Pod.Name), "pod_uid", as.Pod.UID,
 			"pool", as.Pool, "address", a.addressLocked(k), "network", as.Network)
 	}
-	a.emit(broker.EventReleased, as, false)
+	a.emit(broker.Event{Kind: broker.EventReleased}, as)
 	return true, nil
 }
 

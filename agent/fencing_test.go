@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -206,7 +207,7 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 	syncOn.Store(true)
 	syncs := answerSyncs(t, alloc, lease, &syncOn)
 	var reportOn atomic.Bool
-	reports := answerReports(t, alloc, &reportOn)
+	reports := answerReports(t, alloc, &reportOn, nil)
 	bus := runBus(t, ctx, f, srv.ClientURL(), nil)
 	waitForSync(t, ctx, bus, syncs, 1)
 	if werr := f.do(t, req(wire.OpAdd, "c1")).Error; werr != nil {
@@ -237,7 +238,7 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 
 // answerReports acknowledges the agent's reports while on is set, and
 // counts the answers.
-func answerReports(t *testing.T, alloc *nats.Conn, on *atomic.Bool) *atomic.Int32 {
+func answerReports(t *testing.T, alloc *nats.Conn, on *atomic.Bool, seen func(broker.Event)) *atomic.Int32 {
 	t.Helper()
 	var reports atomic.Int32
 	sub, err := alloc.Subscribe(broker.SubjectReportAll, func(m *nats.Msg) {
@@ -247,6 +248,11 @@ func answerReports(t *testing.T, alloc *nats.Conn, on *atomic.Bool) *atomic.Int3
 		var r broker.Report
 		_ = broker.Decode(m.Data, &r)
 		reports.Add(1)
+		if seen != nil {
+			for _, e := range r.Events {
+				seen(e)
+			}
+		}
 		_ = m.Respond(broker.Encode(&broker.ReportReply{V: broker.ProtocolVersion, Epoch: 1, Seq: r.Seq}))
 	})
 	if err != nil {
@@ -254,6 +260,27 @@ func answerReports(t *testing.T, alloc *nats.Conn, on *atomic.Bool) *atomic.Int3
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	return &reports
+}
+
+// onAnsweringBus runs a fixture's agent (miss timeout 300 ms, resolver if
+// set) on a bus whose allocator side answers syncs (8 warm units) and
+// reports, passing each reported event to seen, while the switch it
+// returns is on; the agent has synced.
+func onAnsweringBus(t *testing.T, ctx context.Context, resolver PoolResolver, seen func(broker.Event)) (*fixture, *Bus, *atomic.Int32, *atomic.Bool) {
+	t.Helper()
+	srv, alloc := allocatorSide(t, ctx)
+	f := newFixture(t, 0)
+	f.agent.cfg.MissTimeout = 300 * time.Millisecond
+	if resolver != nil {
+		f.agent.cfg.Resolver = resolver
+	}
+	answering := new(atomic.Bool)
+	answering.Store(true)
+	syncs := answerSyncs(t, alloc, dualLease(8), answering)
+	answerReports(t, alloc, answering, seen)
+	bus := runBus(t, ctx, f, srv.ClientURL(), nil)
+	waitForSync(t, ctx, bus, syncs, 1)
+	return f, bus, syncs, answering
 }
 
 // stopAnswering clears on (answerSyncs' switch) such that no sync was
@@ -342,15 +369,7 @@ func answerSyncs(t *testing.T, alloc *nats.Conn, lease broker.Lease, on *atomic.
 func TestAnotherAddressOfAPodWaitsForTheAllocator(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, alloc := allocatorSide(t, ctx)
-	f := newFixture(t, 0)
-	f.agent.cfg.MissTimeout = 300 * time.Millisecond
-	var answering atomic.Bool // syncs and reports
-	answering.Store(true)
-	syncs := answerSyncs(t, alloc, dualLease(8), &answering)
-	answerReports(t, alloc, &answering)
-	bus := runBus(t, ctx, f, srv.ClientURL(), nil)
-	waitForSync(t, ctx, bus, syncs, 1)
+	f, bus, syncs, answering := onAnsweringBus(t, ctx, nil, nil)
 	podReq := func(op wire.Op, ctr, ifname, pod string) *wire.Request {
 		return &wire.Request{V: wire.Version, Op: op, Network: "underlay", Attachment: wire.Attachment{ContainerID: ctr, IfName: ifname},
 			Pod: wire.Pod{Namespace: "default", Name: pod, UID: "uid-" + pod}}
@@ -370,10 +389,10 @@ func TestAnotherAddressOfAPodWaitsForTheAllocator(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	partition := func() { stopAnswering(syncs, &answering) }
+	partition := func() { stopAnswering(syncs, answering) }
 	refused := func(r *wire.Request, what string) {
 		t.Helper()
-		if werr := f.do(t, r).Error; werr == nil || werr.Code != wire.CodeTryAgainLater || !strings.Contains(werr.Msg, "has not acknowledged") {
+		if werr := f.do(t, r).Error; werr == nil || werr.Code != wire.CodeTryAgainLater || !strings.Contains(werr.Msg, "waits for the allocator's acknowledgement") {
 			t.Fatalf("%s, the allocator unreachable: %+v, want code %d", what, werr, wire.CodeTryAgainLater)
 		}
 	}
@@ -428,5 +447,88 @@ func TestAnotherAddressOfAPodWaitsForTheAllocator(t *testing.T) {
 		if ctx.Err() != nil {
 			t.Fatalf("the kept assignment's retry after the sync: %v", werr)
 		}
+	}
+}
+
+// picking resolves as StaticResolver does, with pools whose selection
+// picks only the pods named in picks.
+type picking struct {
+	StaticResolver
+	picks map[string]bool
+}
+
+func (r picking) Attributed(_ context.Context, pod wire.Pod, _ string) bool { return r.picks[pod.Name] }
+
+// TestAnAttachmentNamingAPoolThatDoesNotPickThePodWaitsForTheAllocator:
+// the allocator counts a lost node's pods that may hold a pool's warm
+// units by the pool's selection, which cannot see a network config naming
+// the pool (a Multus attachment with ipam.pool). Such an ADD is answered
+// once the allocator has it on record, and its report says so, for the
+// allocator to count every pod from then on; an ADD of a pod the
+// selection picks is answered at once, bus or no bus.
+func TestAnAttachmentNamingAPoolThatDoesNotPickThePodWaitsForTheAllocator(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	unattributed := map[string]bool{} // pod -> its event's flag
+	resolver := picking{StaticResolver: StaticResolver{Known: map[string]bool{"dual": true}}, picks: map[string]bool{"db": true, "db2": true}}
+	f, _, syncs, answering := onAnsweringBus(t, ctx, resolver, func(e broker.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		unattributed[e.Pod.Name] = e.Unattributed
+	})
+	add := func(pod string) *wire.Error {
+		return f.do(t, &wire.Request{V: wire.Version, Op: wire.OpAdd, Network: "macvlan-b", Pool: "dual",
+			Attachment: wire.Attachment{ContainerID: "c-" + pod, IfName: "net1"}, Pod: wire.Pod{Namespace: "default", Name: pod, UID: "uid-" + pod}}).Error
+	}
+	flag := func(pod string) (bool, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		v, ok := unattributed[pod]
+		return v, ok
+	}
+
+	if werr := add("db"); werr != nil {
+		t.Fatal(werr)
+	}
+	if werr := add("web"); werr != nil {
+		t.Fatalf("an unpicked pod's ADD, the allocator answering: %v", werr)
+	}
+	if v, ok := flag("web"); !ok || !v {
+		t.Fatalf("web's ADD answered before its report (flagged %v) was acknowledged", v)
+	}
+	for {
+		if v, ok := flag("db"); ok {
+			if v {
+				t.Fatal("db's report says unattributed; the pool's selection picks db")
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("db's assignment never reported")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	stopAnswering(syncs, answering)
+	werr := add("api")
+	if werr == nil || werr.Code != wire.CodeTryAgainLater || !strings.Contains(werr.Msg, "network config names a pool") {
+		t.Fatalf("an unpicked pod's ADD, the allocator unreachable: %+v, want code %d", werr, wire.CodeTryAgainLater)
+	}
+	if werr := add("db2"); werr != nil {
+		t.Fatalf("a picked pod's ADD, the allocator unreachable: %v", werr)
+	}
+	answering.Store(true)
+	for {
+		werr := add("api")
+		if werr == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the unpicked pod's retry once the allocator answers: %v", werr)
+		}
+	}
+	if v, _ := flag("api"); !v {
+		t.Fatal("api's report does not say unattributed")
 	}
 }

@@ -9,8 +9,9 @@ import (
 
 // StaticResolver resolves a pod's pool without the API: the netconf's pool,
 // else Default. It knows the pools in Known and refuses others. It serves
-// tests and nodes whose every network names its pool; the informer-backed
-// resolver (annotations, selectors) replaces it in the agent binary.
+// tests, as if every pod were selected by the pools its networks name; the
+// informer-backed resolver (annotations, selectors) replaces it in the
+// agent binary.
 type StaticResolver struct {
 	Default string
 	Known   map[string]bool
@@ -32,3 +33,7 @@ func (r StaticResolver) Resolve(_ context.Context, pod wire.Pod, netconfPool str
 	}
 	return pool, nil
 }
+
+// Attributed implements PoolResolver: every pod is taken as selected by
+// its pools (tests: an allocator without informers declares no node lost).
+func (r StaticResolver) Attributed(context.Context, wire.Pod, string) bool { return true }

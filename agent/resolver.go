@@ -101,11 +101,7 @@ func (r *InformerResolver) Resolve(ctx context.Context, pod wire.Pod, netconfPoo
 	if err != nil {
 		return "", &wire.Error{Code: wire.CodePodNotFound, Msg: fmt.Sprintf("namespace %s of pod %s/%s is not known", p.Namespace, p.Namespace, p.Name), Details: err.Error()}
 	}
-	var pools []*v1alpha1.IPPool
-	for _, obj := range r.pools.List() {
-		pools = append(pools, obj.(*v1alpha1.IPPool))
-	}
-	choice, err := v1alpha1.SelectPool(p.Annotations, p.Labels, ns.Annotations, ns.Labels, r.nodeLabels(), ns.Name, pools)
+	choice, err := r.selectPool(p, ns)
 	switch {
 	case errors.Is(err, v1alpha1.ErrNoPool):
 		return "", &wire.Error{Code: wire.CodeNoPool, Msg: fmt.Sprintf("no IPPool selects pod %s/%s on node %s", p.Namespace, p.Name, r.node),
@@ -117,6 +113,38 @@ func (r *InformerResolver) Resolve(ctx context.Context, pod wire.Pod, netconfPoo
 		return choice.Name, nil
 	}
 	return r.known(choice.Name, choice.Source)
+}
+
+// Attributed implements PoolResolver as Resolve reads the pod: from the
+// informer, or by one live GET if it has not delivered the pod yet.
+func (r *InformerResolver) Attributed(ctx context.Context, pod wire.Pod, pool string) bool {
+	obj, ok, _ := r.pools.GetByKey(pool)
+	if !ok {
+		return false
+	}
+	if obj.(*v1alpha1.IPPool).Status.NamedByNetworkConfig {
+		return true
+	}
+	p, werr := r.pod(ctx, pod)
+	if werr != nil {
+		return false
+	}
+	ns, err := r.namespaces.Get(p.Namespace)
+	if err != nil {
+		return false
+	}
+	choice, err := r.selectPool(p, ns)
+	return err == nil && choice.Name == pool
+}
+
+// selectPool applies the rules the allocator shares to what the informers
+// hold.
+func (r *InformerResolver) selectPool(p *corev1.Pod, ns *corev1.Namespace) (v1alpha1.PoolChoice, error) {
+	var pools []*v1alpha1.IPPool
+	for _, obj := range r.pools.List() {
+		pools = append(pools, obj.(*v1alpha1.IPPool))
+	}
+	return v1alpha1.SelectPool(p.Annotations, p.Labels, ns.Annotations, ns.Labels, r.nodeLabels(), ns.Name, pools)
 }
 
 func (r *InformerResolver) known(name, source string) (string, *wire.Error) {

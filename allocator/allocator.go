@@ -529,7 +529,7 @@ func (a *Allocator) handleReport(ctx context.Context, m *nats.Msg) any {
 		reply.Error = err.Error()
 		return reply
 	}
-	a.countHits(r.Node, r.Events)
+	a.tallyAssignments(r.Node, r.Events)
 	a.kick()
 	return reply
 }

@@ -610,19 +610,8 @@ func TestLostNodeKeepsWarmUnitsAPodMayHold(t *testing.T) {
 	defer cancel()
 	clk := clocktesting.NewFakeClock(time.Now())
 	a, cs, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute, Logger: slog.New(slog.DiscardHandler)})
-	a.started = clk.Now()
-	pods := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
-	namespaces := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
-	if err := namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}); err != nil {
-		t.Fatal(err)
-	}
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default", UID: "u1"}, Spec: corev1.PodSpec{NodeName: "n1"}}
-	if err := pods.Add(pod); err != nil {
-		t.Fatal(err)
-	}
-	a.watch = &watcher{nodes: listerscorev1.NewNodeLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})),
-		podLister: listerscorev1.NewPodLister(pods), namespaces: listerscorev1.NewNamespaceLister(namespaces),
-		notReadySince: map[string]time.Time{"n1": clk.Now()}}
+	pods := watchLostNode(t, a, clk, "n1", pod)
 	if _, _, _, err := a.grant(ctx, "p", "n1", 3); err != nil {
 		t.Fatal(err)
 	}
@@ -647,6 +636,115 @@ func TestLostNodeKeepsWarmUnitsAPodMayHold(t *testing.T) {
 	}
 	if n := unitsInLeases(t, ctx, cs); n != 0 {
 		t.Fatalf("%d units leased once web is gone (late was created after the agent fenced itself), want 0", n)
+	}
+}
+
+// watchLostNode gives a the informers of a cluster in which node went
+// NotReady at clk's now, with pods bound, in namespace default.
+func watchLostNode(t *testing.T, a *Allocator, clk *clocktesting.FakeClock, node string, pods ...*corev1.Pod) cache.Indexer {
+	t.Helper()
+	a.started = clk.Now()
+	podIndex := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	namespaces := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	if err := namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods {
+		if err := podIndex.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.watch = &watcher{nodes: listerscorev1.NewNodeLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})),
+		podLister: listerscorev1.NewPodLister(podIndex), namespaces: listerscorev1.NewNamespaceLister(namespaces),
+		notReadySince: map[string]time.Time{node: clk.Now()}}
+	return podIndex
+}
+
+// TestPoolNamedByNetworkConfigKeepsALostNodesWarmUnits: a pod whose
+// network config names a pool its selection does not pick (a Multus
+// attachment with ipam.pool) is not one the allocator counts among a
+// lost node's pods that may hold its warm units. Once an agent reports
+// such an assignment, the pool is marked (in memory, in its status, for
+// good, and for a successor) and the GC keeps a lost node's warm units
+// while any pod on the node has no address of the pool on record.
+func TestPoolNamedByNetworkConfigKeepsALostNodesWarmUnits(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	clk := clocktesting.NewFakeClock(time.Now())
+	quiet := slog.New(slog.DiscardHandler)
+	a, cs, _, _ := flakyAllocator(t, ctx, "10.0.0.0/28", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute, Logger: quiet})
+	a.mu.Lock()
+	a.ledger.pools["p"].spec.PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}
+	a.mu.Unlock()
+	web := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default", UID: "u1"}, Spec: corev1.PodSpec{NodeName: "n1"}}
+	watchLostNode(t, a, clk, "n1", web)
+	leasedTo := func(node string) int {
+		t.Helper()
+		nl, err := cs.NodeLeases().Get(ctx, v1alpha1.NodeLeaseName("p", node), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(nl.Spec.Units)
+	}
+	lose := func() {
+		t.Helper()
+		if _, _, _, err := a.grant(ctx, "p", "n1", 3); err != nil {
+			t.Fatal(err)
+		}
+		clk.Step(2 * time.Minute)
+		if err := a.dropLost(ctx, "p", "n1", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Unmarked, web (not selected) does not hold the units back.
+	lose()
+	if n := leasedTo("n1"); n != 0 {
+		t.Fatalf("%d units leased to n1 before the pool is marked, want 0: web is not a pod the pool's selection picks", n)
+	}
+
+	// n2's agent reports an unattributed assignment: the pool is marked.
+	got, _, _, err := a.grant(ctx, "p", "n2", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := broker.Event{Kind: broker.EventAssigned, Pool: "p", UnitID: got[0].ID, Attachment: "c2/net1", Pod: broker.Pod{Namespace: "default", Name: "api", UID: "u2"}, Unattributed: true}
+	m := &nats.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n2", Run: "r", Seq: 1, Events: []broker.Event{ev}})}
+	if r := a.handleReport(ctx, m).(*broker.ReportReply); r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	if err := a.writeStatus(ctx, map[string]v1alpha1.IPPoolStatus{}); err != nil {
+		t.Fatal(err)
+	}
+	lose()
+	if n := leasedTo("n1"); n != 3 {
+		t.Fatalf("%d units leased to n1 once the pool is marked, want the 3 warm ones kept while web has no address of it on record", n)
+	}
+
+	// The mark is in the status, where no later write clears it (a
+	// deposed allocator's ledger may lack it) and a successor finds it.
+	a.mu.Lock()
+	a.ledger.pools["p"].namedByNetworkConfig = false
+	a.ledger.pools["p"].hits++
+	a.mu.Unlock()
+	if err := a.writeStatus(ctx, map[string]v1alpha1.IPPoolStatus{}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := cs.IPPools().Get(ctx, "p", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Status.NamedByNetworkConfig {
+		t.Fatal("a status write from a ledger without the mark cleared it")
+	}
+	next, err := New(ctx, Config{Client: cs, Conn: a.cfg.Conn, Epoch: 2, Clock: clk, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.mu.Lock()
+	defer next.mu.Unlock()
+	if !next.ledger.pools["p"].namedByNetworkConfig {
+		t.Fatal("a successor loaded the pool without the mark")
 	}
 }
 

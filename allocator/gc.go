@@ -340,7 +340,9 @@ func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []lea
 
 // unrecordedPods counts the pods bound to node, terminating ones included
 // (their sandboxes live until their DEL), that would take an address of
-// pool and have none recorded in the node's lease. Pods created after the
+// pool and have none recorded in the node's lease. Once network configs
+// name the pool for pods its selection does not pick, any pod may take
+// one. Pods created after the
 // node's agent was last heard from plus the warm TTL are not counted: that
 // agent had stopped using warm units by then, so they hold none (without
 // this, a pod bound to a dead node would keep its warm units for as long
@@ -376,6 +378,7 @@ func (a *Allocator) unrecordedPods(pool, node string) int {
 			}
 		}
 	}
+	anyPod := ps.namedByNetworkConfig
 	pools := make([]*v1alpha1.IPPool, 0, len(a.ledger.pools))
 	for name, p := range a.ledger.pools {
 		pools = append(pools, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: p.spec})
@@ -385,6 +388,10 @@ func (a *Allocator) unrecordedPods(pool, node string) int {
 	for _, p := range pods {
 		if p.Spec.NodeName != node || p.Spec.HostNetwork || finished(p) || recorded[string(p.UID)] || recorded[addressedKey(p.Namespace, p.Name, "")] ||
 			p.CreationTimestamp.Time.After(fencedBy) {
+			continue
+		}
+		if anyPod {
+			n++
 			continue
 		}
 		ns, err := a.watch.namespaces.Get(p.Namespace)

@@ -10,12 +10,15 @@ import (
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/internal/logkey"
 )
 
-// countHits records the hits and misses of a report's assignments. Only
+// tallyAssignments records the hits and misses of a report's assignments,
+// and marks a pool named by network configs from the first assignment its
+// agent says the pool's selection does not attribute to the pod. Only
 // reports count: a sync replays assignments without saying how they were
 // served, and a report is applied once (see inOrder).
-func (a *Allocator) countHits(node string, events []broker.Event) {
+func (a *Allocator) tallyAssignments(node string, events []broker.Event) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, e := range events {
@@ -34,6 +37,11 @@ func (a *Allocator) countHits(node string, events []broker.Event) {
 			ps.misses++
 		}
 		a.metrics.adds.WithLabelValues(e.Pool, node, result).Inc()
+		if e.Unattributed && !ps.namedByNetworkConfig {
+			ps.namedByNetworkConfig = true
+			a.log.Info("pool named by a network config for a pod its selection does not pick: a lost node's warm units are kept while any pod on it has no address of the pool on record",
+				"pool", e.Pool, "node", node, "pod", logkey.Pod(e.Pod.Namespace, e.Pod.Name))
+		}
 	}
 }
 
@@ -68,7 +76,7 @@ func (a *Allocator) writeStatus(ctx context.Context, written map[string]v1alpha1
 	for name, ps := range a.ledger.pools {
 		free, warm, assigned := ps.countsLocked()
 		st := v1alpha1.IPPoolStatus{Total: ps.total, Free: free, Warm: warm, Assigned: assigned,
-			Pending: int64(ps.pending), Hits: ps.hits, Misses: ps.misses}
+			Pending: int64(ps.pending), Hits: ps.hits, Misses: ps.misses, NamedByNetworkConfig: ps.namedByNetworkConfig}
 		if old, ok := written[name]; ok && sameCounts(old, st) {
 			continue
 		}
@@ -82,8 +90,11 @@ func (a *Allocator) writeStatus(ctx context.Context, written map[string]v1alpha1
 			errs = append(errs, fmt.Errorf("pool %s: %w", e.name, err))
 			continue
 		}
-		conds := p.Status.Conditions
+		conds, named := p.Status.Conditions, p.Status.NamedByNetworkConfig
 		p.Status = e.status
+		// Never cleared: agents answer at once once they see it set, and a
+		// deposed allocator's ledger may not have it.
+		p.Status.NamedByNetworkConfig = named || e.status.NamedByNetworkConfig
 		p.Status.ObservedGeneration = p.Generation
 		p.Status.Conditions = conds
 		meta.SetStatusCondition(&p.Status.Conditions, metav1.Condition{Type: v1alpha1.PoolReady, Status: metav1.ConditionTrue,
@@ -106,5 +117,5 @@ func (a *Allocator) writeStatus(ctx context.Context, written map[string]v1alpha1
 
 func sameCounts(x, y v1alpha1.IPPoolStatus) bool {
 	return x.Total == y.Total && x.Free == y.Free && x.Warm == y.Warm && x.Assigned == y.Assigned &&
-		x.Pending == y.Pending && x.Hits == y.Hits && x.Misses == y.Misses
+		x.Pending == y.Pending && x.Hits == y.Hits && x.Misses == y.Misses && x.NamedByNetworkConfig == y.NamedByNetworkConfig
 }

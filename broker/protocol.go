@@ -229,6 +229,12 @@ type Event struct {
 	// Hit says an assignment was served from the node's warm cache; the
 	// allocator's hit rate counts it.
 	Hit bool `json:"hit,omitempty"`
+	// Unattributed says the network config named the pool for a pod the
+	// pool's selection does not pick (or the agent could not tell): the
+	// allocator would not count the pod among those that may hold the
+	// pool's warm units. The allocator marks the pool's status
+	// NamedByNetworkConfig.
+	Unattributed bool `json:"unattributed,omitempty"`
 }
 
 // Report carries an agent's assignments and releases since its last
