@@ -91,7 +91,10 @@ type Config struct {
 	Resolver   PoolResolver
 	Allocator  Allocator // nil: no miss path (every miss fails at once)
 	ReuseDelay time.Duration
-	// MissTimeout bounds a cache miss's wait for the allocator.
+	// MissTimeout bounds a cache miss's wait for the allocator, and the
+	// wait for its acknowledgement of an address it must know of first;
+	// an ADD's waits together (with a unit's reuse delay) take at most
+	// ReuseDelay + MissTimeout.
 	MissTimeout time.Duration
 	// Now is the clock; time.Now in production, a fake in tests.
 	Now    func() time.Time
@@ -608,6 +611,10 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 		return nil, werr
 	}
 	attributed := a.attributed(ctx, req, pool)
+	// One budget for this ADD's waits (a unit cooling, a miss, then an
+	// acknowledgement) that keeps them inside the plugin's ipam.timeout
+	// together: the reuse delay and the miss timeout.
+	waitsFrom := time.Now()
 	var unit store.Unit
 	var hit bool
 	var as store.Assignment
@@ -661,7 +668,9 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 	a.emit(broker.Event{Kind: broker.EventAssigned, Hit: hit, Unattributed: !attributed}, as)
 	a.mu.Unlock()
 	if werr == nil {
-		werr = a.awaitIfMasked(ctx, as, attributed)
+		wctx, cancel := context.WithDeadline(ctx, waitsFrom.Add(a.cfg.ReuseDelay+a.cfg.MissTimeout))
+		werr = a.awaitIfMasked(wctx, as, attributed)
+		cancel()
 	}
 	if werr != nil {
 		return nil, werr

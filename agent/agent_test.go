@@ -563,3 +563,54 @@ func TestConcurrentMissesShareARequest(t *testing.T) {
 	}
 	t.Logf("20 concurrent misses: requests for %v units", alloc.requests)
 }
+
+// lateUnackedAllocator serves a miss just before its deadline, and never
+// acknowledges an assignment; it records the deadline of the wait for one.
+type lateUnackedAllocator struct {
+	mu          sync.Mutex
+	ackDeadline time.Time
+}
+
+func (l *lateUnackedAllocator) Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, int64, error) {
+	if d, ok := ctx.Deadline(); ok {
+		time.Sleep(time.Until(d) - 20*time.Millisecond)
+	}
+	return dualUnits(count), dualPool, 0, nil
+}
+func (l *lateUnackedAllocator) CanServe(string) bool             { return true }
+func (l *lateUnackedAllocator) Fenced() error                    { return nil }
+func (l *lateUnackedAllocator) Unreported(store.Assignment) bool { return true }
+func (l *lateUnackedAllocator) AwaitReported(ctx context.Context, _ store.Assignment) error {
+	d, _ := ctx.Deadline()
+	l.mu.Lock()
+	l.ackDeadline = d
+	l.mu.Unlock()
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestAnADDsWaitsForTheAllocatorShareOneBudget: an ADD that misses and
+// must then wait for the allocator's acknowledgement waits at most the
+// reuse delay plus the miss timeout in all, not a miss timeout for each:
+// with the defaults (1 s + 5 s) that stays inside the plugin's default
+// ipam.timeout of 10 s, and the runtime gets the agent's own error.
+func TestAnADDsWaitsForTheAllocatorShareOneBudget(t *testing.T) {
+	f := newFixture(t, 0)
+	alloc := &lateUnackedAllocator{}
+	f.agent.cfg.Allocator = alloc
+	f.agent.cfg.ReuseDelay = 100 * time.Millisecond
+	f.agent.cfg.MissTimeout = 300 * time.Millisecond
+	start := time.Now()
+	resp := f.do(t, req(wire.OpAdd, "c1"))
+	if resp.Error == nil || resp.Error.Code != wire.CodeTryAgainLater {
+		t.Fatalf("ADD: %+v, want code %d (not acknowledged)", resp, wire.CodeTryAgainLater)
+	}
+	alloc.mu.Lock()
+	defer alloc.mu.Unlock()
+	// The agent starts counting a moment after the request is sent: 100 ms
+	// of slack, well short of the miss timeout a second budget would add.
+	if bound := start.Add(f.agent.cfg.ReuseDelay + f.agent.cfg.MissTimeout + 100*time.Millisecond); alloc.ackDeadline.IsZero() || alloc.ackDeadline.After(bound) {
+		t.Fatalf("the wait for the acknowledgement ends %s after the ADD began, past the budget of %s",
+			alloc.ackDeadline.Sub(start), f.agent.cfg.ReuseDelay+f.agent.cfg.MissTimeout)
+	}
+}
