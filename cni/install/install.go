@@ -64,7 +64,7 @@ type Result struct {
 // Install validates o.Conf, then installs the plugin and the config.
 func Install(o Options) (Result, error) {
 	if o.Plugin == "" || o.BinDir == "" || o.Conf == "" || o.ConfDir == "" {
-		return Result{}, errors.New("install-cni: --plugin, --bin-dir, --conf and --conf-dir are all required")
+		return Result{}, errors.New("--plugin, --bin-dir, --conf and --conf-dir are all required")
 	}
 	conf, err := os.ReadFile(o.Conf)
 	if err != nil {
