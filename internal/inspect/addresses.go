@@ -249,5 +249,5 @@ func podAddresses(p *corev1.Pod) ([]PodAddress, error) {
 // and not finished (the allocator's GC treats a finished pod's assignment
 // as a leak too).
 func podIsLive(p *corev1.Pod) bool {
-	return p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
+	return p.DeletionTimestamp == nil && !podFinished(p)
 }

@@ -124,7 +124,7 @@ var kinds = map[string]kindInfo{
 		"run again in a few seconds; if it stays, the agent's record wins at its next sync: check its log"},
 	KindLeakPodGone: {Warning, "a leak: the pod the unit is assigned to is gone without a CNI DEL (force-deleted, or its node died), so the address is unusable until reclaimed",
 		"the allocator's leak GC reclaims it within about %[1]s; if it stays longer, check the allocator's log ('leak GC') and warmpool_allocator_reclaimed_total{reason=\"pod-gone\"}, and the agent's bus connection"},
-	KindLeakPodReplaced: {Warning, "a leak: a pod of that name exists with another UID (re-created) and the old pod's sandbox got no DEL",
+	KindLeakPodReplaced: {Warning, "a leak: a pod of that name exists with another UID, or, when the record has none, on another node (re-created), and the old pod's sandbox got no DEL",
 		"the allocator's leak GC reclaims it within about %[1]s; if it stays, check the allocator's log ('leak GC')"},
 	KindLeakPodFinished: {Warning, "a leak: the pod has finished (Succeeded or Failed) and still holds the unit",
 		"the allocator's leak GC reclaims it within about %[1]s; if it stays, check the allocator's log and whether the runtime DELs finished sandboxes"},
@@ -486,8 +486,8 @@ func (d *doctor) holdings(node string, st *agent.State) {
 				if au.Pool != l.Spec.Pool || au.ID != id || au.State != store.Assigned {
 					continue
 				}
-				as := byAttachment[au.Attachment]
-				if au.Attachment != u.Pod.Attachment() || (as.Pod.UID != "" && u.Pod.UID != "" && as.Pod.UID != u.Pod.UID) {
+				as, recorded := byAttachment[au.Attachment]
+				if au.Attachment != u.Pod.Attachment() || recorded && !samePod(as.Pod, refPod(u.Pod)) {
 					d.add(KindAssignmentMismatch, Finding{Node: node, Pool: l.Spec.Pool, Unit: id}, "%s of pool %s on node %s: the NodeLease assigns it%s, the agent to %s (pod %s/%s, uid %s)",
 						id, l.Spec.Pool, node, assignedTo(u.Pod), au.Attachment, as.Pod.Namespace, as.Pod.Name, as.Pod.UID)
 				}
@@ -511,6 +511,8 @@ type assignment struct {
 	attachment       string
 	from             string
 }
+
+func (a assignment) pod() store.Pod { return store.Pod{Namespace: a.ns, Name: a.name, UID: a.uid} }
 
 func (d *doctor) assignments() []assignment {
 	var out []assignment
@@ -557,20 +559,18 @@ func (d *doctor) pods() {
 		f := Finding{Node: a.node, Pool: a.pool, Unit: a.unit, Pod: a.ns + "/" + a.name}
 		p := byName[a.ns+"/"+a.name]
 		what := fmt.Sprintf("%s of pool %s on node %s, assigned (%s) to pod %s/%s uid %s, sandbox %s", a.unit, a.pool, a.node, a.from, a.ns, a.name, a.uid, a.attachment)
-		switch {
-		case p == nil:
-			d.add(KindLeakPodGone, f, "%s: the pod is gone", what)
-		case a.uid != "" && string(p.UID) != a.uid:
-			d.add(KindLeakPodReplaced, f, "%s: the pod now has uid %s", what, p.UID)
-		case p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed:
-			d.add(KindLeakPodFinished, f, "%s: the pod has %s", what, p.Status.Phase)
-		case p.Spec.NodeName != a.node:
+		if kind, why := leakOf(p, a.pod(), a.node); kind != "" {
+			d.add(kind, f, "%s: the pod %s", what, why)
+		} else if p.Spec.NodeName != a.node {
 			d.add(KindPodOnOtherNode, f, "%s: the pod is bound to node %q", what, p.Spec.NodeName)
 		}
 	}
 	// Each address warmpool may have handed out that a live pod reports
 	// must be assigned to it.
-	type owner struct{ pool, ns, name, uid string }
+	type owner struct {
+		pool string
+		pod  store.Pod
+	}
 	recorded := map[netip.Addr][]owner{} // address -> pods the records assign it to
 	addrsOf := func(pool, unit string) []netip.Addr {
 		var out []netip.Addr
@@ -590,7 +590,7 @@ func (d *doctor) pods() {
 	}
 	for _, a := range assignments {
 		for _, x := range addrsOf(a.pool, a.unit) {
-			recorded[x] = append(recorded[x], owner{a.pool, a.ns, a.name, a.uid})
+			recorded[x] = append(recorded[x], owner{a.pool, a.pod()})
 		}
 	}
 	reporters := map[netip.Addr][]string{}
@@ -624,7 +624,7 @@ func (d *doctor) pods() {
 			}
 			f := Finding{Pool: pool, Node: p.Spec.NodeName, Unit: pa.Addr.String(), Pod: p.Namespace + "/" + p.Name}
 			mine := slices.ContainsFunc(owners, func(o owner) bool {
-				return o.ns == p.Namespace && o.name == p.Name && (o.uid == "" || o.uid == string(p.UID))
+				return samePod(o.pod, podOf(p))
 			})
 			switch {
 			case mine:
@@ -639,7 +639,7 @@ func (d *doctor) pods() {
 				}
 			default:
 				d.add(KindAddressOfOtherPod, f, "pod %s/%s on node %s reports %s (%s), which the records assign to %s/%s uid %s", p.Namespace, p.Name, p.Spec.NodeName, pa.Addr, pa.Source,
-					owners[0].ns, owners[0].name, owners[0].uid)
+					owners[0].pod.Namespace, owners[0].pod.Name, owners[0].pod.UID)
 			}
 		}
 	}

@@ -161,6 +161,62 @@ func TestDoctorFindsEachDiscrepancy(t *testing.T) {
 	}
 }
 
+// TestDoctorAndWhereAgree: one situation of the assigned unit .11, and
+// what each command must make of it. Both follow the agent on which pod
+// a record names (by UID when both records have one, else by namespace
+// and name) and the allocator's GC on what is a leak.
+func TestDoctorAndWhereAgree(t *testing.T) {
+	leased := func(s *Snapshot) *v1alpha1.PodRef { return s.Leases[0].Spec.Units[1].Pod }
+	held := func(s *Snapshot) *store.Pod { return &s.agentOf("n1").State.Assignments[0].Pod }
+	deleting := metav1.NewTime(now)
+	nl := "NodeLease " + v1alpha1.NodeLeaseName("dual", "n1")
+	cases := []struct {
+		name   string
+		breakF func(s *Snapshot)
+		// kinds the doctor finds; where's disagreements, one string in
+		// each.
+		kinds []string
+		where []string
+	}{
+		{"the lease has no UID", func(s *Snapshot) { leased(s).UID = "" }, nil, nil},
+		{"the agent has no UID", func(s *Snapshot) { held(s).UID = "" }, nil, nil},
+		{"neither has a UID", func(s *Snapshot) { leased(s).UID, held(s).UID = "", "" }, nil, nil},
+		{"no UID on one side, another pod's name on the other", func(s *Snapshot) { leased(s).UID, leased(s).Name = "", "b" },
+			[]string{KindAssignmentMismatch, KindLeakPodGone},
+			[]string{"the NodeLease assigns it to default/b", nl + " assigns it to pod default/b, which is gone: a leak"}},
+		{"a pod being deleted, still running", func(s *Snapshot) { s.Pods[0].DeletionTimestamp = &deleting }, nil, nil},
+		{"a finished pod", func(s *Snapshot) { s.Pods[0].Status.Phase = corev1.PodSucceeded },
+			[]string{KindLeakPodFinished}, []string{nl + " assigns it to pod default/a, which has Succeeded: a leak",
+				"node n1's agent assigns it to pod default/a, which has Succeeded: a leak"}},
+		{"a finished pod being deleted", func(s *Snapshot) {
+			s.Pods[0].Status.Phase, s.Pods[0].DeletionTimestamp = corev1.PodFailed, &deleting
+		}, []string{KindLeakPodFinished}, []string{nl + " assigns it to pod default/a, which has Failed and is being deleted: a leak",
+			"node n1's agent assigns it to pod default/a, which has Failed and is being deleted: a leak"}},
+		{"no UID, the pod re-created on another node", func(s *Snapshot) {
+			leased(s).UID, held(s).UID = "", ""
+			s.Pods[0].UID, s.Pods[0].Spec.NodeName, s.Pods[0].Status.PodIPs = "uid-a2", "n2", nil
+		}, []string{KindLeakPodReplaced}, []string{nl + " assigns it to pod default/a, which is bound to node \"n2\"",
+			"node n1's agent assigns it to pod default/a, which is bound to node \"n2\""}},
+		{"with its UID, the pod on another node", func(s *Snapshot) {
+			s.Pods[0].Spec.NodeName, s.Pods[0].Status.PodIPs = "n2", nil
+		}, []string{KindPodOnOtherNode}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := clean()
+			c.breakF(s)
+			s.Normalize()
+			if got := kindsOf(Doctor(s)); !slices.Equal(got, c.kinds) {
+				t.Errorf("doctor finds %v, want %v", got, c.kinds)
+			}
+			loc := where(t, s, "10.20.0.11")
+			if !slices.EqualFunc(loc.Disagreements, c.where, strings.Contains) {
+				t.Errorf("where's disagreements:\n%s\nwant one with each of %q", strings.Join(loc.Disagreements, "\n"), c.where)
+			}
+		})
+	}
+}
+
 func TestLeakActionSaysWhenTheGCReclaimsIt(t *testing.T) {
 	s := clean()
 	s.Pods = []corev1.Pod{}

@@ -79,6 +79,10 @@ type PodPlace struct {
 	Source    string `json:"source"`
 }
 
+func (pp PodPlace) pod() store.Pod {
+	return store.Pod{Namespace: pp.Namespace, Name: pp.Name, UID: pp.UID}
+}
+
 // Where finds an address in every record and says where they disagree.
 func Where(s *Snapshot, a netip.Addr) Location {
 	loc := Location{Address: a.String(), Pools: []PoolPlace{}, Leases: []LeasePlace{}, Agents: []AgentPlace{}, Pods: []PodPlace{},
@@ -230,28 +234,26 @@ func Where(s *Snapshot, a netip.Addr) Location {
 	return loc
 }
 
-// assignedToGonePods: an assignment whose pod is gone, re-created or
-// finished is a leak (the doctor's leak-* findings).
+// assignedToGonePods: the assignments the allocator's GC reclaims as
+// leaks (the doctor's leak-* findings).
 func assignedToGonePods(s *Snapshot, loc *Location, differ func(string, ...any)) {
-	check := func(record, ns, name, uid string) {
-		i := slices.IndexFunc(s.Pods, func(p corev1.Pod) bool { return p.Namespace == ns && p.Name == name })
-		switch {
-		case i < 0:
-			differ("%s assigns it to pod %s/%s, which is gone: a leak the allocator's GC reclaims", record, ns, name)
-		case uid != "" && string(s.Pods[i].UID) != uid:
-			differ("%s assigns it to pod %s/%s uid %s, re-created since as uid %s: a leak the allocator's GC reclaims", record, ns, name, uid, s.Pods[i].UID)
-		case !podIsLive(&s.Pods[i]) && s.Pods[i].DeletionTimestamp == nil:
-			differ("%s assigns it to pod %s/%s, which has %s: a leak the allocator's GC reclaims", record, ns, name, s.Pods[i].Status.Phase)
+	check := func(record string, ref store.Pod, node string) {
+		var p *corev1.Pod
+		if i := slices.IndexFunc(s.Pods, func(x corev1.Pod) bool { return x.Namespace == ref.Namespace && x.Name == ref.Name }); i >= 0 {
+			p = &s.Pods[i]
+		}
+		if kind, why := leakOf(p, ref, node); kind != "" {
+			differ("%s assigns it to pod %s/%s, which %s: a leak the allocator's GC reclaims", record, ref.Namespace, ref.Name, why)
 		}
 	}
 	for _, lp := range loc.Leases {
 		if lp.Pod != nil {
-			check("NodeLease "+lp.Lease, lp.Pod.Namespace, lp.Pod.Name, lp.Pod.UID)
+			check("NodeLease "+lp.Lease, refPod(lp.Pod), lp.Node)
 		}
 	}
 	for _, ap := range loc.Agents {
 		if ap.Pod != nil {
-			check("node "+ap.Node+"'s agent", ap.Pod.Namespace, ap.Pod.Name, ap.Pod.UID)
+			check("node "+ap.Node+"'s agent", *ap.Pod, ap.Node)
 		}
 	}
 }
@@ -272,7 +274,7 @@ func compareLeaseAndAgents(loc *Location, differ func(string, ...any)) {
 		case found == nil:
 		case (found.State == store.Assigned) != (lp.State == v1alpha1.UnitAssigned):
 			differ("node %s: the NodeLease says %s, the agent %s", lp.Node, lp.State, found.State)
-		case lp.Pod != nil && found.Pod != nil && (lp.Pod.UID != found.Pod.UID || lp.Pod.Attachment() != found.Attachment):
+		case lp.Pod != nil && found.Pod != nil && (!samePod(refPod(lp.Pod), *found.Pod) || lp.Pod.Attachment() != found.Attachment):
 			differ("node %s: the NodeLease assigns it to %s, the agent to %s (%s)", lp.Node, podRefString(lp.Pod), storePodString(found.Pod), found.Attachment)
 		}
 	}
@@ -299,7 +301,7 @@ func comparePods(loc *Location, differ func(string, ...any)) {
 		live++
 		assigned := false
 		for _, lp := range loc.Leases {
-			if lp.Pod != nil && lp.Pod.Namespace == pp.Namespace && lp.Pod.Name == pp.Name && lp.Pod.UID == pp.UID {
+			if lp.Pod != nil && samePod(refPod(lp.Pod), pp.pod()) {
 				assigned = true
 				if lp.Node != pp.Node {
 					differ("pod %s/%s is on node %s, the NodeLease assigning it is node %s's", pp.Namespace, pp.Name, pp.Node, lp.Node)
@@ -307,7 +309,7 @@ func comparePods(loc *Location, differ func(string, ...any)) {
 			}
 		}
 		for _, ap := range loc.Agents {
-			if ap.Pod != nil && ap.Pod.Namespace == pp.Namespace && ap.Pod.Name == pp.Name && ap.Pod.UID == pp.UID {
+			if ap.Pod != nil && samePod(*ap.Pod, pp.pod()) {
 				assigned = true
 			}
 		}
