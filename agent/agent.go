@@ -46,12 +46,29 @@ const DefaultReuseDelay = time.Second
 // found) that the plugin passes to the runtime.
 type PoolResolver interface {
 	Resolve(ctx context.Context, pod wire.Pod, netconfPool string) (string, *wire.Error)
-	// Attributed says whether the allocator, should this node be lost,
+	// Attribution says whether the allocator, should this node be lost,
 	// counts pod among the pods that may hold pool's warm units without
 	// being told: the pool's selection picks the pod, or the pool is
-	// marked as named by network configs. False when it cannot tell.
-	Attributed(ctx context.Context, pod wire.Pod, pool string) bool
+	// marked as named by network configs.
+	Attribution(ctx context.Context, pod wire.Pod, pool string) Attribution
 }
+
+// Attribution is what a PoolResolver knows of whether the allocator
+// attributes a pod to a pool.
+type Attribution int
+
+const (
+	// Attributed: the pool's selection picks the pod, or the pool is
+	// marked as named by network configs.
+	Attributed Attribution = iota
+	// Unattributed: the pool's selection does not pick the pod; its
+	// network config named the pool. Reported, for the allocator to mark
+	// the pool.
+	Unattributed
+	// Unknown: the pod or its namespace could not be read. Not reported:
+	// a passing read error must not mark a pool for good.
+	Unknown
+)
 
 // Allocator is the agent's view of the cluster allocator: the cache-miss
 // path. Miss asks for count units of pool for this node and returns them
@@ -271,11 +288,12 @@ func (a *Agent) grantRecordLocked(pool store.Pool, units []store.Unit, gen int64
 }
 
 // emit reports an assignment or a release to the allocator: e carries
-// its kind and flags, as the rest.
+// its kind and hit, as the rest.
 func (a *Agent) emit(e broker.Event, as store.Assignment) {
 	if a.cfg.OnEvent != nil {
 		e.Pool, e.UnitID, e.Attachment = as.Pool, as.UnitID, as.Attachment
 		e.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
+		e.Unattributed = e.Kind == broker.EventAssigned && as.Unattributed
 		a.cfg.OnEvent(e)
 	}
 }
@@ -313,6 +331,7 @@ func (a *Agent) Held() []broker.HeldUnit {
 			h.Assigned, h.Attachment = true, u.Attachment
 			if as, ok := a.assignments[u.Attachment]; ok {
 				h.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
+				h.Unattributed = as.Unattributed
 			}
 		}
 		out = append(out, h)
@@ -597,7 +616,7 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 		res, err := a.resultLocked(as)
 		a.mu.Unlock()
 		if err == nil {
-			err = a.awaitIfMasked(ctx, as, a.attributed(ctx, req, as.Pool))
+			err = a.awaitIfMasked(ctx, as, a.attribution(ctx, req, as.Pool))
 		}
 		if err != nil {
 			return nil, err
@@ -610,7 +629,7 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 	if werr != nil {
 		return nil, werr
 	}
-	attributed := a.attributed(ctx, req, pool)
+	attribution := a.attribution(ctx, req, pool)
 	// One budget for this ADD's waits (a unit cooling, a miss, then an
 	// acknowledgement) that keeps them inside the plugin's ipam.timeout
 	// together: the reuse delay and the miss timeout.
@@ -631,7 +650,8 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 		}
 		as = store.Assignment{
 			Attachment: key, Pool: pool, UnitID: unit.ID, Network: req.Network, At: a.cfg.Now(),
-			Pod: store.Pod{Namespace: req.Pod.Namespace, Name: req.Pod.Name, UID: req.Pod.UID},
+			Pod:          store.Pod{Namespace: req.Pod.Namespace, Name: req.Pod.Name, UID: req.Pod.UID},
+			Unattributed: attribution == Unattributed,
 		}
 		a.failpoint(FailpointAddBeforePersist)
 		t0 := time.Now()
@@ -665,11 +685,11 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 		a.log.Debug("assigned", "attachment", key, "pool", pool, "address", logkey.Address(unit.IPv4, unit.IPv6),
 			"pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "pod_uid", req.Pod.UID, "hit", hit)
 	}
-	a.emit(broker.Event{Kind: broker.EventAssigned, Hit: hit, Unattributed: !attributed}, as)
+	a.emit(broker.Event{Kind: broker.EventAssigned, Hit: hit}, as)
 	a.mu.Unlock()
 	if werr == nil {
 		wctx, cancel := context.WithDeadline(ctx, waitsFrom.Add(a.cfg.ReuseDelay+a.cfg.MissTimeout))
-		werr = a.awaitIfMasked(wctx, as, attributed)
+		werr = a.awaitIfMasked(wctx, as, attribution)
 		cancel()
 	}
 	if werr != nil {
@@ -678,16 +698,19 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 	return res, nil
 }
 
-// attributed: a pool the pod's own selection chose is one the allocator
+// attribution: a pool the pod's own selection chose is one the allocator
 // attributes to it; one the network config named may not be.
-func (a *Agent) attributed(ctx context.Context, req *wire.Request, pool string) bool {
-	return req.Pool == "" || a.cfg.Resolver.Attributed(ctx, req.Pod, pool)
+func (a *Agent) attribution(ctx context.Context, req *wire.Request, pool string) Attribution {
+	if req.Pool == "" {
+		return Attributed
+	}
+	return a.cfg.Resolver.Attribution(ctx, req.Pod, pool)
 }
 
 // awaitIfMasked holds an ADD's answer until the allocator acknowledged
 // the assignment as, when the allocator would not count as's pod among the
 // pods that may hold the pool's warm units. It counts a pod that its
-// selection rules attribute to the pool (attributed) and that has no
+// selection rules attribute to the pool (attribution) and that has no
 // address of the pool on record; so it would not count one that has
 // another assignment there, one with an unacknowledged event other than
 // as's own (a dead sandbox's release, of this attachment too), or any pod
@@ -698,13 +721,16 @@ func (a *Agent) attributed(ctx context.Context, req *wire.Request, pool string) 
 // it (fault-suite seed 94: a sandbox restarted while the node's agent was
 // cut from the bus). An attributed pod's first assignment answers at once:
 // until it is on record, the pod holds the lost node's warm units back.
-func (a *Agent) awaitIfMasked(ctx context.Context, as store.Assignment, attributed bool) *wire.Error {
+func (a *Agent) awaitIfMasked(ctx context.Context, as store.Assignment, attribution Attribution) *wire.Error {
 	if a.cfg.Allocator == nil {
 		return nil
 	}
 	why := ""
-	if !attributed {
+	switch attribution {
+	case Unattributed:
 		why = "the network config names a pool whose selection does not pick the pod"
+	case Unknown:
+		why = "the network config names the pool, and the pod could not be read to tell whether the pool's selection picks it"
 	}
 	a.mu.Lock()
 	for k, other := range a.assignments {

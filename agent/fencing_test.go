@@ -207,7 +207,7 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 	syncOn.Store(true)
 	syncs := answerSyncs(t, alloc, lease, &syncOn)
 	var reportOn atomic.Bool
-	reports := answerReports(t, alloc, &reportOn, nil)
+	reports := answerReports(t, alloc, &reportOn)
 	bus := runBus(t, ctx, f, srv.ClientURL(), nil)
 	waitForSync(t, ctx, bus, syncs, 1)
 	if werr := f.do(t, req(wire.OpAdd, "c1")).Error; werr != nil {
@@ -238,7 +238,7 @@ func TestSilenceWithoutADDsStillFences(t *testing.T) {
 
 // answerReports acknowledges the agent's reports while on is set, and
 // counts the answers.
-func answerReports(t *testing.T, alloc *nats.Conn, on *atomic.Bool, seen func(broker.Event)) *atomic.Int32 {
+func answerReports(t *testing.T, alloc *nats.Conn, on *atomic.Bool) *atomic.Int32 {
 	t.Helper()
 	var reports atomic.Int32
 	sub, err := alloc.Subscribe(broker.SubjectReportAll, func(m *nats.Msg) {
@@ -248,11 +248,6 @@ func answerReports(t *testing.T, alloc *nats.Conn, on *atomic.Bool, seen func(br
 		var r broker.Report
 		_ = broker.Decode(m.Data, &r)
 		reports.Add(1)
-		if seen != nil {
-			for _, e := range r.Events {
-				seen(e)
-			}
-		}
 		_ = m.Respond(broker.Encode(&broker.ReportReply{V: broker.ProtocolVersion, Epoch: 1, Seq: r.Seq}))
 	})
 	if err != nil {
@@ -263,9 +258,9 @@ func answerReports(t *testing.T, alloc *nats.Conn, on *atomic.Bool, seen func(br
 }
 
 // onAnsweringBus runs a fixture's agent (miss timeout 300 ms, resolver if
-// set) on a bus whose allocator side answers syncs (8 warm units) and
-// reports, passing each reported event to seen, while the switch it
-// returns is on; the agent has synced.
+// set, each event it emits passed to seen if set) on a bus whose
+// allocator side answers syncs (8 warm units) and reports while the
+// switch it returns is on; the agent has synced.
 func onAnsweringBus(t *testing.T, ctx context.Context, resolver PoolResolver, seen func(broker.Event)) (*fixture, *Bus, *atomic.Int32, *atomic.Bool) {
 	t.Helper()
 	srv, alloc := allocatorSide(t, ctx)
@@ -277,8 +272,14 @@ func onAnsweringBus(t *testing.T, ctx context.Context, resolver PoolResolver, se
 	answering := new(atomic.Bool)
 	answering.Store(true)
 	syncs := answerSyncs(t, alloc, dualLease(8), answering)
-	answerReports(t, alloc, answering, seen)
-	bus := runBus(t, ctx, f, srv.ClientURL(), nil)
+	answerReports(t, alloc, answering)
+	bus := runBus(t, ctx, f, srv.ClientURL(), func(*Bus) {
+		if seen != nil {
+			// Set before the bus runs: the agent reads it under its lock.
+			record := f.agent.cfg.OnEvent
+			f.agent.cfg.OnEvent = func(e broker.Event) { seen(e); record(e) }
+		}
+	})
 	waitForSync(t, ctx, bus, syncs, 1)
 	return f, bus, syncs, answering
 }
@@ -451,70 +452,85 @@ func TestAnotherAddressOfAPodWaitsForTheAllocator(t *testing.T) {
 }
 
 // picking resolves as StaticResolver does, with pools whose selection
-// picks only the pods named in picks.
+// picks only the pods named in picks; it cannot read the pods in unread.
 type picking struct {
 	StaticResolver
-	picks map[string]bool
+	picks, unread map[string]bool
 }
 
-func (r picking) Attributed(_ context.Context, pod wire.Pod, _ string) bool { return r.picks[pod.Name] }
+func (r picking) Attribution(_ context.Context, pod wire.Pod, _ string) Attribution {
+	switch {
+	case r.unread[pod.Name]:
+		return Unknown
+	case r.picks[pod.Name]:
+		return Attributed
+	}
+	return Unattributed
+}
 
 // TestAnAttachmentNamingAPoolThatDoesNotPickThePodWaitsForTheAllocator:
 // the allocator counts a lost node's pods that may hold a pool's warm
 // units by the pool's selection, which cannot see a network config naming
-// the pool (a Multus attachment with ipam.pool). Such an ADD is answered
-// once the allocator has it on record, and its report says so, for the
-// allocator to count every pod from then on; an ADD of a pod the
+// the pool (a Multus attachment with ipam.pool). Such an ADD, or one of a
+// pod the agent cannot read, is answered once the allocator has it on
+// record; the first is flagged, in its event and in the agent's record a
+// sync sends, for the allocator to count every pod from then on (a read
+// error is not: it must not mark the pool for good). An ADD of a pod the
 // selection picks is answered at once, bus or no bus.
 func TestAnAttachmentNamingAPoolThatDoesNotPickThePodWaitsForTheAllocator(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var mu sync.Mutex
-	unattributed := map[string]bool{} // pod -> its event's flag
-	resolver := picking{StaticResolver: StaticResolver{Known: map[string]bool{"dual": true}}, picks: map[string]bool{"db": true, "db2": true}}
+	emitted := map[string]bool{} // pod -> its assignment event's flag
+	resolver := picking{StaticResolver: StaticResolver{Known: map[string]bool{"dual": true}},
+		picks: map[string]bool{"db": true, "db2": true}, unread: map[string]bool{"new": true, "new2": true}}
 	f, _, syncs, answering := onAnsweringBus(t, ctx, resolver, func(e broker.Event) {
 		mu.Lock()
 		defer mu.Unlock()
-		unattributed[e.Pod.Name] = e.Unattributed
+		if e.Kind == broker.EventAssigned {
+			emitted[e.Pod.Name] = e.Unattributed
+		}
 	})
 	add := func(pod string) *wire.Error {
 		return f.do(t, &wire.Request{V: wire.Version, Op: wire.OpAdd, Network: "macvlan-b", Pool: "dual",
 			Attachment: wire.Attachment{ContainerID: "c-" + pod, IfName: "net1"}, Pod: wire.Pod{Namespace: "default", Name: pod, UID: "uid-" + pod}}).Error
 	}
-	flag := func(pod string) (bool, bool) {
+	flagged := func(want map[string]bool) {
+		t.Helper()
 		mu.Lock()
 		defer mu.Unlock()
-		v, ok := unattributed[pod]
-		return v, ok
+		held := map[string]bool{}
+		for _, h := range f.agent.Held() {
+			if h.Assigned {
+				held[h.Pod.Name] = h.Unattributed
+			}
+		}
+		for pod, w := range want {
+			if v, ok := emitted[pod]; !ok || v != w {
+				t.Errorf("%s's assignment event: flagged unattributed %v (emitted %v), want %v", pod, v, ok, w)
+			}
+			if v, ok := held[pod]; !ok || v != w {
+				t.Errorf("%s's record for a sync: flagged unattributed %v (held %v), want %v", pod, v, ok, w)
+			}
+		}
+	}
+	refused := func(pod, why string) {
+		t.Helper()
+		if werr := add(pod); werr == nil || werr.Code != wire.CodeTryAgainLater || !strings.Contains(werr.Msg, why) {
+			t.Fatalf("%s's ADD, the allocator unreachable: %+v, want code %d saying %q", pod, werr, wire.CodeTryAgainLater, why)
+		}
 	}
 
-	if werr := add("db"); werr != nil {
-		t.Fatal(werr)
-	}
-	if werr := add("web"); werr != nil {
-		t.Fatalf("an unpicked pod's ADD, the allocator answering: %v", werr)
-	}
-	if v, ok := flag("web"); !ok || !v {
-		t.Fatalf("web's ADD answered before its report (flagged %v) was acknowledged", v)
-	}
-	for {
-		if v, ok := flag("db"); ok {
-			if v {
-				t.Fatal("db's report says unattributed; the pool's selection picks db")
-			}
-			break
+	for _, pod := range []string{"db", "web", "new"} {
+		if werr := add(pod); werr != nil {
+			t.Fatalf("%s's ADD, the allocator answering: %v", pod, werr)
 		}
-		if ctx.Err() != nil {
-			t.Fatal("db's assignment never reported")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
+	flagged(map[string]bool{"db": false, "web": true, "new": false})
 
 	stopAnswering(syncs, answering)
-	werr := add("api")
-	if werr == nil || werr.Code != wire.CodeTryAgainLater || !strings.Contains(werr.Msg, "network config names a pool") {
-		t.Fatalf("an unpicked pod's ADD, the allocator unreachable: %+v, want code %d", werr, wire.CodeTryAgainLater)
-	}
+	refused("api", "network config names a pool whose selection does not pick the pod")
+	refused("new2", "the pod could not be read")
 	if werr := add("db2"); werr != nil {
 		t.Fatalf("a picked pod's ADD, the allocator unreachable: %v", werr)
 	}
@@ -528,7 +544,5 @@ func TestAnAttachmentNamingAPoolThatDoesNotPickThePodWaitsForTheAllocator(t *tes
 			t.Fatalf("the unpicked pod's retry once the allocator answers: %v", werr)
 		}
 	}
-	if v, _ := flag("api"); !v {
-		t.Fatal("api's report does not say unattributed")
-	}
+	flagged(map[string]bool{"api": true, "db2": false})
 }

@@ -34,6 +34,8 @@ func (r StaticResolver) Resolve(_ context.Context, pod wire.Pod, netconfPool str
 	return pool, nil
 }
 
-// Attributed implements PoolResolver: every pod is taken as selected by
+// Attribution implements PoolResolver: every pod is taken as selected by
 // its pools (tests: an allocator without informers declares no node lost).
-func (r StaticResolver) Attributed(context.Context, wire.Pod, string) bool { return true }
+func (r StaticResolver) Attribution(context.Context, wire.Pod, string) Attribution {
+	return Attributed
+}

@@ -118,30 +118,30 @@ func TestInformerResolver(t *testing.T) {
 		t.Errorf("fresh pod: %q, %v", got, werr)
 	}
 
-	// Attributed: whether the pool's selection picks the pod, as the
+	// Attribution: whether the pool's selection picks the pod, as the
 	// allocator counts a lost node's pods.
 	for _, tc := range []struct {
 		name string
 		pod  wire.Pod
 		pool string
-		want bool
+		want agent.Attribution
 	}{
-		{"selected", appB, "pool-app-b", true},
-		{"selected by annotation", annotatedPod, "pool-pod", true},
-		{"another pool selects it", inTeamA, "pool-app-b", false},
-		{"no pool selects it", lonely, "pool-app-b", false},
-		{"several pools select it", both, "pool-app-b", false},
-		{"unknown pool", appB, "nope", false},
-		{"pod not in the API", wire.Pod{Namespace: "plain", Name: "ghost"}, "pool-app-b", false},
-		{"re-created pod", wire.Pod{Namespace: "plain", Name: "b", UID: "old-uid"}, "pool-app-b", false},
+		{"selected", appB, "pool-app-b", agent.Attributed},
+		{"selected by annotation", annotatedPod, "pool-pod", agent.Attributed},
+		{"one of several pools selecting it", both, "pool-app-b", agent.Attributed},
+		{"another pool selects it", inTeamA, "pool-app-b", agent.Unattributed},
+		{"no pool selects it", lonely, "pool-app-b", agent.Unattributed},
+		{"unknown pool", appB, "nope", agent.Unknown},
+		{"pod not in the API", wire.Pod{Namespace: "plain", Name: "ghost"}, "pool-app-b", agent.Unknown},
+		{"re-created pod", wire.Pod{Namespace: "plain", Name: "b", UID: "old-uid"}, "pool-app-b", agent.Unknown},
 	} {
-		if got := r.Attributed(ctx, tc.pod, tc.pool); got != tc.want {
-			t.Errorf("Attributed %s: %v, want %v", tc.name, got, tc.want)
+		if got := r.Attribution(ctx, tc.pod, tc.pool); got != tc.want {
+			t.Errorf("Attribution %s: %v, want %v", tc.name, got, tc.want)
 		}
 	}
 	// A pod the informer may not have delivered yet: the live GET decides.
-	if freshB := pod("plain", "fresh-b", map[string]string{"app": "b"}, nil); !r.Attributed(ctx, freshB, "pool-app-b") {
-		t.Error("Attributed fresh pod: false, want true")
+	if freshB := pod("plain", "fresh-b", map[string]string{"app": "b"}, nil); r.Attribution(ctx, freshB, "pool-app-b") != agent.Attributed {
+		t.Error("Attribution of a fresh pod: want Attributed")
 	}
 	// Once the allocator marked the pool named by network configs, every
 	// pod is attributed.
@@ -152,7 +152,7 @@ func TestInformerResolver(t *testing.T) {
 	p.Status.NamedByNetworkConfig = true
 	must(wp.IPPools().UpdateStatus(ctx, p, metav1.UpdateOptions{}))
 	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-		return r.Attributed(ctx, lonely, "pool-app-b"), nil
+		return r.Attribution(ctx, lonely, "pool-app-b") == agent.Attributed, nil
 	}); err != nil {
 		t.Fatalf("lonely is not attributed to pool-app-b once it is marked named by network configs: %v", err)
 	}

@@ -529,7 +529,8 @@ func (a *Allocator) handleReport(ctx context.Context, m *nats.Msg) any {
 		reply.Error = err.Error()
 		return reply
 	}
-	a.tallyAssignments(r.Node, r.Events)
+	a.countHits(r.Node, r.Events)
+	a.markNamedByNetworkConfig(r.Node, r.Events)
 	a.kick()
 	return reply
 }
@@ -627,9 +628,13 @@ func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
 		if h.Assigned {
 			kind = broker.EventAssigned
 		}
-		events = append(events, broker.Event{Kind: kind, Pool: h.Pool, UnitID: h.Unit.ID, Attachment: h.Attachment, Pod: h.Pod})
+		events = append(events, broker.Event{Kind: kind, Pool: h.Pool, UnitID: h.Unit.ID, Attachment: h.Attachment, Pod: h.Pod, Unattributed: h.Unattributed})
 	}
 	foreign, err := a.applyByPool(ctx, req.Node, events)
+	if err == nil {
+		// A sync may cover the report that carried the flag.
+		a.markNamedByNetworkConfig(req.Node, events)
+	}
 	holds := heldByPool(req.Units)
 	if err == nil {
 		err = a.dropUnheldAssignments(ctx, req.Node, holds)

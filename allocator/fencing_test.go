@@ -713,12 +713,12 @@ func TestPoolNamedByNetworkConfigKeepsALostNodesWarmUnits(t *testing.T) {
 	if r := a.handleReport(ctx, m).(*broker.ReportReply); r.Error != "" {
 		t.Fatal(r.Error)
 	}
-	if err := a.writeStatus(ctx, map[string]v1alpha1.IPPoolStatus{}); err != nil {
-		t.Fatal(err)
-	}
-	lose()
+	lose() // the mark in memory is enough: the status is written later
 	if n := leasedTo("n1"); n != 3 {
 		t.Fatalf("%d units leased to n1 once the pool is marked, want the 3 warm ones kept while web has no address of it on record", n)
+	}
+	if err := a.writeStatus(ctx, map[string]v1alpha1.IPPoolStatus{}); err != nil {
+		t.Fatal(err)
 	}
 
 	// The mark is in the status, where no later write clears it (a
@@ -741,10 +741,26 @@ func TestPoolNamedByNetworkConfigKeepsALostNodesWarmUnits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	next.mu.Lock()
-	defer next.mu.Unlock()
-	if !next.ledger.pools["p"].namedByNetworkConfig {
+	marked := func() bool {
+		next.mu.Lock()
+		defer next.mu.Unlock()
+		return next.ledger.pools["p"].namedByNetworkConfig
+	}
+	if !marked() {
 		t.Fatal("a successor loaded the pool without the mark")
+	}
+
+	// A sync that covers the report carries the flag too.
+	next.mu.Lock()
+	next.ledger.pools["p"].namedByNetworkConfig = false
+	next.mu.Unlock()
+	held := []broker.HeldUnit{{Pool: "p", Unit: got[0], Assigned: true, Attachment: ev.Attachment, Pod: ev.Pod, Unattributed: true}}
+	sm := &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n2", Run: "r2", Seq: 1, Units: held})}
+	if r := next.handleSync(ctx, sm).(*broker.SyncReply); r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	if !marked() {
+		t.Fatal("a sync holding an unattributed assignment did not mark the pool")
 	}
 }
 

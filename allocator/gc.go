@@ -398,7 +398,9 @@ func (a *Allocator) unrecordedPods(pool, node string) int {
 		if err != nil {
 			continue
 		}
-		if choice, err := v1alpha1.SelectPool(p.Annotations, p.Labels, ns.Annotations, ns.Labels, nodeLabels, p.Namespace, pools); err == nil && choice.Name == pool {
+		// Several pools selecting the pod leave it to an annotation or a
+		// network config to name one: any of them may be its.
+		if choice, _ := v1alpha1.SelectPool(p.Annotations, p.Labels, ns.Annotations, ns.Labels, nodeLabels, p.Namespace, pools); choice.Picks(pool) {
 			n++
 		}
 	}

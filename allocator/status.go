@@ -13,12 +13,10 @@ import (
 	"github.com/warmpool/warmpool/internal/logkey"
 )
 
-// tallyAssignments records the hits and misses of a report's assignments,
-// and marks a pool named by network configs from the first assignment its
-// agent says the pool's selection does not attribute to the pod. Only
+// countHits records the hits and misses of a report's assignments. Only
 // reports count: a sync replays assignments without saying how they were
 // served, and a report is applied once (see inOrder).
-func (a *Allocator) tallyAssignments(node string, events []broker.Event) {
+func (a *Allocator) countHits(node string, events []broker.Event) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, e := range events {
@@ -37,11 +35,23 @@ func (a *Allocator) tallyAssignments(node string, events []broker.Event) {
 			ps.misses++
 		}
 		a.metrics.adds.WithLabelValues(e.Pool, node, result).Inc()
-		if e.Unattributed && !ps.namedByNetworkConfig {
-			ps.namedByNetworkConfig = true
-			a.log.Info("pool named by a network config for a pod its selection does not pick: a lost node's warm units are kept while any pod on it has no address of the pool on record",
-				"pool", e.Pool, "node", node, "pod", logkey.Pod(e.Pod.Namespace, e.Pod.Name))
+	}
+}
+
+// markNamedByNetworkConfig marks a pool from the first applied assignment,
+// reported or synced, that its agent says the pool's selection does not
+// attribute to the pod; the status carries the mark from the next write.
+func (a *Allocator) markNamedByNetworkConfig(node string, events []broker.Event) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, e := range events {
+		ps := a.ledger.pools[e.Pool]
+		if e.Kind != broker.EventAssigned || !e.Unattributed || ps == nil || ps.namedByNetworkConfig {
+			continue
 		}
+		ps.namedByNetworkConfig = true
+		a.log.Info("pool named by a network config for a pod its selection does not pick: a lost node's warm units are kept while any pod on it has no address of the pool on record",
+			"pool", e.Pool, "node", node, "pod", logkey.Pod(e.Pod.Namespace, e.Pod.Name))
 	}
 }
 

@@ -265,6 +265,8 @@ type HeldUnit struct {
 	Assigned   bool   `json:"assigned,omitempty"`
 	Attachment string `json:"attachment,omitempty"`
 	Pod        Pod    `json:"pod,omitzero"`
+	// Unattributed: as Event's, for an assigned unit.
+	Unattributed bool `json:"unattributed,omitempty"`
 }
 
 // SyncRequest is an agent's full record, sent on start and on every

@@ -123,8 +123,8 @@ func fuzzSelector(s string) (*metav1.LabelSelector, func(map[string]string) bool
 // whose three selectors match (the node's only when the node is known); no
 // match is ErrNoPool, several ErrAmbiguousPool with the candidates sorted.
 // Invalid selectors match nothing. The choice does not depend on the order
-// of the pools, and an unknown node never matches fewer pools than a known
-// one.
+// of the pools, an unknown node never matches fewer pools than a known
+// one, and Picks names exactly the pools that select the pod.
 func FuzzSelectPool(f *testing.F) {
 	f.Add("", "", "app=web", "team=a", "zone=x", true, "team=a||", "|app=web|", "||zone in (x,y)", "||zone=y")
 	f.Add("pool-9", "", "", "", "", false, "", "", "", "")
@@ -169,7 +169,7 @@ func FuzzSelectPool(f *testing.F) {
 		}
 		switch {
 		case podAnn != "":
-			if err != nil || choice.Name != podAnn || choice.Source != "the pod's warmpool.io/pool annotation" {
+			if err != nil || choice.Name != podAnn || choice.Source != "the pod's warmpool.io/pool annotation" || !choice.Picks(podAnn) {
 				t.Fatalf("pod annotation %q: %+v %v", podAnn, choice, err)
 			}
 			return
@@ -192,6 +192,13 @@ func FuzzSelectPool(f *testing.F) {
 			if !errors.Is(err, ErrAmbiguousPool) || !slices.Equal(choice.Candidates, wantAll) || choice.Name != "" ||
 				err.Error() != "several IPPools select the pod: "+strings.Join(wantAll, ", ") {
 				t.Fatalf("%v should match: %+v %v", wantAll, choice, err)
+			}
+		}
+		// The allocator and the agent attribute the pod to every pool
+		// that selects it, and to no other.
+		for _, p := range pools {
+			if choice.Picks(p.Name) != slices.Contains(wantAll, p.Name) {
+				t.Fatalf("Picks(%s) = %v with %v selecting the pod", p.Name, choice.Picks(p.Name), wantAll)
 			}
 		}
 		// Not knowing the node only widens the choice.
