@@ -788,6 +788,39 @@ func TestSyncNamesUnitsAnotherNodeHolds(t *testing.T) {
 	}
 }
 
+// TestSyncHoldingAUnitBeingGrantedIsRefused: a node back from being lost
+// syncs a record that still assigns a unit the GC freed (its pod gone)
+// while a grant of it to another node is being written. The unit is
+// neither another node's yet nor this one's: left with the agent, it was
+// held by both nodes once the grant landed (fault-suite seed 34). The
+// sync is refused until the grant ends; then the unit is named foreign.
+func TestSyncHoldingAUnitBeingGrantedIsRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, _, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	a.mu.Lock()
+	ps := a.ledger.pools["p"]
+	idx := ps.reserveLocked(1) // the grant to node-b, its lease write in flight
+	u := brokerUnit(ps.units[idx[0]])
+	a.mu.Unlock()
+	held := []broker.HeldUnit{{Pool: "p", Unit: u, Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}}}
+	sync := func(seq uint64) *broker.SyncReply {
+		m := &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
+		return a.handleSync(ctx, m).(*broker.SyncReply)
+	}
+	if r := sync(1); !strings.Contains(r.Error, "sync again") {
+		t.Fatalf("sync holding a unit being granted: error %q, foreign %v; want it refused", r.Error, r.Foreign)
+	}
+	a.mu.Lock()
+	ps.unreserveLocked(idx)
+	ps.holdLocked(idx[0], "node-b") // the grant landed
+	a.mu.Unlock()
+	r := sync(2)
+	if r.Error != "" || len(r.Foreign) != 1 || r.Foreign[0] != (broker.ForeignUnit{Pool: "p", ID: u.ID}) {
+		t.Fatalf("sync once the grant landed: error %q, foreign %v; want %s named foreign", r.Error, r.Foreign, u.ID)
+	}
+}
+
 // TestSuccessorClaimsLeasesOfNodesWithoutOne: node-2 has no lease yet
 // when the successor takes over; the deposed allocator's first grant to
 // it would create one the successor never loaded. The successor creates

@@ -48,7 +48,7 @@ func TestGCNeverFreesALivePodBehindALaggingInformer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.applyEvents(ctx, "p", "node-1", []broker.Event{{Kind: broker.EventAssigned, Pool: "p", UnitID: units[0].ID,
+	if _, _, err := a.applyEvents(ctx, "p", "node-1", []broker.Event{{Kind: broker.EventAssigned, Pool: "p", UnitID: units[0].ID,
 		Attachment: "sandbox/net1", Pod: broker.Pod{Namespace: "default", Name: "web", UID: string(pod.UID)}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +62,7 @@ func TestGCNeverFreesALivePodBehindALaggingInformer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.applyEvents(ctx, "p", "node-1", []broker.Event{{Kind: broker.EventAssigned, Pool: "p", UnitID: more[0].ID,
+	if _, _, err := a.applyEvents(ctx, "p", "node-1", []broker.Event{{Kind: broker.EventAssigned, Pool: "p", UnitID: more[0].ID,
 		Attachment: "sandbox-db/net1", Pod: broker.Pod{Namespace: "default", Name: "db"}}}); err != nil {
 		t.Fatal(err)
 	}

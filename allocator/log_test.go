@@ -31,7 +31,7 @@ func TestConflictAndRefusalLogTheirFields(t *testing.T) {
 	ps.holder[0] = "node-b"
 	a.mu.Unlock()
 
-	foreign, err := a.applyEvents(context.Background(), "p", "node-a", []broker.Event{{Kind: broker.EventAssigned, Pool: "p", UnitID: u.ID(),
+	foreign, _, err := a.applyEvents(context.Background(), "p", "node-a", []broker.Event{{Kind: broker.EventAssigned, Pool: "p", UnitID: u.ID(),
 		Attachment: "c1/eth0", Pod: broker.Pod{Namespace: "default", Name: "web-0", UID: "uid-1"}}})
 	if err != nil || len(foreign) != 1 {
 		t.Fatalf("applyEvents: foreign %v, %v; want the unit named foreign", foreign, err)
