@@ -732,16 +732,16 @@ func (a *Agent) awaitIfMasked(ctx context.Context, as store.Assignment, attribut
 	case Unknown:
 		why = "the network config names the pool, and the pod could not be read to tell whether the pool's selection picks it"
 	}
-	a.mu.Lock()
-	for k, other := range a.assignments {
-		if why != "" {
-			break
+	if why == "" {
+		a.mu.Lock()
+		for k, other := range a.assignments {
+			if k != as.Attachment && other.Pool == as.Pool && other.Pod.Same(as.Pod) {
+				why = "the pod has another address of the pool on the node"
+				break
+			}
 		}
-		if k != as.Attachment && other.Pool == as.Pool && samePod(other.Pod, as.Pod) {
-			why = "the pod has another address of the pool on the node"
-		}
+		a.mu.Unlock()
 	}
-	a.mu.Unlock()
 	if why == "" && a.cfg.Allocator.Unreported(as) {
 		why = "the allocator may not know what the pod holds in the pool"
 	}
@@ -756,15 +756,6 @@ func (a *Agent) awaitIfMasked(ctx context.Context, as store.Assignment, attribut
 			Details: "the assignment is kept; the runtime retries and gets it once the allocator acknowledges it"}
 	}
 	return nil
-}
-
-// samePod: by UID when both have one, else by namespace and name (a
-// runtime that does not pass K8S_POD_UID), as the allocator records pods.
-func samePod(x, y store.Pod) bool {
-	if x.UID != "" && y.UID != "" {
-		return x.UID == y.UID
-	}
-	return x.Namespace == y.Namespace && x.Name == y.Name
 }
 
 // take pops a warm unit of pool, or on a miss asks the allocator.

@@ -452,7 +452,7 @@ func (b *Bus) Unreported(as store.Assignment) bool {
 	defer b.mu.Unlock()
 	return b.unsynced.Load() || slices.ContainsFunc(b.pending, func(e broker.Event) bool {
 		own := e.Kind == broker.EventAssigned && e.Attachment == as.Attachment && e.UnitID == as.UnitID
-		return !own && e.Pool == as.Pool && samePod(store.Pod(e.Pod), as.Pod)
+		return !own && e.Pool == as.Pool && store.Pod(e.Pod).Same(as.Pod)
 	})
 }
 
@@ -463,7 +463,7 @@ func (b *Bus) AwaitReported(ctx context.Context, as store.Assignment) error {
 	for {
 		b.mu.Lock()
 		waiting := b.unsynced.Load() || slices.ContainsFunc(b.pending, func(e broker.Event) bool {
-			return e.Pool == as.Pool && samePod(store.Pod(e.Pod), as.Pod)
+			return e.Pool == as.Pool && store.Pod(e.Pod).Same(as.Pod)
 		})
 		reported := b.reported
 		b.mu.Unlock()

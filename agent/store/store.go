@@ -69,6 +69,16 @@ type Pod struct {
 	UID       string `json:"uid,omitempty"`
 }
 
+// Same says whether two records name the same pod: by UID when both have
+// one, else by namespace and name (a runtime that does not pass
+// K8S_POD_UID), as the allocator records pods.
+func (p Pod) Same(q Pod) bool {
+	if p.UID != "" && q.UID != "" {
+		return p.UID == q.UID
+	}
+	return p.Namespace == q.Namespace && p.Name == q.Name
+}
+
 // Assignment is a unit given to a pod's interface.
 type Assignment struct {
 	// Attachment is "<containerID>/<ifname>", the key ADD is idempotent on.

@@ -487,7 +487,7 @@ func (d *doctor) holdings(node string, st *agent.State) {
 					continue
 				}
 				as, recorded := byAttachment[au.Attachment]
-				if au.Attachment != u.Pod.Attachment() || recorded && !samePod(as.Pod, refPod(u.Pod)) {
+				if au.Attachment != u.Pod.Attachment() || recorded && !as.Pod.Same(refPod(u.Pod)) {
 					d.add(KindAssignmentMismatch, Finding{Node: node, Pool: l.Spec.Pool, Unit: id}, "%s of pool %s on node %s: the NodeLease assigns it%s, the agent to %s (pod %s/%s, uid %s)",
 						id, l.Spec.Pool, node, assignedTo(u.Pod), au.Attachment, as.Pod.Namespace, as.Pod.Name, as.Pod.UID)
 				}
@@ -624,7 +624,7 @@ func (d *doctor) pods() {
 			}
 			f := Finding{Pool: pool, Node: p.Spec.NodeName, Unit: pa.Addr.String(), Pod: p.Namespace + "/" + p.Name}
 			mine := slices.ContainsFunc(owners, func(o owner) bool {
-				return samePod(o.pod, podOf(p))
+				return o.pod.Same(podOf(p))
 			})
 			switch {
 			case mine:

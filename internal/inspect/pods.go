@@ -9,18 +9,11 @@ import (
 	"github.com/warmpool/warmpool/api/v1alpha1"
 )
 
-// samePod is the agent's rule (agent.samePod): by UID when both have
-// one, else by namespace and name. A runtime that does not pass
+// refPod and podOf give records the form store.Pod.Same compares: the
+// commands compare pods as the agent does. A runtime that does not pass
 // K8S_POD_UID leaves a record without one, and the agent still takes it
 // for that pod's; so must the commands, or they report a mismatch the
 // agent never sees (or miss one it would).
-func samePod(x, y store.Pod) bool {
-	if x.UID != "" && y.UID != "" {
-		return x.UID == y.UID
-	}
-	return x.Namespace == y.Namespace && x.Name == y.Name
-}
-
 func refPod(p *v1alpha1.PodRef) store.Pod {
 	return store.Pod{Namespace: p.Namespace, Name: p.Name, UID: p.UID}
 }

@@ -274,7 +274,7 @@ func compareLeaseAndAgents(loc *Location, differ func(string, ...any)) {
 		case found == nil:
 		case (found.State == store.Assigned) != (lp.State == v1alpha1.UnitAssigned):
 			differ("node %s: the NodeLease says %s, the agent %s", lp.Node, lp.State, found.State)
-		case lp.Pod != nil && found.Pod != nil && (!samePod(refPod(lp.Pod), *found.Pod) || lp.Pod.Attachment() != found.Attachment):
+		case lp.Pod != nil && found.Pod != nil && (!refPod(lp.Pod).Same(*found.Pod) || lp.Pod.Attachment() != found.Attachment):
 			differ("node %s: the NodeLease assigns it to %s, the agent to %s (%s)", lp.Node, podRefString(lp.Pod), storePodString(found.Pod), found.Attachment)
 		}
 	}
@@ -301,7 +301,7 @@ func comparePods(loc *Location, differ func(string, ...any)) {
 		live++
 		assigned := false
 		for _, lp := range loc.Leases {
-			if lp.Pod != nil && samePod(refPod(lp.Pod), pp.pod()) {
+			if lp.Pod != nil && refPod(lp.Pod).Same(pp.pod()) {
 				assigned = true
 				if lp.Node != pp.Node {
 					differ("pod %s/%s is on node %s, the NodeLease assigning it is node %s's", pp.Namespace, pp.Name, pp.Node, lp.Node)
@@ -309,7 +309,7 @@ func comparePods(loc *Location, differ func(string, ...any)) {
 			}
 		}
 		for _, ap := range loc.Agents {
-			if ap.Pod != nil && samePod(*ap.Pod, pp.pod()) {
+			if ap.Pod != nil && ap.Pod.Same(pp.pod()) {
 				assigned = true
 			}
 		}
