@@ -413,15 +413,7 @@ func TestAnotherAddressOfAPodWaitsForTheAllocator(t *testing.T) {
 		t.Fatalf("a pod's first address, the allocator unreachable: %v", werr)
 	}
 	answering.Store(true)
-	for {
-		werr := f.do(t, podReq(wire.OpAdd, "s2", "eth0", "p")).Error
-		if werr == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("the restarted sandbox's ADD once the allocator answers: %v", werr)
-		}
-	}
+	answeredInTime(t, ctx, f, podReq(wire.OpAdd, "s2", "eth0", "p"), "the restarted sandbox's ADD once the allocator answers")
 	reported()
 	partition()
 	refused(podReq(wire.OpAdd, "s2", "net1", "p"), "a second attachment's ADD")
@@ -440,13 +432,20 @@ func TestAnotherAddressOfAPodWaitsForTheAllocator(t *testing.T) {
 	refused(podReq(wire.OpAdd, "s2", "net1", "p"), "a kept assignment's retry before a sync")
 	answering.Store(true)
 	bus.Resync()
+	answeredInTime(t, ctx, f, podReq(wire.OpAdd, "s2", "net1", "p"), "the kept assignment's retry after the sync")
+}
+
+// answeredInTime retries r, as a runtime does, until it succeeds or ctx
+// ends.
+func answeredInTime(t *testing.T, ctx context.Context, f *fixture, r *wire.Request, what string) {
+	t.Helper()
 	for {
-		werr := f.do(t, podReq(wire.OpAdd, "s2", "net1", "p")).Error
+		werr := f.do(t, r).Error
 		if werr == nil {
-			break
+			return
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("the kept assignment's retry after the sync: %v", werr)
+			t.Fatalf("%s: %v", what, werr)
 		}
 	}
 }
@@ -491,10 +490,11 @@ func TestAnAttachmentNamingAPoolThatDoesNotPickThePodWaitsForTheAllocator(t *tes
 			emitted[e.Pod.Name] = e.Unattributed
 		}
 	})
-	add := func(pod string) *wire.Error {
-		return f.do(t, &wire.Request{V: wire.Version, Op: wire.OpAdd, Network: "macvlan-b", Pool: "dual",
-			Attachment: wire.Attachment{ContainerID: "c-" + pod, IfName: "net1"}, Pod: wire.Pod{Namespace: "default", Name: pod, UID: "uid-" + pod}}).Error
+	addReq := func(pod string) *wire.Request {
+		return &wire.Request{V: wire.Version, Op: wire.OpAdd, Network: "macvlan-b", Pool: "dual",
+			Attachment: wire.Attachment{ContainerID: "c-" + pod, IfName: "net1"}, Pod: wire.Pod{Namespace: "default", Name: pod, UID: "uid-" + pod}}
 	}
+	add := func(pod string) *wire.Error { return f.do(t, addReq(pod)).Error }
 	flagged := func(want map[string]bool) {
 		t.Helper()
 		mu.Lock()
@@ -535,14 +535,6 @@ func TestAnAttachmentNamingAPoolThatDoesNotPickThePodWaitsForTheAllocator(t *tes
 		t.Fatalf("a picked pod's ADD, the allocator unreachable: %v", werr)
 	}
 	answering.Store(true)
-	for {
-		werr := add("api")
-		if werr == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("the unpicked pod's retry once the allocator answers: %v", werr)
-		}
-	}
+	answeredInTime(t, ctx, f, addReq("api"), "the unpicked pod's retry once the allocator answers")
 	flagged(map[string]bool{"api": true, "db2": false})
 }

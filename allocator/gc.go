@@ -342,11 +342,10 @@ func (a *Allocator) dropLost(ctx context.Context, pool, node string, leaks []lea
 // (their sandboxes live until their DEL), that would take an address of
 // pool and have none recorded in the node's lease. Once network configs
 // name the pool for pods its selection does not pick, any pod may take
-// one. Pods created after the
-// node's agent was last heard from plus the warm TTL are not counted: that
-// agent had stopped using warm units by then, so they hold none (without
-// this, a pod bound to a dead node would keep its warm units for as long
-// as it exists).
+// one. Pods created after the node's agent was last heard from plus the
+// warm TTL are not counted: that agent had stopped using warm units by
+// then, so they hold none (without this, a pod bound to a dead node would
+// keep its warm units for as long as it exists).
 func (a *Allocator) unrecordedPods(pool, node string) int {
 	if a.watch == nil || a.watch.podLister == nil {
 		return 0
@@ -379,9 +378,11 @@ func (a *Allocator) unrecordedPods(pool, node string) int {
 		}
 	}
 	anyPod := ps.namedByNetworkConfig
-	pools := make([]*v1alpha1.IPPool, 0, len(a.ledger.pools))
-	for name, p := range a.ledger.pools {
-		pools = append(pools, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: p.spec})
+	var pools []*v1alpha1.IPPool // to select by, unless any pod counts
+	if !anyPod {
+		for name, p := range a.ledger.pools {
+			pools = append(pools, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: p.spec})
+		}
 	}
 	a.mu.Unlock()
 	n := 0
