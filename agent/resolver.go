@@ -43,7 +43,7 @@ type InformerResolver struct {
 	LiveGetTimeout time.Duration
 }
 
-// NewInformerResolver builds the informers; Run starts them.
+// NewInformerResolver builds the informers; Start starts them.
 func NewInformerResolver(node string, kube kubernetes.Interface, wp *client.Clientset) *InformerResolver {
 	nodeScoped := informers.NewSharedInformerFactoryWithOptions(kube, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -75,13 +75,19 @@ func NewInformerResolver(node string, kube kubernetes.Interface, wp *client.Clie
 	return r
 }
 
-// Run starts the informers and waits for their caches, bounded by ctx.
-func (r *InformerResolver) Run(ctx context.Context) error {
+// Start starts the informers, which run until ctx is done, and waits up to
+// syncTimeout for their caches. The two bounds are apart on purpose: the
+// informers must outlive the wait, or the caches freeze at start-up and
+// namespaces, pools and node labels created or changed later are never
+// seen.
+func (r *InformerResolver) Start(ctx context.Context, syncTimeout time.Duration) error {
 	for _, start := range r.starters {
 		start(ctx.Done())
 	}
-	if !cache.WaitForCacheSync(ctx.Done(), r.synced...) {
-		return fmt.Errorf("pool resolver: caches not synced: %w", ctx.Err())
+	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	if !cache.WaitForCacheSync(sctx.Done(), r.synced...) {
+		return fmt.Errorf("pool resolver: caches not synced within %s: %w", syncTimeout, sctx.Err())
 	}
 	return nil
 }

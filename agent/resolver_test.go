@@ -10,11 +10,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
+	"github.com/warmpool/warmpool/internal/child"
 	"github.com/warmpool/warmpool/internal/testenv"
 )
 
@@ -74,7 +76,7 @@ func TestInformerResolver(t *testing.T) {
 	inAnnotatedNS := pod("annotated", "x", nil, nil)
 
 	r := agent.NewInformerResolver("node-1", kube, wp)
-	if err := r.Run(ctx); err != nil {
+	if err := r.Start(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	// The informers have listed; wait for the node, created before, to be seen too.
@@ -155,5 +157,27 @@ func TestInformerResolver(t *testing.T) {
 		return r.Attribution(ctx, lonely, "pool-app-b") == agent.Attributed, nil
 	}); err != nil {
 		t.Fatalf("lonely is not attributed to pool-app-b once it is marked named by network configs: %v", err)
+	}
+}
+
+// TestInformerResolverStartIsBoundedWithoutAnAPI: with no apiserver to
+// list from, Start gives up after its sync timeout (not the informers'
+// context, which stays open) with an error that says so.
+func TestInformerResolverStartIsBoundedWithoutAnAPI(t *testing.T) {
+	addr, err := child.FreeAddr() // nothing listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &rest.Config{Host: "http://" + addr}
+	kube := kubernetes.NewForConfigOrDie(cfg)
+	wp, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err = agent.NewInformerResolver("node-1", kube, wp).Start(ctx, 300*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "caches not synced within 300ms") {
+		t.Fatalf("Start without an API: %v, want the sync timeout's error", err)
 	}
 }

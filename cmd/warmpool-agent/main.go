@@ -114,10 +114,7 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof boo
 	}
 	defer s.Close()
 	resolver := agent.NewInformerResolver(node, kube, wp)
-	sctx, cancel := context.WithTimeout(ctx, time.Minute)
-	err = resolver.Run(sctx)
-	cancel()
-	if err != nil {
+	if err := resolver.Start(ctx, time.Minute); err != nil {
 		return err
 	}
 	acfg := agent.Config{Node: node, Store: s, Resolver: resolver, ReuseDelay: reuseDelay, MissTimeout: missTimeout, Logger: agentLog}
