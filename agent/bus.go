@@ -28,7 +28,7 @@ import (
 // rest.
 type Bus struct {
 	agent *Agent
-	conn  *nats.Conn
+	conn  broker.Transport
 	node  string
 	log   *slog.Logger
 	// RequestTimeout bounds one request to the allocator.
@@ -68,6 +68,9 @@ type Bus struct {
 	// within the TTL, so its warm units stay usable through a bus outage.
 	NodeReady func(ctx context.Context) error
 	readyAt   atomic.Int64 // when NodeReady last said Ready (unix ns)
+	// syncEvery is SyncInterval; tests that move the agent's clock by
+	// hand set it beyond their length, as its ticker runs in real time.
+	syncEvery time.Duration
 }
 
 // DefaultWarmTTL bounds the use of warm units without news from the
@@ -161,7 +164,7 @@ const ExhaustedFor = 10 * time.Second
 // CanServe implements Allocator: the bus is connected and the pool was not
 // called exhausted in the last ExhaustedFor.
 func (b *Bus) CanServe(pool string) bool {
-	if !b.conn.IsConnected() {
+	if !b.conn.Connected() {
 		return false
 	}
 	b.mu.Lock()
@@ -186,19 +189,19 @@ const SyncInterval = 30 * time.Second
 // NewBus wires an agent to a bus connection: the agent's cache misses go
 // to the allocator through it, its events to the bus's reports, and every
 // reconnection triggers a sync. Call it before the agent serves ADDs.
-func NewBus(a *Agent, conn *nats.Conn, timeout time.Duration) *Bus {
+func NewBus(a *Agent, conn broker.Transport, timeout time.Duration) *Bus {
 	if timeout == 0 {
 		timeout = 2 * time.Second
 	}
 	runID := make([]byte, 8)
 	_, _ = rand.Read(runID)
 	b := &Bus{agent: a, conn: conn, node: a.cfg.Node, log: a.log, timeout: timeout, run: hex.EncodeToString(runID),
-		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}, reported: make(chan struct{})}
+		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}, reported: make(chan struct{}), syncEvery: SyncInterval}
 	b.warmTTL.Store(int64(DefaultWarmTTL))
 	b.unsynced.Store(true)
 	a.cfg.OnEvent = b.Record
 	a.cfg.Allocator = b
-	conn.SetReconnectHandler(func(*nats.Conn) { b.Resync() })
+	conn.OnReconnect(b.Resync)
 	return b
 }
 
@@ -223,7 +226,7 @@ func (b *Bus) Resync() {
 
 // Run subscribes to grants, syncs, and then reports until ctx ends.
 func (b *Bus) Run(ctx context.Context) error {
-	sub, err := b.conn.Subscribe(broker.SubjectGrant(b.node), func(m *nats.Msg) {
+	sub, err := b.conn.Handle(broker.SubjectGrant(b.node), func(m broker.Msg) {
 		b.agent.metrics.bus.WithLabelValues("grant", "received").Inc()
 		_ = m.Respond(broker.Encode(b.handleGrant(m.Data)))
 	})
@@ -231,7 +234,7 @@ func (b *Bus) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribe to grants: %w", err)
 	}
 	defer sub.Unsubscribe()
-	rsub, err := b.conn.Subscribe(broker.SubjectRevoke(b.node), func(m *nats.Msg) {
+	rsub, err := b.conn.Handle(broker.SubjectRevoke(b.node), func(m broker.Msg) {
 		b.agent.metrics.bus.WithLabelValues("revoke", "received").Inc()
 		_ = m.Respond(broker.Encode(b.handleRevoke(m.Data)))
 	})
@@ -239,7 +242,7 @@ func (b *Bus) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribe to revokes: %w", err)
 	}
 	defer rsub.Unsubscribe()
-	csub, err := b.conn.Subscribe(broker.SubjectReclaim(b.node), func(m *nats.Msg) {
+	csub, err := b.conn.Handle(broker.SubjectReclaim(b.node), func(m broker.Msg) {
 		b.agent.metrics.bus.WithLabelValues("reclaim", "received").Inc()
 		_ = m.Respond(broker.Encode(b.handleReclaim(m.Data)))
 	})
@@ -252,7 +255,7 @@ func (b *Bus) Run(ctx context.Context) error {
 	<-retry.C
 	// A periodic sync heals what a lost message left behind (a grant that
 	// crossed a sync reply, say) even without a reconnection.
-	periodic := time.NewTicker(SyncInterval)
+	periodic := time.NewTicker(b.syncEvery)
 	defer periodic.Stop()
 	for {
 		select {
@@ -272,7 +275,7 @@ func (b *Bus) Run(ctx context.Context) error {
 			}
 			// An idle agent must be heard from well within its warm TTL,
 			// or it would fence itself for want of traffic.
-			periodic.Reset(min(SyncInterval, time.Duration(b.warmTTL.Load())/3))
+			periodic.Reset(min(b.syncEvery, time.Duration(b.warmTTL.Load())/3))
 		case <-b.kick:
 			if err := b.report(ctx); err != nil {
 				b.log.Warn("report to the allocator", "err", err)
@@ -374,7 +377,7 @@ func storeUnits(pool string, us []broker.Unit) []store.Unit {
 func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, int64, error) {
 	msg := broker.Encode(&broker.MissRequest{V: broker.ProtocolVersion, Node: b.node, Pool: pool, Count: count})
 	b.agent.metrics.bus.WithLabelValues("miss", "sent").Inc()
-	resp, err := b.conn.RequestWithContext(ctx, broker.SubjectMissFrom(b.node), msg)
+	resp, err := b.conn.Request(ctx, broker.SubjectMissFrom(b.node), msg)
 	if errors.Is(err, nats.ErrNoResponders) {
 		// No allocator is subscribed at this instant (a failover, or the
 		// bus just came back and it has not resubscribed yet): ask again.
@@ -387,7 +390,7 @@ func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, s
 		return nil, store.Pool{}, 0, fmt.Errorf("miss request: %w", err)
 	}
 	var r broker.MissReply
-	if err := broker.Decode(resp.Data, &r); err != nil {
+	if err := broker.Decode(resp, &r); err != nil {
 		return nil, store.Pool{}, 0, err
 	}
 	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
@@ -527,11 +530,11 @@ func (b *Bus) request(ctx context.Context, subject string, msg, reply any) error
 	rctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
 	b.agent.metrics.bus.WithLabelValues(subject[strings.LastIndex(subject, ".")+1:], "sent").Inc()
-	resp, err := b.conn.RequestWithContext(rctx, subject, broker.Encode(msg))
+	resp, err := b.conn.Request(rctx, subject, broker.Encode(msg))
 	if err != nil {
 		return fmt.Errorf("%s: %w", subject, err)
 	}
-	return broker.Decode(resp.Data, reply)
+	return broker.Decode(resp, reply)
 }
 
 func (b *Bus) nextSeq() uint64 { return b.seq.Add(1) }

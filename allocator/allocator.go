@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,7 +27,9 @@ import (
 // Config configures an allocator.
 type Config struct {
 	Client *client.Clientset
-	Conn   *nats.Conn
+	// Bus carries the requests to and from the agents (broker.NATS over a
+	// connection, or a broker.Network's endpoint in tests).
+	Bus broker.Transport
 	// Kube feeds the informers on pods, nodes and namespaces that drive
 	// pre-warming. Nil plans without them: no pod demand, and every node
 	// that syncs is eligible (tests of the bus alone).
@@ -116,7 +117,7 @@ type Allocator struct {
 	metrics *metrics
 	sem     chan struct{}
 	wg      sync.WaitGroup
-	subs    []*nats.Subscription
+	subs    []broker.Subscription
 	// stopped, guarded by stopMu, refuses new requests once Stop began.
 	stopMu  sync.Mutex
 	stopped bool
@@ -182,8 +183,8 @@ func newAllocator(cfg Config) *Allocator {
 // New loads every pool and NodeLease from the API (not a cache: the
 // leader starts from what is persisted) into a new allocator.
 func New(ctx context.Context, cfg Config) (*Allocator, error) {
-	if cfg.Client == nil || cfg.Conn == nil || cfg.Epoch == 0 {
-		return nil, errors.New("allocator: Client, Conn and a non-zero Epoch are required")
+	if cfg.Client == nil || cfg.Bus == nil || cfg.Epoch == 0 {
+		return nil, errors.New("allocator: Client, Bus and a non-zero Epoch are required")
 	}
 	a := newAllocator(cfg)
 	pools, err := cfg.Client.IPPools().List(ctx, metav1.ListOptions{})
@@ -388,13 +389,13 @@ func (a *Allocator) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	for subject, handle := range map[string]func(context.Context, *nats.Msg) any{
+	for subject, handle := range map[string]func(context.Context, broker.Msg) any{
 		broker.SubjectMissAll:   a.handleMiss,
 		broker.SubjectReportAll: a.handleReport,
 		broker.SubjectSyncAll:   a.handleSync,
 	} {
 		kind := subject[strings.LastIndex(subject, ".")+1:]
-		sub, err := a.cfg.Conn.Subscribe(subject, func(m *nats.Msg) {
+		sub, err := a.cfg.Bus.Handle(subject, func(m broker.Msg) {
 			a.metrics.requests.WithLabelValues(kind).Inc()
 			// A callback already running when Stop unsubscribes must not
 			// add to the wait group Stop is waiting on.
@@ -436,7 +437,7 @@ func (a *Allocator) Start(ctx context.Context) error {
 		go a.runGC(ctx)
 	}
 	a.kick()
-	return a.cfg.Conn.Flush()
+	return a.cfg.Bus.Flush()
 }
 
 // upsertPool takes a pool's spec from the informer.
@@ -479,7 +480,7 @@ func (a *Allocator) Stop() {
 	}
 }
 
-func (a *Allocator) handleMiss(ctx context.Context, m *nats.Msg) any {
+func (a *Allocator) handleMiss(ctx context.Context, m broker.Msg) any {
 	var req broker.MissRequest
 	reply := &broker.MissReply{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch}
 	if err := broker.Decode(m.Data, &req); err != nil {
@@ -509,7 +510,7 @@ func (a *Allocator) handleMiss(ctx context.Context, m *nats.Msg) any {
 	return reply
 }
 
-func (a *Allocator) handleReport(ctx context.Context, m *nats.Msg) any {
+func (a *Allocator) handleReport(ctx context.Context, m broker.Msg) any {
 	var r broker.Report
 	reply := &broker.ReportReply{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch}
 	if err := broker.Decode(m.Data, &r); err != nil {
@@ -610,7 +611,7 @@ func (a *Allocator) applyByPool(ctx context.Context, node string, events []broke
 	return foreign, inFlight, nil
 }
 
-func (a *Allocator) handleSync(ctx context.Context, m *nats.Msg) any {
+func (a *Allocator) handleSync(ctx context.Context, m broker.Msg) any {
 	var req broker.SyncRequest
 	// Half the grace period: the agent stops using warm units well before
 	// this allocator may reclaim them from a silent node.
@@ -812,13 +813,13 @@ func (a *Allocator) push(ctx context.Context, node, pool string, gen int64, unit
 	msg := broker.Encode(&broker.Grant{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Node: node, Gen: gen, Pool: info, Units: units})
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.PushTimeout)
 	defer cancel()
-	resp, err := a.cfg.Conn.RequestWithContext(rctx, broker.SubjectGrant(node), msg)
+	resp, err := a.cfg.Bus.Request(rctx, broker.SubjectGrant(node), msg)
 	if err != nil {
 		a.log.Warn("push grant", "node", node, "pool", pool, "units", len(units), "err", err)
 		return
 	}
 	var ack broker.Ack
-	if err := broker.Decode(resp.Data, &ack); err != nil || ack.Error != "" {
+	if err := broker.Decode(resp, &ack); err != nil || ack.Error != "" {
 		a.log.Warn("grant refused", "node", node, "pool", pool, "err", err, "reason", ack.Error)
 	}
 }
@@ -1008,12 +1009,12 @@ func (a *Allocator) revoke(ctx context.Context, node, pool string, gen int64, id
 	msg := broker.Encode(&broker.Revoke{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Pool: pool, Gen: gen, IDs: ids})
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.PushTimeout)
 	defer cancel()
-	resp, err := a.cfg.Conn.RequestWithContext(rctx, broker.SubjectRevoke(node), msg)
+	resp, err := a.cfg.Bus.Request(rctx, broker.SubjectRevoke(node), msg)
 	if err != nil {
 		return nil, fmt.Errorf("revoke from %s: %w", node, err)
 	}
 	var r broker.Revoked
-	if err := broker.Decode(resp.Data, &r); err != nil {
+	if err := broker.Decode(resp, &r); err != nil {
 		return nil, err
 	}
 	if r.Error != "" {

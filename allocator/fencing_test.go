@@ -42,14 +42,14 @@ func TestDeposedAllocatorCannotOverwrite(t *testing.T) {
 	defer cancel()
 	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
 	quiet := slog.New(slog.DiscardHandler)
-	old, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: quiet})
+	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 2); err != nil {
 		t.Fatal(err)
 	}
-	successor, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 2, Logger: quiet})
+	successor, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,14 +80,14 @@ func TestSuccessorFencesLeasesItHasNotWritten(t *testing.T) {
 	defer cancel()
 	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
 	quiet := slog.New(slog.DiscardHandler)
-	old, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: quiet})
+	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 2); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 2, Logger: quiet}); err != nil {
+	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet}); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 1); !errors.Is(err, ErrDeposed) {
@@ -142,7 +142,7 @@ func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
 	quiet := slog.New(slog.DiscardHandler)
 	agents := startAgents(t, ctx, conn, "p", "node-a", "node-b")
-	old, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: quiet})
+	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 		t.Fatal("node A did not take leader 1's grant")
 	}
 
-	successor, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 2, Logger: quiet})
+	successor, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +211,7 @@ func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string
 		if err != nil {
 			t.Fatal(err)
 		}
-		bus := agent.NewBus(ag, conn, time.Second)
+		bus := agent.NewBus(ag, broker.NATS(conn), time.Second)
 		bctx, stop := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- bus.Run(bctx) }()
@@ -282,7 +282,7 @@ func TestOrphansAreNeverListedBack(t *testing.T) {
 	// node A syncs; its record differs from the lease on one unit (an assignment whose report was lost)
 	held := ag.Held()
 	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
-	m := &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
+	m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
 	reply := a.handleSync(ctx, m).(*broker.SyncReply)
 	if reply.Error != "" {
 		t.Fatal(reply.Error)
@@ -491,7 +491,7 @@ func TestSyncCannotCrossADropOfALostNode(t *testing.T) {
 	<-api.arrived // the drop re-checked loss and is writing
 	synced := make(chan *broker.SyncReply)
 	go func() {
-		synced <- a.handleSync(ctx, &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1})}).(*broker.SyncReply)
+		synced <- a.handleSync(ctx, broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1})}).(*broker.SyncReply)
 	}()
 	api.mode.Store(normal)
 	close(api.release)
@@ -542,7 +542,7 @@ func flakyAllocator(t *testing.T, ctx context.Context, cidr string, cfg Config) 
 	t.Helper()
 	_, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: cidr}}})
 	cs, api := flakyClient(t, rc)
-	cfg.Client, cfg.Conn = cs, conn
+	cfg.Client, cfg.Bus = cs, broker.NATS(conn)
 	a, err := New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -577,7 +577,7 @@ func TestSyncFreesAssignmentsTheNodeNoLongerHolds(t *testing.T) {
 	a, _, ag, _ := donorOfTheWholePool(t, ctx)
 	sync := func(seq uint64, held []broker.HeldUnit) {
 		t.Helper()
-		m := &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
+		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
 		if reply := a.handleSync(ctx, m).(*broker.SyncReply); reply.Error != "" {
 			t.Fatal(reply.Error)
 		}
@@ -709,7 +709,7 @@ func TestPoolNamedByNetworkConfigKeepsALostNodesWarmUnits(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := broker.Event{Kind: broker.EventAssigned, Pool: "p", UnitID: got[0].ID, Attachment: "c2/net1", Pod: broker.Pod{Namespace: "default", Name: "api", UID: "u2"}, Unattributed: true}
-	m := &nats.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n2", Run: "r", Seq: 1, Events: []broker.Event{ev}})}
+	m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n2", Run: "r", Seq: 1, Events: []broker.Event{ev}})}
 	if r := a.handleReport(ctx, m).(*broker.ReportReply); r.Error != "" {
 		t.Fatal(r.Error)
 	}
@@ -737,7 +737,7 @@ func TestPoolNamedByNetworkConfigKeepsALostNodesWarmUnits(t *testing.T) {
 	if !p.Status.NamedByNetworkConfig {
 		t.Fatal("a status write from a ledger without the mark cleared it")
 	}
-	next, err := New(ctx, Config{Client: cs, Conn: a.cfg.Conn, Epoch: 2, Clock: clk, Logger: quiet})
+	next, err := New(ctx, Config{Client: cs, Bus: a.cfg.Bus, Epoch: 2, Clock: clk, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -755,7 +755,7 @@ func TestPoolNamedByNetworkConfigKeepsALostNodesWarmUnits(t *testing.T) {
 	next.ledger.pools["p"].namedByNetworkConfig = false
 	next.mu.Unlock()
 	held := []broker.HeldUnit{{Pool: "p", Unit: got[0], Assigned: true, Attachment: ev.Attachment, Pod: ev.Pod, Unattributed: true}}
-	sm := &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n2", Run: "r2", Seq: 1, Units: held})}
+	sm := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n2", Run: "r2", Seq: 1, Units: held})}
 	if r := next.handleSync(ctx, sm).(*broker.SyncReply); r.Error != "" {
 		t.Fatal(r.Error)
 	}
@@ -778,7 +778,7 @@ func TestSyncNamesUnitsAnotherNodeHolds(t *testing.T) {
 		t.Fatal(err)
 	}
 	held := []broker.HeldUnit{{Pool: "p", Unit: got[0], Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}}}
-	m := &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
+	m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
 	reply := a.handleSync(ctx, m).(*broker.SyncReply)
 	if reply.Error != "" {
 		t.Fatal(reply.Error)
@@ -805,7 +805,7 @@ func TestSyncHoldingAUnitBeingGrantedIsRefused(t *testing.T) {
 	a.mu.Unlock()
 	held := []broker.HeldUnit{{Pool: "p", Unit: u, Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}}}
 	sync := func(seq uint64) *broker.SyncReply {
-		m := &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
+		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
 		return a.handleSync(ctx, m).(*broker.SyncReply)
 	}
 	if r := sync(1); !strings.Contains(r.Error, "sync again") {
@@ -831,14 +831,14 @@ func TestSuccessorClaimsLeasesOfNodesWithoutOne(t *testing.T) {
 	cs, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
 	kube := kubernetes.NewForConfigOrDie(rc)
 	quiet := slog.New(slog.DiscardHandler)
-	old, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: quiet})
+	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := controlplane.RegisterNode(ctx, kube, "node-2", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(ctx, Config{Client: cs, Conn: conn, Kube: kube, Epoch: 2, Logger: quiet}); err != nil {
+	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Kube: kube, Epoch: 2, Logger: quiet}); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := old.grant(ctx, "p", "node-2", 1); !errors.Is(err, ErrDeposed) {
@@ -865,18 +865,18 @@ func TestTakeoverMeetingANewerEpochFailsAtOnce(t *testing.T) {
 	defer cancel()
 	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
 	quiet := slog.New(slog.DiscardHandler)
-	first, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 1, Logger: quiet})
+	first, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := first.grant(ctx, "p", "node-1", 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(ctx, Config{Client: cs, Conn: conn, Epoch: 5, Logger: quiet}); err != nil {
+	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 5, Logger: quiet}); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	a := newAllocator(Config{Client: cs, Conn: conn, Epoch: 4, Logger: quiet})
+	a := newAllocator(Config{Client: cs, Bus: broker.NATS(conn), Epoch: 4, Logger: quiet})
 	leases, err := cs.NodeLeases().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)

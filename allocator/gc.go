@@ -253,12 +253,12 @@ func (a *Allocator) reclaim(ctx context.Context, pool, node string, leaks []leak
 	msg := broker.Encode(&broker.Reclaim{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Pool: pool, Items: items})
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.PushTimeout)
 	defer cancel()
-	resp, err := a.cfg.Conn.RequestWithContext(rctx, broker.SubjectReclaim(node), msg)
+	resp, err := a.cfg.Bus.Request(rctx, broker.SubjectReclaim(node), msg)
 	if err != nil {
 		return fmt.Errorf("reclaim from %s: %w", node, err)
 	}
 	var r broker.Reclaimed
-	if err := broker.Decode(resp.Data, &r); err != nil {
+	if err := broker.Decode(resp, &r); err != nil {
 		return fmt.Errorf("reclaim from %s: %w", node, err)
 	}
 	a.metrics.reclaimed.WithLabelValues(pool, "pod-gone").Add(float64(len(r.IDs)))

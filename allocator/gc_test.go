@@ -31,7 +31,7 @@ func TestGCNeverFreesALivePodBehindALaggingInformer(t *testing.T) {
 		Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
 	kube := kubernetes.NewForConfigOrDie(rc)
 	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
-	a, err := New(ctx, Config{Client: cs, Conn: conn, Kube: kube, Epoch: 1, Clock: clk, GCInterval: 30 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+	a, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Kube: kube, Epoch: 1, Clock: clk, GCInterval: 30 * time.Second, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"testing"
 
-	"github.com/nats-io/nats.go"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
@@ -44,7 +43,7 @@ func TestConflictAndRefusalLogTheirFields(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.checkSender(&nats.Msg{Subject: broker.SubjectMissFrom("node-a.example"), Data: body}); err == nil {
+	if err := a.checkSender(broker.Msg{Subject: broker.SubjectMissFrom("node-a.example"), Data: body}); err == nil {
 		t.Fatal("a request naming another node was not refused")
 	}
 	logs.Want(t, "request refused: its body names another node than its subject", map[string]any{

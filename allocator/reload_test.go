@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -64,7 +63,7 @@ func TestReloadKeepsUnitsTheNodeMayHold(t *testing.T) {
 	}
 	sync := func(seq uint64, held []broker.HeldUnit) *broker.SyncReply {
 		t.Helper()
-		m := &nats.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: seq, Units: held})}
+		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: seq, Units: held})}
 		reply := a.handleSync(ctx, m).(*broker.SyncReply)
 		if reply.Error != "" {
 			t.Fatalf("sync %d of n1: %s", seq, reply.Error)
@@ -83,7 +82,7 @@ func TestReloadKeepsUnitsTheNodeMayHold(t *testing.T) {
 	pod := broker.Pod{Namespace: "d", Name: "web", UID: "u1"}
 	assigned := broker.Event{Kind: broker.EventAssigned, Pool: "p", UnitID: units[0].ID, Attachment: "ctr/eth0", Pod: pod}
 	report := func(seq uint64) *broker.ReportReply {
-		m := &nats.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: seq, Events: []broker.Event{assigned}})}
+		m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: seq, Events: []broker.Event{assigned}})}
 		return a.handleReport(ctx, m).(*broker.ReportReply)
 	}
 	if r := report(2); r.Error == "" {

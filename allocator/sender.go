@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/warmpool/warmpool/broker"
 )
 
@@ -33,7 +31,7 @@ func subjectNode(subject string) string {
 // node: it can only publish on its own subject, and here the body must
 // agree with it. A body that does not decode is left to the handler, which
 // answers the decoding error.
-func (a *Allocator) checkSender(m *nats.Msg) error {
+func (a *Allocator) checkSender(m broker.Msg) error {
 	token, ok := broker.SubjectNodeToken(m.Subject)
 	if !ok {
 		a.log.Warn("request refused: not an agent's subject", "subject", m.Subject)

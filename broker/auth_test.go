@@ -117,7 +117,7 @@ func newAuthRig(t *testing.T, ctx context.Context) *authRig {
 		t.Fatalf("the allocator's own credential: %v", err)
 	}
 	t.Cleanup(r.admin.Close)
-	if r.alloc, err = allocator.New(ctx, allocator.Config{Client: cs, Conn: r.admin, Epoch: 1, Logger: log.With("component", "allocator"),
+	if r.alloc, err = allocator.New(ctx, allocator.Config{Client: cs, Bus: broker.NATS(r.admin), Epoch: 1, Logger: log.With("component", "allocator"),
 		PlanInterval: 200 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +206,7 @@ func TestAgentAuthentication(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		bus := agent.NewBus(a, conn, 2*time.Second)
+		bus := agent.NewBus(a, broker.NATS(conn), 2*time.Second)
 		bctx, bcancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- bus.Run(bctx) }()

@@ -139,7 +139,7 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof boo
 		return err
 	}
 	defer conn.Close()
-	bus := agent.NewBus(a, conn, 0)
+	bus := agent.NewBus(a, broker.NATS(conn), 0)
 	bus.NodeReady = agent.NodeReadyProbe(kube, node)
 	if err := metrics.Serve(ctx, metricsAddr, a.Registry(), log, pprof, map[string]http.Handler{agent.StatePath: a.StateHandler(bus.Fencing)}); err != nil {
 		return err

@@ -173,7 +173,7 @@ func lead(ctx context.Context, kube kubernetes.Interface, wp *client.Clientset, 
 		return err
 	}
 	defer conn.Close()
-	a, err := allocator.New(ctx, allocator.Config{Client: wp, Conn: conn, Epoch: epoch, Logger: log, Kube: kube,
+	a, err := allocator.New(ctx, allocator.Config{Client: wp, Bus: broker.NATS(conn), Epoch: epoch, Logger: log, Kube: kube,
 		PlanInterval: o.planInterval, GCInterval: o.gcInterval, NodeLossGrace: o.nodeLossGrace})
 	if err != nil {
 		return err

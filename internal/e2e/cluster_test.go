@@ -90,7 +90,7 @@ func newCluster(t *testing.T, pool *v1alpha1.IPPool, opts ...func(*allocator.Con
 		t.Fatal(err)
 	}
 	t.Cleanup(conn.Close)
-	cfg := allocator.Config{Client: cs, Conn: conn, Kube: c.kube, Epoch: 1, Logger: testenv.Logger(t).With("component", "allocator")}
+	cfg := allocator.Config{Client: cs, Bus: broker.NATS(conn), Kube: c.kube, Epoch: 1, Logger: testenv.Logger(t).With("component", "allocator")}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -163,7 +163,7 @@ func (c *cluster) addNode(name string, labels ...string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bus := agent.NewBus(a, conn, 0)
+	bus := agent.NewBus(a, broker.NATS(conn), 0)
 	n.bus = bus
 	n.socket = filepath.Join(dir, "agent.sock")
 	srv, err := agent.Listen(a, n.socket)
@@ -252,6 +252,18 @@ func (n *node) waitWarm(t *testing.T, want int) {
 	})
 	if err != nil {
 		t.Fatalf("node %s: %d warm, want %d", n.name, n.agent.WarmCount("dual"), want)
+	}
+}
+
+// waitSynced waits until the node's agent has synced with the allocator
+// and may use its warm units.
+func (n *node) waitSynced(t *testing.T) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return n.bus.Fencing() == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("node %s never synced: %v", n.name, n.bus.Fencing())
 	}
 }
 
