@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 
 GO ?= go
-TOOLCHAIN := internal/toolchain/build.sh
+TOOLCHAIN := internal/rig/toolchain/build.sh
 CONTROLLER_GEN = $$(bash $(TOOLCHAIN) --print-dir controller-gen)/controller-gen
 # Test flags; e.g. make test GOTESTFLAGS='-run TestPoolValidation -v'.
 GOTESTFLAGS ?=
@@ -72,7 +72,7 @@ fuzz:
 FAULTS ?= 100
 FAULTSEED ?= 1
 test-faults: bins
-	$(GO) test -count=1 -timeout 0 ./internal/faults -run 'TestFaults$$' -v \
+	$(GO) test -count=1 -timeout 0 ./internal/rig/faults -run 'TestFaults$$' -v \
 		-faults.scenarios=$(FAULTS) -faults.seed=$(FAULTSEED) $(GOTESTFLAGS)
 
 ## demo: the benchmark (docs/benchmark.md): a local cluster (etcd,

@@ -20,8 +20,8 @@ import (
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/agent/wire"
-	"github.com/warmpool/warmpool/internal/netsim"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/netsim"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 // node is one simulated node: a host namespace, an agent serving its

@@ -7,7 +7,7 @@ import (
 
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/agent/wire"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 // exhaustedAllocator answers every miss: the pool is exhausted.

@@ -3,7 +3,7 @@ package agent
 import (
 	"testing"
 
-	"github.com/warmpool/warmpool/internal/metricsdoc"
+	"github.com/warmpool/warmpool/internal/rig/metricsdoc"
 )
 
 // TestMetricsAreDocumented: docs/metrics.md's Agent table lists exactly

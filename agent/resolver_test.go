@@ -16,8 +16,8 @@ import (
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
-	"github.com/warmpool/warmpool/internal/child"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/child"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 // TestInformerResolver resolves pools on a real apiserver: netconf pool,

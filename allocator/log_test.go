@@ -9,7 +9,7 @@ import (
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 // TestConflictAndRefusalLogTheirFields: a unit another node holds, and a

@@ -7,7 +7,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
-	"github.com/warmpool/warmpool/internal/metricsdoc"
+	"github.com/warmpool/warmpool/internal/rig/metricsdoc"
 )
 
 // TestMetricsAreDocumented: docs/metrics.md's Allocator table lists

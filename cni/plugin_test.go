@@ -24,7 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/warmpool/warmpool/agent/wire"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 const goodConf = `{"cniVersion":"1.1.0","name":"underlay","type":"macvlan","ipam":{"type":"warmpool","pool":"underlay-dual","socket":"/tmp/none.sock","timeout":"2s"}}`

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/warmpool/warmpool/internal/metricsdoc"
+	"github.com/warmpool/warmpool/internal/rig/metricsdoc"
 )
 
 // TestDashboardReadsDocumentedMetrics: the dashboard parses, every panel

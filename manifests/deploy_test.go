@@ -45,7 +45,7 @@ import (
 	"github.com/warmpool/warmpool/cni"
 	"github.com/warmpool/warmpool/cni/install"
 	"github.com/warmpool/warmpool/internal/metrics"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 	"github.com/warmpool/warmpool/manifests"
 )
 

@@ -10,8 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/warmpool/warmpool/internal/controlplane"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/controlplane"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 	"github.com/warmpool/warmpool/manifests"
 )
 

@@ -27,9 +27,9 @@ import (
 
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/broker"
-	"github.com/warmpool/warmpool/internal/controlplane"
-	"github.com/warmpool/warmpool/internal/netsim"
-	"github.com/warmpool/warmpool/internal/toolchain"
+	"github.com/warmpool/warmpool/internal/rig/controlplane"
+	"github.com/warmpool/warmpool/internal/rig/netsim"
+	"github.com/warmpool/warmpool/internal/rig/toolchain"
 	"github.com/warmpool/warmpool/manifests"
 )
 

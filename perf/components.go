@@ -16,7 +16,7 @@ import (
 	"github.com/prometheus/common/model"
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/warmpool/warmpool/internal/child"
+	"github.com/warmpool/warmpool/internal/rig/child"
 )
 
 // process is one of warmpool's components, run from its real binary as

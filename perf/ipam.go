@@ -13,7 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
-	"github.com/warmpool/warmpool/internal/netsim"
+	"github.com/warmpool/warmpool/internal/rig/netsim"
 )
 
 // The IPAMs the harness knows. Any other CNI config can be measured the

@@ -20,7 +20,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
-	"github.com/warmpool/warmpool/internal/netsim"
+	"github.com/warmpool/warmpool/internal/rig/netsim"
 )
 
 // network is how the pods of one IPAM under test get their interface: a

@@ -11,7 +11,7 @@ import (
 
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 	"github.com/warmpool/warmpool/manifests"
 )
 

@@ -10,5 +10,5 @@
 // a pure function of a Snapshot (Pools, Nodes, Where, Leases, Doctor),
 // tested with snapshots built in code. The cross-checks the fault suite
 // shares (SharedLeaseUnits, SharedAgentUnits, CompareHoldings) live here
-// so that the CLI and internal/faults apply the same rules.
+// so that the CLI and internal/rig/faults apply the same rules.
 package inspect

@@ -11,7 +11,7 @@ import (
 )
 
 // The cross-checks shared with the fault suite's checker
-// (internal/faults/checker.go): the same rules whether a test or an
+// (internal/rig/faults/checker.go): the same rules whether a test or an
 // operator asks. They are pure; callers read the records.
 
 // LeaseRef names a NodeLease.

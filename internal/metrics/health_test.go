@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/warmpool/warmpool/internal/child"
+	"github.com/warmpool/warmpool/internal/rig/child"
 )
 
 // TestServeHealthFollowsTheCheck: the answer changes with the check's,

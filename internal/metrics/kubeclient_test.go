@@ -13,7 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/warmpool/warmpool/internal/metricsdoc"
+	"github.com/warmpool/warmpool/internal/rig/metricsdoc"
 )
 
 // TestKubeRequestsCountsClientGo: requests a client-go clientset sends

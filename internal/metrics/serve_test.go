@@ -9,7 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/warmpool/warmpool/internal/child"
+	"github.com/warmpool/warmpool/internal/rig/child"
 )
 
 // TestServePprofOnlyWhenAsked: /metrics is always served, Go's profiles

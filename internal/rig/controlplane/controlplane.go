@@ -29,15 +29,15 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/warmpool/warmpool/internal/child"
-	"github.com/warmpool/warmpool/internal/toolchain"
+	"github.com/warmpool/warmpool/internal/rig/child"
+	"github.com/warmpool/warmpool/internal/rig/toolchain"
 )
 
 // Options configure a control plane. The zero value starts etcd and
 // kube-apiserver from the binary cache in a temporary directory.
 type Options struct {
 	// EtcdBinary and KubeBinary default to the binaries in the cache
-	// (internal/toolchain). KubeBinary is the combined binary whose first
+	// (internal/rig/toolchain). KubeBinary is the combined binary whose first
 	// argument names the component.
 	EtcdBinary string
 	KubeBinary string

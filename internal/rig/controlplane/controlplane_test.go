@@ -12,8 +12,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/warmpool/warmpool/internal/controlplane"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/controlplane"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 // TestStartServeStop starts etcd and kube-apiserver, writes and reads an

@@ -15,8 +15,8 @@ import (
 
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/v1alpha1"
-	"github.com/warmpool/warmpool/internal/netsim"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/netsim"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 // TestWarmAddEndToEnd: the allocator warms a new node at its first sync;

@@ -26,9 +26,9 @@ import (
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
-	"github.com/warmpool/warmpool/internal/controlplane"
-	"github.com/warmpool/warmpool/internal/netsim"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/controlplane"
+	"github.com/warmpool/warmpool/internal/rig/netsim"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 	"github.com/warmpool/warmpool/manifests"
 )
 

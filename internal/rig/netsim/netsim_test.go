@@ -13,8 +13,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/warmpool/warmpool/internal/netsim"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/netsim"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 const chain = `{

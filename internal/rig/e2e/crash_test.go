@@ -21,7 +21,7 @@ import (
 
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/api/v1alpha1"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 // agentProc is the real warmpool-agent binary run as a process.

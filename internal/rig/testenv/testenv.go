@@ -27,9 +27,9 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"k8s.io/client-go/rest"
 
-	"github.com/warmpool/warmpool/internal/controlplane"
-	"github.com/warmpool/warmpool/internal/netsim"
-	"github.com/warmpool/warmpool/internal/toolchain"
+	"github.com/warmpool/warmpool/internal/rig/controlplane"
+	"github.com/warmpool/warmpool/internal/rig/netsim"
+	"github.com/warmpool/warmpool/internal/rig/toolchain"
 	"github.com/warmpool/warmpool/manifests"
 )
 

@@ -24,8 +24,8 @@ import (
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/broker"
-	"github.com/warmpool/warmpool/internal/controlplane"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/controlplane"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 	"github.com/warmpool/warmpool/manifests"
 )
 

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/warmpool/warmpool/internal/testenv"
-	"github.com/warmpool/warmpool/internal/toolchain"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
+	"github.com/warmpool/warmpool/internal/rig/toolchain"
 )
 
 // regressionSeeds are the slice make test runs: seeds whose scenarios
@@ -86,7 +86,7 @@ func TestFaults(t *testing.T) {
 				t.Log(rep)
 			}
 			if err != nil {
-				t.Fatalf("%v\nrerun: go test ./internal/faults -run TestFaults -faults.seeds=%d -v\nlogs kept in %s", err, seed, dir)
+				t.Fatalf("%v\nrerun: go test ./internal/rig/faults -run TestFaults -faults.seeds=%d -v\nlogs kept in %s", err, seed, dir)
 			}
 			os.RemoveAll(dir)
 			mu.Lock()

@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/warmpool/warmpool/broker"
-	"github.com/warmpool/warmpool/internal/testenv"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 // TestAllocatorBinary runs the real warmpool-allocator binary against the

@@ -11,7 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/warmpool/warmpool/agent"
-	"github.com/warmpool/warmpool/internal/controlplane"
+	"github.com/warmpool/warmpool/internal/rig/controlplane"
 )
 
 // Kind names a fault.

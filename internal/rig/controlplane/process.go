@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/warmpool/warmpool/internal/child"
+	"github.com/warmpool/warmpool/internal/rig/child"
 )
 
 // listensOn reports whether process pid owns a listening TCP socket on port,
