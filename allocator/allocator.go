@@ -26,7 +26,12 @@ import (
 
 // Config configures an allocator.
 type Config struct {
+	// Client is the API client of warmpool's objects: the leases and pools
+	// below default to its, and the pool informer uses it. Tests of the
+	// ledger alone leave it nil and set Leases and Pools (and no Kube).
 	Client *client.Clientset
+	Leases Leases
+	Pools  Pools
 	// Bus carries the requests to and from the agents (broker.NATS over a
 	// connection, or a broker.Network's endpoint in tests).
 	Bus broker.Transport
@@ -137,6 +142,14 @@ var (
 // newAllocator fills in Config's defaults and builds an allocator with
 // an empty ledger.
 func newAllocator(cfg Config) *Allocator {
+	if cfg.Client != nil {
+		if cfg.Leases == nil {
+			cfg.Leases = cfg.Client.NodeLeases()
+		}
+		if cfg.Pools == nil {
+			cfg.Pools = cfg.Client.IPPools()
+		}
+	}
 	if cfg.PushTimeout == 0 {
 		cfg.PushTimeout = 2 * time.Second
 	}
@@ -183,15 +196,18 @@ func newAllocator(cfg Config) *Allocator {
 // New loads every pool and NodeLease from the API (not a cache: the
 // leader starts from what is persisted) into a new allocator.
 func New(ctx context.Context, cfg Config) (*Allocator, error) {
-	if cfg.Client == nil || cfg.Bus == nil || cfg.Epoch == 0 {
-		return nil, errors.New("allocator: Client, Bus and a non-zero Epoch are required")
+	if cfg.Client == nil && (cfg.Leases == nil || cfg.Pools == nil) || cfg.Bus == nil || cfg.Epoch == 0 {
+		return nil, errors.New("allocator: Client (or Leases and Pools), Bus and a non-zero Epoch are required")
+	}
+	if cfg.Kube != nil && cfg.Client == nil {
+		return nil, errors.New("allocator: the informers (Kube) need Client for the pools'")
 	}
 	a := newAllocator(cfg)
-	pools, err := cfg.Client.IPPools().List(ctx, metav1.ListOptions{})
+	pools, err := a.cfg.Pools.List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list pools: %w", err)
 	}
-	leases, err := cfg.Client.NodeLeases().List(ctx, metav1.ListOptions{})
+	leases, err := a.cfg.Leases.List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list node leases: %w", err)
 	}
@@ -211,7 +227,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if err := a.claim(ctx, pools.Items, leases.Items); err != nil {
 		return nil, err
 	}
-	if leases, err = cfg.Client.NodeLeases().List(ctx, metav1.ListOptions{}); err != nil {
+	if leases, err = a.cfg.Leases.List(ctx, metav1.ListOptions{}); err != nil {
 		return nil, fmt.Errorf("list node leases: %w", err)
 	}
 	for _, nl := range leases.Items {
@@ -262,7 +278,7 @@ func (a *Allocator) fence(ctx context.Context, leases []v1alpha1.NodeLease) erro
 // nil to read it), re-reading it on a conflict; errors that may pass (a
 // timeout, the API throttling or restarting) are retried until ctx ends.
 func (a *Allocator) fenceOne(ctx context.Context, name string, nl *v1alpha1.NodeLease) error {
-	api := a.cfg.Client.NodeLeases()
+	api := a.cfg.Leases
 	return retryTransient(ctx, func() error {
 		if nl == nil {
 			cur, err := api.Get(ctx, name, metav1.GetOptions{})
@@ -353,7 +369,7 @@ func (a *Allocator) claim(ctx context.Context, pools []v1alpha1.IPPool, leases [
 				Spec: v1alpha1.NodeLeaseSpec{Pool: p.Name, Node: n.Name, Epoch: int64(a.cfg.Epoch)}}
 			g.Go(func() error {
 				err := retryTransient(gctx, func() error {
-					_, err := a.cfg.Client.NodeLeases().Create(gctx, nl, metav1.CreateOptions{})
+					_, err := a.cfg.Leases.Create(gctx, nl, metav1.CreateOptions{})
 					if apierrors.IsAlreadyExists(err) {
 						// Created since the list (by a deposed leader, or by
 						// our own create whose answer was lost): fence it.
@@ -1174,7 +1190,7 @@ func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string,
 		ObjectMeta: metav1.ObjectMeta{Name: name, ResourceVersion: rv},
 		Spec:       v1alpha1.NodeLeaseSpec{Pool: pool, Node: node, Epoch: int64(a.cfg.Epoch), Units: leaseUnits(units)},
 	}
-	leases := a.cfg.Client.NodeLeases()
+	leases := a.cfg.Leases
 	// A new write on top of one whose outcome is unknown would be built on
 	// the wrong state: settle that one first.
 	if err := a.settleHeld(ctx, pool, node); err != nil {
@@ -1241,7 +1257,7 @@ func outcomeUnknown(err error) bool {
 
 // loadPool reads a pool the ledger does not know yet from the API.
 func (a *Allocator) loadPool(ctx context.Context, pool string) error {
-	p, err := a.cfg.Client.IPPools().Get(ctx, pool, metav1.GetOptions{})
+	p, err := a.cfg.Pools.Get(ctx, pool, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return fmt.Errorf("pool %s: %w", pool, errUnknownPool)
 	}

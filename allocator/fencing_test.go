@@ -1,7 +1,6 @@
 package allocator
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -314,23 +313,21 @@ func TestOrphansAreNeverListedBack(t *testing.T) {
 
 // flaky wraps the API transport of a test allocator, for lease requests:
 // it can refuse writes (as an admission webhook would), apply the next few
-// and lose their answers, hold writes until released, fail one write now
-// and apply it later, or fail every request (the API down).
+// and lose their answers, hold writes until released, or fail every
+// request (the API down). memLeases does the same without an apiserver.
 type flaky struct {
 	next http.RoundTripper
 	mode atomic.Int32
 	lose atomic.Int32 // answers of lease writes still to lose
 
 	arrived chan struct{} // gateWrites: a write is held
-	release chan struct{} // gateWrites, delayWrite: let it go
-	landed  chan struct{} // delayWrite: the late write was applied
+	release chan struct{} // gateWrites: let it go
 }
 
 const (
 	normal int32 = iota
 	refuseWrites
 	gateWrites
-	delayWrite
 	apiDown
 )
 
@@ -345,19 +342,6 @@ func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
 	case write && mode == gateWrites:
 		f.arrived <- struct{}{}
 		<-f.release
-	case write && mode == delayWrite:
-		body, _ := io.ReadAll(r.Body)
-		late, _ := http.NewRequestWithContext(context.Background(), r.Method, r.URL.String(), bytes.NewReader(body))
-		late.Header = r.Header.Clone()
-		f.mode.Store(normal)
-		go func() {
-			<-f.release
-			if resp, err := f.next.RoundTrip(late); err == nil {
-				resp.Body.Close()
-			}
-			close(f.landed)
-		}()
-		return nil, errors.New("client timeout (the request is still in flight at the apiserver)")
 	case lease && mode == apiDown:
 		return nil, errors.New("connection refused (the test: API down)")
 	case write && f.lose.Add(-1) >= 0:
@@ -374,7 +358,7 @@ func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
 // flakyClient is a warmpool client whose lease writes go through a flaky.
 func flakyClient(t *testing.T, rc *rest.Config) (*client.Clientset, *flaky) {
 	t.Helper()
-	f := &flaky{arrived: make(chan struct{}, 10), release: make(chan struct{}), landed: make(chan struct{})}
+	f := &flaky{arrived: make(chan struct{}, 10), release: make(chan struct{})}
 	cfg := rest.CopyConfig(rc)
 	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { f.next = rt; return f }
 	cs, err := client.New(cfg)
@@ -391,15 +375,22 @@ func flakyClient(t *testing.T, rc *rest.Config) (*client.Clientset, *flaky) {
 func TestLostWriteAnswerKeepsTheUnits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, cs, api, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
+	var lose atomic.Int32
+	leases.fault = func(string, string) writeFault {
+		if lose.Add(-1) >= 0 {
+			return writeLost
+		}
+		return writeOK
+	}
 	for i, node := range []string{"node-a", "node-a", "node-b"} {
-		api.lose.Store(1)
+		lose.Store(1)
 		units, _, _, err := a.grant(ctx, "p", node, 2)
 		if err != nil || len(units) != 2 {
 			t.Fatalf("grant %d to %s with its answer lost: %v, %v; want it settled as done", i, node, units, err)
 		}
 	}
-	if n := unitsInLeases(t, ctx, cs); n != 6 {
+	if n := unitsInLeases(t, ctx, leases); n != 6 {
 		t.Errorf("%d units in leases, want all 6", n)
 	}
 }
@@ -411,17 +402,25 @@ func TestLostWriteAnswerKeepsTheUnits(t *testing.T) {
 func TestLateLandingWriteIsSettled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, cs, api, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
-	api.mode.Store(delayWrite)
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
+	var late atomic.Bool
+	late.Store(true)
+	leases.fault = func(string, string) writeFault {
+		if late.Swap(false) {
+			return writeLate
+		}
+		return writeOK
+	}
 	if _, _, _, err := a.grant(ctx, "p", "n1", 6); err != nil {
 		t.Fatalf("grant whose first sending is delayed: %v, want it settled by the second", err)
 	}
 	if _, _, _, err := a.grant(ctx, "p", "n2", 6); !errors.Is(err, errExhausted) {
 		t.Fatalf("grant to n2: %v, want exhausted (all 6 are n1's)", err)
 	}
-	close(api.release)
-	<-api.landed
-	unitsInLeases(t, ctx, cs)
+	leases.landLate()
+	if n := unitsInLeases(t, ctx, leases); n != 6 {
+		t.Errorf("%d units in leases, want all 6 (n1's)", n)
+	}
 }
 
 // TestAPIDownDoesNotStarveTheBus: while lease writes cannot complete, a
@@ -518,14 +517,14 @@ func TestSyncCannotCrossADropOfALostNode(t *testing.T) {
 
 // unitsInLeases counts the units in every NodeLease, failing the test on
 // one in two leases.
-func unitsInLeases(t *testing.T, ctx context.Context, cs *client.Clientset) int {
+func unitsInLeases(t *testing.T, ctx context.Context, leases Leases) int {
 	t.Helper()
-	leases, err := cs.NodeLeases().List(ctx, metav1.ListOptions{})
+	list, err := leases.List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	holder := map[string]string{}
-	for _, l := range leases.Items {
+	for _, l := range list.Items {
 		for _, u := range l.Spec.Units {
 			if h, ok := holder[u.IPv4]; ok {
 				t.Errorf("%s in the leases of %s and %s", u.IPv4, h, l.Spec.Node)
@@ -619,7 +618,7 @@ func TestLostNodeKeepsWarmUnitsAPodMayHold(t *testing.T) {
 	if err := a.dropLost(ctx, "p", "n1", nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := unitsInLeases(t, ctx, cs); n != 3 {
+	if n := unitsInLeases(t, ctx, cs.NodeLeases()); n != 3 {
 		t.Fatalf("%d units leased after the drop, want the 3 warm ones kept while web has no address on record", n)
 	}
 	// A pod bound after the agent had fenced itself cannot hold one.
@@ -634,7 +633,7 @@ func TestLostNodeKeepsWarmUnitsAPodMayHold(t *testing.T) {
 	if err := a.dropLost(ctx, "p", "n1", nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := unitsInLeases(t, ctx, cs); n != 0 {
+	if n := unitsInLeases(t, ctx, cs.NodeLeases()); n != 0 {
 		t.Fatalf("%d units leased once web is gone (late was created after the agent fenced itself), want 0", n)
 	}
 }

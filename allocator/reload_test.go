@@ -125,7 +125,7 @@ func TestReloadKeepsUnitsTheNodeMayHold(t *testing.T) {
 	if err != nil || len(more) != 1 || more[0].ID != units[2].ID {
 		t.Fatalf("grant to n2 after n1's sync: %v, %v; want %s, which n1 no longer holds", more, err, units[2].ID)
 	}
-	unitsInLeases(t, ctx, a.cfg.Client)
+	unitsInLeases(t, ctx, a.cfg.Leases)
 }
 
 // TestUnconfirmedUnitsOfANodeStillLostAreFreed: units a reload kept for
@@ -150,5 +150,5 @@ func TestUnconfirmedUnitsOfANodeStillLostAreFreed(t *testing.T) {
 	if err != nil || len(got) != 3 {
 		t.Fatalf("grant to n2 after the GC: %v, %v; want the 3 units n1 lost", got, err)
 	}
-	unitsInLeases(t, ctx, a.cfg.Client)
+	unitsInLeases(t, ctx, a.cfg.Leases)
 }

@@ -129,7 +129,7 @@ func (a *Allocator) settleAll(ctx context.Context) bool {
 // tells what became of it, with the stored lease when it landed (the
 // caller takes that into the ledger).
 func (a *Allocator) resend(ctx context.Context, pool, node string, nl *v1alpha1.NodeLease) (settleOutcome, *v1alpha1.NodeLease) {
-	leases := a.cfg.Client.NodeLeases()
+	leases := a.cfg.Leases
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.WriteTimeout)
 	defer cancel()
 	var out *v1alpha1.NodeLease

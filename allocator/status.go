@@ -95,7 +95,7 @@ func (a *Allocator) writeStatus(ctx context.Context, written map[string]v1alpha1
 	a.mu.Unlock()
 	var errs []error
 	for _, e := range todo {
-		p, err := a.cfg.Client.IPPools().Get(ctx, e.name, metav1.GetOptions{})
+		p, err := a.cfg.Pools.Get(ctx, e.name, metav1.GetOptions{})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("pool %s: %w", e.name, err))
 			continue
@@ -116,7 +116,7 @@ func (a *Allocator) writeStatus(ctx context.Context, written map[string]v1alpha1
 			exhausted.Message = fmt.Sprintf("all %d units are assigned to pods; %d pods wait", e.status.Total, e.status.Pending)
 		}
 		meta.SetStatusCondition(&p.Status.Conditions, exhausted)
-		if _, err := a.cfg.Client.IPPools().UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		if _, err := a.cfg.Pools.UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
 			errs = append(errs, fmt.Errorf("pool %s: %w", e.name, err))
 			continue
 		}
