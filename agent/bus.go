@@ -77,14 +77,17 @@ type Bus struct {
 // allocator until a sync reply gives the allocator's own figure.
 const DefaultWarmTTL = 150 * time.Second
 
-// heardFrom records an answer of the allocator to one of our requests.
-func (b *Bus) heardFrom() { b.vouch(&b.heard) }
+// heardFrom records an answer of the allocator to a request sent at sent.
+func (b *Bus) heardFrom(sent time.Time) { b.vouch(&b.heard, sent) }
 
 // vouch records that the allocator (heard) or the API (readyAt) vouched
-// for the node now. If nothing vouched for longer than the warm TTL
-// before, the node may have been declared lost meanwhile, even if no ADD
-// noticed: the cache is unusable until a sync reconciles it.
-func (b *Bus) vouch(at *atomic.Int64) {
+// for the node, as of when it was asked (sent): the allocator counts a
+// node's silence from the requests it handles, so an answer that took
+// long must not stretch the agent's TTL past the allocator's. If nothing
+// vouched for longer than the warm TTL before now, the node may have been
+// declared lost meanwhile, even if no ADD noticed: the cache is unusable
+// until a sync reconciles it.
+func (b *Bus) vouch(at *atomic.Int64, sent time.Time) {
 	now := b.agent.cfg.Now()
 	last := time.Unix(0, max(b.heard.Load(), b.readyAt.Load()))
 	if now.Sub(last) > time.Duration(b.warmTTL.Load()) && !b.unsynced.Load() {
@@ -92,7 +95,12 @@ func (b *Bus) vouch(at *atomic.Int64) {
 		b.Resync()
 		b.log.Warn("warm units fenced: nothing vouched for the node for longer than the warm TTL", "since", last)
 	}
-	at.Store(now.UnixNano())
+	for {
+		old := at.Load()
+		if sent.UnixNano() <= old || at.CompareAndSwap(old, sent.UnixNano()) {
+			return
+		}
+	}
 }
 
 // probeIfSilent asks the API whether the node is Ready when the allocator
@@ -106,11 +114,12 @@ func (b *Bus) probeIfSilent(ctx context.Context) {
 	go func() {
 		pctx, cancel := context.WithTimeout(ctx, ttl/3)
 		defer cancel()
+		sent := b.agent.cfg.Now()
 		if err := b.NodeReady(pctx); err != nil {
 			b.log.Warn("allocator silent and the node not confirmed Ready by the API", "err", err)
 			return
 		}
-		b.vouch(&b.readyAt)
+		b.vouch(&b.readyAt, sent)
 	}()
 }
 
@@ -377,6 +386,7 @@ func storeUnits(pool string, us []broker.Unit) []store.Unit {
 func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, int64, error) {
 	msg := broker.Encode(&broker.MissRequest{V: broker.ProtocolVersion, Node: b.node, Pool: pool, Count: count})
 	b.agent.metrics.bus.WithLabelValues("miss", "sent").Inc()
+	sent := b.agent.cfg.Now()
 	resp, err := b.conn.Request(ctx, broker.SubjectMissFrom(b.node), msg)
 	if errors.Is(err, nats.ErrNoResponders) {
 		// No allocator is subscribed at this instant (a failover, or the
@@ -396,7 +406,7 @@ func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, s
 	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
 		return nil, store.Pool{}, 0, fmt.Errorf("miss answered by a deposed allocator (epoch %d): %w", r.Epoch, err)
 	}
-	b.heardFrom()
+	b.heardFrom(sent)
 	b.setExhausted(pool, r.Exhausted)
 	switch {
 	case r.Exhausted:
@@ -419,6 +429,7 @@ func (b *Bus) report(ctx context.Context) error {
 		return nil
 	}
 	var r broker.ReportReply
+	sent := b.agent.cfg.Now()
 	if err := b.request(ctx, broker.SubjectReportFrom(b.node), &broker.Report{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: b.nextSeq(), Events: events}, &r); err != nil {
 		return err
 	}
@@ -428,7 +439,7 @@ func (b *Bus) report(ctx context.Context) error {
 	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
 		return fmt.Errorf("report acknowledged by a deposed allocator (epoch %d): %w", r.Epoch, err)
 	}
-	b.heardFrom()
+	b.heardFrom(sent)
 	b.mu.Lock()
 	b.forgetLocked(len(events))
 	b.mu.Unlock()
@@ -493,6 +504,7 @@ func (b *Bus) sync(ctx context.Context) error {
 	// never applies this snapshot over it.
 	seq := b.nextSeq()
 	held := b.agent.Held()
+	sent := b.agent.cfg.Now()
 	if err := b.request(ctx, broker.SubjectSyncFrom(b.node), &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Units: held}, &r); err != nil {
 		return err
 	}
@@ -515,7 +527,7 @@ func (b *Bus) sync(ctx context.Context) error {
 	if r.WarmTTLMillis > 0 {
 		b.warmTTL.Store(int64(time.Duration(r.WarmTTLMillis) * time.Millisecond))
 	}
-	b.heardFrom()
+	b.heardFrom(sent)
 	b.unsynced.Store(false)
 	b.mu.Lock()
 	b.forgetLocked(covered)

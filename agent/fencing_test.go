@@ -181,6 +181,59 @@ func TestWarmUnitsFencedAfterSilence(t *testing.T) {
 	}
 }
 
+// TestALateAnswerDoesNotStretchTheWarmTTL: the allocator counts a node's
+// silence from the requests it handles, so the agent counts its warm TTL
+// from when it sent the request an answer is to, not from when the answer
+// came: a sync answered 4 s after it was sent vouches for the node as of
+// the sending.
+func TestALateAnswerDoesNotStretchTheWarmTTL(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, alloc := allocatorSide(t, ctx)
+	f := newFixture(t, 0)
+	var syncs atomic.Int32
+	var hold atomic.Bool
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	sub, err := alloc.Subscribe(broker.SubjectSyncAll, func(m *nats.Msg) {
+		if hold.Load() {
+			arrived <- struct{}{}
+			<-release
+		}
+		syncs.Add(1)
+		_ = m.Respond(broker.Encode(&broker.SyncReply{V: broker.ProtocolVersion, Epoch: 1, Leases: []broker.Lease{dualLease(3)}, WarmTTLMillis: 10_000}))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	// The periodic sync's real ticker must not answer for the node between
+	// the steps (see TestWarmUnitsFencedAfterSilence); the bus timeout
+	// leaves the held answer time to come.
+	bus := runBus(t, ctx, f, srv.ClientURL(), func(b *Bus) { b.syncEvery, b.timeout = time.Hour, 10*time.Second })
+	waitForSync(t, ctx, bus, &syncs, 1)
+
+	hold.Store(true)
+	f.clock.Advance(5 * time.Second)
+	heard := bus.heard.Load()
+	bus.Resync()
+	<-arrived // sent 5 s after the first sync's sending
+	f.clock.Advance(4 * time.Second)
+	close(release)
+	for bus.heard.Load() == heard {
+		if ctx.Err() != nil {
+			t.Fatal("the held sync's answer was never taken")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got, want := time.Unix(0, bus.heard.Load()), f.clock.Now().Add(-4*time.Second); !got.Equal(want) {
+		t.Fatalf("the answer vouched for the node as of %s, want %s (when its request was sent)", got, want)
+	}
+	f.clock.Advance(7 * time.Second) // 11 s after the sending, 7 s after the answer
+	if werr := f.do(t, req(wire.OpAdd, "c1")).Error; werr == nil || werr.Code != wire.CodeTryAgainLater || !strings.Contains(werr.Msg, "no answer from the allocator for 11s") {
+		t.Fatalf("ADD 11 s after the last answered request was sent (TTL 10 s): %+v, want code %d naming the silence", werr, wire.CodeTryAgainLater)
+	}
+}
+
 // allocatorSide starts a NATS server and connects to it as the allocator
 // would.
 func allocatorSide(t *testing.T, ctx context.Context) (*broker.Server, *nats.Conn) {
