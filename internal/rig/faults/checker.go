@@ -185,6 +185,21 @@ func (w *world) checkStore(c *component) {
 	w.stats.add("assignments-checked-after-crash", len(live))
 }
 
+// serving is liveness once the faults have healed: no agent is fenced
+// (the allocator and the bus are up, so a sync must have reconciled each).
+func (c *checker) serving(ctx context.Context) error {
+	for _, a := range c.w.agents {
+		st, err := agentState(ctx, a)
+		if err != nil {
+			return fmt.Errorf("%s: %w", a.name, err)
+		}
+		if st.Fenced != "" {
+			return fmt.Errorf("%s is still fenced: %s", a.name, st.Fenced)
+		}
+	}
+	return nil
+}
+
 // converged is invariant 3 once the faults have stopped: every unit of
 // the pool is free (in no lease), or held by exactly the node whose lease
 // lists it; every assignment, in the leases and the agents' stores, is a

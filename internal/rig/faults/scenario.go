@@ -162,7 +162,8 @@ func (w *world) scenario(ctx context.Context) error {
 	<-churned
 	<-injecting   // no fault starts after this
 	inj.wg.Wait() // every fault healed
-	w.log.add("settle", "faults stopped; waiting for convergence (at most %s)", w.cfg.Settle)
+	w.healed.Store(time.Now().UnixNano())
+	w.log.add("settle", "faults stopped; waiting for convergence (at most %s; every node serving within %s)", w.cfg.Settle, livenessBound)
 
 	deadline := time.Now().Add(w.cfg.Settle)
 	var last error
@@ -174,6 +175,11 @@ func (w *world) scenario(ctx context.Context) error {
 		}
 		if last = chk.converged(ctx); last == nil {
 			break
+		}
+		if past, since := w.pastLiveness(); past {
+			if err := chk.serving(ctx); err != nil {
+				return fmt.Errorf("liveness: %s after the faults healed (bound %s): %w", since, livenessBound, err)
+			}
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("invariant 3: not converged %s after the faults stopped: %w", w.cfg.Settle, last)

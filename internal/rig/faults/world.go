@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -85,6 +86,9 @@ type world struct {
 	// that cannot be restarted, an invariant broken).
 	fatalOnce sync.Once
 	fatal     chan error
+	// healed is when the last fault healed and the churn stopped (unix
+	// ns; 0 before): the liveness bound counts from it.
+	healed atomic.Int64
 
 	runtime *runtime
 
@@ -133,6 +137,24 @@ func (w *world) between(lo, hi time.Duration) time.Duration {
 
 func (w *world) fail(err error) {
 	w.fatalOnce.Do(func() { w.fatal <- err })
+}
+
+// livenessBound is how long after the faults healed every node must serve
+// ADDs again: the allocator's election and takeover (a few seconds with the
+// suite's election timings), then each agent's sync, retried every second.
+// Past it, a node still fenced, or an ADD refused with "try again later"
+// (11), fails the scenario.
+const livenessBound = 20 * time.Second
+
+// pastLiveness says whether the liveness bound has passed since the faults
+// healed, and by how long they have been healed.
+func (w *world) pastLiveness() (bool, time.Duration) {
+	h := w.healed.Load()
+	if h == 0 {
+		return false, 0
+	}
+	since := time.Since(time.Unix(0, h))
+	return since > livenessBound, since.Round(time.Second)
 }
 
 func (a *component) socket() string { return filepath.Join(a.dir, "agent.sock") }
