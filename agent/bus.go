@@ -68,7 +68,8 @@ type Bus struct {
 	// within the TTL, so its warm units stay usable through a bus outage.
 	NodeReady func(ctx context.Context) error
 	readyAt   atomic.Int64 // when NodeReady last said Ready (unix ns)
-	// syncEvery is SyncInterval; tests that move the agent's clock by
+	// syncEvery, if set, replaces the periodic sync's interval
+	// (min(SyncInterval, TTL/3)): tests that move the agent's clock by
 	// hand set it beyond their length, as its ticker runs in real time.
 	syncEvery time.Duration
 }
@@ -205,7 +206,7 @@ func NewBus(a *Agent, conn broker.Transport, timeout time.Duration) *Bus {
 	runID := make([]byte, 8)
 	_, _ = rand.Read(runID)
 	b := &Bus{agent: a, conn: conn, node: a.cfg.Node, log: a.log, timeout: timeout, run: hex.EncodeToString(runID),
-		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}, reported: make(chan struct{}), syncEvery: SyncInterval}
+		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}, reported: make(chan struct{})}
 	b.warmTTL.Store(int64(DefaultWarmTTL))
 	b.unsynced.Store(true)
 	a.cfg.OnEvent = b.Record
@@ -264,7 +265,7 @@ func (b *Bus) Run(ctx context.Context) error {
 	<-retry.C
 	// A periodic sync heals what a lost message left behind (a grant that
 	// crossed a sync reply, say) even without a reconnection.
-	periodic := time.NewTicker(b.syncEvery)
+	periodic := time.NewTicker(b.periodicSync())
 	defer periodic.Stop()
 	for {
 		select {
@@ -284,7 +285,7 @@ func (b *Bus) Run(ctx context.Context) error {
 			}
 			// An idle agent must be heard from well within its warm TTL,
 			// or it would fence itself for want of traffic.
-			periodic.Reset(min(b.syncEvery, time.Duration(b.warmTTL.Load())/3))
+			periodic.Reset(b.periodicSync())
 		case <-b.kick:
 			if err := b.report(ctx); err != nil {
 				b.log.Warn("report to the allocator", "err", err)
@@ -301,6 +302,15 @@ func (b *Bus) Run(ctx context.Context) error {
 			b.probeIfSilent(ctx)
 		}
 	}
+}
+
+// periodicSync is how often an idle agent syncs: well within its warm TTL,
+// or it would fence itself for want of traffic.
+func (b *Bus) periodicSync() time.Duration {
+	if b.syncEvery > 0 {
+		return b.syncEvery
+	}
+	return min(SyncInterval, time.Duration(b.warmTTL.Load())/3)
 }
 
 // rearm makes the report loop try again without a new event.

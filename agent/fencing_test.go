@@ -216,7 +216,11 @@ func TestALateAnswerDoesNotStretchTheWarmTTL(t *testing.T) {
 	f.clock.Advance(5 * time.Second)
 	heard := bus.heard.Load()
 	bus.Resync()
-	<-arrived // sent 5 s after the first sync's sending
+	select { // sent 5 s after the first sync's sending
+	case <-arrived:
+	case <-ctx.Done():
+		t.Fatal("the resync was never sent")
+	}
 	f.clock.Advance(4 * time.Second)
 	close(release)
 	for bus.heard.Load() == heard {

@@ -199,9 +199,6 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 	if cfg.Client == nil && (cfg.Leases == nil || cfg.Pools == nil) || cfg.Bus == nil || cfg.Epoch == 0 {
 		return nil, errors.New("allocator: Client (or Leases and Pools), Bus and a non-zero Epoch are required")
 	}
-	if cfg.Kube != nil && cfg.Client == nil {
-		return nil, errors.New("allocator: the informers (Kube) need Client for the pools'")
-	}
 	a := newAllocator(cfg)
 	pools, err := a.cfg.Pools.List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -399,6 +396,10 @@ func (a *Allocator) Start(ctx context.Context) error {
 	ctx, a.cancel = context.WithCancel(ctx)
 	a.started = a.cfg.Clock.Now()
 	if a.cfg.Kube != nil {
+		if a.cfg.Client == nil {
+			a.cancel()
+			return errors.New("allocator: the informers (Kube) need Client for the pools' informer")
+		}
 		a.watch = newWatcher(a.cfg.Kube, a.cfg.Client, a.cfg.Clock.Now, a.upsertPool, a.kick)
 		if err := a.watch.run(ctx); err != nil {
 			a.cancel()

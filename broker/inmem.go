@@ -16,14 +16,17 @@ var ErrPartitioned = errors.New("in-memory bus: this endpoint is cut off")
 // Network is an in-memory bus for tests: endpoints exchange requests
 // through it as NATS clients through a server, and a test can cut any of
 // them off and heal them, without sockets or timers. It keeps NATS's
-// semantics where the protocol leans on them: a request with no live
+// semantics where the protocol leans on them: a request reaches every
+// live subscription its subject matches (two allocators during a handover
+// both hear it) and the first reply wins, a request with no live
 // subscriber fails with nats.ErrNoResponders, a subscription's handler
 // takes one message at a time in order, and a reply to a requester that
-// gave up, or across a partition, is lost.
+// gave up, or across a partition, is lost. Unlike NATS, a cut endpoint's
+// requests fail at once rather than wait in a reconnect buffer.
 type Network struct {
 	mu        sync.Mutex
 	endpoints map[string]*Endpoint
-	subs      []*inmemSub // in subscription order: the first match answers
+	subs      []*inmemSub
 	cut       map[string]bool
 }
 
@@ -66,7 +69,7 @@ func (n *Network) Heal(names ...string) {
 			continue
 		}
 		delete(n.cut, name)
-		if e := n.endpoints[name]; e != nil && e.onReconnect != nil {
+		if e := n.endpoints[name]; e != nil && !e.closed && e.onReconnect != nil {
 			calls = append(calls, e.onReconnect)
 		}
 	}
@@ -88,6 +91,9 @@ var _ Transport = (*Endpoint)(nil)
 
 // Request implements Transport.
 func (e *Endpoint) Request(ctx context.Context, subject string, data []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	n := e.net
 	n.mu.Lock()
 	switch {
@@ -98,31 +104,36 @@ func (e *Endpoint) Request(ctx context.Context, subject string, data []byte) ([]
 		n.mu.Unlock()
 		return nil, ErrPartitioned
 	}
-	var to *inmemSub
+	var to []*inmemSub
 	for _, s := range n.subs {
 		if !n.cut[s.owner.name] && subjectMatches(s.subject, subject) {
-			to = s
-			break
+			to = append(to, s)
 		}
 	}
 	n.mu.Unlock()
-	if to == nil {
+	if len(to) == 0 {
 		return nil, nats.ErrNoResponders
 	}
-	reply := make(chan []byte, 1)
-	var once sync.Once
-	respond := func(b []byte) error {
-		once.Do(func() {
+	reply := make(chan []byte, 1) // the first reply; later ones are dropped
+	for _, s := range to {
+		responder := s.owner
+		respond := func(b []byte) error {
 			n.mu.Lock()
-			lost := n.cut[e.name] || n.cut[to.owner.name]
+			closed, lost := responder.closed, n.cut[e.name] || n.cut[responder.name]
 			n.mu.Unlock()
-			if !lost {
-				reply <- append([]byte(nil), b...)
+			if closed {
+				return nats.ErrConnectionClosed
 			}
-		})
-		return nil
+			if !lost {
+				select {
+				case reply <- append([]byte(nil), b...):
+				default:
+				}
+			}
+			return nil
+		}
+		s.deliver(Msg{Subject: subject, Data: append([]byte(nil), data...), Respond: respond})
 	}
-	to.deliver(Msg{Subject: subject, Data: append([]byte(nil), data...), Respond: respond})
 	select {
 	case b := <-reply:
 		return b, nil

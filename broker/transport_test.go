@@ -155,6 +155,20 @@ func TestNetworkPartition(t *testing.T) {
 	default:
 		t.Fatal("Heal did not call OnReconnect")
 	}
+	// Two subscriptions match (a deposed allocator and its successor
+	// during a handover): both hear the request, the first reply wins.
+	successor := n.Endpoint("allocator-2")
+	heard := make(chan string, 2)
+	if _, err := successor.Handle(broker.SubjectSyncAll, func(m broker.Msg) { heard <- "successor"; _ = m.Respond([]byte("successor")) }); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := agent.Request(ctx, broker.SubjectSyncFrom("a"), []byte("x")); err != nil || string(got) != "x" && string(got) != "successor" {
+		t.Fatalf("request heard by two subscriptions: %q, %v", got, err)
+	}
+	if who := <-heard; who != "successor" {
+		t.Fatalf("the second subscription did not hear the request")
+	}
+	successor.Close()
 	if got, err := alloc.Request(ctx, broker.SubjectGrant("a"), []byte("g")); err != nil || string(got) != "g" {
 		t.Fatalf("request after Heal: %q, %v", got, err)
 	}

@@ -185,19 +185,21 @@ func (w *world) checkStore(c *component) {
 	w.stats.add("assignments-checked-after-crash", len(live))
 }
 
-// serving is liveness once the faults have healed: no agent is fenced
-// (the allocator and the bus are up, so a sync must have reconciled each).
-func (c *checker) serving(ctx context.Context) error {
+// notServing returns, for liveness once the faults have healed, the agents
+// that cannot serve ADDs now and why: down, or fenced (the allocator and
+// the bus are up, so a sync must reconcile each).
+func (c *checker) notServing(ctx context.Context) map[string]string {
+	out := map[string]string{}
 	for _, a := range c.w.agents {
 		st, err := agentState(ctx, a)
-		if err != nil {
-			return fmt.Errorf("%s: %w", a.name, err)
-		}
-		if st.Fenced != "" {
-			return fmt.Errorf("%s is still fenced: %s", a.name, st.Fenced)
+		switch {
+		case err != nil:
+			out[a.name] = err.Error()
+		case st.Fenced != "":
+			out[a.name] = "fenced: " + st.Fenced
 		}
 	}
-	return nil
+	return out
 }
 
 // converged is invariant 3 once the faults have stopped: every unit of

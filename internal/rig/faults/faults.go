@@ -358,8 +358,8 @@ func nameOf(c *component) string {
 // armFailpoint arms a random failpoint in half of an agent's starts, to
 // fire at its Nth pass (1-10).
 func (w *world) armFailpoint(c *component) {
-	if w.intn(2) == 0 {
-		return
+	if w.intn(2) == 0 || w.healed.Load() != 0 {
+		return // none once the faults have healed: liveness is measured then
 	}
 	name := agent.Failpoints[w.intn(len(agent.Failpoints))]
 	c.mu.Lock()

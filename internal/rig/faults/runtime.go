@@ -265,10 +265,6 @@ func (r *runtime) addSandbox(ctx context.Context, p *podSim) (*sandbox, podCmd) 
 		}
 		r.w.stats.count(fmt.Sprintf("add-failures(code %d)", cniCode(err)))
 		r.w.log.add("add", "%s sandbox %s on %s failed: %v", p.name, sb.id, p.node.node, err)
-		if past, since := r.w.pastLiveness(); past && cniCode(err) == cnitypes.ErrTryAgainLater {
-			r.w.fail(fmt.Errorf("liveness: %s sandbox %s on %s was told to try again later %s after the faults healed (bound %s): %w",
-				p.name, sb.id, p.node.node, since, livenessBound, err))
-		}
 		if r.w.intn(2) == 0 {
 			// A new sandbox, as a kubelet makes after a failed one; the
 			// failed one is DEL'd.

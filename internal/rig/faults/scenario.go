@@ -167,6 +167,7 @@ func (w *world) scenario(ctx context.Context) error {
 
 	deadline := time.Now().Add(w.cfg.Settle)
 	var last error
+	outSince := map[string]time.Time{} // agent -> out of service since, once past the liveness bound
 	for {
 		select {
 		case err := <-w.fatal:
@@ -177,8 +178,20 @@ func (w *world) scenario(ctx context.Context) error {
 			break
 		}
 		if past, since := w.pastLiveness(); past {
-			if err := chk.serving(ctx); err != nil {
-				return fmt.Errorf("liveness: %s after the faults healed (bound %s): %w", since, livenessBound, err)
+			out := chk.notServing(ctx)
+			for name := range outSince {
+				if _, ok := out[name]; !ok {
+					delete(outSince, name)
+				}
+			}
+			for name, why := range out {
+				first, ok := outSince[name]
+				if !ok {
+					outSince[name] = time.Now()
+				} else if time.Since(first) >= livenessHold {
+					return fmt.Errorf("liveness: %s out of service for %s in a row, %s after the faults healed (bound %s): %s",
+						name, time.Since(first).Round(time.Second), since, livenessBound, why)
+				}
 			}
 		}
 		if time.Now().After(deadline) {
