@@ -7,11 +7,11 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -71,7 +71,7 @@ func benchTakeover(b *testing.B, nodes int) {
 			b.Fatal(err)
 		}
 	}
-	parallel(b, nodes, func(i int) error {
+	setupNode := func(i int) error {
 		node := fmt.Sprintf("node-%04d", i)
 		if err := controlplane.RegisterNode(ctx, setupKube, node, nil); err != nil {
 			return err
@@ -88,7 +88,15 @@ func benchTakeover(b *testing.B, nodes int) {
 			}
 		}
 		return nil
-	})
+	}
+	var g errgroup.Group
+	g.SetLimit(32)
+	for i := range nodes {
+		g.Go(func() error { return setupNode(i) })
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
 
 	var writes atomic.Int64 // NodeLease writes: fencing, claiming, the grant
 	measured := rest.CopyConfig(rc)
@@ -156,31 +164,3 @@ func benchTakeover(b *testing.B, nodes int) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
-// parallel runs f for 0..n-1 on 32 goroutines and fails b on an error.
-func parallel(b *testing.B, n int, f func(i int) error) {
-	b.Helper()
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	next := make(chan int)
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := f(i); err != nil {
-					errs <- err
-				}
-			}
-		}()
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
-}
