@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -183,6 +184,10 @@ type Agent struct {
 	misses  singleflight.Group
 	// coolWaiters counts the ADDs of each pool waiting for a cooling unit.
 	coolWaiters map[string]int
+	// served counts this run's assignments per pool, hits and misses: the
+	// pool's hit rate is the agent's fact, sent in full with every report
+	// and sync (broker.Served).
+	served map[string]broker.Served
 }
 
 // New builds an agent from its store: what the store says the node holds
@@ -214,6 +219,7 @@ func New(cfg Config) (*Agent, error) {
 		pools:       snap.Pools,
 		units:       snap.Units,
 		warm:        map[string][]store.Key{},
+		served:      map[string]broker.Served{},
 		assignments: snap.Assignments,
 		epoch:       snap.Epoch,
 		grantedAt:   map[store.Key]int64{},
@@ -533,6 +539,13 @@ func StorePool(p broker.PoolInfo) store.Pool {
 	return sp
 }
 
+// Served returns this run's counts of assignments per pool.
+func (a *Agent) Served() map[string]broker.Served {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.served)
+}
+
 // WarmCount returns how many units of pool are warm on the node.
 func (a *Agent) WarmCount(pool string) int {
 	a.mu.Lock()
@@ -640,11 +653,6 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 	for attempt := 0; ; attempt++ {
 		var werr *wire.Error
 		unit, hit, werr = a.take(ctx, pool)
-		if hit {
-			a.metrics.hits.WithLabelValues(pool).Inc()
-		} else {
-			a.metrics.misses.WithLabelValues(pool).Inc()
-		}
 		if werr != nil {
 			return nil, werr
 		}
@@ -685,7 +693,16 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 		a.log.Debug("assigned", "attachment", key, "pool", pool, "address", logkey.Address(unit.IPv4, unit.IPv6),
 			"pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "pod_uid", req.Pod.UID, "hit", hit)
 	}
-	a.emit(broker.Event{Kind: broker.EventAssigned, Hit: hit}, as)
+	a.emit(broker.Event{Kind: broker.EventAssigned}, as)
+	served := a.served[pool]
+	if hit {
+		served.Hits++
+		a.metrics.hits.WithLabelValues(pool).Inc()
+	} else {
+		served.Misses++
+		a.metrics.misses.WithLabelValues(pool).Inc()
+	}
+	a.served[pool] = served
 	a.mu.Unlock()
 	if werr == nil {
 		wctx, cancel := context.WithDeadline(ctx, waitsFrom.Add(a.cfg.ReuseDelay+a.cfg.MissTimeout))

@@ -440,7 +440,9 @@ func (b *Bus) report(ctx context.Context) error {
 	}
 	var r broker.ReportReply
 	sent := b.agent.cfg.Now()
-	if err := b.request(ctx, broker.SubjectReportFrom(b.node), &broker.Report{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: b.nextSeq(), Events: events}, &r); err != nil {
+	seq := b.nextSeq()
+	if err := b.request(ctx, broker.SubjectReportFrom(b.node), &broker.Report{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Events: events,
+		Served: b.agent.Served()}, &r); err != nil {
 		return err
 	}
 	if r.Error != "" {
@@ -513,9 +515,10 @@ func (b *Bus) sync(ctx context.Context) error {
 	// anything the snapshot misses is numbered after it, so the allocator
 	// never applies this snapshot over it.
 	seq := b.nextSeq()
-	held := b.agent.Held()
+	held, served := b.agent.Held(), b.agent.Served()
 	sent := b.agent.cfg.Now()
-	if err := b.request(ctx, broker.SubjectSyncFrom(b.node), &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Units: held}, &r); err != nil {
+	if err := b.request(ctx, broker.SubjectSyncFrom(b.node), &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Units: held,
+		Served: served}, &r); err != nil {
 		return err
 	}
 	if r.Error != "" {

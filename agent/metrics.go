@@ -38,7 +38,7 @@ func newMetrics(a *Agent) *metrics {
 		hits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_cache_hits_total", Help: "ADDs answered from the node's warm cache."}, []string{"pool"}),
 		misses: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "warmpool_agent_cache_misses_total", Help: "ADDs that found the node's cache empty and asked the allocator."}, []string{"pool"}),
+			Name: "warmpool_agent_cache_misses_total", Help: "ADDs that found the node's cache empty and were given an address the allocator granted."}, []string{"pool"}),
 		reclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_reclaimed_total", Help: "Assignments released at the allocator's request because their pod was gone (a DEL never came)."}, []string{"pool"}),
 		coolingWaits: prometheus.NewCounterVec(prometheus.CounterOpts{

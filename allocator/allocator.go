@@ -535,7 +535,7 @@ func (a *Allocator) handleReport(ctx context.Context, m broker.Msg) any {
 		return reply
 	}
 	reply.Seq = r.Seq
-	unlock, fresh := a.inOrder(r.Node, r.Run, r.Seq)
+	unlock, fresh := a.inOrder(r.Node, r.Run, r.Seq, r.Served)
 	defer unlock()
 	if !fresh {
 		a.log.Debug("report overtaken", "node", r.Node, "run", r.Run, "seq", r.Seq, "events", len(r.Events))
@@ -549,7 +549,6 @@ func (a *Allocator) handleReport(ctx context.Context, m broker.Msg) any {
 		reply.Error = err.Error()
 		return reply
 	}
-	a.countHits(r.Node, r.Events)
 	a.markNamedByNetworkConfig(r.Node, r.Events)
 	a.kick()
 	return reply
@@ -559,7 +558,8 @@ func (a *Allocator) handleReport(ctx context.Context, m broker.Msg) any {
 // newer than every one applied from the same agent run: a request retried
 // after a timeout may arrive after the later request that superseded it.
 // A new run (an agent restart) starts afresh.
-func (a *Allocator) inOrder(node, run string, seq uint64) (unlock func(), fresh bool) {
+// The counts of what the run served are taken from a fresh one.
+func (a *Allocator) inOrder(node, run string, seq uint64, served map[string]broker.Served) (unlock func(), fresh bool) {
 	unlock = a.lockOrder(node)
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -568,7 +568,13 @@ func (a *Allocator) inOrder(node, run string, seq uint64) (unlock func(), fresh 
 	if ok && last.run == run && seq <= last.seq {
 		return unlock, false
 	}
-	a.lastSeq[node] = runSeq{run, seq}
+	var prev map[string]broker.Served
+	if ok && last.run == run {
+		prev = last.served
+	} else if ok {
+		prev = map[string]broker.Served{} // a restart this allocator saw: the new run counts from zero
+	}
+	a.lastSeq[node] = runSeq{run, seq, a.countServedLocked(node, prev, seq, served)}
 	return unlock, true
 }
 
@@ -591,8 +597,9 @@ func (a *Allocator) lockOrder(node string) (unlock func()) {
 }
 
 type runSeq struct {
-	run string
-	seq uint64
+	run    string
+	seq    uint64
+	served map[string]broker.Served // the run's counts as last applied
 }
 
 // applyByPool applies a node's events, one lease write per pool, and
@@ -637,7 +644,7 @@ func (a *Allocator) handleSync(ctx context.Context, m broker.Msg) any {
 		reply.Error = err.Error()
 		return reply
 	}
-	unlock, fresh := a.inOrder(req.Node, req.Run, req.Seq)
+	unlock, fresh := a.inOrder(req.Node, req.Run, req.Seq, req.Served)
 	if !fresh {
 		unlock()
 		reply.Error = "stale sync: a newer report or sync of this agent was applied"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -13,29 +14,36 @@ import (
 	"github.com/warmpool/warmpool/internal/logkey"
 )
 
-// countHits records the hits and misses of a report's assignments. Only
-// reports count: a sync replays assignments without saying how they were
-// served, and a report is applied once (see inOrder).
-func (a *Allocator) countHits(node string, events []broker.Event) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, e := range events {
-		if e.Kind != broker.EventAssigned {
-			continue
-		}
-		ps := a.ledger.pools[e.Pool]
-		if ps == nil {
-			continue
-		}
-		result := "miss"
-		if e.Hit {
-			ps.hits++
-			result = "hit"
-		} else {
-			ps.misses++
-		}
-		a.metrics.adds.WithLabelValues(e.Pool, node, result).Inc()
+// countServedLocked adds to the pools' hit and miss counts what a node's
+// agent run served since the last message of the run this allocator
+// applied, and returns the counts to remember for the run. The counts are
+// the agent's, cumulative over its run (broker.Served), so a message that
+// is lost, retried or overtaken neither loses nor repeats one. prev is the
+// run's counts as last applied, nil for a run not heard of before: from
+// zero if this is the run's first message, else (a run that began under
+// an earlier leader, whose status holds what it counted) its counts so far
+// are taken as counted: what it served between its last message to that
+// leader and its first to this one is lost, never counted twice.
+func (a *Allocator) countServedLocked(node string, prev map[string]broker.Served, seq uint64, served map[string]broker.Served) map[string]broker.Served {
+	if prev == nil && seq > 1 {
+		return served
 	}
+	seen := maps.Clone(prev)
+	if seen == nil {
+		seen = map[string]broker.Served{}
+	}
+	for pool, now := range served {
+		was := seen[pool]
+		hits, misses := max(now.Hits-was.Hits, 0), max(now.Misses-was.Misses, 0)
+		seen[pool] = broker.Served{Hits: was.Hits + hits, Misses: was.Misses + misses}
+		if ps := a.ledger.pools[pool]; ps != nil {
+			ps.hits += hits
+			ps.misses += misses
+		}
+		a.metrics.adds.WithLabelValues(pool, node, "hit").Add(float64(hits))
+		a.metrics.adds.WithLabelValues(pool, node, "miss").Add(float64(misses))
+	}
+	return seen
 }
 
 // markNamedByNetworkConfig marks a pool from the first applied assignment,

@@ -226,9 +226,6 @@ type Event struct {
 	UnitID     string `json:"unitID"`
 	Attachment string `json:"attachment"`
 	Pod        Pod    `json:"pod,omitzero"`
-	// Hit says an assignment was served from the node's warm cache; the
-	// allocator's hit rate counts it.
-	Hit bool `json:"hit,omitempty"`
 	// Unattributed says the network config named the pool for a pod the
 	// pool's selection does not pick (or the agent could not tell): the
 	// allocator would not count the pod among those that may hold the
@@ -243,11 +240,23 @@ type Event struct {
 // newest it applied from that run (a retried request overtaken by a later
 // one).
 type Report struct {
-	V      int     `json:"v"`
-	Node   string  `json:"node"`
-	Run    string  `json:"run"`
-	Seq    uint64  `json:"seq"`
-	Events []Event `json:"events"`
+	V      int               `json:"v"`
+	Node   string            `json:"node"`
+	Run    string            `json:"run"`
+	Seq    uint64            `json:"seq"`
+	Events []Event           `json:"events"`
+	Served map[string]Served `json:"served,omitempty"`
+}
+
+// Served counts, per pool, the ADDs an agent run assigned an address to,
+// from its warm cache (hits) or after asking the allocator (misses). The
+// counts are the agent's and cumulative over the run, so that a report
+// or sync that is lost, retried or overtaken neither loses nor repeats
+// one: the allocator adds what grew since the last message of the run it
+// applied.
+type Served struct {
+	Hits   int64 `json:"hits,omitempty"`
+	Misses int64 `json:"misses,omitempty"`
 }
 
 // ReportReply acknowledges a Report once its events are persisted.
@@ -277,6 +286,8 @@ type SyncRequest struct {
 	Run   string     `json:"run"`
 	Seq   uint64     `json:"seq"`
 	Units []HeldUnit `json:"units"`
+	// Served: as Report's.
+	Served map[string]Served `json:"served,omitempty"`
 }
 
 // Lease is what the node holds warm of one pool, as the allocator's record

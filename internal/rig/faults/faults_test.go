@@ -73,6 +73,7 @@ func TestFaults(t *testing.T) {
 	var mu sync.Mutex
 	total := map[string]int{}
 	passed := 0
+	var failed []string
 	for _, seed := range seeds {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			dir, err := os.MkdirTemp("", fmt.Sprintf("warmpool-faults-%d-", seed))
@@ -86,6 +87,9 @@ func TestFaults(t *testing.T) {
 				t.Log(rep)
 			}
 			if err != nil {
+				mu.Lock()
+				failed = append(failed, fmt.Sprintf("seed %d: %s", seed, headLines(err.Error(), 6)))
+				mu.Unlock()
 				t.Fatalf("%v\nrerun: go test ./internal/rig/faults -run TestFaults -faults.seeds=%d -v\nlogs kept in %s", err, seed, dir)
 			}
 			os.RemoveAll(dir)
@@ -102,4 +106,18 @@ func TestFaults(t *testing.T) {
 		fmt.Fprintf(&b, "\n  %-40s %d", k, total[k])
 	}
 	t.Logf("%d of %d scenarios passed; totals:%s", passed, len(seeds), b.String())
+	// Last, so that a log cut to its tail (CI's) still says which seed
+	// failed and why.
+	for _, f := range failed {
+		t.Logf("FAILED %s", f)
+	}
+}
+
+// headLines is s cut to its first n lines.
+func headLines(s string, n int) string {
+	lines := strings.SplitN(s, "\n", n+1)
+	if len(lines) > n {
+		lines = append(lines[:n], "…")
+	}
+	return strings.Join(lines, "\n")
 }
