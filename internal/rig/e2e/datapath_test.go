@@ -115,8 +115,11 @@ func TestMissAndExhaustion(t *testing.T) {
 	}
 	c.waitAgree(t, n)
 	if hits, misses := metric(t, n.agent.Registry(), "warmpool_agent_cache_hits_total", nil),
-		metric(t, n.agent.Registry(), "warmpool_agent_cache_misses_total", map[string]string{"pool": "dual"}); hits != 0 || misses != 4 {
-		t.Errorf("hits %v misses %v, want 0 and 4", hits, misses)
+		metric(t, n.agent.Registry(), "warmpool_agent_cache_misses_total", map[string]string{"pool": "dual"}); hits != 0 || misses != 3 {
+		t.Errorf("hits %v misses %v, want 0 and 3 (the ADD that got no address is neither)", hits, misses)
+	}
+	if failed := metric(t, n.agent.Registry(), "warmpool_agent_add_duration_seconds", map[string]string{"result": "error"}); failed != 1 {
+		t.Errorf("%v ADDs timed as errors, want the exhausted one", failed)
 	}
 	if free := metric(t, c.alloc.Registry(), "warmpool_allocator_pool_units", map[string]string{"pool": "dual", "state": "free"}); free != 0 {
 		t.Errorf("allocator counts %v free units of an exhausted pool", free)
