@@ -47,29 +47,7 @@ const DefaultReuseDelay = time.Second
 // found) that the plugin passes to the runtime.
 type PoolResolver interface {
 	Resolve(ctx context.Context, pod wire.Pod, netconfPool string) (string, *wire.Error)
-	// Attribution says whether the allocator, should this node be lost,
-	// counts pod among the pods that may hold pool's warm units without
-	// being told: the pool's selection picks the pod, or the pool is
-	// marked as named by network configs.
-	Attribution(ctx context.Context, pod wire.Pod, pool string) Attribution
 }
-
-// Attribution is what a PoolResolver knows of whether the allocator
-// attributes a pod to a pool.
-type Attribution int
-
-const (
-	// Attributed: the pool's selection picks the pod, or the pool is
-	// marked as named by network configs.
-	Attributed Attribution = iota
-	// Unattributed: the pool's selection does not pick the pod; its
-	// network config named the pool. Reported, for the allocator to mark
-	// the pool.
-	Unattributed
-	// Unknown: the pod or its namespace could not be read. Not reported:
-	// a passing read error must not mark a pool for good.
-	Unknown
-)
 
 // Allocator is the agent's view of the cluster allocator: the cache-miss
 // path. Miss asks for count units of pool for this node and returns them
@@ -82,14 +60,6 @@ type Allocator interface {
 	// Fenced says why warm units must not be used now (the allocator has
 	// not answered for too long), or nil.
 	Fenced() error
-	// Unreported says whether the allocator may not know what as's pod
-	// holds in as's pool apart from as: an event of the pod there other
-	// than as's own awaits its acknowledgement, or the agent has not
-	// synced since its start or a long silence.
-	Unreported(as store.Assignment) bool
-	// AwaitReported waits until the allocator knows what as's pod holds
-	// in as's pool, as included, or ctx ends.
-	AwaitReported(ctx context.Context, as store.Assignment) error
 }
 
 // Errors an Allocator returns from Miss.
@@ -104,14 +74,16 @@ var (
 
 // Config configures an agent.
 type Config struct {
-	Node       string
-	Store      *store.Store
-	Resolver   PoolResolver
-	Allocator  Allocator // nil: no miss path (every miss fails at once)
+	Node      string
+	Store     *store.Store
+	Resolver  PoolResolver
+	Allocator Allocator // nil: no miss path (every miss fails at once)
+	// Pods, if set, lets the leak GC (CollectLeaks) tell whether an
+	// assignment's pod is gone.
+	Pods       Pods
 	ReuseDelay time.Duration
-	// MissTimeout bounds a cache miss's wait for the allocator, and the
-	// wait for its acknowledgement of an address it must know of first;
-	// an ADD's waits together (with a unit's reuse delay) take at most
+	// MissTimeout bounds a cache miss's wait for the allocator: an ADD's
+	// waits together (with a unit's reuse delay) take at most
 	// ReuseDelay + MissTimeout.
 	MissTimeout time.Duration
 	// Now is the clock; time.Now in production, a fake in tests.
@@ -184,6 +156,10 @@ type Agent struct {
 	misses  singleflight.Group
 	// coolWaiters counts the ADDs of each pool waiting for a cooling unit.
 	coolWaiters map[string]int
+	// leakMu serialises the leak GC's passes; suspects are the
+	// assignments (by attachment) whose pods its last pass found gone.
+	leakMu   sync.Mutex
+	suspects map[string]suspect
 	// served counts this run's assignments per pool, hits and misses: the
 	// pool's hit rate is the agent's fact, sent in full with every report
 	// and sync (broker.Served).
@@ -299,7 +275,6 @@ func (a *Agent) emit(e broker.Event, as store.Assignment) {
 	if a.cfg.OnEvent != nil {
 		e.Pool, e.UnitID, e.Attachment = as.Pool, as.UnitID, as.Attachment
 		e.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
-		e.Unattributed = e.Kind == broker.EventAssigned && as.Unattributed
 		a.cfg.OnEvent(e)
 	}
 }
@@ -337,7 +312,6 @@ func (a *Agent) Held() []broker.HeldUnit {
 			h.Assigned, h.Attachment = true, u.Attachment
 			if as, ok := a.assignments[u.Attachment]; ok {
 				h.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
-				h.Unattributed = as.Unattributed
 			}
 		}
 		out = append(out, h)
@@ -628,9 +602,6 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 		// not see our answer) gets what was assigned, once it may.
 		res, err := a.resultLocked(as)
 		a.mu.Unlock()
-		if err == nil {
-			err = a.awaitIfMasked(ctx, as, a.attribution(ctx, req, as.Pool))
-		}
 		if err != nil {
 			return nil, err
 		}
@@ -642,11 +613,6 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 	if werr != nil {
 		return nil, werr
 	}
-	attribution := a.attribution(ctx, req, pool)
-	// One budget for this ADD's waits (a unit cooling, a miss, then an
-	// acknowledgement) that keeps them inside the plugin's ipam.timeout
-	// together: the reuse delay and the miss timeout.
-	waitsFrom := time.Now()
 	var unit store.Unit
 	var hit bool
 	var as store.Assignment
@@ -658,8 +624,7 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 		}
 		as = store.Assignment{
 			Attachment: key, Pool: pool, UnitID: unit.ID, Network: req.Network, At: a.cfg.Now(),
-			Pod:          store.Pod{Namespace: req.Pod.Namespace, Name: req.Pod.Name, UID: req.Pod.UID},
-			Unattributed: attribution == Unattributed,
+			Pod: store.Pod{Namespace: req.Pod.Namespace, Name: req.Pod.Name, UID: req.Pod.UID},
 		}
 		a.failpoint(FailpointAddBeforePersist)
 		t0 := time.Now()
@@ -704,75 +669,10 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 	}
 	a.served[pool] = served
 	a.mu.Unlock()
-	if werr == nil {
-		wctx, cancel := context.WithDeadline(ctx, waitsFrom.Add(a.cfg.ReuseDelay+a.cfg.MissTimeout))
-		werr = a.awaitIfMasked(wctx, as, attribution)
-		cancel()
-	}
 	if werr != nil {
 		return nil, werr
 	}
 	return res, nil
-}
-
-// attribution: a pool the pod's own selection chose is one the allocator
-// attributes to it; one the network config named may not be.
-func (a *Agent) attribution(ctx context.Context, req *wire.Request, pool string) Attribution {
-	if req.Pool == "" {
-		return Attributed
-	}
-	return a.cfg.Resolver.Attribution(ctx, req.Pod, pool)
-}
-
-// awaitIfMasked holds an ADD's answer until the allocator acknowledged
-// the assignment as, when the allocator would not count as's pod among the
-// pods that may hold the pool's warm units. It counts a pod that its
-// selection rules attribute to the pool (attribution) and that has no
-// address of the pool on record; so it would not count one that has
-// another assignment there, one with an unacknowledged event other than
-// as's own (a dead sandbox's release, of this attachment too), or any pod
-// while the agent has not synced since its start or a long silence (what
-// it reported before may be lost). The allocator reclaims a lost node's
-// warm units once no pod it counts is left on the node; a warm unit taken
-// by a pod it does not count could go to another node while the pod uses
-// it (fault-suite seed 94: a sandbox restarted while the node's agent was
-// cut from the bus). An attributed pod's first assignment answers at once:
-// until it is on record, the pod holds the lost node's warm units back.
-func (a *Agent) awaitIfMasked(ctx context.Context, as store.Assignment, attribution Attribution) *wire.Error {
-	if a.cfg.Allocator == nil {
-		return nil
-	}
-	why := ""
-	switch attribution {
-	case Unattributed:
-		why = "the network config names a pool whose selection does not pick the pod"
-	case Unknown:
-		why = "the network config names the pool, and the pod could not be read to tell whether the pool's selection picks it"
-	}
-	if why == "" {
-		a.mu.Lock()
-		for k, other := range a.assignments {
-			if k != as.Attachment && other.Pool == as.Pool && other.Pod.Same(as.Pod) {
-				why = "the pod has another address of the pool on the node"
-				break
-			}
-		}
-		a.mu.Unlock()
-	}
-	if why == "" && a.cfg.Allocator.Unreported(as) {
-		why = "the allocator may not know what the pod holds in the pool"
-	}
-	if why == "" {
-		return nil
-	}
-	actx, cancel := context.WithTimeout(ctx, a.cfg.MissTimeout)
-	defer cancel()
-	if err := a.cfg.Allocator.AwaitReported(actx, as); err != nil {
-		return &wire.Error{Code: wire.CodeTryAgainLater,
-			Msg:     fmt.Sprintf("address %s of pool %s for pod %s on node %s waits for the allocator's acknowledgement (%s): %v", as.UnitID, as.Pool, logkey.Pod(as.Pod.Namespace, as.Pod.Name), a.cfg.Node, why, err),
-			Details: "the assignment is kept; the runtime retries and gets it once the allocator acknowledges it"}
-	}
-	return nil
 }
 
 // take pops a warm unit of pool, or on a miss asks the allocator.
@@ -1071,30 +971,6 @@ func (a *Agent) delIf(req *wire.Request, match func(store.Assignment) bool, why 
 	return true, nil
 }
 
-// Reclaim releases, as a DEL would, the assignments the allocator found
-// leaked (their pods gone), each only if this node still assigns that
-// unit of pool to that attachment for that pod. It returns the units
-// released.
-func (a *Agent) Reclaim(pool string, items []broker.ReclaimItem) ([]string, error) {
-	var out []string
-	for _, it := range items {
-		ctr, ifname := broker.SplitAttachment(it.Attachment)
-		req := &wire.Request{Attachment: wire.Attachment{ContainerID: ctr, IfName: ifname}}
-		released, werr := a.delIf(req, func(as store.Assignment) bool {
-			return as.Pool == pool && as.UnitID == it.UnitID && as.Pod.UID == it.PodUID
-		}, "leaked assignment released at the allocator's request")
-		if werr != nil {
-			return out, fmt.Errorf("reclaim %s: %s", it.Attachment, werr.Msg)
-		}
-		if !released {
-			continue
-		}
-		a.metrics.reclaimed.WithLabelValues(pool).Inc()
-		out = append(out, it.UnitID)
-	}
-	return out, nil
-}
-
 func (a *Agent) check(req *wire.Request) (*wire.Result, *wire.Error) {
 	key, unlock, werr := a.lockAttachment(req)
 	if werr != nil {
@@ -1200,6 +1076,15 @@ func (a *Agent) Recycle(now time.Time) error {
 
 // RunRecycler calls Recycle every interval until ctx ends.
 func (a *Agent) RunRecycler(ctx context.Context, interval time.Duration) {
+	every(ctx, interval, func() {
+		if err := a.Recycle(a.cfg.Now()); err != nil {
+			a.log.Error("recycle", "err", err)
+		}
+	})
+}
+
+// every calls f every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, f func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -1207,9 +1092,7 @@ func (a *Agent) RunRecycler(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := a.Recycle(a.cfg.Now()); err != nil {
-				a.log.Error("recycle", "err", err)
-			}
+			f()
 		}
 	}
 }

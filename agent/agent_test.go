@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -228,30 +227,6 @@ func TestGCFreesWhatIsNotValid(t *testing.T) {
 		r := req(wire.OpCheck, c)
 		if resp := f.do(t, r); (resp.Error == nil) != held {
 			t.Errorf("after GC, %s held = %v, want %v", c, resp.Error == nil, held)
-		}
-	}
-}
-
-// TestReclaimReleasesOnlyTheNamedAssignment: the allocator's reclaim of
-// a leak names unit, attachment and pod UID; an item that matches none of
-// the node's assignments exactly (the unit re-used by another pod since,
-// or another UID) releases nothing.
-func TestReclaimReleasesOnlyTheNamedAssignment(t *testing.T) {
-	f := newFixture(t, 3)
-	r1, r2 := mustAdd(t, f, "c1"), mustAdd(t, f, "c2")
-	unit := func(r *wire.Result) string { return strings.Split(r.IPs[0].CIDR, "/")[0] }
-	ids, err := f.agent.Reclaim("dual", []broker.ReclaimItem{
-		{UnitID: unit(r1), Attachment: "c1/eth0", PodUID: "uid-c1"},
-		{UnitID: unit(r2), Attachment: "c2/eth0", PodUID: "uid-of-a-new-pod"},
-		{UnitID: unit(r1), Attachment: "c2/eth0", PodUID: "uid-c2"},
-		{UnitID: unit(r1), Attachment: "gone/eth0", PodUID: "uid-gone"},
-	})
-	if err != nil || len(ids) != 1 || ids[0] != unit(r1) {
-		t.Fatalf("reclaim: %v, %v; want only %s", ids, err, unit(r1))
-	}
-	for c, held := range map[string]bool{"c1": false, "c2": true} {
-		if resp := f.do(t, req(wire.OpCheck, c)); (resp.Error == nil) != held {
-			t.Errorf("after the reclaim, %s held = %v, want %v", c, resp.Error == nil, held)
 		}
 	}
 }
@@ -494,7 +469,6 @@ func TestForgetVoidsWhatAnotherNodeHolds(t *testing.T) {
 // countingAllocator grants count units per miss, after release is closed,
 // and counts the requests.
 type countingAllocator struct {
-	ReportsAcked
 	mu       sync.Mutex
 	requests []int
 	next     int
@@ -562,55 +536,4 @@ func TestConcurrentMissesShareARequest(t *testing.T) {
 		t.Fatalf("%d distinct addresses from requests for %v units; want 20 from at most 2 requests", len(seen), alloc.requests)
 	}
 	t.Logf("20 concurrent misses: requests for %v units", alloc.requests)
-}
-
-// lateUnackedAllocator serves a miss just before its deadline, and never
-// acknowledges an assignment; it records the deadline of the wait for one.
-type lateUnackedAllocator struct {
-	mu          sync.Mutex
-	ackDeadline time.Time
-}
-
-func (l *lateUnackedAllocator) Miss(ctx context.Context, pool string, count int) ([]store.Unit, store.Pool, int64, error) {
-	if d, ok := ctx.Deadline(); ok {
-		time.Sleep(time.Until(d) - 20*time.Millisecond)
-	}
-	return dualUnits(count), dualPool, 0, nil
-}
-func (l *lateUnackedAllocator) CanServe(string) bool             { return true }
-func (l *lateUnackedAllocator) Fenced() error                    { return nil }
-func (l *lateUnackedAllocator) Unreported(store.Assignment) bool { return true }
-func (l *lateUnackedAllocator) AwaitReported(ctx context.Context, _ store.Assignment) error {
-	d, _ := ctx.Deadline()
-	l.mu.Lock()
-	l.ackDeadline = d
-	l.mu.Unlock()
-	<-ctx.Done()
-	return ctx.Err()
-}
-
-// TestAnADDsWaitsForTheAllocatorShareOneBudget: an ADD that misses and
-// must then wait for the allocator's acknowledgement waits at most the
-// reuse delay plus the miss timeout in all, not a miss timeout for each:
-// with the defaults (1 s + 5 s) that stays inside the plugin's default
-// ipam.timeout of 10 s, and the runtime gets the agent's own error.
-func TestAnADDsWaitsForTheAllocatorShareOneBudget(t *testing.T) {
-	f := newFixture(t, 0)
-	alloc := &lateUnackedAllocator{}
-	f.agent.cfg.Allocator = alloc
-	f.agent.cfg.ReuseDelay = 100 * time.Millisecond
-	f.agent.cfg.MissTimeout = 300 * time.Millisecond
-	start := time.Now()
-	resp := f.do(t, req(wire.OpAdd, "c1"))
-	if resp.Error == nil || resp.Error.Code != wire.CodeTryAgainLater {
-		t.Fatalf("ADD: %+v, want code %d (not acknowledged)", resp, wire.CodeTryAgainLater)
-	}
-	alloc.mu.Lock()
-	defer alloc.mu.Unlock()
-	// The agent starts counting a moment after the request is sent: 100 ms
-	// of slack, well short of the miss timeout a second budget would add.
-	if bound := start.Add(f.agent.cfg.ReuseDelay + f.agent.cfg.MissTimeout + 100*time.Millisecond); alloc.ackDeadline.IsZero() || alloc.ackDeadline.After(bound) {
-		t.Fatalf("the wait for the acknowledgement ends %s after the ADD began, past the budget of %s",
-			alloc.ackDeadline.Sub(start), f.agent.cfg.ReuseDelay+f.agent.cfg.MissTimeout)
-	}
 }

@@ -35,7 +35,6 @@ func badUnits(n int) []store.Unit {
 
 // badAllocator is the miss path as a test wants it.
 type badAllocator struct {
-	agent.ReportsAcked
 	miss     func() ([]store.Unit, store.Pool, int64, error)
 	canServe bool
 	fenced   error

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,10 +41,7 @@ type Bus struct {
 
 	mu      sync.Mutex
 	pending []broker.Event
-	// reported is closed, and replaced, each time the allocator has
-	// acknowledged some of pending (AwaitReported).
-	reported chan struct{}
-	kick     chan struct{} // a report or a sync is due
+	kick    chan struct{} // a report or a sync is due
 
 	syncDue chan struct{}
 
@@ -206,7 +202,7 @@ func NewBus(a *Agent, conn broker.Transport, timeout time.Duration) *Bus {
 	runID := make([]byte, 8)
 	_, _ = rand.Read(runID)
 	b := &Bus{agent: a, conn: conn, node: a.cfg.Node, log: a.log, timeout: timeout, run: hex.EncodeToString(runID),
-		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}, reported: make(chan struct{})}
+		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}}
 	b.warmTTL.Store(int64(DefaultWarmTTL))
 	b.unsynced.Store(true)
 	a.cfg.OnEvent = b.Record
@@ -252,14 +248,6 @@ func (b *Bus) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribe to revokes: %w", err)
 	}
 	defer rsub.Unsubscribe()
-	csub, err := b.conn.Handle(broker.SubjectReclaim(b.node), func(m broker.Msg) {
-		b.agent.metrics.bus.WithLabelValues("reclaim", "received").Inc()
-		_ = m.Respond(broker.Encode(b.handleReclaim(m.Data)))
-	})
-	if err != nil {
-		return fmt.Errorf("subscribe to reclaims: %w", err)
-	}
-	defer csub.Unsubscribe()
 	b.Resync()
 	retry := time.NewTimer(0)
 	<-retry.C
@@ -365,25 +353,6 @@ func (b *Bus) handleRevoke(data []byte) *broker.Revoked {
 	return out
 }
 
-func (b *Bus) handleReclaim(data []byte) *broker.Reclaimed {
-	out := &broker.Reclaimed{V: broker.ProtocolVersion}
-	var r broker.Reclaim
-	if err := broker.Decode(data, &r); err != nil {
-		out.Error = err.Error()
-		return out
-	}
-	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
-		out.Error = fmt.Sprintf("reclaim of epoch %d refused (stale or unrecorded: %v)", r.Epoch, err)
-		return out
-	}
-	ids, err := b.agent.Reclaim(r.Pool, r.Items)
-	if err != nil {
-		out.Error = err.Error()
-	}
-	out.IDs = ids
-	return out
-}
-
 func storeUnits(pool string, us []broker.Unit) []store.Unit {
 	out := make([]store.Unit, 0, len(us))
 	for _, u := range us {
@@ -459,49 +428,9 @@ func (b *Bus) report(ctx context.Context) error {
 }
 
 // forgetLocked drops the first n pending events, which the allocator
-// acknowledged, and wakes AwaitReported.
+// acknowledged.
 func (b *Bus) forgetLocked(n int) {
 	b.pending = b.pending[n:]
-	close(b.reported)
-	b.reported = make(chan struct{})
-}
-
-// Unreported implements Allocator: whether an event of as's pod in its
-// pool other than as's own assignment (an earlier release of the same
-// attachment included) awaits the allocator's acknowledgement, or the
-// agent has not synced since it started or since a silence past the
-// warm TTL: events it sent before may have been lost (a restart forgets
-// the pending ones), or applied by an allocator that meanwhile gave the
-// units away.
-func (b *Bus) Unreported(as store.Assignment) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.unsynced.Load() || slices.ContainsFunc(b.pending, func(e broker.Event) bool {
-		own := e.Kind == broker.EventAssigned && e.Attachment == as.Attachment && e.UnitID == as.UnitID
-		return !own && e.Pool == as.Pool && store.Pod(e.Pod).Same(as.Pod)
-	})
-}
-
-// AwaitReported implements Allocator: it waits until the agent has
-// synced and no event of as's pod in its pool awaits the allocator's
-// acknowledgement, or ctx ends.
-func (b *Bus) AwaitReported(ctx context.Context, as store.Assignment) error {
-	for {
-		b.mu.Lock()
-		waiting := b.unsynced.Load() || slices.ContainsFunc(b.pending, func(e broker.Event) bool {
-			return e.Pool == as.Pool && store.Pod(e.Pod).Same(as.Pod)
-		})
-		reported := b.reported
-		b.mu.Unlock()
-		if !waiting {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the allocator has not acknowledged the pod's assignments: %w", context.Cause(ctx))
-		case <-reported:
-		}
-	}
 }
 
 // sync sends the whole record and reconciles with the allocator's answer.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -321,29 +320,19 @@ func answerReports(t *testing.T, alloc *nats.Conn, on *atomic.Bool) *atomic.Int3
 	return &reports
 }
 
-// onAnsweringBus runs a fixture's agent (miss timeout 300 ms, resolver if
-// set, each event it emits passed to seen if set) on a bus whose
+// onAnsweringBus runs a fixture's agent (miss timeout 300 ms) on a bus whose
 // allocator side answers syncs (8 warm units) and reports while the
 // switch it returns is on; the agent has synced.
-func onAnsweringBus(t *testing.T, ctx context.Context, resolver PoolResolver, seen func(broker.Event)) (*fixture, *Bus, *atomic.Int32, *atomic.Bool) {
+func onAnsweringBus(t *testing.T, ctx context.Context) (*fixture, *Bus, *atomic.Int32, *atomic.Bool) {
 	t.Helper()
 	srv, alloc := allocatorSide(t, ctx)
 	f := newFixture(t, 0)
 	f.agent.cfg.MissTimeout = 300 * time.Millisecond
-	if resolver != nil {
-		f.agent.cfg.Resolver = resolver
-	}
 	answering := new(atomic.Bool)
 	answering.Store(true)
 	syncs := answerSyncs(t, alloc, dualLease(8), answering)
 	answerReports(t, alloc, answering)
-	bus := runBus(t, ctx, f, srv.ClientURL(), func(*Bus) {
-		if seen != nil {
-			// Set before the bus runs: the agent reads it under its lock.
-			record := f.agent.cfg.OnEvent
-			f.agent.cfg.OnEvent = func(e broker.Event) { seen(e); record(e) }
-		}
-	})
+	bus := runBus(t, ctx, f, srv.ClientURL(), nil)
 	waitForSync(t, ctx, bus, syncs, 1)
 	return f, bus, syncs, answering
 }
@@ -424,181 +413,42 @@ func answerSyncs(t *testing.T, alloc *nats.Conn, lease broker.Lease, on *atomic.
 	return &syncs
 }
 
-// TestAnotherAddressOfAPodWaitsForTheAllocator: a pod the allocator has
-// on record (an earlier sandbox's address, or another attachment's) gets
-// a new address only once the allocator acknowledged it. A lost node's
-// warm units are reclaimed once every pod on it has an address on record,
-// so an assignment of such a pod the allocator never heard of could go to
-// another node while the pod uses it (fault-suite seed 94). A pod's first
-// address is answered at once, bus or no bus.
-func TestAnotherAddressOfAPodWaitsForTheAllocator(t *testing.T) {
+// TestNoADDWaitsOnTheAllocatorButAMiss: with the allocator unreachable
+// (but the node not fenced yet), every ADD that finds a warm unit is
+// answered at once: a pod's first address, a restarted sandbox's, a
+// second attachment's, one named by a network config, and the retried
+// ADD of an attachment after its DEL. The allocator needs none of them on
+// record: a lost node's units return only once every pod bound to it
+// before its agent's fence is gone, whatever each pod holds.
+func TestNoADDWaitsOnTheAllocatorButAMiss(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	f, bus, syncs, answering := onAnsweringBus(t, ctx, nil, nil)
-	podReq := func(op wire.Op, ctr, ifname, pod string) *wire.Request {
-		return &wire.Request{V: wire.Version, Op: op, Network: "underlay", Attachment: wire.Attachment{ContainerID: ctr, IfName: ifname},
+	f, _, syncs, answering := onAnsweringBus(t, ctx)
+	podReq := func(op wire.Op, ctr, ifname, pod, pool string) *wire.Request {
+		return &wire.Request{V: wire.Version, Op: op, Network: "underlay", Pool: pool, Attachment: wire.Attachment{ContainerID: ctr, IfName: ifname},
 			Pod: wire.Pod{Namespace: "default", Name: pod, UID: "uid-" + pod}}
 	}
-	reported := func() {
-		t.Helper()
-		for {
-			bus.mu.Lock()
-			n := len(bus.pending)
-			bus.mu.Unlock()
-			if n == 0 {
-				return
-			}
-			if ctx.Err() != nil {
-				t.Fatal("the allocator never acknowledged the events")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	partition := func() { stopAnswering(syncs, answering) }
-	refused := func(r *wire.Request, what string) {
-		t.Helper()
-		if werr := f.do(t, r).Error; werr == nil || werr.Code != wire.CodeTryAgainLater || !strings.Contains(werr.Msg, "waits for the allocator's acknowledgement") {
-			t.Fatalf("%s, the allocator unreachable: %+v, want code %d", what, werr, wire.CodeTryAgainLater)
-		}
-	}
-
-	if werr := f.do(t, podReq(wire.OpAdd, "s1", "eth0", "p")).Error; werr != nil {
+	if werr := f.do(t, podReq(wire.OpAdd, "s1", "eth0", "p", "")).Error; werr != nil {
 		t.Fatal(werr)
 	}
-	reported()
-	partition()
-	// The sandbox dies; its release cannot be reported.
-	if werr := f.do(t, podReq(wire.OpDel, "s1", "eth0", "p")).Error; werr != nil {
-		t.Fatal(werr)
-	}
-	refused(podReq(wire.OpAdd, "s2", "eth0", "p"), "the ADD of a restarted sandbox")
-	refused(podReq(wire.OpAdd, "s2", "eth0", "p"), "its retry")
-	if werr := f.do(t, podReq(wire.OpAdd, "q1", "eth0", "q")).Error; werr != nil {
-		t.Fatalf("a pod's first address, the allocator unreachable: %v", werr)
-	}
-	answering.Store(true)
-	answeredInTime(t, ctx, f, podReq(wire.OpAdd, "s2", "eth0", "p"), "the restarted sandbox's ADD once the allocator answers")
-	reported()
-	partition()
-	refused(podReq(wire.OpAdd, "s2", "net1", "p"), "a second attachment's ADD")
-	// The same sandbox ADDed again after its DEL: its release is pending.
-	if werr := f.do(t, podReq(wire.OpDel, "q1", "eth0", "q")).Error; werr != nil {
-		t.Fatal(werr)
-	}
-	refused(podReq(wire.OpAdd, "q1", "eth0", "q"), "the ADD of a sandbox after its DEL")
-	// Not synced (a restart forgets what was pending; a long silence may
-	// have let the node be lost): the kept assignment of net1 waits for
-	// the sync, not only for its report.
-	answering.Store(true)
-	reported()
-	partition()
-	bus.unsynced.Store(true)
-	refused(podReq(wire.OpAdd, "s2", "net1", "p"), "a kept assignment's retry before a sync")
-	answering.Store(true)
-	bus.Resync()
-	answeredInTime(t, ctx, f, podReq(wire.OpAdd, "s2", "net1", "p"), "the kept assignment's retry after the sync")
-}
-
-// answeredInTime retries r, as a runtime does, until it succeeds or ctx
-// ends.
-func answeredInTime(t *testing.T, ctx context.Context, f *fixture, r *wire.Request, what string) {
-	t.Helper()
-	for {
-		werr := f.do(t, r).Error
-		if werr == nil {
-			return
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("%s: %v", what, werr)
-		}
-	}
-}
-
-// picking resolves as StaticResolver does, with pools whose selection
-// picks only the pods named in picks; it cannot read the pods in unread.
-type picking struct {
-	StaticResolver
-	picks, unread map[string]bool
-}
-
-func (r picking) Attribution(_ context.Context, pod wire.Pod, _ string) Attribution {
-	switch {
-	case r.unread[pod.Name]:
-		return Unknown
-	case r.picks[pod.Name]:
-		return Attributed
-	}
-	return Unattributed
-}
-
-// TestAnAttachmentNamingAPoolThatDoesNotPickThePodWaitsForTheAllocator:
-// the allocator counts a lost node's pods that may hold a pool's warm
-// units by the pool's selection, which cannot see a network config naming
-// the pool (a Multus attachment with ipam.pool). Such an ADD, or one of a
-// pod the agent cannot read, is answered once the allocator has it on
-// record; the first is flagged, in its event and in the agent's record a
-// sync sends, for the allocator to count every pod from then on (a read
-// error is not: it must not mark the pool for good). An ADD of a pod the
-// selection picks is answered at once, bus or no bus.
-func TestAnAttachmentNamingAPoolThatDoesNotPickThePodWaitsForTheAllocator(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var mu sync.Mutex
-	emitted := map[string]bool{} // pod -> its assignment event's flag
-	resolver := picking{StaticResolver: StaticResolver{Known: map[string]bool{"dual": true}},
-		picks: map[string]bool{"db": true, "db2": true}, unread: map[string]bool{"new": true, "new2": true}}
-	f, _, syncs, answering := onAnsweringBus(t, ctx, resolver, func(e broker.Event) {
-		mu.Lock()
-		defer mu.Unlock()
-		if e.Kind == broker.EventAssigned {
-			emitted[e.Pod.Name] = e.Unattributed
-		}
-	})
-	addReq := func(pod string) *wire.Request {
-		return &wire.Request{V: wire.Version, Op: wire.OpAdd, Network: "macvlan-b", Pool: "dual",
-			Attachment: wire.Attachment{ContainerID: "c-" + pod, IfName: "net1"}, Pod: wire.Pod{Namespace: "default", Name: pod, UID: "uid-" + pod}}
-	}
-	add := func(pod string) *wire.Error { return f.do(t, addReq(pod)).Error }
-	flagged := func(want map[string]bool) {
-		t.Helper()
-		mu.Lock()
-		defer mu.Unlock()
-		held := map[string]bool{}
-		for _, h := range f.agent.Held() {
-			if h.Assigned {
-				held[h.Pod.Name] = h.Unattributed
-			}
-		}
-		for pod, w := range want {
-			if v, ok := emitted[pod]; !ok || v != w {
-				t.Errorf("%s's assignment event: flagged unattributed %v (emitted %v), want %v", pod, v, ok, w)
-			}
-			if v, ok := held[pod]; !ok || v != w {
-				t.Errorf("%s's record for a sync: flagged unattributed %v (held %v), want %v", pod, v, ok, w)
-			}
-		}
-	}
-	refused := func(pod, why string) {
-		t.Helper()
-		if werr := add(pod); werr == nil || werr.Code != wire.CodeTryAgainLater || !strings.Contains(werr.Msg, why) {
-			t.Fatalf("%s's ADD, the allocator unreachable: %+v, want code %d saying %q", pod, werr, wire.CodeTryAgainLater, why)
-		}
-	}
-
-	for _, pod := range []string{"db", "web", "new"} {
-		if werr := add(pod); werr != nil {
-			t.Fatalf("%s's ADD, the allocator answering: %v", pod, werr)
-		}
-	}
-	flagged(map[string]bool{"db": false, "web": true, "new": false})
-
 	stopAnswering(syncs, answering)
-	refused("api", "network config names a pool whose selection does not pick the pod")
-	refused("new2", "the pod could not be read")
-	if werr := add("db2"); werr != nil {
-		t.Fatalf("a picked pod's ADD, the allocator unreachable: %v", werr)
+	for _, step := range []struct {
+		what string
+		req  *wire.Request
+	}{
+		{"the DEL of p's sandbox", podReq(wire.OpDel, "s1", "eth0", "p", "")},
+		{"the ADD of p's restarted sandbox", podReq(wire.OpAdd, "s2", "eth0", "p", "")},
+		{"the ADD of p's second attachment", podReq(wire.OpAdd, "s2", "net1", "p", "")},
+		{"the ADD of q, its pool named by its network config", podReq(wire.OpAdd, "q1", "net1", "q", "dual")},
+		{"the DEL of q's attachment", podReq(wire.OpDel, "q1", "net1", "q", "dual")},
+		{"the same attachment ADDed again", podReq(wire.OpAdd, "q1", "net1", "q", "dual")},
+	} {
+		resp := f.do(t, step.req)
+		if resp.Error != nil {
+			t.Fatalf("%s, the allocator unreachable: %v", step.what, resp.Error)
+		}
+		if step.req.Op == wire.OpAdd && (resp.Result == nil || !resp.Result.Hit) {
+			t.Errorf("%s: %+v, want a hit", step.what, resp.Result)
+		}
 	}
-	answering.Store(true)
-	answeredInTime(t, ctx, f, addReq("api"), "the unpicked pod's retry once the allocator answers")
-	flagged(map[string]bool{"api": true, "db2": false})
 }

@@ -11,14 +11,7 @@ import (
 )
 
 // exhaustedAllocator answers every miss: the pool is exhausted.
-type exhaustedAllocator struct{ ReportsAcked }
-
-// ReportsAcked is the report half of a test Allocator (exported for the
-// external tests): every event is acknowledged at once.
-type ReportsAcked struct{}
-
-func (ReportsAcked) Unreported(store.Assignment) bool                      { return false }
-func (ReportsAcked) AwaitReported(context.Context, store.Assignment) error { return nil }
+type exhaustedAllocator struct{}
 
 func (exhaustedAllocator) Miss(context.Context, string, int) ([]store.Unit, store.Pool, int64, error) {
 	return nil, store.Pool{}, 0, ErrPoolExhausted

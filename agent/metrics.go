@@ -40,7 +40,7 @@ func newMetrics(a *Agent) *metrics {
 		misses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_cache_misses_total", Help: "ADDs that found the node's cache empty and were given an address the allocator granted."}, []string{"pool"}),
 		reclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "warmpool_agent_reclaimed_total", Help: "Assignments released at the allocator's request because their pod was gone (a DEL never came)."}, []string{"pool"}),
+			Name: "warmpool_agent_reclaimed_total", Help: "Assignments the leak GC released because their pod was gone (a DEL never came)."}, []string{"pool"}),
 		coolingWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_cooling_waits_total", Help: "ADDs that found no warm unit and were served a unit of this node once its reuse delay after a DEL was over (counted as hits too)."}, []string{"pool"}),
 		coalesced: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -33,9 +33,3 @@ func (r StaticResolver) Resolve(_ context.Context, pod wire.Pod, netconfPool str
 	}
 	return pool, nil
 }
-
-// Attribution implements PoolResolver: every pod is taken as selected by
-// its pools (tests: an allocator without informers declares no node lost).
-func (r StaticResolver) Attribution(context.Context, wire.Pod, string) Attribution {
-	return Attributed
-}

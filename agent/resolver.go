@@ -121,33 +121,6 @@ func (r *InformerResolver) Resolve(ctx context.Context, pod wire.Pod, netconfPoo
 	return r.known(choice.Name, choice.Source)
 }
 
-// Attribution implements PoolResolver, reading the pod as Resolve does:
-// from the informer, or by one live GET if it has not delivered the pod
-// yet.
-func (r *InformerResolver) Attribution(ctx context.Context, pod wire.Pod, pool string) Attribution {
-	obj, ok, _ := r.pools.GetByKey(pool)
-	if !ok {
-		return Unknown
-	}
-	if obj.(*v1alpha1.IPPool).Status.NamedByNetworkConfig {
-		return Attributed
-	}
-	p, werr := r.pod(ctx, pod)
-	if werr != nil {
-		return Unknown
-	}
-	ns, err := r.namespaces.Get(p.Namespace)
-	if err != nil {
-		return Unknown
-	}
-	// An ambiguous choice still lists its candidates, as the allocator
-	// counts them.
-	if choice, _ := r.selectPool(p, ns); choice.Picks(pool) {
-		return Attributed
-	}
-	return Unattributed
-}
-
 // selectPool applies the rules the allocator shares to what the informers
 // hold.
 func (r *InformerResolver) selectPool(p *corev1.Pod, ns *corev1.Namespace) (v1alpha1.PoolChoice, error) {

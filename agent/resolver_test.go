@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/warmpool/warmpool/agent"
+	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
@@ -120,43 +121,24 @@ func TestInformerResolver(t *testing.T) {
 		t.Errorf("fresh pod: %q, %v", got, werr)
 	}
 
-	// Attribution: whether the pool's selection picks the pod, as the
-	// allocator counts a lost node's pods.
+	// The leak GC's reads (Pods): the live read of the API, and the cache
+	// once it has the pod.
 	for _, tc := range []struct {
 		name string
-		pod  wire.Pod
-		pool string
-		want agent.Attribution
+		pod  store.Pod
+		gone bool
 	}{
-		{"selected", appB, "pool-app-b", agent.Attributed},
-		{"selected by annotation", annotatedPod, "pool-pod", agent.Attributed},
-		{"one of several pools selecting it", both, "pool-app-b", agent.Attributed},
-		{"another pool selects it", inTeamA, "pool-app-b", agent.Unattributed},
-		{"no pool selects it", lonely, "pool-app-b", agent.Unattributed},
-		{"unknown pool", appB, "nope", agent.Unknown},
-		{"pod not in the API", wire.Pod{Namespace: "plain", Name: "ghost"}, "pool-app-b", agent.Unknown},
-		{"re-created pod", wire.Pod{Namespace: "plain", Name: "b", UID: "old-uid"}, "pool-app-b", agent.Unknown},
+		{"a live pod", store.Pod{Namespace: "plain", Name: "b", UID: appB.UID}, false},
+		{"a live pod, no UID on record", store.Pod{Namespace: "plain", Name: "b"}, false},
+		{"a pod not in the API", store.Pod{Namespace: "plain", Name: "ghost", UID: "u"}, true},
+		{"a re-created pod", store.Pod{Namespace: "plain", Name: "b", UID: "old-uid"}, true},
 	} {
-		if got := r.Attribution(ctx, tc.pod, tc.pool); got != tc.want {
-			t.Errorf("Attribution %s: %v, want %v", tc.name, got, tc.want)
+		if got, err := r.GoneLive(ctx, tc.pod); err != nil || got != tc.gone {
+			t.Errorf("GoneLive of %s: %v, %v; want %v", tc.name, got, err, tc.gone)
 		}
-	}
-	// A pod the informer may not have delivered yet: the live GET decides.
-	if freshB := pod("plain", "fresh-b", map[string]string{"app": "b"}, nil); r.Attribution(ctx, freshB, "pool-app-b") != agent.Attributed {
-		t.Error("Attribution of a fresh pod: want Attributed")
-	}
-	// Once the allocator marked the pool named by network configs, every
-	// pod is attributed.
-	p, err := wp.IPPools().Get(ctx, "pool-app-b", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Status.NamedByNetworkConfig = true
-	must(wp.IPPools().UpdateStatus(ctx, p, metav1.UpdateOptions{}))
-	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-		return r.Attribution(ctx, lonely, "pool-app-b") == agent.Attributed, nil
-	}); err != nil {
-		t.Fatalf("lonely is not attributed to pool-app-b once it is marked named by network configs: %v", err)
+		if got := r.GoneCached(tc.pod); got != tc.gone {
+			t.Errorf("GoneCached of %s: %v; want %v", tc.name, got, tc.gone)
+		}
 	}
 }
 

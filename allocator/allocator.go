@@ -57,9 +57,8 @@ type Config struct {
 	// NodeLossGrace is how long a node may be NotReady before it is lost:
 	// its warm units are reclaimed.
 	NodeLossGrace time.Duration
-	// GCInterval is the leak GC's period: a leak is confirmed at the
-	// second pass that finds its pod gone, so it is freed within about
-	// two intervals.
+	// GCInterval is how often lost nodes are checked for units to return
+	// (the leak GC is the agents').
 	GCInterval time.Duration
 	// WriteTimeout bounds one NodeLease write (with its re-read).
 	WriteTimeout time.Duration
@@ -106,8 +105,6 @@ type Allocator struct {
 	// when this allocator started (the contact assumed before any).
 	lastContact map[string]time.Time
 	started     time.Time
-	// suspects: assignments whose pod the GC found gone once, and when.
-	suspects map[suspectKey]time.Time
 	// orphans: units a donor gave back whose removal from its lease
 	// failed, by pool and node; each round retries the write.
 	orphans map[poolNode][]string
@@ -187,7 +184,7 @@ func newAllocator(cfg Config) *Allocator {
 		cfg.Logger = slog.Default()
 	}
 	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{},
-		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, suspects: map[suspectKey]time.Time{}, orphans: map[poolNode][]string{}, unsettled: map[poolNode]*unsettledWrite{}, kicks: make(chan struct{}, 1), deposed: make(chan struct{}), writers: make(chan struct{}, cfg.Writers),
+		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, orphans: map[poolNode][]string{}, unsettled: map[poolNode]*unsettledWrite{}, kicks: make(chan struct{}, 1), deposed: make(chan struct{}), writers: make(chan struct{}, cfg.Writers),
 		sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
 	return a
@@ -549,7 +546,6 @@ func (a *Allocator) handleReport(ctx context.Context, m broker.Msg) any {
 		reply.Error = err.Error()
 		return reply
 	}
-	a.markNamedByNetworkConfig(r.Node, r.Events)
 	a.kick()
 	return reply
 }
@@ -658,7 +654,7 @@ func (a *Allocator) handleSync(ctx context.Context, m broker.Msg) any {
 		if h.Assigned {
 			kind = broker.EventAssigned
 		}
-		events = append(events, broker.Event{Kind: kind, Pool: h.Pool, UnitID: h.Unit.ID, Attachment: h.Attachment, Pod: h.Pod, Unattributed: h.Unattributed})
+		events = append(events, broker.Event{Kind: kind, Pool: h.Pool, UnitID: h.Unit.ID, Attachment: h.Attachment, Pod: h.Pod})
 	}
 	foreign, inFlight, err := a.applyByPool(ctx, req.Node, events)
 	if err == nil && len(inFlight) > 0 {
@@ -670,10 +666,6 @@ func (a *Allocator) handleSync(ctx context.Context, m broker.Msg) any {
 		// reservation has ended (fault-suite seed 34).
 		err = fmt.Errorf("%d units the agent holds are being granted to or confirmed for another node (%s of pool %s first): sync again",
 			len(inFlight), inFlight[0].ID, inFlight[0].Pool)
-	}
-	if err == nil {
-		// A sync may cover the report that carried the flag.
-		a.markNamedByNetworkConfig(req.Node, events)
 	}
 	holds := heldByPool(req.Units)
 	if err == nil {

@@ -15,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
@@ -478,15 +479,14 @@ func TestSyncCannotCrossADropOfALostNode(t *testing.T) {
 	defer cancel()
 	clk := clocktesting.NewFakeClock(time.Now())
 	a, _, api, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute, Logger: slog.New(slog.DiscardHandler)})
-	a.started = clk.Now()
-	a.watch = &watcher{nodes: listerscorev1.NewNodeLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})), notReadySince: map[string]time.Time{"n1": clk.Now()}}
+	watchLostNode(t, a, clk, "n1")
 	if _, _, _, err := a.grant(ctx, "p", "n1", 3); err != nil {
 		t.Fatal(err)
 	}
 	clk.Step(2 * time.Minute)
 	api.mode.Store(gateWrites)
 	dropped := make(chan error)
-	go func() { dropped <- a.dropLost(ctx, "p", "n1", nil) }()
+	go func() { dropped <- a.returnLost(ctx, "n1") }()
 	<-api.arrived // the drop re-checked loss and is writing
 	synced := make(chan *broker.SyncReply)
 	go func() {
@@ -598,43 +598,63 @@ func TestSyncFreesAssignmentsTheNodeNoLongerHolds(t *testing.T) {
 	}
 }
 
-// TestLostNodeKeepsWarmUnitsAPodMayHold: a lost node's agent may have
-// assigned warm units whose reports never arrived (the API refused their
-// writes, then the agent died). While a pod bound to the node has no
-// address on record, the node's warm units are not reclaimed: one of them
-// may be that pod's (found by the fault suite: a unit on two live pods).
-// Once the pod is gone they are.
-func TestLostNodeKeepsWarmUnitsAPodMayHold(t *testing.T) {
+// TestLostNodeReturnsEverythingOnceItsPodsAreGone: a lost node's units,
+// warm and assigned, stay while any pod bound to it before its agent's
+// fence is left (any of them may hold any unit: its agent may have
+// assigned warm units whose reports never arrived, found by the fault
+// suite as a unit on two live pods), whether or not it has an address on
+// record. Host-network pods, finished pods and pods created after the
+// fence hold none. Once the last is gone, every unit returns at once.
+func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	clk := clocktesting.NewFakeClock(time.Now())
 	a, cs, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute, Logger: slog.New(slog.DiscardHandler)})
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default", UID: "u1"}, Spec: corev1.PodSpec{NodeName: "n1"}}
-	pods := watchLostNode(t, a, clk, "n1", pod)
-	if _, _, _, err := a.grant(ctx, "p", "n1", 3); err != nil {
+	bound := func(name string, mutate func(*corev1.Pod)) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("uid-" + name), CreationTimestamp: metav1.NewTime(clk.Now())},
+			Spec: corev1.PodSpec{NodeName: "n1"}}
+		if mutate != nil {
+			mutate(p)
+		}
+		return p
+	}
+	web, other := bound("web", nil), bound("other", nil)
+	pods := watchLostNode(t, a, clk, "n1", web, other,
+		bound("host", func(p *corev1.Pod) { p.Spec.HostNetwork = true }),
+		bound("done", func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }))
+	got, _, _, err := a.grant(ctx, "p", "n1", 4)
+	if err != nil {
 		t.Fatal(err)
+	}
+	ev := broker.Event{Kind: broker.EventAssigned, Pool: "p", UnitID: got[0].ID, Attachment: "c1/eth0", Pod: broker.Pod{Namespace: "default", Name: "web", UID: "uid-web"}}
+	m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1, Events: []broker.Event{ev}})}
+	if r := a.handleReport(ctx, m).(*broker.ReportReply); r.Error != "" {
+		t.Fatal(r.Error)
 	}
 	clk.Step(2 * time.Minute)
-	if err := a.dropLost(ctx, "p", "n1", nil); err != nil {
+	returned := func(step string, want int) {
+		t.Helper()
+		if err := a.returnLost(ctx, "n1"); err != nil {
+			t.Fatal(err)
+		}
+		if n := unitsInLeases(t, ctx, cs.NodeLeases()); n != want {
+			t.Fatalf("%s: %d units leased, want %d", step, n, want)
+		}
+	}
+	returned("web (an address on record) and other (none) left", 4)
+	if err := pods.Delete(web); err != nil {
 		t.Fatal(err)
 	}
-	if n := unitsInLeases(t, ctx, cs.NodeLeases()); n != 3 {
-		t.Fatalf("%d units leased after the drop, want the 3 warm ones kept while web has no address on record", n)
-	}
-	// A pod bound after the agent had fenced itself cannot hold one.
-	if err := pods.Delete(pod); err != nil {
+	returned("web gone, other left", 4)
+	if err := pods.Delete(other); err != nil {
 		t.Fatal(err)
 	}
-	late := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "late", Namespace: "default", UID: "u2", CreationTimestamp: metav1.NewTime(clk.Now())},
-		Spec: corev1.PodSpec{NodeName: "n1"}}
-	if err := pods.Add(late); err != nil {
+	if err := pods.Add(bound("late", nil)); err != nil { // created after the fence
 		t.Fatal(err)
 	}
-	if err := a.dropLost(ctx, "p", "n1", nil); err != nil {
-		t.Fatal(err)
-	}
-	if n := unitsInLeases(t, ctx, cs.NodeLeases()); n != 0 {
-		t.Fatalf("%d units leased once web is gone (late was created after the agent fenced itself), want 0", n)
+	returned("every pod bound before the fence gone", 0)
+	if got, _, _, err := a.grant(ctx, "p", "n2", 6); err != nil || len(got) != 6 {
+		t.Fatalf("grant of the whole pool to n2: %d units, %v", len(got), err)
 	}
 }
 
@@ -657,110 +677,6 @@ func watchLostNode(t *testing.T, a *Allocator, clk *clocktesting.FakeClock, node
 		podLister: listerscorev1.NewPodLister(podIndex), namespaces: listerscorev1.NewNamespaceLister(namespaces),
 		notReadySince: map[string]time.Time{node: clk.Now()}}
 	return podIndex
-}
-
-// TestPoolNamedByNetworkConfigKeepsALostNodesWarmUnits: a pod whose
-// network config names a pool its selection does not pick (a Multus
-// attachment with ipam.pool) is not one the allocator counts among a
-// lost node's pods that may hold its warm units. Once an agent reports
-// such an assignment, the pool is marked (in memory, in its status, for
-// good, and for a successor) and the GC keeps a lost node's warm units
-// while any pod on the node has no address of the pool on record.
-func TestPoolNamedByNetworkConfigKeepsALostNodesWarmUnits(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	clk := clocktesting.NewFakeClock(time.Now())
-	quiet := slog.New(slog.DiscardHandler)
-	a, cs, _, _ := flakyAllocator(t, ctx, "10.0.0.0/28", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute, Logger: quiet})
-	a.mu.Lock()
-	a.ledger.pools["p"].spec.PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}
-	a.mu.Unlock()
-	web := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default", UID: "u1"}, Spec: corev1.PodSpec{NodeName: "n1"}}
-	watchLostNode(t, a, clk, "n1", web)
-	leasedTo := func(node string) int {
-		t.Helper()
-		nl, err := cs.NodeLeases().Get(ctx, v1alpha1.NodeLeaseName("p", node), metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(nl.Spec.Units)
-	}
-	lose := func() {
-		t.Helper()
-		if _, _, _, err := a.grant(ctx, "p", "n1", 3); err != nil {
-			t.Fatal(err)
-		}
-		clk.Step(2 * time.Minute)
-		if err := a.dropLost(ctx, "p", "n1", nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	// Unmarked, web (not selected) does not hold the units back.
-	lose()
-	if n := leasedTo("n1"); n != 0 {
-		t.Fatalf("%d units leased to n1 before the pool is marked, want 0: web is not a pod the pool's selection picks", n)
-	}
-
-	// n2's agent reports an unattributed assignment: the pool is marked.
-	got, _, _, err := a.grant(ctx, "p", "n2", 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev := broker.Event{Kind: broker.EventAssigned, Pool: "p", UnitID: got[0].ID, Attachment: "c2/net1", Pod: broker.Pod{Namespace: "default", Name: "api", UID: "u2"}, Unattributed: true}
-	m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n2", Run: "r", Seq: 1, Events: []broker.Event{ev}})}
-	if r := a.handleReport(ctx, m).(*broker.ReportReply); r.Error != "" {
-		t.Fatal(r.Error)
-	}
-	lose() // the mark in memory is enough: the status is written later
-	if n := leasedTo("n1"); n != 3 {
-		t.Fatalf("%d units leased to n1 once the pool is marked, want the 3 warm ones kept while web has no address of it on record", n)
-	}
-	if err := a.writeStatus(ctx, map[string]v1alpha1.IPPoolStatus{}); err != nil {
-		t.Fatal(err)
-	}
-
-	// The mark is in the status, where no later write clears it (a
-	// deposed allocator's ledger may lack it) and a successor finds it.
-	a.mu.Lock()
-	a.ledger.pools["p"].namedByNetworkConfig = false
-	a.ledger.pools["p"].hits++
-	a.mu.Unlock()
-	if err := a.writeStatus(ctx, map[string]v1alpha1.IPPoolStatus{}); err != nil {
-		t.Fatal(err)
-	}
-	p, err := cs.IPPools().Get(ctx, "p", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !p.Status.NamedByNetworkConfig {
-		t.Fatal("a status write from a ledger without the mark cleared it")
-	}
-	next, err := New(ctx, Config{Client: cs, Bus: a.cfg.Bus, Epoch: 2, Clock: clk, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	marked := func() bool {
-		next.mu.Lock()
-		defer next.mu.Unlock()
-		return next.ledger.pools["p"].namedByNetworkConfig
-	}
-	if !marked() {
-		t.Fatal("a successor loaded the pool without the mark")
-	}
-
-	// A sync that covers the report carries the flag too.
-	next.mu.Lock()
-	next.ledger.pools["p"].namedByNetworkConfig = false
-	next.mu.Unlock()
-	held := []broker.HeldUnit{{Pool: "p", Unit: got[0], Assigned: true, Attachment: ev.Attachment, Pod: ev.Pod, Unattributed: true}}
-	sm := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n2", Run: "r2", Seq: 1, Units: held})}
-	if r := next.handleSync(ctx, sm).(*broker.SyncReply); r.Error != "" {
-		t.Fatal(r.Error)
-	}
-	if !marked() {
-		t.Fatal("a sync holding an unattributed assignment did not mark the pool")
-	}
 }
 
 // TestSyncNamesUnitsAnotherNodeHolds: a node back from being lost syncs a

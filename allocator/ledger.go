@@ -42,12 +42,6 @@ type poolState struct {
 	// an address at the last planning round.
 	hits, misses int64
 	pending      int
-	// namedByNetworkConfig: an agent reported an address of the pool
-	// taken for a pod the pool's selection does not pick (its network
-	// config named the pool). Sticky, as in the pool's status: a lost
-	// node's pods may then hold the pool's warm units whatever their
-	// selection says.
-	namedByNetworkConfig bool
 }
 
 // leaseState mirrors one NodeLease.
@@ -93,7 +87,6 @@ func (l *ledger) upsertPoolLocked(p *v1alpha1.IPPool) error {
 	if cur, ok := l.pools[p.Name]; ok {
 		cur.spec = p.Spec
 		cur.info = poolInfo(p.Name, p.Spec)
-		cur.namedByNetworkConfig = cur.namedByNetworkConfig || p.Status.NamedByNetworkConfig
 		return nil
 	}
 	pu, err := Enumerate(p.Spec)
@@ -105,7 +98,7 @@ func (l *ledger) upsertPoolLocked(p *v1alpha1.IPPool) error {
 		units: pu.Units, total: pu.Total, byID: make(map[string]int, len(pu.Units)),
 		holder: make([]string, len(pu.Units)), reserved: make([]bool, len(pu.Units)),
 		unconfirmed: map[int]string{}, leases: map[string]*leaseState{},
-		hits: p.Status.Hits, misses: p.Status.Misses, namedByNetworkConfig: p.Status.NamedByNetworkConfig,
+		hits: p.Status.Hits, misses: p.Status.Misses,
 	}
 	for i, u := range pu.Units {
 		ps.byID[u.ID()] = i

@@ -38,7 +38,7 @@ func newMetrics(a *Allocator) *metrics {
 			Name: "warmpool_allocator_round_duration_seconds", Help: "One planning round: demand, plan, revokes and lease writes (pushes are not waited for).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14)}),
 		reclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "warmpool_allocator_reclaimed_total", Help: "Units reclaimed, by pool and reason: pod-gone (an assignment whose pod went without a DEL) or node-lost (warm units of a lost node)."},
+			Name: "warmpool_allocator_reclaimed_total", Help: "Units reclaimed, by pool and reason: node-lost (the units of a lost node, warm and assigned; leaked assignments of live nodes are their agents' to release, warmpool_agent_reclaimed_total)."},
 			[]string{"pool", "reason"}),
 		adds: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_allocator_adds_total", Help: "ADDs reported by the agents, by pool, node and result: hit (served from the node's warm cache) or miss."},

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	listerscorev1 "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
@@ -24,15 +22,14 @@ func lostNodeDropLeftUnsettled(t *testing.T, ctx context.Context) (*Allocator, *
 	t.Helper()
 	clk := clocktesting.NewFakeClock(time.Now())
 	a, _, api, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute, Logger: slog.New(slog.DiscardHandler)})
-	a.started = clk.Now()
-	a.watch = &watcher{nodes: listerscorev1.NewNodeLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})), notReadySince: map[string]time.Time{"n1": clk.Now()}}
+	watchLostNode(t, a, clk, "n1")
 	units, _, _, err := a.grant(ctx, "p", "n1", 3)
 	if err != nil || len(units) != 3 {
 		t.Fatalf("grant to n1: %v, %v", units, err)
 	}
 	clk.Step(2 * time.Minute)
 	api.lose.Store(2) // the drop's answer, then the resend's
-	if err := a.dropLost(ctx, "p", "n1", nil); !errors.Is(err, errUnsettled) {
+	if err := a.returnLost(ctx, "n1"); !errors.Is(err, errUnsettled) {
 		t.Fatalf("drop of the lost node's units: %v, want errUnsettled", err)
 	}
 	if n := len(a.committedUnits("p", "n1")); n != 3 {
@@ -130,8 +127,8 @@ func TestReloadKeepsUnitsTheNodeMayHold(t *testing.T) {
 
 // TestUnconfirmedUnitsOfANodeStillLostAreFreed: units a reload kept for
 // their node's sync are freed by the GC if the node stays lost (its agent
-// has stopped using warm units, and no pod on it lacks an address on
-// record): they must not stay reserved for a sync that never comes.
+// has stopped using units, and no pod bound to it before then is left):
+// they must not stay reserved for a sync that never comes.
 func TestUnconfirmedUnitsOfANodeStillLostAreFreed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -143,7 +140,7 @@ func TestUnconfirmedUnitsOfANodeStillLostAreFreed(t *testing.T) {
 	if err != nil || len(got) != 3 {
 		t.Fatalf("grant to n2 before the GC: %v, %v; want the 3 units n1 never had", got, err)
 	}
-	if err := a.dropLost(ctx, "p", "n1", nil); err != nil {
+	if err := a.returnLost(ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}
 	got, _, _, err = a.grant(ctx, "p", "n2", 6)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
-	"github.com/warmpool/warmpool/internal/logkey"
 )
 
 // countServedLocked adds to the pools' hit and miss counts what a node's
@@ -46,23 +45,6 @@ func (a *Allocator) countServedLocked(node string, prev map[string]broker.Served
 	return seen
 }
 
-// markNamedByNetworkConfig marks a pool from the first applied assignment,
-// reported or synced, that its agent says the pool's selection does not
-// attribute to the pod; the status carries the mark from the next write.
-func (a *Allocator) markNamedByNetworkConfig(node string, events []broker.Event) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, e := range events {
-		ps := a.ledger.pools[e.Pool]
-		if e.Kind != broker.EventAssigned || !e.Unattributed || ps == nil || ps.namedByNetworkConfig {
-			continue
-		}
-		ps.namedByNetworkConfig = true
-		a.log.Info("pool named by a network config for a pod its selection does not pick: a lost node's warm units are kept while any pod on it has no address of the pool on record",
-			"pool", e.Pool, "node", node, "pod", logkey.Pod(e.Pod.Namespace, e.Pod.Name))
-	}
-}
-
 // runStatus writes each pool's status every StatusInterval when it
 // changed.
 func (a *Allocator) runStatus(ctx context.Context) {
@@ -94,7 +76,7 @@ func (a *Allocator) writeStatus(ctx context.Context, written map[string]v1alpha1
 	for name, ps := range a.ledger.pools {
 		free, warm, assigned := ps.countsLocked()
 		st := v1alpha1.IPPoolStatus{Total: ps.total, Free: free, Warm: warm, Assigned: assigned,
-			Pending: int64(ps.pending), Hits: ps.hits, Misses: ps.misses, NamedByNetworkConfig: ps.namedByNetworkConfig}
+			Pending: int64(ps.pending), Hits: ps.hits, Misses: ps.misses}
 		if old, ok := written[name]; ok && sameCounts(old, st) {
 			continue
 		}
@@ -108,11 +90,8 @@ func (a *Allocator) writeStatus(ctx context.Context, written map[string]v1alpha1
 			errs = append(errs, fmt.Errorf("pool %s: %w", e.name, err))
 			continue
 		}
-		conds, named := p.Status.Conditions, p.Status.NamedByNetworkConfig
+		conds := p.Status.Conditions
 		p.Status = e.status
-		// Never cleared: agents answer at once once they see it set, and a
-		// deposed allocator's ledger may not have it.
-		p.Status.NamedByNetworkConfig = named || e.status.NamedByNetworkConfig
 		p.Status.ObservedGeneration = p.Generation
 		p.Status.Conditions = conds
 		meta.SetStatusCondition(&p.Status.Conditions, metav1.Condition{Type: v1alpha1.PoolReady, Status: metav1.ConditionTrue,
@@ -135,5 +114,5 @@ func (a *Allocator) writeStatus(ctx context.Context, written map[string]v1alpha1
 
 func sameCounts(x, y v1alpha1.IPPoolStatus) bool {
 	return x.Total == y.Total && x.Free == y.Free && x.Warm == y.Warm && x.Assigned == y.Assigned &&
-		x.Pending == y.Pending && x.Hits == y.Hits && x.Misses == y.Misses && x.NamedByNetworkConfig == y.NamedByNetworkConfig
+		x.Pending == y.Pending && x.Hits == y.Hits && x.Misses == y.Misses
 }

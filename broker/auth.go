@@ -69,7 +69,7 @@ func AgentPermissions(node string) *server.Permissions {
 	return &server.Permissions{
 		Publish:   &server.SubjectPermission{Allow: []string{AgentSubjects(node)}},
 		Subscribe: &server.SubjectPermission{Allow: []string{NodeSubjects(node), AgentInboxPrefix(node) + ".>"}},
-		// One reply per request received (a grant, revoke or reclaim),
+		// One reply per request received (a grant or a revoke),
 		// within a minute: the allocator waits for seconds.
 		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	}

@@ -278,8 +278,8 @@ func TestAgentAuthentication(t *testing.T) {
 
 		// Its own subjects, as a reference: the allocator hears it, and
 		// node-a hears and answers the allocator's requests.
-		gsub, err := conn.Subscribe(broker.SubjectReclaim("node-a"), func(m *nats.Msg) {
-			_ = m.Respond(broker.Encode(&broker.Reclaimed{V: broker.ProtocolVersion}))
+		gsub, err := conn.Subscribe(broker.SubjectRevoke("node-a"), func(m *nats.Msg) {
+			_ = m.Respond(broker.Encode(&broker.Revoked{V: broker.ProtocolVersion}))
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -288,7 +288,7 @@ func TestAgentAuthentication(t *testing.T) {
 		if err := conn.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := r.admin.Request(broker.SubjectReclaim("node-a"), broker.Encode(&broker.Reclaim{V: broker.ProtocolVersion, Epoch: 1, Pool: "p"}), 2*time.Second); err != nil {
+		if _, err := r.admin.Request(broker.SubjectRevoke("node-a"), broker.Encode(&broker.Revoke{V: broker.ProtocolVersion, Epoch: 1, Pool: "p"}), 2*time.Second); err != nil {
 			t.Fatalf("node-a does not answer the allocator's request on its own subject: %v", err)
 		}
 		own := broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "raw", Seq: 1})

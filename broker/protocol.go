@@ -86,10 +86,6 @@ func SubjectGrant(node string) string { return nodePrefix + NodeToken(node) + ".
 // warm units, under scarcity.
 func SubjectRevoke(node string) string { return nodePrefix + NodeToken(node) + ".revoke" }
 
-// SubjectReclaim is where the allocator asks a node's agent to release
-// assignments whose pods are gone (its leak GC).
-func SubjectReclaim(node string) string { return nodePrefix + NodeToken(node) + ".reclaim" }
-
 // ErrVersion means a message is of another protocol version.
 var ErrVersion = errors.New("bus protocol version mismatch")
 
@@ -157,33 +153,6 @@ type Revoked struct {
 	Error string   `json:"error,omitempty"`
 }
 
-// Reclaim asks a node's agent to release assignments whose pods the
-// allocator found gone: twice in its informer, then by a live GET by UID.
-// The agent releases an assignment only if it still holds that unit for
-// that attachment and pod, as a DEL would (the unit cools, then is warm),
-// and reports the releases as usual.
-type Reclaim struct {
-	V     int           `json:"v"`
-	Epoch uint64        `json:"epoch"`
-	Pool  string        `json:"pool"`
-	Items []ReclaimItem `json:"items"`
-}
-
-// ReclaimItem names one assignment to release.
-type ReclaimItem struct {
-	UnitID     string `json:"unitID"`
-	Attachment string `json:"attachment"`
-	PodUID     string `json:"podUID"`
-}
-
-// Reclaimed lists the units released; an item not listed did not match
-// (released meanwhile, or re-used by another attachment).
-type Reclaimed struct {
-	V     int      `json:"v"`
-	IDs   []string `json:"ids"`
-	Error string   `json:"error,omitempty"`
-}
-
 // MissRequest asks for units of a pool for a node whose cache is empty.
 type MissRequest struct {
 	V     int    `json:"v"`
@@ -226,12 +195,6 @@ type Event struct {
 	UnitID     string `json:"unitID"`
 	Attachment string `json:"attachment"`
 	Pod        Pod    `json:"pod,omitzero"`
-	// Unattributed says the network config named the pool for a pod the
-	// pool's selection does not pick (or the agent could not tell): the
-	// allocator would not count the pod among those that may hold the
-	// pool's warm units. The allocator marks the pool's status
-	// NamedByNetworkConfig.
-	Unattributed bool `json:"unattributed,omitempty"`
 }
 
 // Report carries an agent's assignments and releases since its last
@@ -274,8 +237,6 @@ type HeldUnit struct {
 	Assigned   bool   `json:"assigned,omitempty"`
 	Attachment string `json:"attachment,omitempty"`
 	Pod        Pod    `json:"pod,omitzero"`
-	// Unattributed: as Event's, for an assigned unit.
-	Unattributed bool `json:"unattributed,omitempty"`
 }
 
 // SyncRequest is an agent's full record, sent on start and on every
@@ -351,7 +312,7 @@ func Decode(data []byte, msg any) error {
 	return nil
 }
 
-// SplitAttachment splits an event's or a reclaim's attachment,
+// SplitAttachment splits an event's or an assignment's attachment,
 // "<containerID>/<ifname>", into its parts.
 func SplitAttachment(att string) (containerID, ifname string) {
 	i := strings.LastIndex(att, "/")

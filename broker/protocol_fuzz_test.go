@@ -13,7 +13,7 @@ import (
 // messages returns a fresh value of every message type on the bus.
 func messages() []any {
 	return []any{
-		&Grant{}, &Ack{}, &Revoke{}, &Revoked{}, &Reclaim{}, &Reclaimed{},
+		&Grant{}, &Ack{}, &Revoke{}, &Revoked{},
 		&MissRequest{}, &MissReply{}, &Report{}, &ReportReply{}, &SyncRequest{}, &SyncReply{},
 	}
 }

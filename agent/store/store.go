@@ -88,10 +88,6 @@ type Assignment struct {
 	Pod        Pod       `json:"pod"`
 	Network    string    `json:"network,omitempty"`
 	At         time.Time `json:"at"`
-	// Unattributed: the network config named a pool whose selection does
-	// not pick the pod. Kept for the syncs that may cover the report that
-	// said so.
-	Unattributed bool `json:"unattributed,omitempty"`
 }
 
 // Route is a route handed to pods of a pool.

@@ -33,13 +33,6 @@ type PoolChoice struct {
 	Candidates []string
 }
 
-// Picks says whether the choice attributes the pod to pool: the pool
-// chosen, or one of several that select it (an address of any of them
-// may be the pod's, named by an annotation or a network config).
-func (c PoolChoice) Picks(pool string) bool {
-	return c.Name == pool || slices.Contains(c.Candidates, pool)
-}
-
 // SelectPool applies the pool rules shared by the agent (at ADD) and the
 // allocator (to count a pod as demand): the pod's PoolAnnotation, else its
 // namespace's, else the one pool whose selectors match the pod, its

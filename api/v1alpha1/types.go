@@ -266,15 +266,6 @@ type IPPoolStatus struct {
 	Hits int64 `json:"hits"`
 	// +optional
 	Misses int64 `json:"misses"`
-	// NamedByNetworkConfig is set, for good, once an agent reported an
-	// address of the pool taken for a network config that names it
-	// (ipam.pool) by a pod the pool's selection does not pick. The
-	// allocator cannot see such an attachment in the pod, so from then on
-	// a lost node's warm units of the pool are kept while any pod on the
-	// node has no address of the pool on record. Until it is set, agents
-	// answer such an ADD only once the allocator has it on record.
-	// +optional
-	NamedByNetworkConfig bool `json:"namedByNetworkConfig,omitempty"`
 	// Conditions: Ready (the allocator accepted the pool) and Exhausted (no
 	// free and no warm unit is left).
 	// +optional

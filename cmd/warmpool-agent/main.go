@@ -72,6 +72,7 @@ func main() {
 		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file; empty uses the in-cluster config")
 		reuseDelay  = flag.Duration("reuse-delay", agent.DefaultReuseDelay, "how long a released address cools before reuse")
 		missTimeout = flag.Duration("miss-timeout", 5*time.Second, "how long an ADD with an empty cache waits for the allocator")
+		gcInterval  = flag.Duration("gc-interval", agent.DefaultGCInterval, "leak GC period: an address whose pod is gone without a DEL is released within about two periods")
 		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
 		metricsAddr = flag.String("metrics-addr", ":9420", "where to serve /metrics; empty serves none")
 		pprof       = flag.Bool("pprof", false, "also serve Go's profiles at /debug/pprof/ on the metrics address")
@@ -92,13 +93,13 @@ func main() {
 		fmt.Fprintf(os.Stderr, "warmpool-agent: %v\n", err)
 		os.Exit(2)
 	}
-	if err := run(*node, *socket, *state, *natsURL, *kubeconfig, *metricsAddr, *pprof, *reuseDelay, *missTimeout, natsOpts, log); err != nil {
+	if err := run(*node, *socket, *state, *natsURL, *kubeconfig, *metricsAddr, *pprof, *reuseDelay, *missTimeout, *gcInterval, natsOpts, log); err != nil {
 		log.Error("agent stopped", "node", *node, "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof bool, reuseDelay, missTimeout time.Duration, natsOpts []nats.Option, log *slog.Logger) error {
+func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof bool, reuseDelay, missTimeout, gcInterval time.Duration, natsOpts []nats.Option, log *slog.Logger) error {
 	// agent.New adds the node to the agent's lines; this process's own
 	// lines add it here (a key given twice would be logged twice).
 	agentLog, log := log, log.With("node", node)
@@ -117,7 +118,7 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof boo
 	if err := resolver.Start(ctx, time.Minute); err != nil {
 		return err
 	}
-	acfg := agent.Config{Node: node, Store: s, Resolver: resolver, ReuseDelay: reuseDelay, MissTimeout: missTimeout, Logger: agentLog}
+	acfg := agent.Config{Node: node, Store: s, Resolver: resolver, Pods: resolver, ReuseDelay: reuseDelay, MissTimeout: missTimeout, Logger: agentLog}
 	if spec := os.Getenv(failpointEnv); spec != "" {
 		if acfg.Failpoint, err = armFailpoint(spec); err != nil {
 			return err
@@ -152,6 +153,7 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof boo
 	go func() { errs <- bus.Run(ctx) }()
 	go func() { errs <- srv.Serve(ctx) }()
 	go a.RunRecycler(ctx, 100*time.Millisecond)
+	go a.RunLeakGC(ctx, gcInterval)
 	log.Info("agent serving", "socket", socket, "state", state)
 	err = <-errs
 	stop()

@@ -70,7 +70,7 @@ func main() {
 	flag.Float64Var(&o.qps, "kube-api-qps", 100, "Kubernetes API requests per second (client-go rate limiter)")
 	flag.IntVar(&o.burst, "kube-api-burst", 200, "Kubernetes API request burst")
 	flag.DurationVar(&o.planInterval, "plan-interval", allocator.DefaultPlanInterval, "planning round period when no event triggers one")
-	flag.DurationVar(&o.gcInterval, "gc-interval", allocator.DefaultGCInterval, "leak GC period; a leak is freed within about two periods")
+	flag.DurationVar(&o.gcInterval, "gc-interval", allocator.DefaultGCInterval, "how often lost nodes are checked for units to return")
 	flag.DurationVar(&o.nodeLossGrace, "node-loss-grace", allocator.DefaultNodeLossGrace, "how long a node may be NotReady (and its agent silent) before its units are reclaimed")
 	flag.StringVar(&o.agentAuth, "nats-agent-auth", agentAuthNone, "how the embedded NATS server authenticates agents: "+agentAuthServiceAccount+
 		" (each agent by its pod-bound service-account token, reviewed by the apiserver, with permissions for its own node's subjects only) or "+agentAuthNone+

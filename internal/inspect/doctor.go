@@ -123,11 +123,11 @@ var kinds = map[string]kindInfo{
 	KindAssignmentMismatch: {Warning, "the NodeLease and the agent assign the unit to different pods or sandboxes",
 		"run again in a few seconds; if it stays, the agent's record wins at its next sync: check its log"},
 	KindLeakPodGone: {Warning, "a leak: the pod the unit is assigned to is gone without a CNI DEL (force-deleted, or its node died), so the address is unusable until reclaimed",
-		"the allocator's leak GC reclaims it within about %[1]s; if it stays longer, check the allocator's log ('leak GC') and warmpool_allocator_reclaimed_total{reason=\"pod-gone\"}, and the agent's bus connection"},
+		"the node's agent's leak GC releases it within about %[1]s; if it stays longer, check the agent's log ('leak GC') and warmpool_agent_reclaimed_total"},
 	KindLeakPodReplaced: {Warning, "a leak: a pod of that name exists with another UID, or, when the record has none, on another node (re-created), and the old pod's sandbox got no DEL",
-		"the allocator's leak GC reclaims it within about %[1]s; if it stays, check the allocator's log ('leak GC')"},
+		"the node's agent's leak GC releases it within about %[1]s; if it stays, check the agent's log ('leak GC')"},
 	KindLeakPodFinished: {Warning, "a leak: the pod has finished (Succeeded or Failed) and still holds the unit",
-		"the allocator's leak GC reclaims it within about %[1]s; if it stays, check the allocator's log and whether the runtime DELs finished sandboxes"},
+		"the node's agent's leak GC releases it within about %[1]s; if it stays, check the agent's log and whether the runtime DELs finished sandboxes"},
 	KindPodOnOtherNode: {Error, "the unit is assigned to a pod that is bound to another node than the one holding it: the records and the API disagree about where the pod runs",
 		"capture the NodeLease, the agent's /state and the pod; delete the pod so its address is released and reassigned"},
 	KindUnrecordedPodAddress: {Error, "a live pod reports one of a pool's units, which no record assigns to it: warmpool may hand it to another pod (invariant 1)",
@@ -193,7 +193,7 @@ func newFinding(kind string, f Finding, gc time.Duration, format string, args ..
 }
 
 func gcWindow(interval time.Duration) string {
-	return fmt.Sprintf("%s (2 × the GC interval of %s, allocator flag --gc-interval)", 2*interval, interval)
+	return fmt.Sprintf("%s (2 × the GC interval of %s, agent flag --gc-interval)", 2*interval, interval)
 }
 
 // Doctor cross-checks the allocator's records against the agents' and

@@ -323,18 +323,16 @@ func TestPoolsAndNodes(t *testing.T) {
 	}
 	p := rows[0]
 	if p.Total != 20 || p.Free != 16 || p.Leases != (LeaseCounts{Warm: 2, Assigned: 1, Revoking: 1}) || p.LeaseNodes != 2 || p.Ready != "True" || p.Exhausted != "False" ||
-		FormatRate(p.HitRate) != "90.0%" || p.NamedByNetworkConfig {
+		FormatRate(p.HitRate) != "90.0%" {
 		t.Errorf("pool row %+v", p)
 	}
-	s.Pools[0].Status.NamedByNetworkConfig = true
 	var wide strings.Builder
 	if err := RenderPools(&wide, Pools(s), true); err != nil {
 		t.Fatal(err)
 	}
-	if lines := strings.Split(wide.String(), "\n"); !strings.Contains(lines[0], "NETCONF-NAMED") || !strings.Contains(lines[1], " true ") {
-		t.Errorf("pools -o wide of a marked pool:\n%s", wide.String())
+	if lines := strings.Split(wide.String(), "\n"); !strings.Contains(lines[0], "LEASE-REVOKING") || !strings.Contains(lines[1], "epoch") {
+		t.Errorf("pools -o wide:\n%s", wide.String())
 	}
-	s.Pools[0].Status.NamedByNetworkConfig = false
 	s.agentOf("n2").State.Fenced = "no sync yet"
 	s.Nodes[1].Status.Conditions[0].Status = corev1.ConditionUnknown
 	nodes := Nodes(s, "")

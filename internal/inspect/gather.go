@@ -53,7 +53,7 @@ type Options struct {
 	Timeout time.Duration
 	// Parallel bounds how many agents are read at once.
 	Parallel int
-	// GCInterval is the allocator's leak-GC period (Snapshot.GCInterval).
+	// GCInterval is the agents' leak-GC period (Snapshot.GCInterval).
 	GCInterval time.Duration
 }
 

@@ -27,8 +27,8 @@ func podFinished(p *corev1.Pod) bool {
 	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 }
 
-// leakOf says whether the allocator's leak GC (allocator/gc.go, gone)
-// reclaims the assignment of ref on node, given p, the pod of that
+// leakOf says whether the agents' leak GC (agent/leaks.go, gone)
+// releases the assignment of ref on node, given p, the pod of that
 // namespace and name (nil when there is none): the doctor's leak-* kind
 // and why (said of the pod), or "" when it does not. It is the GC's
 // rule, not a stricter one, so that what both commands call a leak is

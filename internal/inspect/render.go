@@ -63,7 +63,7 @@ func ftoa(v float64) string { return fmt.Sprintf("%.0f", v) }
 func RenderPools(w io.Writer, rows []PoolRow, wide bool) error {
 	h := []string{"POOL", "IPV4", "IPV6", "TOTAL", "FREE", "WARM", "ASSIGNED", "PENDING", "HITS", "MISSES", "HIT-RATE", "READY", "EXHAUSTED"}
 	if wide {
-		h = append(h, "VLAN", "NODES", "LEASE-WARM", "LEASE-ASSIGNED", "LEASE-REVOKING", "NETCONF-NAMED", "READY-MESSAGE")
+		h = append(h, "VLAN", "NODES", "LEASE-WARM", "LEASE-ASSIGNED", "LEASE-REVOKING", "READY-MESSAGE")
 	}
 	t := newTable(w, h...)
 	for _, r := range rows {
@@ -74,8 +74,7 @@ func RenderPools(w io.Writer, rows []PoolRow, wide bool) error {
 			if r.VLAN != nil {
 				vlan = itoa(*r.VLAN)
 			}
-			c = append(c, vlan, itoa(r.LeaseNodes), itoa(r.Leases.Warm), itoa(r.Leases.Assigned), itoa(r.Leases.Revoking),
-				fmt.Sprint(r.NamedByNetworkConfig), r.ReadyMessage)
+			c = append(c, vlan, itoa(r.LeaseNodes), itoa(r.Leases.Warm), itoa(r.Leases.Assigned), itoa(r.Leases.Revoking), r.ReadyMessage)
 		}
 		t.row(c...)
 	}

@@ -35,10 +35,6 @@ type PoolRow struct {
 	Exhausted string   `json:"exhausted"`
 	// ReadyMessage says which allocator epoch serves the pool.
 	ReadyMessage string `json:"readyMessage,omitempty"`
-	// NamedByNetworkConfig: network configs name the pool for pods its
-	// selection does not pick, so a lost node's warm units of it stay
-	// while any pod on the node has no address of it on record.
-	NamedByNetworkConfig bool `json:"namedByNetworkConfig"`
 	// Leases counts the pool's NodeLeases' units, to compare with the
 	// status (wide output).
 	Leases LeaseCounts `json:"leases"`
@@ -98,8 +94,7 @@ func Pools(s *Snapshot) []PoolRow {
 		p := &s.Pools[i]
 		st := p.Status
 		row := PoolRow{Name: p.Name, VLAN: p.Spec.VLAN, Total: st.Total, Free: st.Free, Warm: st.Warm, Assigned: st.Assigned,
-			Pending: st.Pending, Hits: st.Hits, Misses: st.Misses, HitRate: rate(float64(st.Hits), float64(st.Misses)),
-			NamedByNetworkConfig: st.NamedByNetworkConfig}
+			Pending: st.Pending, Hits: st.Hits, Misses: st.Misses, HitRate: rate(float64(st.Hits), float64(st.Misses))}
 		if p.Spec.IPv4 != nil {
 			row.IPv4 = p.Spec.IPv4.CIDR
 		}

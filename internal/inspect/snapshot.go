@@ -35,8 +35,8 @@ type Snapshot struct {
 	// Agents are the readings of the agents, one per node found, sorted by
 	// node; nil when not read.
 	Agents []AgentReading
-	// GCInterval is the allocator's leak-GC period, to say how soon a leak
-	// is reclaimed (allocator.DefaultGCInterval unless told otherwise).
+	// GCInterval is the agents' leak-GC period, to say how soon a leak is
+	// released (agent.DefaultGCInterval unless told otherwise).
 	GCInterval time.Duration
 }
 

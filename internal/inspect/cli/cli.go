@@ -18,7 +18,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/warmpool/warmpool/allocator"
+	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/internal/inspect"
 )
@@ -92,7 +92,7 @@ the agents' namespace), or at URLs given with --agent NODE=URL.`,
 	f.StringVar(&c.port, "agent-port", inspect.DefaultAgentPort, "the agents' metrics port: a container port's name or a number")
 	f.StringVar(&c.election, "election-lease", inspect.DefaultElectionLease, "name of the allocator's leader-election Lease")
 	f.DurationVar(&c.timeout, "agent-timeout", inspect.DefaultTimeout, "timeout of each request to an agent")
-	f.DurationVar(&c.gcInterval, "gc-interval", allocator.DefaultGCInterval, "the allocator's --gc-interval, to say how soon a leak is reclaimed")
+	f.DurationVar(&c.gcInterval, "gc-interval", agent.DefaultGCInterval, "the agents' --gc-interval, to say how soon a leak is released")
 
 	pools := &cobra.Command{Use: "pools", Short: "Each pool's subnets, counts, hit rate and conditions", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

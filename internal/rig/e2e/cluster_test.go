@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
@@ -43,6 +44,9 @@ type cluster struct {
 	port   int
 	alloc  *allocator.Allocator
 	paths  []string
+	// gcInterval is the agents' leak-GC period: the allocator's
+	// GCInterval, which the tests set for both.
+	gcInterval time.Duration
 }
 
 func i32(v int32) *int32 { return &v }
@@ -94,6 +98,7 @@ func newCluster(t *testing.T, pool *v1alpha1.IPPool, opts ...func(*allocator.Con
 	for _, o := range opts {
 		o(&cfg)
 	}
+	c.gcInterval = cmp.Or(cfg.GCInterval, agent.DefaultGCInterval)
 	a, err := allocator.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -152,13 +157,19 @@ func (c *cluster) addNode(name string, labels ...string) *node {
 	}
 	t.Cleanup(func() { s.Close() })
 	n.store = s
+	ctx, cancel := context.WithCancel(context.Background())
+	// The node's pods for the leak GC, as the agent binary reads them; the
+	// pool is the network config's (StaticResolver).
+	pods := agent.NewInformerResolver(name, c.kube, c.client)
+	if err := pods.Start(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	a, err := agent.New(agent.Config{Node: name, Store: s, Logger: testenv.Logger(t).With("component", "agent"), MissTimeout: 5 * time.Second,
-		Resolver: agent.StaticResolver{Known: map[string]bool{"dual": true}}})
+		Resolver: agent.StaticResolver{Known: map[string]bool{"dual": true}}, Pods: pods})
 	if err != nil {
 		t.Fatal(err)
 	}
 	n.agent = a
-	ctx, cancel := context.WithCancel(context.Background())
 	conn, err := broker.Connect(ctx, c.nats.ClientURL(), "agent-"+name)
 	if err != nil {
 		t.Fatal(err)
@@ -174,6 +185,7 @@ func (c *cluster) addNode(name string, labels ...string) *node {
 	go func() { served <- srv.Serve(ctx) }()
 	go func() { bused <- bus.Run(ctx) }()
 	go a.RunRecycler(ctx, 100*time.Millisecond)
+	go a.RunLeakGC(ctx, c.gcInterval)
 	var once sync.Once
 	n.stop = func() {
 		once.Do(func() {

@@ -346,7 +346,7 @@ func (w *world) start(c *component) error {
 	} else {
 		args := []string{"--node=" + c.node, "--socket=" + c.socket(), "--state=" + c.store(),
 			"--nats-url=nats://" + c.natsProxy.Addr(), "--kubeconfig=" + w.cp.Kubeconfig(), "--metrics-addr=" + metrics,
-			"--reuse-delay=" + reuseDelay.String(), "--miss-timeout=" + missTimeout.String(), "--log-level=debug"}
+			"--reuse-delay=" + reuseDelay.String(), "--miss-timeout=" + missTimeout.String(), "--gc-interval=" + gcInterval.String(), "--log-level=debug"}
 		var env []string
 		if failpoint != "" {
 			env = []string{"WARMPOOL_FAILPOINT=" + failpoint}
