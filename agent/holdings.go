@@ -1,0 +1,297 @@
+// What the node holds, as the allocator changes it: grants, sync
+// replies (Reconcile, Forget), revokes, and the epoch that fences a
+// deposed leader. Each persists before it changes memory.
+
+package agent
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/broker"
+	"github.com/warmpool/warmpool/internal/logkey"
+)
+
+// Grant adds units of pool, granted at lease generation gen, to the node's
+// cache, persisted first. Units the node gave back at a generation not
+// older than gen are stale and skipped. It is the allocator's push; tests
+// call it directly (gen 0 is "no generation").
+func (a *Agent) Grant(pool store.Pool, units []store.Unit, gen int64) error {
+	a.recordMu.Lock()
+	defer a.recordMu.Unlock()
+	return a.grantRecordLocked(pool, units, gen)
+}
+
+// grantRecordLocked is Grant; the caller holds recordMu.
+func (a *Agent) grantRecordLocked(pool store.Pool, units []store.Unit, gen int64) error {
+	a.mu.Lock()
+	fresh := make([]store.Unit, 0, len(units))
+	for _, u := range units {
+		if r, revoked := a.revokedAt[u.Key()]; revoked && gen <= r {
+			continue
+		}
+		fresh = append(fresh, u)
+	}
+	a.mu.Unlock()
+	if err := a.store.PutPool(pool); err != nil {
+		return fmt.Errorf("grant to %s: %w", pool.Name, err)
+	}
+	if err := a.store.Grant(fresh); err != nil {
+		return fmt.Errorf("grant to %s: %w", pool.Name, err)
+	}
+	if len(fresh) > 0 {
+		a.failpoint(FailpointGrantAfterPersist)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.pools[pool.Name] = pool
+	for _, u := range fresh {
+		k := u.Key()
+		if gen > a.grantedAt[k] {
+			a.grantedAt[k] = gen
+		}
+		if _, held := a.units[k]; held {
+			continue // grants are idempotent
+		}
+		u.State, u.Attachment, u.Since = store.Warm, "", time.Time{}
+		a.units[k] = u
+		a.warm[k.Pool] = append(a.warm[k.Pool], k)
+	}
+	return nil
+}
+
+// AcceptEpoch records an allocator's epoch and reports whether a message
+// of that epoch may be obeyed: not if a higher epoch was seen (fencing of
+// a deposed leader). The highest epoch is persisted, so a restart keeps it.
+func (a *Agent) AcceptEpoch(epoch uint64) (bool, error) {
+	a.mu.Lock()
+	known := a.epoch
+	a.mu.Unlock()
+	if epoch <= known {
+		// Nothing to persist: the common case costs no commit.
+		return epoch == known, nil
+	}
+	highest, err := a.store.SetEpoch(epoch)
+	if err != nil {
+		return false, err
+	}
+	a.mu.Lock()
+	a.epoch = highest
+	a.mu.Unlock()
+	return epoch >= highest, nil
+}
+
+// Held returns the node's record for a sync: every unit, and for assigned
+// ones the attachment and pod.
+func (a *Agent) Held() []broker.HeldUnit {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]broker.HeldUnit, 0, len(a.units))
+	for _, u := range a.units {
+		h := broker.HeldUnit{Pool: u.Pool, Unit: broker.Unit{ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6}}
+		if u.State == store.Assigned {
+			h.Assigned, h.Attachment = true, u.Attachment
+			if as, ok := a.assignments[u.Attachment]; ok {
+				h.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
+			}
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// Reconcile makes the node's record agree with the allocator's after a
+// sync: the warm units the allocator lists are granted (idempotently, and
+// not those given back since), and warm or cooling units it does not list
+// are dropped, unless they were granted at a newer generation than the
+// reply (a grant that crossed it) or sent was the record the sync sent and
+// said they were assigned: the allocator does not list an assigned unit,
+// and a unit released since is still the node's (its release is reported
+// next). Assigned units are never dropped.
+func (a *Agent) Reconcile(leases []broker.Lease, sent []broker.HeldUnit) error {
+	assignedWhenSent := map[store.Key]bool{}
+	for _, h := range sent {
+		if h.Assigned {
+			assignedWhenSent[store.Key{Pool: h.Pool, ID: h.Unit.ID}] = true
+		}
+	}
+	a.recordMu.Lock()
+	defer a.recordMu.Unlock()
+	listed := map[store.Key]bool{}
+	genOf := map[string]int64{}
+	for _, l := range leases {
+		genOf[l.Pool.Name] = l.Gen
+		units := make([]store.Unit, 0, len(l.Units))
+		for _, u := range l.Units {
+			units = append(units, store.Unit{Pool: l.Pool.Name, ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6})
+			listed[store.Key{Pool: l.Pool.Name, ID: u.ID}] = true
+		}
+		if err := a.grantRecordLocked(StorePool(l.Pool), units, l.Gen); err != nil {
+			return err
+		}
+	}
+	a.mu.Lock()
+	var drop []store.Key
+	for k, u := range a.units {
+		if !listed[k] && u.State != store.Assigned && !assignedWhenSent[k] && a.grantedAt[k] <= genOf[k.Pool] {
+			drop = append(drop, k)
+		}
+	}
+	a.mu.Unlock()
+	if len(drop) == 0 {
+		return nil
+	}
+	dropped, err := a.store.Drop(drop)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	a.forgetRecordLocked(dropped)
+	a.log.Info("reconciled with the allocator", "dropped", len(dropped))
+	return nil
+}
+
+// Forget removes units another node holds now, in any state, from the
+// record and the cache: the allocator reclaimed them while this node was
+// lost (an assignment's pod gone, its sandbox with the machine). replyGen
+// is the generation of each pool's lease in the reply that named them: a
+// unit granted here at a newer one crossed the reply and is kept.
+//
+// Warm ones leave the cache first, so no ADD pops them; assigned ones are
+// voided under their attachment's lock, so no DEL or ADD of it crosses;
+// a unit an ADD assigned meanwhile, to an attachment not locked here, is
+// left for the next sync. A later DEL of a voided attachment succeeds as
+// one of the unknown.
+func (a *Agent) Forget(units []broker.ForeignUnit, replyGen map[string]int64) error {
+	if len(units) == 0 {
+		return nil
+	}
+	keys := make([]store.Key, 0, len(units))
+	var attachments []string
+	a.mu.Lock()
+	drop := map[store.Key]bool{}
+	addresses := map[store.Key]string{} // for the log: the record forgets them
+	for _, f := range units {
+		k := store.Key{Pool: f.Pool, ID: f.ID}
+		if a.grantedAt[k] > replyGen[f.Pool] {
+			continue
+		}
+		keys = append(keys, k)
+		drop[k] = true
+		addresses[k] = a.addressLocked(k)
+		if u, ok := a.units[k]; ok && u.State == store.Assigned {
+			attachments = append(attachments, u.Attachment)
+		}
+	}
+	for pool, q := range a.warm {
+		a.warm[pool] = slices.DeleteFunc(q, func(k store.Key) bool { return drop[k] })
+	}
+	a.mu.Unlock()
+	if len(keys) == 0 {
+		return nil
+	}
+	// Attachment locks before recordMu, in order: an ADD holds its
+	// attachment's lock when a miss makes it take recordMu.
+	slices.Sort(attachments)
+	attachments = slices.Compact(attachments)
+	for _, att := range attachments {
+		defer a.locks.Lock(att)()
+	}
+	a.recordMu.Lock()
+	defer a.recordMu.Unlock()
+	voided, kept, err := a.store.Void(keys, attachments)
+	if err != nil {
+		return err
+	}
+	gone := slices.DeleteFunc(keys, func(k store.Key) bool { return slices.Contains(kept, k) })
+	a.forgetRecordLocked(gone)
+	a.mu.Lock()
+	for _, as := range voided {
+		delete(a.assignments, as.Attachment)
+		a.log.Warn("assignment voided: its unit was reclaimed while this node was lost", "attachment", as.Attachment, "pool", as.Pool,
+			"address", addresses[store.Key{Pool: as.Pool, ID: as.UnitID}], "pod", logkey.Pod(as.Pod.Namespace, as.Pod.Name), "pod_uid", as.Pod.UID)
+	}
+	a.mu.Unlock()
+	a.log.Warn("units held by another node forgotten", "units", len(gone), "assignments", len(voided), "kept", len(kept))
+	return nil
+}
+
+// forgetRecordLocked removes dropped units from memory; the caller holds
+// recordMu.
+func (a *Agent) forgetRecordLocked(dropped []store.Key) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	gone := map[store.Key]bool{}
+	for _, k := range dropped {
+		delete(a.units, k)
+		delete(a.grantedAt, k)
+		gone[k] = true
+	}
+	for pool, q := range a.warm {
+		kept := q[:0]
+		for _, k := range q {
+			if !gone[k] {
+				kept = append(kept, k)
+			}
+		}
+		a.warm[pool] = kept
+	}
+}
+
+// Revoke gives back the listed units of pool that are warm here, as of
+// lease generation gen: they leave the cache at once (no ADD can take them
+// any more), then the record, and no message listing them at a generation
+// up to gen brings them back. It returns the IDs given back; units not
+// warm here are kept.
+func (a *Agent) Revoke(pool string, ids []string, gen int64) ([]string, error) {
+	a.recordMu.Lock()
+	defer a.recordMu.Unlock()
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	a.mu.Lock()
+	var taken []store.Key
+	kept := a.warm[pool][:0]
+	for _, k := range a.warm[pool] {
+		if want[k.ID] {
+			taken = append(taken, k)
+		} else {
+			kept = append(kept, k)
+		}
+	}
+	a.warm[pool] = kept
+	a.mu.Unlock()
+	if len(taken) == 0 {
+		return nil, nil
+	}
+	dropped, err := a.store.Drop(taken)
+	if err != nil {
+		// Nothing was dropped: the units are warm here again.
+		a.mu.Lock()
+		a.warm[pool] = append(a.warm[pool], taken...)
+		a.mu.Unlock()
+		return nil, fmt.Errorf("revoke: %w", err)
+	}
+	a.failpoint(FailpointRevokeAfterPersist)
+	a.forgetRecordLocked(dropped)
+	a.mu.Lock()
+	out := make([]string, 0, len(dropped))
+	for _, k := range dropped {
+		a.revokedAt[k] = gen
+		out = append(out, k.ID)
+	}
+	a.mu.Unlock()
+	a.log.Info("units revoked", "pool", pool, "units", len(out), "gen", gen)
+	return out, nil
+}
+
+// StorePool converts a pool's parameters from the bus to the store's form.
+func StorePool(p broker.PoolInfo) store.Pool {
+	sp := store.Pool{Name: p.Name, Prefix4: p.Prefix4, Prefix6: p.Prefix6, Gateway4: p.Gateway4, Gateway6: p.Gateway6}
+	for _, r := range p.Routes {
+		sp.Routes = append(sp.Routes, store.Route{Dst: r.Dst, GW: r.GW})
+	}
+	return sp
+}
