@@ -10,6 +10,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
@@ -142,9 +144,13 @@ func (a *Allocator) returnLost(ctx context.Context, node string) error {
 		return nil
 	}
 	fence := a.fenceOf(node)
-	if pods := a.podsBoundBefore(node, fence); len(pods) > 0 {
+	pods, err := a.podsBoundBefore(ctx, node, fence)
+	if err != nil {
+		return fmt.Errorf("lost node %s's units kept: %w", node, err)
+	}
+	if len(pods) > 0 {
 		a.log.Info("lost node's units kept: pods bound to it before its agent's fence are left, and may hold any of them",
-			"node", node, "fence", fence, "pods", len(pods), "first", pods[0])
+			"node", node, "fence", fence, "pods", len(pods), "pod", pods[0])
 		return nil
 	}
 	a.mu.Lock()
@@ -158,6 +164,12 @@ func (a *Allocator) returnLost(ctx context.Context, node string) error {
 	var errs []error
 	for _, pool := range pools {
 		unlock := a.lockLease(pool, node)
+		if !a.lost(node, a.cfg.Clock.Now()) {
+			// A miss took its contact since (it takes no order lock) and
+			// may be granting to the node: it is alive again.
+			unlock()
+			break
+		}
 		a.mu.Lock()
 		unconfirmed := 0
 		if ps := a.ledger.pools[pool]; ps != nil {
@@ -205,18 +217,32 @@ func (a *Allocator) fenceOf(node string) time.Time {
 // ones aside, created before fence: the pods that may hold a unit of the
 // node. Terminating ones count (their sandboxes live until their DEL).
 // Creation comes before binding, so this counts all pods bound before
-// the fence, and some bound after.
-func (a *Allocator) podsBoundBefore(node string, fence time.Time) []string {
-	pods, err := a.watch.podLister.List(labels.Everything())
-	if err != nil {
-		return []string{fmt.Sprintf("(pods not listed: %v)", err)}
-	}
+// the fence, and some bound after. The informer is asked first; when it
+// has none, a live LIST of the node's pods confirms it (an informer that
+// lags must not give a pod's address away).
+func (a *Allocator) podsBoundBefore(ctx context.Context, node string, fence time.Time) ([]string, error) {
 	var names []string
-	for _, p := range pods {
+	holds := func(p *corev1.Pod) {
 		if p.Spec.NodeName == node && !p.Spec.HostNetwork && !finished(p) && p.CreationTimestamp.Time.Before(fence) {
 			names = append(names, logkey.Pod(p.Namespace, p.Name))
 		}
 	}
+	cached, err := a.watch.podLister.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	for _, p := range cached {
+		holds(p)
+	}
+	if len(names) == 0 && a.cfg.Kube != nil {
+		live, err := a.cfg.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String()})
+		if err != nil {
+			return nil, fmt.Errorf("live list of node %s's pods: %w", node, err)
+		}
+		for i := range live.Items {
+			holds(&live.Items[i])
+		}
+	}
 	slices.Sort(names)
-	return names
+	return names, nil
 }

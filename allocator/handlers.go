@@ -104,8 +104,13 @@ func (a *Allocator) heardFromLocked(node string) {
 // lockOrder serialises a node's reports and syncs (and what must not
 // cross them); taken before any of the node's lease locks.
 func (a *Allocator) lockOrder(node string) (unlock func()) {
-	return a.leaseLocks.Lock("order\x00" + node)
+	return a.leaseLocks.Lock(orderKey(node))
 }
+
+// leaseKey and orderKey name the locks of leaseLocks: a pool may be
+// called "order", and neither name may contain a NUL.
+func leaseKey(pool, node string) string { return "lease\x00" + pool + "\x00" + node }
+func orderKey(node string) string       { return "order\x00" + node }
 
 type runSeq struct {
 	run    string

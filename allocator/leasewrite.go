@@ -21,7 +21,7 @@ import (
 
 // lockLease serialises the writes of one NodeLease.
 func (a *Allocator) lockLease(pool, node string) (unlock func()) {
-	return a.leaseLocks.Lock(pool + "\x00" + node)
+	return a.leaseLocks.Lock(leaseKey(pool, node))
 }
 
 // applyEvents records assignments and releases of a node's units of one

@@ -98,6 +98,7 @@ func newWatcher(kube kubernetes.Interface, wp *client.Clientset, now func() time
 		AddFunc: onNode,
 		UpdateFunc: func(old, obj any) {
 			o, n := old.(*corev1.Node), obj.(*corev1.Node)
+			w.readyBlip(o, n, now())
 			// Heartbeats change a node every few seconds: only readiness
 			// and labels matter here.
 			if ready(o) != ready(n) || !maps.Equal(o.Labels, n.Labels) {
@@ -206,6 +207,29 @@ func stripPod(obj any) (any, error) {
 		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
 		Status: corev1.PodStatus{Phase: p.Status.Phase},
 	}, nil
+}
+
+// readyBlip takes a node not Ready, then not Ready again with a newer
+// transition of its Ready condition, as not Ready from at: it was Ready in
+// between (a relist after a lost watch hides the blip), when its agent may
+// have read it Ready and vouched for itself.
+func (w *watcher) readyBlip(o, n *corev1.Node, at time.Time) {
+	if !ready(o) && !ready(n) && readySince(n).After(readySince(o)) {
+		w.mu.Lock()
+		w.notReadySince[n.Name] = at
+		w.mu.Unlock()
+	}
+}
+
+// readySince is when the node's Ready condition last changed (zero
+// without one).
+func readySince(n *corev1.Node) time.Time {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.LastTransitionTime.Time
+		}
+	}
+	return time.Time{}
 }
 
 func ready(n *corev1.Node) bool {

@@ -8,8 +8,12 @@ import (
 )
 
 // ProtocolVersion is the version of the bus messages. A message of another
-// version is refused with ErrVersion, never guessed at.
-const ProtocolVersion = 1
+// version is refused with ErrVersion, never guessed at. Version 2: a lost
+// node's units return once its pods are gone whatever the agent reported,
+// so agents no longer wait for reports before answering an ADD, and the
+// leak GC is the agents' (no reclaim); either half of version 1 with the
+// other of version 2 would be unsafe or leak.
+const ProtocolVersion = 2
 
 // Subjects. Every exchange is a request with a reply: core NATS may drop a
 // message, so each sender retries until answered, and every message is

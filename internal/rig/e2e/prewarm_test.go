@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,7 +16,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/v1alpha1"
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 // watchdog checks the records continuously while a test runs: no unit in
@@ -160,6 +164,7 @@ const sandboxDelay = 300 * time.Millisecond
 func (c *cluster) burst(t *testing.T, ctx context.Context, prefix string, count int, place func(i int) *node) ([]*corev1.Pod, map[netip.Addr]string) {
 	t.Helper()
 	var mu sync.Mutex
+	var retried atomic.Int64
 	owner := map[netip.Addr]string{}
 	pods := make([]*corev1.Pod, count)
 	var wg sync.WaitGroup
@@ -180,6 +185,15 @@ func (c *cluster) burst(t *testing.T, ctx context.Context, prefix string, count 
 			pods[i] = p
 			time.Sleep(sandboxDelay)
 			res, err := n.addPod(ctx, p)
+			// As a kubelet does, an ADD told to try again (11) or that
+			// the allocator did not answer in time (104: a slow machine,
+			// a round trip queued behind others) is tried again until
+			// the test's deadline; how many were is logged.
+			for err != nil && ctx.Err() == nil && slices.Contains([]uint{wire.CodeTryAgainLater, wire.CodeMissTimeout}, testenv.CNICode(err)) {
+				retried.Add(1)
+				time.Sleep(500 * time.Millisecond)
+				res, err = n.addPod(ctx, p)
+			}
 			if err != nil {
 				t.Errorf("ADD %s on %s: %v", p.Name, n.name, err)
 				return
@@ -190,6 +204,9 @@ func (c *cluster) burst(t *testing.T, ctx context.Context, prefix string, count 
 		})
 	}
 	wg.Wait()
+	if n := retried.Load(); n > 0 {
+		t.Logf("burst %s: %d ADDs tried again by the runtime (codes %d, %d)", prefix, n, wire.CodeTryAgainLater, wire.CodeMissTimeout)
+	}
 	return pods, owner
 }
 
