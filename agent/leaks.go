@@ -129,13 +129,24 @@ func (r *InformerResolver) GoneLive(ctx context.Context, p store.Pod) (bool, err
 	return gone(pod, p, r.node), nil
 }
 
+// mirrorAnnotation on a static pod's mirror in the API holds the UID the
+// kubelet gives the static pod (and passes in K8S_POD_UID); the mirror
+// has a UID of its own.
+const mirrorAnnotation = "kubernetes.io/config.mirror"
+
+// HasUID says whether uid, as the runtime passed it, is pod's: its own, or
+// for a static pod's mirror the static pod's.
+func HasUID(pod *corev1.Pod, uid string) bool {
+	return string(pod.UID) == uid || pod.Annotations[mirrorAnnotation] == uid
+}
+
 // gone reports whether pod, the pod named by p, is not the one p was
 // assigned to on node, or has finished (its sandbox torn down by the
 // kubelet). Without a UID (a runtime that did not pass K8S_POD_UID) a pod
 // of that name is taken to be it unless it is bound to another node (a
 // StatefulSet pod re-created elsewhere).
 func gone(pod *corev1.Pod, p store.Pod, node string) bool {
-	if p.UID != "" && string(pod.UID) != p.UID {
+	if p.UID != "" && !HasUID(pod, p.UID) {
 		return true
 	}
 	if p.UID == "" && pod.Spec.NodeName != "" && pod.Spec.NodeName != node {

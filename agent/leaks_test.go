@@ -103,6 +103,13 @@ func TestGone(t *testing.T) {
 	pod := func(uid, node string, phase corev1.PodPhase) *corev1.Pod {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{UID: types.UID(uid)}, Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: phase}}
 	}
+	// The kubelet passes a static pod's own UID; the API has its mirror,
+	// with another UID and the static pod's in an annotation.
+	mirror := func(uid, static string) *corev1.Pod {
+		p := pod(uid, "n1", corev1.PodRunning)
+		p.Annotations = map[string]string{"kubernetes.io/config.mirror": static}
+		return p
+	}
 	for name, tc := range map[string]struct {
 		p    *corev1.Pod
 		ref  store.Pod
@@ -115,6 +122,8 @@ func TestGone(t *testing.T) {
 		"no UID, same name on this node": {pod("u9", "n1", corev1.PodRunning), store.Pod{}, false},
 		"no UID, same name unscheduled":  {pod("u9", "", corev1.PodPending), store.Pod{}, false},
 		"no UID, same name elsewhere":    {pod("u9", "n2", corev1.PodRunning), store.Pod{}, true},
+		"a static pod's mirror":          {mirror("mirror-uid", "static-uid"), store.Pod{UID: "static-uid"}, false},
+		"another static pod's mirror":    {mirror("mirror-uid", "other-static-uid"), store.Pod{UID: "static-uid"}, true},
 	} {
 		if got := gone(tc.p, tc.ref, "n1"); got != tc.want {
 			t.Errorf("%s: gone = %v, want %v", name, got, tc.want)

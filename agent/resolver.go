@@ -154,7 +154,7 @@ func (r *InformerResolver) pod(ctx context.Context, want wire.Pod) (*corev1.Pod,
 			Details: "the runtime asked for a pod that does not exist (deleted meanwhile?)"}
 	case err != nil:
 		return nil, &wire.Error{Code: wire.CodeTryAgainLater, Msg: fmt.Sprintf("pod %s/%s could not be read", want.Namespace, want.Name), Details: err.Error()}
-	case want.UID != "" && string(p.UID) != want.UID:
+	case want.UID != "" && !HasUID(p, want.UID):
 		return nil, &wire.Error{Code: wire.CodePodNotFound, Msg: fmt.Sprintf("pod %s/%s has UID %s, not %s: it was re-created", want.Namespace, want.Name, p.UID, want.UID)}
 	}
 	return p, nil

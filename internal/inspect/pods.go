@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 )
@@ -41,7 +42,7 @@ func leakOf(p *corev1.Pod, ref store.Pod, node string) (kind, why string) {
 	switch {
 	case p == nil:
 		return KindLeakPodGone, "is gone"
-	case ref.UID != "" && string(p.UID) != ref.UID:
+	case ref.UID != "" && !agent.HasUID(p, ref.UID):
 		return KindLeakPodReplaced, fmt.Sprintf("now has uid %s (re-created)", p.UID)
 	case ref.UID == "" && p.Spec.NodeName != "" && p.Spec.NodeName != node:
 		return KindLeakPodReplaced, fmt.Sprintf("is bound to node %q (re-created there; the record has no uid)", p.Spec.NodeName)
