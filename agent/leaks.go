@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -45,10 +46,7 @@ func (a *Agent) CollectLeaks(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	a.mu.Lock()
-	assignments := make(map[string]store.Assignment, len(a.assignments))
-	for k, as := range a.assignments {
-		assignments[k] = as
-	}
+	assignments := maps.Clone(a.assignments)
 	a.mu.Unlock()
 	a.leakMu.Lock()
 	defer a.leakMu.Unlock()
