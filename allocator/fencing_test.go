@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -233,8 +232,8 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	a, api, ag, ps := donorOfTheWholePool(t, ctx)
 
 	api.mode.Store(refuseWrites)
-	if idx, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil || len(idx) != 0 {
-		t.Fatalf("takeFrom with failing writes: %v, %v; want an error and nothing taken", idx, err)
+	if freed, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil || freed != 0 {
+		t.Fatalf("takeFrom with failing writes: %d freed, %v; want an error and nothing freed", freed, err)
 	}
 	if got := ag.WarmCount("p"); got != 4 {
 		t.Fatalf("node A holds %d warm units after the revoke, want 4", got)
@@ -242,23 +241,22 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	if _, _, _, err := a.grant(ctx, "p", "node-b", 1); !errors.Is(err, errExhausted) {
 		t.Fatalf("a grant while the donor's lease still lists the units: %v, want exhausted", err)
 	}
-	// Taking from the donor cannot take the orphans: it gives 2 of its 4.
 	a.mu.Lock()
-	held := a.warmHeldLocked(ps, "node-a", ps.leases["node-a"])
+	listed := len(ps.leases["node-a"].listed())
 	a.mu.Unlock()
-	if held != 4 {
-		t.Fatalf("node A counted with %d warm units, want the 4 its agent holds (not the 2 orphans)", held)
+	if listed != 4 {
+		t.Fatalf("node A's sync would list %d units, want the 4 its agent holds (not the 2 it gave back)", listed)
 	}
-	if a.flushOrphans(ctx) {
-		t.Fatal("flushOrphans reported success with failing writes")
+	if a.syncDirty(ctx) {
+		t.Fatal("syncDirty reported success with failing writes")
 	}
 
 	api.mode.Store(normal)
-	if !a.flushOrphans(ctx) {
-		t.Fatal("flushOrphans failed with working writes")
+	if !a.syncDirty(ctx) {
+		t.Fatal("syncDirty failed with working writes")
 	}
-	if got := len(a.committedUnits("p", "node-a")); got != 4 {
-		t.Fatalf("donor's lease lists %d units, want 4", got)
+	if n := unitsInLeases(t, ctx, a.cfg.Leases); n != 4 {
+		t.Fatalf("the leases list %d units, want the donor's 4", n)
 	}
 	got, _, _, err := a.grant(ctx, "p", "node-b", 2)
 	if err != nil || len(got) != 2 {
@@ -266,11 +264,11 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	}
 }
 
-// TestOrphansAreNeverListedBack: units a donor gave back, whose lease
-// rewrite failed, must not reach the donor again through a sync (at a new
-// generation, after another write of its lease) before they are freed and
-// granted elsewhere.
-func TestOrphansAreNeverListedBack(t *testing.T) {
+// TestGivenBackUnitsAreNeverListedBack: units a donor gave back, whose
+// lease rewrite failed, must not reach the donor again through a sync
+// before they are freed and granted elsewhere; the units it assigned are
+// listed, so that its agent keeps them.
+func TestGivenBackUnitsAreNeverListedBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	a, api, ag, ps := donorOfTheWholePool(t, ctx)
@@ -279,7 +277,6 @@ func TestOrphansAreNeverListedBack(t *testing.T) {
 		t.Fatal("takeFrom with refused writes succeeded")
 	}
 	api.mode.Store(normal)
-	// node A syncs; its record differs from the lease on one unit (an assignment whose report was lost)
 	held := ag.Held()
 	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
 	m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
@@ -287,26 +284,25 @@ func TestOrphansAreNeverListedBack(t *testing.T) {
 	if reply.Error != "" {
 		t.Fatal(reply.Error)
 	}
-	if err := ag.Reconcile(reply.Leases, nil); err != nil {
+	if err := ag.Reconcile(reply.Leases); err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range reply.Leases {
-		if len(l.Units) != 3 {
-			t.Errorf("sync listed %d warm units, want the 3 the agent kept (not the 2 it gave back)", len(l.Units))
+		if len(l.Units) != 4 {
+			t.Errorf("sync listed %d units, want the 4 the agent kept (not the 2 it gave back)", len(l.Units))
 		}
 	}
-	if !a.flushOrphans(ctx) {
-		t.Fatal("flush failed")
+	if !a.syncDirty(ctx) {
+		t.Fatal("the donor's lease was not written")
 	}
 	got, _, _, err := a.grant(ctx, "p", "node-b", 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	held = ag.Held()
 	for _, g := range got {
-		for _, h := range held {
-			if h.Unit.ID == g.ID && !h.Assigned {
-				t.Errorf("unit %s granted to node-b is warm on node-a too", g.ID)
+		for _, h := range ag.Held() {
+			if h.Unit.ID == g.ID {
+				t.Errorf("unit %s granted to node-b is on node-a too", g.ID)
 			}
 		}
 	}
@@ -425,9 +421,10 @@ func TestLateLandingWriteIsSettled(t *testing.T) {
 }
 
 // TestAPIDownDoesNotStarveTheBus: while lease writes cannot complete, a
-// node's requests fail fast (its lease's earlier write is unsettled, its
-// units stay reserved), and a node needing no write is still served.
-// Once the API is back, the round settles the write.
+// node's miss fails fast (asked to try again; the units it claimed stay
+// out of the free set), its syncs and every other node's are answered
+// (they write nothing), and once the API is back the round writes the
+// lease as wanted.
 func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -441,8 +438,8 @@ func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 		t.Fatal(err)
 	}
 	api.mode.Store(apiDown)
-	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); !errors.Is(err, errUnsettled) {
-		t.Fatalf("grant with the API down: %v, want errUnsettled", err)
+	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); !errors.Is(err, errUnknownOutcome) {
+		t.Fatalf("grant with the API down: %v, want errUnknownOutcome", err)
 	}
 	held := []broker.HeldUnit{{Pool: "p", Unit: units[0]}, {Pool: "p", Unit: units[1], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}}}
 	for seq := uint64(1); seq <= 6; seq++ {
@@ -451,22 +448,23 @@ func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 		if err != nil {
 			t.Fatalf("node-a sync %d not answered: %v", seq, err)
 		}
-		if err := broker.Decode(resp.Data, &r); err != nil || r.Error == "" {
-			t.Fatalf("node-a sync %d with the API down: %+v %v, want an error", seq, r, err)
+		if err := broker.Decode(resp.Data, &r); err != nil || r.Error != "" || len(r.Leases) != 1 || len(r.Leases[0].Units) != 2 {
+			t.Fatalf("node-a sync %d with the API down: %+v %v, want its 2 stored units listed", seq, r, err)
 		}
 	}
 	if _, err := conn.Request(broker.SubjectSyncFrom("node-b"), broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-b", Run: "r", Seq: 1}), 5*time.Second); err != nil {
-		t.Fatalf("node-b, which needs no API write, is not served: %v", err)
+		t.Fatalf("node-b is not served: %v", err)
 	}
 	api.mode.Store(normal)
-	a.Stop() // no planning round writing (or reserving) while we look
-	if !a.settleAll(ctx) {
-		t.Fatal("the unsettled writes were not settled with the API back")
+	a.Stop() // no planning round writing while we look
+	if !a.syncDirty(ctx) {
+		t.Fatal("the lease was not written with the API back")
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if n := len(a.unsettled); n != 0 || slices.Contains(a.ledger.pools["p"].reserved, true) {
-		t.Fatalf("after settling: %d unsettled writes, reserved %v", n, a.ledger.pools["p"].reserved)
+	ps := a.ledger.pools["p"]
+	if ls := ps.leases["node-a"]; len(ps.dirty) != 0 || !ls.settled() || len(ls.observed) != 3 {
+		t.Fatalf("after the API came back: dirty %v, node-a's lease %+v; want it settled with 3 units", ps.dirty, ls)
 	}
 }
 
@@ -570,36 +568,35 @@ func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *flaky,
 	return a, api, agents["node-a"], a.ledger.pools["p"]
 }
 
-// TestSyncFreesAssignmentsTheNodeNoLongerHolds: a lease lists a unit as
-// assigned on a node whose agent's sync does not hold it at all (released,
-// then dropped, with the report lost). The sync frees it; before, the leak
-// GC asked the agent for it forever and it was never used again (found by
-// the fault suite).
-func TestSyncFreesAssignmentsTheNodeNoLongerHolds(t *testing.T) {
+// TestReportsAndSyncsNeverWriteTheLease: an agent's state (what it
+// assigned, to which pods) is its own: reporting it and syncing cost no
+// API write, and a sync lists the assigned units with the warm ones.
+func TestReportsAndSyncsNeverWriteTheLease(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, _, ag, _ := donorOfTheWholePool(t, ctx)
-	sync := func(seq uint64, held []broker.HeldUnit) {
-		t.Helper()
-		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
-		if reply := a.handleSync(ctx, m).(*broker.SyncReply); reply.Error != "" {
-			t.Fatal(reply.Error)
-		}
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
+	units, _, _, err := a.grant(ctx, "p", "node-a", 3)
+	if err != nil {
+		t.Fatal(err)
 	}
-	held := ag.Held()
-	gone := held[0].Unit.ID
-	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
-	sync(1, held)
-	sync(2, held[1:])
+	writes := leases.writes
+	held := []broker.HeldUnit{{Pool: "p", Unit: units[0], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}},
+		{Pool: "p", Unit: units[1]}, {Pool: "p", Unit: units[2]}}
+	if r := a.handleReport(ctx, broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}).(*broker.ReportReply); r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	reply := a.handleSync(ctx, broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 2, Units: held})}).(*broker.SyncReply)
+	if reply.Error != "" || len(reply.Leases) != 1 || len(reply.Leases[0].Units) != 3 {
+		t.Fatalf("sync reply %+v, want the 3 units, the assigned one included", reply)
+	}
+	if leases.writes != writes {
+		t.Fatalf("a report and a sync wrote %d leases, want none", leases.writes-writes)
+	}
 	a.mu.Lock()
-	_, listed := a.ledger.pools["p"].leases["node-a"].units[gone]
+	free, warm, assigned := a.countsLocked(a.ledger.pools["p"])
 	a.mu.Unlock()
-	if listed {
-		t.Fatalf("node-a's lease still lists %s, which its agent no longer holds", gone)
-	}
-	got, _, _, err := a.grant(ctx, "p", "node-b", 1)
-	if err != nil || len(got) != 1 || got[0].ID != gone {
-		t.Fatalf("grant to node-b: %v %v, want the freed %s", got, err, gone)
+	if free != 3 || warm != 2 || assigned != 1 {
+		t.Fatalf("counts free %d warm %d assigned %d, want 3, 2 and 1 from the agent's state", free, warm, assigned)
 	}
 }
 
@@ -634,8 +631,8 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := broker.Event{Kind: broker.EventAssigned, Pool: "p", UnitID: got[0].ID, Attachment: "c1/eth0", Pod: broker.Pod{Namespace: "default", Name: "web", UID: "uid-web"}}
-	m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1, Events: []broker.Event{ev}})}
+	held := broker.HeldUnit{Pool: "p", Unit: got[0], Assigned: true, Attachment: "c1/eth0", Pod: broker.Pod{Namespace: "default", Name: "web", UID: "uid-web"}}
+	m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1, Units: []broker.HeldUnit{held}})}
 	if r := a.handleReport(ctx, m).(*broker.ReportReply); r.Error != "" {
 		t.Fatal(r.Error)
 	}
@@ -698,60 +695,38 @@ func watchLostNode(t *testing.T, a *Allocator, clk *clocktesting.FakeClock, node
 	return podIndex
 }
 
-// TestSyncNamesUnitsAnotherNodeHolds: a node back from being lost syncs a
+// TestSyncListsOnlyTheNodesUnits: a node back from being lost syncs a
 // record that still holds units the allocator gave to another node since
-// (its pods gone, its units reclaimed). The reply names them, for the
-// agent to forget, instead of leaving them in its record where a DEL would
-// re-warm one that is live elsewhere (found by the fault suite).
-func TestSyncNamesUnitsAnotherNodeHolds(t *testing.T) {
+// (its pods gone, its units returned), one granted and one whose grant is
+// still being written. The reply lists neither: the agent voids them
+// instead of keeping them where a DEL would re-warm one that is live
+// elsewhere (found by the fault suite; seed 34 was the one in flight).
+func TestSyncListsOnlyTheNodesUnits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, _, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	a, _, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
 	got, _, _, err := a.grant(ctx, "p", "node-b", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := []broker.HeldUnit{{Pool: "p", Unit: got[0], Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}}}
-	m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
-	reply := a.handleSync(ctx, m).(*broker.SyncReply)
-	if reply.Error != "" {
-		t.Fatal(reply.Error)
+	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); err != nil {
+		t.Fatal(err)
 	}
-	if len(reply.Foreign) != 1 || reply.Foreign[0] != (broker.ForeignUnit{Pool: "p", ID: got[0].ID}) {
-		t.Fatalf("foreign %+v, want %s of pool p", reply.Foreign, got[0].ID)
-	}
-}
-
-// TestSyncHoldingAUnitBeingGrantedIsRefused: a node back from being lost
-// syncs a record that still assigns a unit the GC freed (its pod gone)
-// while a grant of it to another node is being written. The unit is
-// neither another node's yet nor this one's: left with the agent, it was
-// held by both nodes once the grant landed (fault-suite seed 34). The
-// sync is refused until the grant ends; then the unit is named foreign.
-func TestSyncHoldingAUnitBeingGrantedIsRefused(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	a, _, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
 	a.mu.Lock()
 	ps := a.ledger.pools["p"]
-	idx := ps.reserveLocked(1) // the grant to node-b, its lease write in flight
-	u := brokerUnit(ps.units[idx[0]])
+	inFlight := ps.brokerUnits(ps.claimLocked("node-b", 1)) // its write not sent yet
 	a.mu.Unlock()
-	held := []broker.HeldUnit{{Pool: "p", Unit: u, Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}}}
-	sync := func(seq uint64) *broker.SyncReply {
-		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
-		return a.handleSync(ctx, m).(*broker.SyncReply)
+	held := []broker.HeldUnit{
+		{Pool: "p", Unit: got[0], Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
+		{Pool: "p", Unit: inFlight[0], Assigned: true, Attachment: "old/eth1", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
 	}
-	if r := sync(1); !strings.Contains(r.Error, "sync again") {
-		t.Fatalf("sync holding a unit being granted: error %q, foreign %v; want it refused", r.Error, r.Foreign)
+	m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
+	reply := a.handleSync(ctx, m).(*broker.SyncReply)
+	if reply.Error != "" || len(reply.Leases) != 1 || len(reply.Leases[0].Units) != 1 {
+		t.Fatalf("reply %+v, want node-a's one unit listed", reply)
 	}
-	a.mu.Lock()
-	ps.unreserveLocked(idx)
-	ps.holdLocked(idx[0], "node-b") // the grant landed
-	a.mu.Unlock()
-	r := sync(2)
-	if r.Error != "" || len(r.Foreign) != 1 || r.Foreign[0] != (broker.ForeignUnit{Pool: "p", ID: u.ID}) {
-		t.Fatalf("sync once the grant landed: error %q, foreign %v; want %s named foreign", r.Error, r.Foreign, u.ID)
+	if id := reply.Leases[0].Units[0].ID; id == got[0].ID || id == inFlight[0].ID {
+		t.Fatalf("node-a's sync lists %s, node-b's", id)
 	}
 }
 

@@ -246,7 +246,7 @@ func leaseRules(t *testing.T, leases Leases) {
 	lease := func(units ...string) *v1alpha1.NodeLease {
 		nl := &v1alpha1.NodeLease{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.NodeLeaseName("p", "n1")}, Spec: v1alpha1.NodeLeaseSpec{Pool: "p", Node: "n1", Epoch: 1}}
 		for _, u := range units {
-			nl.Spec.Units = append(nl.Spec.Units, v1alpha1.LeasedUnit{IPv4: u, State: v1alpha1.UnitWarm})
+			nl.Spec.Units = append(nl.Spec.Units, v1alpha1.LeasedUnit{IPv4: u})
 		}
 		return nl
 	}

@@ -66,7 +66,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	c.a.mu.Lock()
 	defer c.a.mu.Unlock()
 	for name, ps := range c.a.ledger.pools {
-		free, warm, assigned := ps.countsLocked()
+		free, warm, assigned := c.a.countsLocked(ps)
 		ch <- prometheus.MustNewConstMetric(poolUnitsDesc, prometheus.GaugeValue, float64(free), name, "free")
 		ch <- prometheus.MustNewConstMetric(poolUnitsDesc, prometheus.GaugeValue, float64(warm), name, "warm")
 		ch <- prometheus.MustNewConstMetric(poolUnitsDesc, prometheus.GaugeValue, float64(assigned), name, "assigned")
