@@ -361,4 +361,3 @@ func (a *Allocator) pushLater(ctx context.Context, node, pool string, gen int64,
 		a.push(ctx, node, pool, gen, units)
 	}()
 }
-
