@@ -108,7 +108,7 @@ func TestOperatorCLI(t *testing.T) {
 	// of those, the status's assigned are the agents' (pods, as
 	// waitStatusMatchesRecords saw), the rest warm.
 	p := poolRows[0]
-	if p.Assigned != pods || p.Pending != 0 || p.Warm != p.Leases.Held()-pods || p.Free != p.Total-p.Leases.Held() ||
+	if p.Assigned != pods || p.Pending != 0 || p.Warm != p.Leased-pods || p.Free != p.Total-p.Leased ||
 		p.Total != 160 || p.Ready != "True" || p.LeaseNodes != nodesN || p.HitRate == nil {
 		t.Errorf("pools: %+v", p)
 	}
@@ -126,9 +126,9 @@ func TestOperatorCLI(t *testing.T) {
 	for _, r := range nodeRows {
 		// The lease lists the node's units, the agent says which are
 		// assigned.
-		if r.Lease == nil || r.Agent == nil || r.AgentStatus != "ok" || r.NodeReady != "True" ||
-			r.Agent.Warm+r.Agent.Assigned+r.Agent.Cooling != r.Lease.Held() || r.Agent.Assigned != pods/nodesN {
-			t.Errorf("nodes: %+v (lease %+v, agent %+v)", r, r.Lease, r.Agent)
+		if r.Leased == nil || r.Agent == nil || r.AgentStatus != "ok" || r.NodeReady != "True" ||
+			r.Agent.Warm+r.Agent.Assigned+r.Agent.Cooling != *r.Leased || r.Agent.Assigned != pods/nodesN {
+			t.Errorf("nodes: %+v (agent %+v)", r, r.Agent)
 		}
 		if r.Node == proxied.name && !strings.HasPrefix(r.AgentSource, "pod kube-system/warmpool-agent-") {
 			t.Errorf("%s's agent read from %q, not through its pod", r.Node, r.AgentSource)
