@@ -148,6 +148,12 @@ type Agent struct {
 	// cannot have listed it.
 	grantedAt map[store.Key]int64
 	revokedAt map[store.Key]int64
+	// listedAt is, per pool, the lease generation of the last sync reply
+	// applied. A grant at a generation not newer adds nothing the reply
+	// did not list, and may list a unit the lease was giving back: a push
+	// that crossed a revoke and an agent restart (which forgets
+	// revokedAt) is refused on it.
+	listedAt map[string]int64
 	// missing counts the ADDs of each pool waiting on a miss; misses
 	// shares one request among them.
 	missing map[string]int
@@ -198,6 +204,7 @@ func New(cfg Config) (*Agent, error) {
 		epoch:       snap.Epoch,
 		grantedAt:   map[store.Key]int64{},
 		revokedAt:   map[store.Key]int64{},
+		listedAt:    map[string]int64{},
 		missing:     map[string]int{},
 		coolWaiters: map[string]int{},
 	}

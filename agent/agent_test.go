@@ -362,6 +362,39 @@ func TestStaleListingsCannotResurrectARevokedUnit(t *testing.T) {
 	}
 }
 
+// TestAPushThatCrossedARevokeAndARestartIsRefused: a unit given back on
+// a revoke (at generation 5) is pushed again by a grant built before the
+// revoke, which arrives after the agent restarted (forgetting what it
+// gave back) and synced at the generation the revoke's write made. The
+// sync reply did not list it; the push, not newer than the reply, is
+// refused.
+func TestAPushThatCrossedARevokeAndARestartIsRefused(t *testing.T) {
+	f := newFixture(t, 0)
+	us := dualUnits(2)
+	if err := f.agent.Grant(dualPool, us, 5); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.agent.Revoke("dual", []string{us[0].ID}, 1, 5); err != nil || len(got) != 1 {
+		t.Fatalf("revoke: %v %v", got, err)
+	}
+	f.reopen(t)
+	if err := f.agent.Reconcile(dualListing(6, us[1])); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.agent.Grant(dualPool, us[:1], 5); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.agent.WarmCount("dual"); got != 1 {
+		t.Fatalf("warm %d after the stale push, want 1: the unit given back came back", got)
+	}
+	if err := f.agent.Grant(dualPool, us[:1], 7); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.agent.WarmCount("dual"); got != 2 {
+		t.Fatalf("warm %d after a grant newer than the reply, want 2", got)
+	}
+}
+
 // TestReconcileKeepsWhatCrossedTheReply: a unit granted at a newer
 // generation than a sync reply is not dropped for being absent from it.
 func TestReconcileKeepsWhatCrossedTheReply(t *testing.T) {

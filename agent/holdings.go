@@ -21,6 +21,13 @@ import (
 func (a *Agent) Grant(pool store.Pool, units []store.Unit, gen int64) error {
 	a.recordMu.Lock()
 	defer a.recordMu.Unlock()
+	a.mu.Lock()
+	at, listed := a.listedAt[pool.Name]
+	a.mu.Unlock()
+	if listed && gen > 0 && gen <= at {
+		a.log.Info("grant older than the last sync reply ignored", "pool", pool.Name, "gen", gen, "listed_gen", at, "units", len(units))
+		return nil
+	}
 	return a.grantRecordLocked(pool, units, gen)
 }
 
@@ -124,6 +131,9 @@ func (a *Agent) Reconcile(leases []broker.Lease) error {
 			a.recordMu.Unlock()
 			return err
 		}
+		a.mu.Lock()
+		a.listedAt[l.Pool.Name] = l.Gen // replies come one at a time: the last is the newest
+		a.mu.Unlock()
 	}
 	a.recordMu.Unlock()
 	a.mu.Lock()

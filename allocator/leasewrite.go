@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strconv"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -16,6 +17,11 @@ import (
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
 )
+
+// annotationSettled is written, with a new value, only to move a lease's
+// resourceVersion on when a write that changes nothing must settle one in
+// flight.
+const annotationSettled = "warmpool.io/settled"
 
 // errUnknownOutcome: a lease write timed out or lost its connection. It
 // may have landed, or may still land: its units stay in flight, neither
@@ -63,7 +69,7 @@ func (a *Allocator) syncLeaseHeld(ctx context.Context, pool, node string) ([]int
 		return out
 	}
 	const attempts = 4
-	resent := false
+	resent, bump := false, false
 	for range attempts {
 		a.mu.Lock()
 		if ls.settled() {
@@ -77,20 +83,22 @@ func (a *Allocator) syncLeaseHeld(ctx context.Context, pool, node string) ([]int
 			ObjectMeta: metav1.ObjectMeta{Name: ls.name, ResourceVersion: ls.rv},
 			Spec:       v1alpha1.NodeLeaseSpec{Pool: pool, Node: node, Epoch: int64(a.cfg.Epoch), Units: ps.leasedUnits(sent)},
 		}
+		if bump {
+			nl.Annotations = map[string]string{annotationSettled: strconv.FormatInt(a.cfg.Clock.Now().UnixNano(), 10)}
+		}
 		a.mu.Unlock()
 		out, err := a.writeLease(ctx, nl)
 		a.mu.Lock()
 		switch {
 		case err == nil && ls.inflight != nil && out.ResourceVersion == ls.inflightRV:
-			// The write changed nothing, so the lease is still at the
-			// version the writes in flight were sent at: they can still
-			// land. Their units stay out of the free set until the
-			// lease's next change.
+			// The write changed nothing (the apiserver stores nothing for
+			// that), so the lease is still at the version the writes in
+			// flight were sent at, and they can still land: write again
+			// with a new annotation, which moves the version on.
 			a.conflictsLocked(pool, node, ps.updateLocked(node, ls, func() { ls.observed, ls.gen = sent, out.Generation }))
-			ps.dirty[node] = true
-			out := gained()
+			bump = true
 			a.mu.Unlock()
-			return out, fmt.Errorf("write lease %s: %w: an earlier write may still land", ls.name, errUnknownOutcome)
+			continue
 		case err == nil:
 			a.conflictsLocked(pool, node, ps.updateLocked(node, ls, func() {
 				ls.observed, ls.rv, ls.gen = sent, out.ResourceVersion, out.Generation

@@ -151,13 +151,14 @@ func TestAReturnWhoseAnswerIsLostListsNothing(t *testing.T) {
 	}
 }
 
-// TestAWriteThatChangesNothingDoesNotSettleOneInFlight: a grant's write
-// to an empty lease is still in flight at the apiserver (and its resend
-// gets no answer) when the node gives the unit up. Writing the empty lease
-// again changes nothing, so the lease stays at the version the grant was
-// sent at, and the grant can still land: the unit must stay out of the
-// free set until the lease is seen at another version.
-func TestAWriteThatChangesNothingDoesNotSettleOneInFlight(t *testing.T) {
+// TestAWriteThatChangesNothingStillSettlesOneInFlight: a grant's write to
+// an empty lease is still in flight at the apiserver (and its resend gets
+// no answer) when the node gives the units up. Writing the empty lease
+// again changes nothing, which would leave the lease at the version the
+// grant was sent at, where it can still land: the allocator writes again
+// with a new annotation, so the grant can no longer land and the units
+// are free at once.
+func TestAWriteThatChangesNothingStillSettlesOneInFlight(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	leases := newMemLeases()
@@ -179,25 +180,36 @@ func TestAWriteThatChangesNothingDoesNotSettleOneInFlight(t *testing.T) {
 		}
 		return writeOK
 	}
-	if _, _, _, err := a.grant(ctx, "p", "n1", 2); !errors.Is(err, errUnknownOutcome) {
-		t.Fatalf("grant: %v, want errUnknownOutcome", err)
+	if _, _, _, err := a.grant(ctx, "p", "n1", 2); !errors.Is(err, errUnknownOutcome) || freeUnits(a) != 0 {
+		t.Fatalf("grant: %v, %d free; want errUnknownOutcome and nothing free", err, freeUnits(a))
 	}
 	unlock := a.lockLease("p", "n1")
 	a.mu.Lock()
-	ps := a.ledger.pools["p"]
-	ps.unclaimLocked("n1", []int{0, 1})
+	a.ledger.pools["p"].unclaimLocked("n1", []int{0, 1})
 	a.mu.Unlock()
 	_, err = a.syncLeaseHeld(ctx, "p", "n1")
 	unlock()
-	if !errors.Is(err, errUnknownOutcome) || freeUnits(a) != 0 {
-		t.Fatalf("writing the lease as it is: %v, %d free; want the grant still in flight and nothing free", err, freeUnits(a))
+	if err != nil || freeUnits(a) != 2 {
+		t.Fatalf("writing the lease as it is: %v, %d free; want it settled and both free", err, freeUnits(a))
 	}
 	leases.landLate()
-	if !a.syncDirty(ctx) {
-		t.Fatal("the round did not settle the lease")
+	if n := unitsInLeases(t, ctx, leases); n != 0 {
+		t.Fatalf("the late grant landed: %d units leased, want 0", n)
 	}
-	if n := unitsInLeases(t, ctx, leases); n != 0 || freeUnits(a) != 2 {
-		t.Fatalf("after the late grant landed and the round: %d units leased, %d free; want 0 and 2", n, freeUnits(a))
+}
+
+// TestARefusedGrantGivesItsUnitsBack: a grant whose write the apiserver
+// refuses (an admission webhook, say) leaves its units free.
+func TestARefusedGrantGivesItsUnitsBack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
+	leases.fault = func(string, string) writeFault { return writeRefused }
+	if _, _, _, err := a.grant(ctx, "p", "n1", 2); err == nil || errors.Is(err, errUnknownOutcome) {
+		t.Fatalf("grant with its write refused: %v, want the refusal", err)
+	}
+	if free := freeUnits(a); free != 6 {
+		t.Fatalf("%d free after a refused grant, want all 6", free)
 	}
 }
 

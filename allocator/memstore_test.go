@@ -118,7 +118,8 @@ func (m *memLeases) storeLocked(verb string, nl *v1alpha1.NodeLease) (*v1alpha1.
 		return nil, apierrors.NewConflict(leaseResource, nl.Name,
 			fmt.Errorf("the object has been modified: resourceVersion %s, stored %s", nl.ResourceVersion, cur.ResourceVersion))
 	}
-	if exists && equality.Semantic.DeepEqual(cur.Spec, nl.Spec) && equality.Semantic.DeepEqual(cur.Labels, nl.Labels) {
+	if exists && equality.Semantic.DeepEqual(cur.Spec, nl.Spec) && equality.Semantic.DeepEqual(cur.Labels, nl.Labels) &&
+		equality.Semantic.DeepEqual(cur.Annotations, nl.Annotations) {
 		return cur.DeepCopy(), nil // the apiserver stores nothing for a write that changes nothing
 	}
 	m.rv++

@@ -40,6 +40,7 @@ var keys = map[string]string{
 	"fence":       "when a node's agent stopped using units at the latest",
 	"for_node":    "the node a revoke makes room for",
 	"gen":         "a NodeLease generation",
+	"listed_gen":  "the NodeLease generation of the last sync reply an agent applied",
 	"got":         "a number of units obtained",
 	"hit":         "whether an ADD was a cache hit",
 	"identity":    "the allocator's leader-election identity",

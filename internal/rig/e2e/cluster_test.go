@@ -295,11 +295,22 @@ func (c *cluster) leases(ctx context.Context) (map[string]*v1alpha1.NodeLease, e
 }
 
 // waitAgree waits until the allocator's persisted record and the agents'
-// agree (agree).
+// agree (agree). A lease may list a unit whose grant the agent never got
+// (the answer to a miss it had stopped waiting for): its next sync brings
+// it, and waitAgree asks the agents for one every second rather than
+// wait for their periodic sync.
 func (c *cluster) waitAgree(t *testing.T, nodes ...*node) {
 	t.Helper()
 	var last error
+	polls := 0
 	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		if polls++; polls%20 == 0 {
+			for _, n := range nodes {
+				if n.bus != nil {
+					n.bus.Resync()
+				}
+			}
+		}
 		last = c.agree(ctx, nodes...)
 		return last == nil, nil
 	})
