@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
 )
@@ -162,15 +160,8 @@ func TestAWriteThatChangesNothingStillSettlesOneInFlight(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	leases := newMemLeases()
-	empty := &v1alpha1.NodeLease{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.NodeLeaseName("p", "n1")}, Spec: v1alpha1.NodeLeaseSpec{Pool: "p", Node: "n1", Epoch: 1}}
-	if _, err := leases.Create(ctx, empty, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(ctx, Config{Leases: leases, Pools: newMemPools(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"},
-		Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/30"}}}), Bus: broker.NewNetwork().Endpoint("allocator"), Epoch: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	storeLeases(t, ctx, leases, map[string][]string{"n1": nil})
+	a, _ := memAllocatorOn(t, ctx, leases, "10.0.0.0/30", Config{Epoch: 1})
 	faults := []writeFault{writeLate, writeDown}
 	leases.fault = func(string, string) writeFault {
 		if len(faults) > 0 {
@@ -187,7 +178,7 @@ func TestAWriteThatChangesNothingStillSettlesOneInFlight(t *testing.T) {
 	a.mu.Lock()
 	a.ledger.pools["p"].unclaimLocked("n1", []int{0, 1})
 	a.mu.Unlock()
-	_, err = a.syncLeaseHeld(ctx, "p", "n1")
+	_, err := a.syncLeaseHeld(ctx, "p", "n1")
 	unlock()
 	if err != nil || freeUnits(a) != 2 {
 		t.Fatalf("writing the lease as it is: %v, %d free; want it settled and both free", err, freeUnits(a))
@@ -241,18 +232,8 @@ func TestAUnitInTwoStoredLeasesStaysWithTheFirst(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	leases := newMemLeases()
-	for _, node := range []string{"node-a", "node-b"} {
-		nl := &v1alpha1.NodeLease{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.NodeLeaseName("p", node)},
-			Spec: v1alpha1.NodeLeaseSpec{Pool: "p", Node: node, Epoch: 1, Units: []v1alpha1.LeasedUnit{{IPv4: "10.0.0.1"}}}}
-		if _, err := leases.Create(ctx, nl, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	a, err := New(ctx, Config{Leases: leases, Pools: newMemPools(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"},
-		Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/30"}}}), Bus: broker.NewNetwork().Endpoint("allocator"), Epoch: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	storeLeases(t, ctx, leases, map[string][]string{"node-a": {"10.0.0.1"}, "node-b": {"10.0.0.1"}})
+	a, _ := memAllocatorOn(t, ctx, leases, "10.0.0.0/30", Config{Epoch: 2})
 	if a, b := syncListing(t, ctx, a, "node-a", 1), syncListing(t, ctx, a, "node-b", 1); len(a) != 1 || len(b) != 0 {
 		t.Fatalf("listed %v to node-a and %v to node-b, want it to node-a only", a, b)
 	}

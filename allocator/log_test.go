@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"testing"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
 	"github.com/warmpool/warmpool/internal/rig/testenv"
@@ -20,18 +18,8 @@ func TestConflictAndRefusalLogTheirFields(t *testing.T) {
 	var logs testenv.JSONLogs
 	ctx := context.Background()
 	leases := newMemLeases()
-	for _, node := range []string{"node-a", "node-b"} {
-		nl := &v1alpha1.NodeLease{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.NodeLeaseName("p", node)},
-			Spec: v1alpha1.NodeLeaseSpec{Pool: "p", Node: node, Epoch: 1, Units: []v1alpha1.LeasedUnit{{IPv4: "10.0.0.1"}}}}
-		if _, err := leases.Create(ctx, nl, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pools := newMemPools(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}}})
-	a, err := New(ctx, Config{Leases: leases, Pools: pools, Bus: broker.NewNetwork().Endpoint("allocator"), Epoch: 7, Logger: logs.Logger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	storeLeases(t, ctx, leases, map[string][]string{"node-a": {"10.0.0.1"}, "node-b": {"10.0.0.1"}})
+	a, _ := memAllocatorOn(t, ctx, leases, "10.0.0.0/29", Config{Epoch: 7, Logger: logs.Logger()})
 	logs.Want(t, "inconsistent lease", map[string]any{"level": "ERROR", "epoch": float64(7), "pool": "p", "node": "node-b",
 		"err": "lease " + v1alpha1.NodeLeaseName("p", "node-b") + ": unit 10.0.0.1 is also listed for node node-a"})
 

@@ -210,6 +210,28 @@ func (m *memPools) UpdateStatus(_ context.Context, p *v1alpha1.IPPool, _ metav1.
 func memAllocator(t *testing.T, ctx context.Context, cidr string, cfg Config) (*Allocator, *memLeases, *broker.Network) {
 	t.Helper()
 	leases := newMemLeases()
+	a, net := memAllocatorOn(t, ctx, leases, cidr, cfg)
+	return a, leases, net
+}
+
+// storeLeases stores, at epoch 1, a lease of pool "p" for each node listing
+// the given IPv4 addresses.
+func storeLeases(t *testing.T, ctx context.Context, leases *memLeases, units map[string][]string) {
+	t.Helper()
+	for _, node := range slices.Sorted(maps.Keys(units)) {
+		nl := &v1alpha1.NodeLease{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.NodeLeaseName("p", node)}, Spec: v1alpha1.NodeLeaseSpec{Pool: "p", Node: node, Epoch: 1}}
+		for _, u := range units[node] {
+			nl.Spec.Units = append(nl.Spec.Units, v1alpha1.LeasedUnit{IPv4: u})
+		}
+		if _, err := leases.Create(ctx, nl, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// memAllocatorOn is memAllocator on leases already stored.
+func memAllocatorOn(t *testing.T, ctx context.Context, leases *memLeases, cidr string, cfg Config) (*Allocator, *broker.Network) {
+	t.Helper()
 	net := broker.NewNetwork()
 	cfg.Leases, cfg.Bus = leases, net.Endpoint("allocator")
 	cfg.Pools = newMemPools(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: cidr}}})
@@ -220,7 +242,7 @@ func memAllocator(t *testing.T, ctx context.Context, cidr string, cfg Config) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a, leases, net
+	return a, net
 }
 
 // TestMemLeasesKeepsTheAPIServersRules holds the fake to the rules the
