@@ -3,11 +3,11 @@ package allocator
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
-	"net/http"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,13 +15,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/informers"
+	kubefake "k8s.io/client-go/kubernetes/fake"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
@@ -39,27 +37,20 @@ import (
 func TestDeposedAllocatorCannotOverwrite(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
-	quiet := slog.New(slog.DiscardHandler)
-	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	leases := newMemLeases()
+	old, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 2); err != nil {
 		t.Fatal(err)
 	}
-	successor, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	successor := memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Epoch: 2})
 	if _, _, _, err := successor.grant(ctx, "p", "node-1", 1); err != nil {
 		t.Fatal(err)
 	}
-	_, _, _, err = old.grant(ctx, "p", "node-1", 1)
+	_, _, _, err := old.grant(ctx, "p", "node-1", 1)
 	if !errors.Is(err, ErrDeposed) {
 		t.Fatalf("the deposed allocator's grant: %v, want ErrDeposed", err)
 	}
-	nl, err := cs.NodeLeases().Get(ctx, v1alpha1.NodeLeaseName("p", "node-1"), metav1.GetOptions{})
+	nl, err := leases.Get(ctx, v1alpha1.NodeLeaseName("p", "node-1"), metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,19 +65,26 @@ func TestDeposedAllocatorCannotOverwrite(t *testing.T) {
 // lease the successor had loaded and planned from: a unit in two nodes'
 // leases (found by the fault suite). Now it conflicts and deposes its
 // author.
+//
+// The one takeover test on a real apiserver: the fencing rests on the
+// apiserver refusing a write at a resourceVersion it has moved past, which
+// memLeases only imitates (the other takeover tests run on memLeases,
+// held to those rules by TestMemLeasesKeepsTheAPIServersRules and its
+// twin on the apiserver, TestLeaseWritesOnTheAPIServer).
 func TestSuccessorFencesLeasesItHasNotWritten(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	cs := apiServerWithPool(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
 	quiet := slog.New(slog.DiscardHandler)
-	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
+	net := broker.NewNetwork() // the bus carries nothing here
+	old, err := New(ctx, Config{Client: cs, Bus: net.Endpoint("allocator-1"), Epoch: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 2); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet}); err != nil {
+	if _, err := New(ctx, Config{Client: cs, Bus: net.Endpoint("allocator-2"), Epoch: 2, Logger: quiet}); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 1); !errors.Is(err, ErrDeposed) {
@@ -106,29 +104,18 @@ func TestSuccessorFencesLeasesItHasNotWritten(t *testing.T) {
 	}
 }
 
-// newRig starts an apiserver with the CRDs and an embedded NATS server,
-// creates pool, and returns the clients.
-func newRig(t *testing.T, ctx context.Context, pool *v1alpha1.IPPool) (*client.Clientset, *nats.Conn, *rest.Config) {
+// apiServerWithPool starts an apiserver with the CRDs, creates pool, and
+// returns a client: for the tests of what only the real API can tell.
+func apiServerWithPool(t *testing.T, ctx context.Context, pool *v1alpha1.IPPool) *client.Clientset {
 	t.Helper()
-	rc := testenv.APIServerWithCRDs(t)
-	cs, err := client.New(rc)
+	cs, err := client.New(testenv.APIServerWithCRDs(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cs.IPPools().Create(ctx, pool, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := broker.StartServer(broker.ServerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	conn, err := broker.Connect(ctx, srv.ClientURL(), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(conn.Close)
-	return cs, conn, rc
+	return cs
 }
 
 // TestAgentIgnoresADeposedLeadersGrant: leader 1 grants a unit to node A;
@@ -138,13 +125,9 @@ func newRig(t *testing.T, ctx context.Context, pool *v1alpha1.IPPool) (*client.C
 func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
-	quiet := slog.New(slog.DiscardHandler)
-	agents := startAgents(t, ctx, conn, "p", "node-a", "node-b")
-	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	leases := newMemLeases()
+	old, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
+	agents := startAgents(t, ctx, net, "p", "node-a", "node-b")
 	units, _, gen, err := old.grant(ctx, "p", "node-a", 1)
 	if err != nil {
 		t.Fatal(err)
@@ -154,10 +137,7 @@ func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 		t.Fatal("node A did not take leader 1's grant")
 	}
 
-	successor, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	successor := memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Epoch: 2})
 	moved, _, newGen, err := successor.steal(ctx, "p", "node-b", 1)
 	if err != nil || len(moved) != 1 || moved[0].ID != units[0].ID {
 		t.Fatalf("leader 2 moving the unit to B: %v, %v", moved, err)
@@ -177,29 +157,13 @@ func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 	}
 }
 
-// waitSubscribed waits until each node's agent answers on its grant
-// subject.
-func waitSubscribed(t *testing.T, conn *nats.Conn, nodes ...string) {
-	t.Helper()
-	for _, n := range nodes {
-		for i := 0; ; i++ {
-			_, err := conn.Request(broker.SubjectGrant(n), []byte("{}"), time.Second)
-			if err == nil {
-				break
-			}
-			if i == 100 {
-				t.Fatalf("agent of %s never subscribed: %v", n, err)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-}
-
-// startAgents runs an in-process agent with its bus client for each node,
-// knowing pool, and waits until each answers on its grant subject.
-func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string, nodes ...string) map[string]*agent.Agent {
+// startAgents runs an in-process agent for each node, its bus on the
+// node's endpoint of net, knowing pool, and waits until each has
+// subscribed to its grants and revokes.
+func startAgents(t *testing.T, ctx context.Context, net *broker.Network, pool string, nodes ...string) map[string]*agent.Agent {
 	t.Helper()
 	agents := map[string]*agent.Agent{}
+	var endpoints []*subscribing
 	for _, node := range nodes {
 		s, err := store.Open(filepath.Join(t.TempDir(), "agent.db"), store.Options{})
 		if err != nil {
@@ -210,15 +174,53 @@ func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string
 		if err != nil {
 			t.Fatal(err)
 		}
-		bus := agent.NewBus(ag, broker.NATS(conn), time.Second)
+		ep := &subscribing{Transport: net.Endpoint(node), node: node, done: make(chan struct{}),
+			want: map[string]bool{broker.SubjectGrant(node): true, broker.SubjectRevoke(node): true}}
+		endpoints = append(endpoints, ep)
+		bus := agent.NewBus(ag, ep, time.Second)
 		bctx, stop := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- bus.Run(bctx) }()
 		t.Cleanup(func() { stop(); <-done })
 		agents[node] = ag
 	}
-	waitSubscribed(t, conn, nodes...)
+	for _, ep := range endpoints {
+		select {
+		case <-ep.done:
+		case <-ctx.Done():
+			t.Fatalf("agent of %s never subscribed to its grants and revokes", ep.node)
+		}
+	}
 	return agents
+}
+
+// subscribing is an agent's bus endpoint that closes done once the agent
+// has subscribed to every subject in want: a request sent after that
+// reaches it (the Network delivers to a subscription from the moment
+// Handle returns).
+type subscribing struct {
+	broker.Transport
+	node string
+	done chan struct{}
+
+	mu   sync.Mutex
+	want map[string]bool
+}
+
+func (s *subscribing) Handle(subject string, h func(broker.Msg)) (broker.Subscription, error) {
+	sub, err := s.Transport.Handle(subject, h)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.want[subject] {
+		delete(s.want, subject)
+		if len(s.want) == 0 {
+			close(s.done)
+		}
+	}
+	return sub, nil
 }
 
 // TestDonorLeaseWriteFailureIsRetried: a donor gives units back on a
@@ -229,9 +231,9 @@ func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string
 func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, api, ag, ps := donorOfTheWholePool(t, ctx)
+	a, leases, ag, ps := donorOfTheWholePool(t, ctx)
 
-	api.mode.Store(refuseWrites)
+	leases.setFault(every(writeRefused))
 	if freed, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil || freed != 0 {
 		t.Fatalf("takeFrom with failing writes: %d freed, %v; want an error and nothing freed", freed, err)
 	}
@@ -251,11 +253,11 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 		t.Fatal("syncDirty reported success with failing writes")
 	}
 
-	api.mode.Store(normal)
+	leases.setFault(nil)
 	if !a.syncDirty(ctx) {
 		t.Fatal("syncDirty failed with working writes")
 	}
-	if n := unitsInLeases(t, ctx, a.cfg.Leases); n != 4 {
+	if n := unitsInLeases(t, ctx, leases); n != 4 {
 		t.Fatalf("the leases list %d units, want the donor's 4", n)
 	}
 	got, _, _, err := a.grant(ctx, "p", "node-b", 2)
@@ -271,12 +273,12 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 func TestGivenBackUnitsAreNeverListedBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, api, ag, ps := donorOfTheWholePool(t, ctx)
-	api.mode.Store(refuseWrites)
+	a, leases, ag, ps := donorOfTheWholePool(t, ctx)
+	leases.setFault(every(writeRefused))
 	if _, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil {
 		t.Fatal("takeFrom with refused writes succeeded")
 	}
-	api.mode.Store(normal)
+	leases.setFault(nil)
 	held := ag.Held()
 	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
 	m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
@@ -306,63 +308,6 @@ func TestGivenBackUnitsAreNeverListedBack(t *testing.T) {
 			}
 		}
 	}
-}
-
-// flaky wraps the API transport of a test allocator, for lease requests:
-// it can refuse writes (as an admission webhook would), apply the next few
-// and lose their answers, hold writes until released, or fail every
-// request (the API down). memLeases does the same without an apiserver.
-type flaky struct {
-	next http.RoundTripper
-	mode atomic.Int32
-	lose atomic.Int32 // answers of lease writes still to lose
-
-	arrived chan struct{} // gateWrites: a write is held
-	release chan struct{} // gateWrites: let it go
-}
-
-const (
-	normal int32 = iota
-	refuseWrites
-	gateWrites
-	apiDown
-)
-
-func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
-	lease := strings.Contains(r.URL.Path, "/nodeleases")
-	write := lease && (r.Method == http.MethodPut || r.Method == http.MethodPost)
-	switch mode := f.mode.Load(); {
-	case write && mode == refuseWrites:
-		body := `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"refused by the test","reason":"Forbidden","code":403}`
-		return &http.Response{StatusCode: http.StatusForbidden, Header: http.Header{"Content-Type": {"application/json"}},
-			Body: io.NopCloser(strings.NewReader(body)), Request: r}, nil
-	case write && mode == gateWrites:
-		f.arrived <- struct{}{}
-		<-f.release
-	case lease && mode == apiDown:
-		return nil, errors.New("connection refused (the test: API down)")
-	case write && f.lose.Add(-1) >= 0:
-		resp, err := f.next.RoundTrip(r)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-		return nil, errors.New("connection reset by peer (the test lost the answer)")
-	}
-	return f.next.RoundTrip(r)
-}
-
-// flakyClient is a warmpool client whose lease writes go through a flaky.
-func flakyClient(t *testing.T, rc *rest.Config) (*client.Clientset, *flaky) {
-	t.Helper()
-	f := &flaky{arrived: make(chan struct{}, 10), release: make(chan struct{})}
-	cfg := rest.CopyConfig(rc)
-	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { f.next = rt; return f }
-	cs, err := client.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cs, f
 }
 
 // TestLostWriteAnswerKeepsTheUnits: a lease write lands but its answer is
@@ -428,7 +373,17 @@ func TestLateLandingWriteIsSettled(t *testing.T) {
 func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/28", Config{Epoch: 1, Handlers: 4, WriteTimeout: 500 * time.Millisecond, PlanInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	a, leases, net := memAllocator(t, ctx, "10.0.0.0/28", Config{Epoch: 1, Handlers: 4, WriteTimeout: 500 * time.Millisecond, PlanInterval: time.Hour})
+	request := func(node string, req any) ([]byte, error) {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return net.Endpoint(node).Request(rctx, broker.SubjectSyncFrom(node), broker.Encode(req))
+	}
+	// A cluster without Node objects, as on an apiserver of its own: the
+	// planner plans for no node, and gives up on node-a once its agent
+	// does not answer the revoke of its warm units, so that the lease is
+	// what the grants wanted.
+	watchCluster(t, a, nil)
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -437,25 +392,25 @@ func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api.mode.Store(apiDown)
+	leases.setFault(every(writeDown))
 	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); !errors.Is(err, errUnknownOutcome) {
 		t.Fatalf("grant with the API down: %v, want errUnknownOutcome", err)
 	}
 	held := []broker.HeldUnit{{Pool: "p", Unit: units[0]}, {Pool: "p", Unit: units[1], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}}}
 	for seq := uint64(1); seq <= 6; seq++ {
 		var r broker.SyncReply
-		resp, err := conn.Request(broker.SubjectSyncFrom("node-a"), broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held}), 5*time.Second)
+		resp, err := request("node-a", &broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})
 		if err != nil {
 			t.Fatalf("node-a sync %d not answered: %v", seq, err)
 		}
-		if err := broker.Decode(resp.Data, &r); err != nil || r.Error != "" || len(r.Leases) != 1 || len(r.Leases[0].Units) != 2 {
+		if err := broker.Decode(resp, &r); err != nil || r.Error != "" || len(r.Leases) != 1 || len(r.Leases[0].Units) != 2 {
 			t.Fatalf("node-a sync %d with the API down: %+v %v, want its 2 stored units listed", seq, r, err)
 		}
 	}
-	if _, err := conn.Request(broker.SubjectSyncFrom("node-b"), broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-b", Run: "r", Seq: 1}), 5*time.Second); err != nil {
+	if _, err := request("node-b", &broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-b", Run: "r", Seq: 1}); err != nil {
 		t.Fatalf("node-b is not served: %v", err)
 	}
-	api.mode.Store(normal)
+	leases.setFault(nil)
 	a.Stop() // no planning round writing while we look
 	if !a.syncDirty(ctx) {
 		t.Fatal("the lease was not written with the API back")
@@ -476,26 +431,43 @@ func TestSyncCannotCrossADropOfALostNode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	clk := clocktesting.NewFakeClock(time.Now())
-	a, _, api, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute, Logger: slog.New(slog.DiscardHandler)})
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute})
+	withKube(a)
 	watchLostNode(t, a, clk, "n1")
 	if _, _, _, err := a.grant(ctx, "p", "n1", 3); err != nil {
 		t.Fatal(err)
 	}
 	clk.Step(2 * time.Minute)
-	api.mode.Store(gateWrites)
+	arrived, release := make(chan struct{}, 10), make(chan struct{})
+	leases.setHold(func(string, string) { arrived <- struct{}{}; <-release })
 	dropped := make(chan error)
 	go func() { dropped <- a.returnLost(ctx, "n1") }()
-	<-api.arrived // the drop re-checked loss and is writing
+	<-arrived // the drop re-checked loss and is writing
 	synced := make(chan *broker.SyncReply)
 	go func() {
 		synced <- a.handleSync(ctx, broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1})}).(*broker.SyncReply)
 	}()
-	api.mode.Store(normal)
-	close(api.release)
+	// The write goes on only once the sync has had its chance to cross
+	// the drop: it waits for one of the allocator's keyed locks (the
+	// node's order lock, which the drop holds), or it has answered.
+	var reply *broker.SyncReply
+	for reply == nil && !waitsForKeyedLock("(*Allocator).handleSync") {
+		select {
+		case reply = <-synced:
+		case <-ctx.Done():
+			t.Fatal("the sync neither answered nor waited for the drop")
+		default:
+			runtime.Gosched()
+		}
+	}
+	leases.setHold(nil)
+	close(release)
 	if err := <-dropped; err != nil {
 		t.Fatal(err)
 	}
-	reply := <-synced
+	if reply == nil {
+		reply = <-synced
+	}
 	got, _, _, err := a.grant(ctx, "p", "n2", 6)
 	if err != nil {
 		t.Fatal(err)
@@ -511,6 +483,19 @@ func TestSyncCannotCrossADropOfALostNode(t *testing.T) {
 			t.Errorf("unit %s listed warm to n1 by the sync reply and granted to n2", u.ID)
 		}
 	}
+}
+
+// waitsForKeyedLock reports whether a goroutine with fn on its stack is
+// parked on a mutex in keyed.(*Mutex).Lock.
+func waitsForKeyedLock(fn string) bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "[sync.Mutex.Lock") && strings.Contains(g, "keyed.(*Mutex).Lock") && strings.Contains(g, fn) {
+			return true
+		}
+	}
+	return false
 }
 
 // unitsInLeases counts the units in every NodeLease, failing the test on
@@ -533,31 +518,22 @@ func unitsInLeases(t *testing.T, ctx context.Context, leases Leases) int {
 	return len(holder)
 }
 
-// flakyAllocator is an allocator (not started) of a pool "p" over cidr,
-// whose API client goes through a flaky transport.
-func flakyAllocator(t *testing.T, ctx context.Context, cidr string, cfg Config) (*Allocator, *client.Clientset, *flaky, *nats.Conn) {
-	t.Helper()
-	_, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: cidr}}})
-	cs, api := flakyClient(t, rc)
-	cfg.Client, cfg.Bus = cs, broker.NATS(conn)
-	a, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if a.cfg.Kube == nil {
-		// For the live reads of pods, not the informers: tests that need
-		// those set a.watch by hand (watchLostNode).
-		a.cfg.Kube = kubernetes.NewForConfigOrDie(rc)
-	}
-	return a, cs, api, conn
+// withKube gives a (not started) a fake API of pods and nodes for its
+// live reads, not the informers: tests that need those set a.watch by
+// hand (watchLostNode).
+func withKube(a *Allocator) *kubefake.Clientset {
+	kube := kubefake.NewClientset()
+	a.cfg.Kube = kube
+	return kube
 }
 
-// donorOfTheWholePool: a flaky allocator of a 6-unit pool "p" has granted
-// and pushed all 6 to node-a's agent.
-func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *flaky, *agent.Agent, *poolState) {
+// donorOfTheWholePool: an allocator of a 6-unit pool "p", on in-memory
+// leases whose writes a test can make fail, has granted and pushed all 6
+// to node-a's agent.
+func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *memLeases, *agent.Agent, *poolState) {
 	t.Helper()
-	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
-	agents := startAgents(t, ctx, conn, "p", "node-a")
+	a, leases, net := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
+	agents := startAgents(t, ctx, net, "p", "node-a")
 	units, _, gen, err := a.grant(ctx, "p", "node-a", 6)
 	if err != nil {
 		t.Fatal(err)
@@ -565,7 +541,7 @@ func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *flaky,
 	a.push(ctx, "node-a", "p", gen, units)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a, api, agents["node-a"], a.ledger.pools["p"]
+	return a, leases, agents["node-a"], a.ledger.pools["p"]
 }
 
 // TestReportsAndSyncsNeverWriteTheLease: an agent's state (what it
@@ -611,10 +587,11 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	clk := clocktesting.NewFakeClock(time.Now())
-	// An hour's grace: the fence is half an hour after the rig is up, so a
-	// pod the test creates in the API (at the real time) is before it.
-	a, cs, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Hour, Logger: slog.New(slog.DiscardHandler)})
-	clk.SetTime(time.Now())
+	// An hour's grace: the fence is half an hour after the start, so a pod
+	// created at the start is before it.
+	start := clk.Now()
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Hour})
+	withKube(a)
 	bound := func(name string, mutate func(*corev1.Pod)) *corev1.Pod {
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("uid-" + name), CreationTimestamp: metav1.NewTime(clk.Now())},
 			Spec: corev1.PodSpec{NodeName: "n1"}}
@@ -642,7 +619,7 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 		if err := a.returnLost(ctx, "n1"); err != nil {
 			t.Fatal(err)
 		}
-		if n := unitsInLeases(t, ctx, cs.NodeLeases()); n != want {
+		if n := unitsInLeases(t, ctx, leases); n != want {
 			t.Fatalf("%s: %d units leased, want %d", step, n, want)
 		}
 	}
@@ -657,10 +634,10 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 	if err := pods.Add(bound("late", nil)); err != nil { // created after the fence
 		t.Fatal(err)
 	}
-	// A pod the informer has not delivered (it lags): the live read of the
-	// node's pods finds it.
+	// A pod the informer has not delivered (it lags), created before the
+	// fence: the live read of the node's pods finds it.
 	kube := a.cfg.Kube.CoreV1().Pods("default")
-	if _, err := kube.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "unseen"},
+	if _, err := kube.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "unseen", CreationTimestamp: metav1.NewTime(start)},
 		Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "x"}}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -679,6 +656,17 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 func watchLostNode(t *testing.T, a *Allocator, clk *clocktesting.FakeClock, node string, pods ...*corev1.Pod) cache.Indexer {
 	t.Helper()
 	a.started = clk.Now()
+	return watchCluster(t, a, map[string]time.Time{node: clk.Now()}, pods...)
+}
+
+// watchCluster gives a (not started: Start keeps it, without Kube) the
+// informers of a cluster with no Node objects and namespace default, with
+// pods bound, in which nodes went NotReady when notReadySince says.
+func watchCluster(t *testing.T, a *Allocator, notReadySince map[string]time.Time, pods ...*corev1.Pod) cache.Indexer {
+	t.Helper()
+	if notReadySince == nil {
+		notReadySince = map[string]time.Time{}
+	}
 	podIndex := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
 	namespaces := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
 	if err := namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}); err != nil {
@@ -691,7 +679,8 @@ func watchLostNode(t *testing.T, a *Allocator, clk *clocktesting.FakeClock, node
 	}
 	a.watch = &watcher{nodes: listerscorev1.NewNodeLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})),
 		podLister: listerscorev1.NewPodLister(podIndex), namespaces: listerscorev1.NewNamespaceLister(namespaces),
-		notReadySince: map[string]time.Time{node: clk.Now()}}
+		factory:       informers.NewSharedInformerFactory(nil, 0), // for Stop's shutdown: never started, it needs no client
+		notReadySince: notReadySince}
 	return podIndex
 }
 
@@ -737,23 +726,17 @@ func TestSyncListsOnlyTheNodesUnits(t *testing.T) {
 func TestSuccessorClaimsLeasesOfNodesWithoutOne(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
-	kube := kubernetes.NewForConfigOrDie(rc)
-	quiet := slog.New(slog.DiscardHandler)
-	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	leases := newMemLeases()
+	old, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
+	kube := kubefake.NewClientset()
 	if err := controlplane.RegisterNode(ctx, kube, "node-2", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Kube: kube, Epoch: 2, Logger: quiet}); err != nil {
-		t.Fatal(err)
-	}
+	memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Kube: kube, Epoch: 2})
 	if _, _, _, err := old.grant(ctx, "p", "node-2", 1); !errors.Is(err, ErrDeposed) {
 		t.Fatalf("the deposed allocator's first grant to node-2: %v, want ErrDeposed", err)
 	}
-	nl, err := cs.NodeLeases().Get(ctx, v1alpha1.NodeLeaseName("p", "node-2"), metav1.GetOptions{})
+	nl, err := leases.Get(ctx, v1alpha1.NodeLeaseName("p", "node-2"), metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -772,25 +755,19 @@ func TestSuccessorClaimsLeasesOfNodesWithoutOne(t *testing.T) {
 func TestTakeoverMeetingANewerEpochFailsAtOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
-	quiet := slog.New(slog.DiscardHandler)
-	first, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	leases := newMemLeases()
+	first, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
 	if _, _, _, err := first.grant(ctx, "p", "node-1", 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 5, Logger: quiet}); err != nil {
-		t.Fatal(err)
-	}
+	memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Epoch: 5})
 	start := time.Now()
-	a := newAllocator(Config{Client: cs, Bus: broker.NATS(conn), Epoch: 4, Logger: quiet})
-	leases, err := cs.NodeLeases().List(ctx, metav1.ListOptions{})
+	a := newAllocator(Config{Leases: leases, Bus: net.Endpoint("allocator-4"), Epoch: 4, Logger: slog.New(slog.DiscardHandler)})
+	list, err := leases.List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.fence(ctx, leases.Items); !errors.Is(err, ErrDeposed) {
+	if err := a.fence(ctx, list.Items); !errors.Is(err, ErrDeposed) {
 		t.Fatalf("fence at epoch 4 over a lease at epoch 5: %v, want ErrDeposed", err)
 	}
 	if waited := time.Since(start); waited > 5*time.Second {

@@ -39,7 +39,9 @@ const (
 // a name that exists AlreadyExists, a read of a missing one NotFound;
 // every stored write gets a new resourceVersion, and one that changes the
 // spec a new generation. Its fault, if set, decides what becomes of each
-// write: the failures an apiserver and a network give a client.
+// write: the failures an apiserver and a network give a client. Tests set
+// fault directly while nothing else writes, or with setFault while an
+// allocator's goroutines may.
 type memLeases struct {
 	mu     sync.Mutex
 	objs   map[string]*v1alpha1.NodeLease
@@ -47,6 +49,11 @@ type memLeases struct {
 	late   []func() // writes that will land late, in order
 	writes int      // writes stored
 	fault  func(verb, name string) writeFault
+	// hold, if set, is called with each write before the write is looked
+	// at, outside mu: a test blocks in it (until it closes a channel) to
+	// hold one write in flight while every other request goes on, as an
+	// apiserver slow to answer that write would. Set it with setHold.
+	hold func(verb, name string)
 }
 
 var _ Leases = (*memLeases)(nil)
@@ -83,8 +90,34 @@ func (m *memLeases) Update(_ context.Context, nl *v1alpha1.NodeLease, _ metav1.U
 	return m.write("update", nl.DeepCopy())
 }
 
-// write applies the fault, then stores nl if the rules allow it.
+// setFault sets fault under the store's lock.
+func (m *memLeases) setFault(f func(verb, name string) writeFault) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fault = f
+}
+
+// setHold sets hold (nil: writes are held no more).
+func (m *memLeases) setHold(f func(verb, name string)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.hold = f
+}
+
+// every is a fault that does f to every write.
+func every(f writeFault) func(verb, name string) writeFault {
+	return func(string, string) writeFault { return f }
+}
+
+// write waits for hold, applies the fault, then stores nl if the rules
+// allow it.
 func (m *memLeases) write(verb string, nl *v1alpha1.NodeLease) (*v1alpha1.NodeLease, error) {
+	m.mu.Lock()
+	hold := m.hold
+	m.mu.Unlock()
+	if hold != nil {
+		hold(verb, nl.Name)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	f := writeOK
@@ -233,7 +266,16 @@ func storeLeases(t *testing.T, ctx context.Context, leases *memLeases, units map
 func memAllocatorOn(t *testing.T, ctx context.Context, leases *memLeases, cidr string, cfg Config) (*Allocator, *broker.Network) {
 	t.Helper()
 	net := broker.NewNetwork()
-	cfg.Leases, cfg.Bus = leases, net.Endpoint("allocator")
+	return memAllocatorOnNet(t, ctx, leases, net, cidr, cfg), net
+}
+
+// memAllocatorOnNet is memAllocatorOn on a bus already made: another
+// allocator on the same leases and bus (a successor, on the API and the
+// NATS of the leader it takes over from), its endpoint named after its
+// epoch; its pools are a store of its own holding the same pool "p".
+func memAllocatorOnNet(t *testing.T, ctx context.Context, leases *memLeases, net *broker.Network, cidr string, cfg Config) *Allocator {
+	t.Helper()
+	cfg.Leases, cfg.Bus = leases, net.Endpoint(fmt.Sprintf("allocator-%d", cfg.Epoch))
 	cfg.Pools = newMemPools(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: cidr}}})
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -242,7 +284,7 @@ func memAllocatorOn(t *testing.T, ctx context.Context, leases *memLeases, cidr s
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a, net
+	return a
 }
 
 // TestMemLeasesKeepsTheAPIServersRules holds the fake to the rules the
