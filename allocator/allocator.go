@@ -102,8 +102,11 @@ type Allocator struct {
 	// when this allocator started (the contact assumed before any).
 	lastContact map[string]time.Time
 	started     time.Time
-	// agents: each node's agent's last reported state.
-	agents map[string]agentState
+	// orphans: units a donor gave back whose removal from its lease
+	// failed, by pool and node; each round retries the write.
+	orphans map[poolNode][]string
+	// unsettled: lease writes whose outcome is unknown.
+	unsettled map[poolNode]*unsettledWrite
 
 	watch   *watcher // nil without Config.Kube
 	kicks   chan struct{}
@@ -178,7 +181,7 @@ func newAllocator(cfg Config) *Allocator {
 		cfg.Logger = slog.Default()
 	}
 	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{},
-		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, agents: map[string]agentState{}, kicks: make(chan struct{}, 1), deposed: make(chan struct{}), writers: make(chan struct{}, cfg.Writers),
+		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, orphans: map[poolNode][]string{}, unsettled: map[poolNode]*unsettledWrite{}, kicks: make(chan struct{}, 1), deposed: make(chan struct{}), writers: make(chan struct{}, cfg.Writers),
 		sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
 	return a
@@ -232,7 +235,10 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 		}
 	}
 	for i := range leases.Items {
-		a.conflictsLocked(leases.Items[i].Spec.Pool, leases.Items[i].Spec.Node, a.ledger.loadLeaseLocked(&leases.Items[i]))
+		for _, err := range a.ledger.loadLeaseLocked(&leases.Items[i]) {
+			a.log.Error("inconsistent lease", "lease", leases.Items[i].Name, "pool", leases.Items[i].Spec.Pool, "node", leases.Items[i].Spec.Node, "err", err)
+			a.metrics.conflicts.Inc()
+		}
 	}
 	a.log.Info("allocator loaded", "pools", len(pools.Items), "leases", len(leases.Items))
 	return a, nil

@@ -3,11 +3,12 @@ package allocator
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
 	"path/filepath"
-	"runtime"
+	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,11 +16,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	kubefake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/kubernetes"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
@@ -37,20 +40,27 @@ import (
 func TestDeposedAllocatorCannotOverwrite(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	leases := newMemLeases()
-	old, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
+	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	quiet := slog.New(slog.DiscardHandler)
+	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 2); err != nil {
 		t.Fatal(err)
 	}
-	successor := memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Epoch: 2})
+	successor, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, _, _, err := successor.grant(ctx, "p", "node-1", 1); err != nil {
 		t.Fatal(err)
 	}
-	_, _, _, err := old.grant(ctx, "p", "node-1", 1)
+	_, _, _, err = old.grant(ctx, "p", "node-1", 1)
 	if !errors.Is(err, ErrDeposed) {
 		t.Fatalf("the deposed allocator's grant: %v, want ErrDeposed", err)
 	}
-	nl, err := leases.Get(ctx, v1alpha1.NodeLeaseName("p", "node-1"), metav1.GetOptions{})
+	nl, err := cs.NodeLeases().Get(ctx, v1alpha1.NodeLeaseName("p", "node-1"), metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,26 +75,19 @@ func TestDeposedAllocatorCannotOverwrite(t *testing.T) {
 // lease the successor had loaded and planned from: a unit in two nodes'
 // leases (found by the fault suite). Now it conflicts and deposes its
 // author.
-//
-// The one takeover test on a real apiserver: the fencing rests on the
-// apiserver refusing a write at a resourceVersion it has moved past, which
-// memLeases only imitates (the other takeover tests run on memLeases,
-// held to those rules by TestMemLeasesKeepsTheAPIServersRules and its
-// twin on the apiserver, TestLeaseWritesOnTheAPIServer).
 func TestSuccessorFencesLeasesItHasNotWritten(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs := apiServerWithPool(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
 	quiet := slog.New(slog.DiscardHandler)
-	net := broker.NewNetwork() // the bus carries nothing here
-	old, err := New(ctx, Config{Client: cs, Bus: net.Endpoint("allocator-1"), Epoch: 1, Logger: quiet})
+	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 2); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(ctx, Config{Client: cs, Bus: net.Endpoint("allocator-2"), Epoch: 2, Logger: quiet}); err != nil {
+	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet}); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 1); !errors.Is(err, ErrDeposed) {
@@ -104,18 +107,29 @@ func TestSuccessorFencesLeasesItHasNotWritten(t *testing.T) {
 	}
 }
 
-// apiServerWithPool starts an apiserver with the CRDs, creates pool, and
-// returns a client: for the tests of what only the real API can tell.
-func apiServerWithPool(t *testing.T, ctx context.Context, pool *v1alpha1.IPPool) *client.Clientset {
+// newRig starts an apiserver with the CRDs and an embedded NATS server,
+// creates pool, and returns the clients.
+func newRig(t *testing.T, ctx context.Context, pool *v1alpha1.IPPool) (*client.Clientset, *nats.Conn, *rest.Config) {
 	t.Helper()
-	cs, err := client.New(testenv.APIServerWithCRDs(t))
+	rc := testenv.APIServerWithCRDs(t)
+	cs, err := client.New(rc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cs.IPPools().Create(ctx, pool, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	return cs
+	srv, err := broker.StartServer(broker.ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	conn, err := broker.Connect(ctx, srv.ClientURL(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Close)
+	return cs, conn, rc
 }
 
 // TestAgentIgnoresADeposedLeadersGrant: leader 1 grants a unit to node A;
@@ -125,9 +139,13 @@ func apiServerWithPool(t *testing.T, ctx context.Context, pool *v1alpha1.IPPool)
 func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	leases := newMemLeases()
-	old, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
-	agents := startAgents(t, ctx, net, "p", "node-a", "node-b")
+	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	quiet := slog.New(slog.DiscardHandler)
+	agents := startAgents(t, ctx, conn, "p", "node-a", "node-b")
+	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
 	units, _, gen, err := old.grant(ctx, "p", "node-a", 1)
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +155,10 @@ func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 		t.Fatal("node A did not take leader 1's grant")
 	}
 
-	successor := memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Epoch: 2})
+	successor, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
 	moved, _, newGen, err := successor.steal(ctx, "p", "node-b", 1)
 	if err != nil || len(moved) != 1 || moved[0].ID != units[0].ID {
 		t.Fatalf("leader 2 moving the unit to B: %v, %v", moved, err)
@@ -157,13 +178,29 @@ func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 	}
 }
 
-// startAgents runs an in-process agent for each node, its bus on the
-// node's endpoint of net, knowing pool, and waits until each has
-// subscribed to its grants and revokes.
-func startAgents(t *testing.T, ctx context.Context, net *broker.Network, pool string, nodes ...string) map[string]*agent.Agent {
+// waitSubscribed waits until each node's agent answers on its grant
+// subject.
+func waitSubscribed(t *testing.T, conn *nats.Conn, nodes ...string) {
+	t.Helper()
+	for _, n := range nodes {
+		for i := 0; ; i++ {
+			_, err := conn.Request(broker.SubjectGrant(n), []byte("{}"), time.Second)
+			if err == nil {
+				break
+			}
+			if i == 100 {
+				t.Fatalf("agent of %s never subscribed: %v", n, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// startAgents runs an in-process agent with its bus client for each node,
+// knowing pool, and waits until each answers on its grant subject.
+func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string, nodes ...string) map[string]*agent.Agent {
 	t.Helper()
 	agents := map[string]*agent.Agent{}
-	var endpoints []*subscribing
 	for _, node := range nodes {
 		s, err := store.Open(filepath.Join(t.TempDir(), "agent.db"), store.Options{})
 		if err != nil {
@@ -174,53 +211,15 @@ func startAgents(t *testing.T, ctx context.Context, net *broker.Network, pool st
 		if err != nil {
 			t.Fatal(err)
 		}
-		ep := &subscribing{Transport: net.Endpoint(node), node: node, done: make(chan struct{}),
-			want: map[string]bool{broker.SubjectGrant(node): true, broker.SubjectRevoke(node): true}}
-		endpoints = append(endpoints, ep)
-		bus := agent.NewBus(ag, ep, time.Second)
+		bus := agent.NewBus(ag, broker.NATS(conn), time.Second)
 		bctx, stop := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- bus.Run(bctx) }()
 		t.Cleanup(func() { stop(); <-done })
 		agents[node] = ag
 	}
-	for _, ep := range endpoints {
-		select {
-		case <-ep.done:
-		case <-ctx.Done():
-			t.Fatalf("agent of %s never subscribed to its grants and revokes", ep.node)
-		}
-	}
+	waitSubscribed(t, conn, nodes...)
 	return agents
-}
-
-// subscribing is an agent's bus endpoint that closes done once the agent
-// has subscribed to every subject in want: a request sent after that
-// reaches it (the Network delivers to a subscription from the moment
-// Handle returns).
-type subscribing struct {
-	broker.Transport
-	node string
-	done chan struct{}
-
-	mu   sync.Mutex
-	want map[string]bool
-}
-
-func (s *subscribing) Handle(subject string, h func(broker.Msg)) (broker.Subscription, error) {
-	sub, err := s.Transport.Handle(subject, h)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.want[subject] {
-		delete(s.want, subject)
-		if len(s.want) == 0 {
-			close(s.done)
-		}
-	}
-	return sub, nil
 }
 
 // TestDonorLeaseWriteFailureIsRetried: a donor gives units back on a
@@ -231,11 +230,11 @@ func (s *subscribing) Handle(subject string, h func(broker.Msg)) (broker.Subscri
 func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, leases, ag, ps := donorOfTheWholePool(t, ctx)
+	a, api, ag, ps := donorOfTheWholePool(t, ctx)
 
-	leases.setFault(every(writeRefused))
-	if freed, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil || freed != 0 {
-		t.Fatalf("takeFrom with failing writes: %d freed, %v; want an error and nothing freed", freed, err)
+	api.mode.Store(refuseWrites)
+	if idx, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil || len(idx) != 0 {
+		t.Fatalf("takeFrom with failing writes: %v, %v; want an error and nothing taken", idx, err)
 	}
 	if got := ag.WarmCount("p"); got != 4 {
 		t.Fatalf("node A holds %d warm units after the revoke, want 4", got)
@@ -243,22 +242,23 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	if _, _, _, err := a.grant(ctx, "p", "node-b", 1); !errors.Is(err, errExhausted) {
 		t.Fatalf("a grant while the donor's lease still lists the units: %v, want exhausted", err)
 	}
+	// Taking from the donor cannot take the orphans: it gives 2 of its 4.
 	a.mu.Lock()
-	listed := len(ps.leases["node-a"].listed())
+	held := a.warmHeldLocked(ps, "node-a", ps.leases["node-a"])
 	a.mu.Unlock()
-	if listed != 4 {
-		t.Fatalf("node A's sync would list %d units, want the 4 its agent holds (not the 2 it gave back)", listed)
+	if held != 4 {
+		t.Fatalf("node A counted with %d warm units, want the 4 its agent holds (not the 2 orphans)", held)
 	}
-	if a.syncDirty(ctx) {
-		t.Fatal("syncDirty reported success with failing writes")
+	if a.flushOrphans(ctx) {
+		t.Fatal("flushOrphans reported success with failing writes")
 	}
 
-	leases.setFault(nil)
-	if !a.syncDirty(ctx) {
-		t.Fatal("syncDirty failed with working writes")
+	api.mode.Store(normal)
+	if !a.flushOrphans(ctx) {
+		t.Fatal("flushOrphans failed with working writes")
 	}
-	if n := unitsInLeases(t, ctx, leases); n != 4 {
-		t.Fatalf("the leases list %d units, want the donor's 4", n)
+	if got := len(a.committedUnits("p", "node-a")); got != 4 {
+		t.Fatalf("donor's lease lists %d units, want 4", got)
 	}
 	got, _, _, err := a.grant(ctx, "p", "node-b", 2)
 	if err != nil || len(got) != 2 {
@@ -266,19 +266,20 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	}
 }
 
-// TestGivenBackUnitsAreNeverListedBack: units a donor gave back, whose
-// lease rewrite failed, must not reach the donor again through a sync
-// before they are freed and granted elsewhere; the units it assigned are
-// listed, so that its agent keeps them.
-func TestGivenBackUnitsAreNeverListedBack(t *testing.T) {
+// TestOrphansAreNeverListedBack: units a donor gave back, whose lease
+// rewrite failed, must not reach the donor again through a sync (at a new
+// generation, after another write of its lease) before they are freed and
+// granted elsewhere.
+func TestOrphansAreNeverListedBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, leases, ag, ps := donorOfTheWholePool(t, ctx)
-	leases.setFault(every(writeRefused))
+	a, api, ag, ps := donorOfTheWholePool(t, ctx)
+	api.mode.Store(refuseWrites)
 	if _, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil {
 		t.Fatal("takeFrom with refused writes succeeded")
 	}
-	leases.setFault(nil)
+	api.mode.Store(normal)
+	// node A syncs; its record differs from the lease on one unit (an assignment whose report was lost)
 	held := ag.Held()
 	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
 	m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
@@ -286,28 +287,86 @@ func TestGivenBackUnitsAreNeverListedBack(t *testing.T) {
 	if reply.Error != "" {
 		t.Fatal(reply.Error)
 	}
-	if err := ag.Reconcile(reply.Leases); err != nil {
+	if err := ag.Reconcile(reply.Leases, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range reply.Leases {
-		if len(l.Units) != 4 {
-			t.Errorf("sync listed %d units, want the 4 the agent kept (not the 2 it gave back)", len(l.Units))
+		if len(l.Units) != 3 {
+			t.Errorf("sync listed %d warm units, want the 3 the agent kept (not the 2 it gave back)", len(l.Units))
 		}
 	}
-	if !a.syncDirty(ctx) {
-		t.Fatal("the donor's lease was not written")
+	if !a.flushOrphans(ctx) {
+		t.Fatal("flush failed")
 	}
 	got, _, _, err := a.grant(ctx, "p", "node-b", 2)
 	if err != nil {
 		t.Fatal(err)
 	}
+	held = ag.Held()
 	for _, g := range got {
-		for _, h := range ag.Held() {
-			if h.Unit.ID == g.ID {
-				t.Errorf("unit %s granted to node-b is on node-a too", g.ID)
+		for _, h := range held {
+			if h.Unit.ID == g.ID && !h.Assigned {
+				t.Errorf("unit %s granted to node-b is warm on node-a too", g.ID)
 			}
 		}
 	}
+}
+
+// flaky wraps the API transport of a test allocator, for lease requests:
+// it can refuse writes (as an admission webhook would), apply the next few
+// and lose their answers, hold writes until released, or fail every
+// request (the API down). memLeases does the same without an apiserver.
+type flaky struct {
+	next http.RoundTripper
+	mode atomic.Int32
+	lose atomic.Int32 // answers of lease writes still to lose
+
+	arrived chan struct{} // gateWrites: a write is held
+	release chan struct{} // gateWrites: let it go
+}
+
+const (
+	normal int32 = iota
+	refuseWrites
+	gateWrites
+	apiDown
+)
+
+func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
+	lease := strings.Contains(r.URL.Path, "/nodeleases")
+	write := lease && (r.Method == http.MethodPut || r.Method == http.MethodPost)
+	switch mode := f.mode.Load(); {
+	case write && mode == refuseWrites:
+		body := `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"refused by the test","reason":"Forbidden","code":403}`
+		return &http.Response{StatusCode: http.StatusForbidden, Header: http.Header{"Content-Type": {"application/json"}},
+			Body: io.NopCloser(strings.NewReader(body)), Request: r}, nil
+	case write && mode == gateWrites:
+		f.arrived <- struct{}{}
+		<-f.release
+	case lease && mode == apiDown:
+		return nil, errors.New("connection refused (the test: API down)")
+	case write && f.lose.Add(-1) >= 0:
+		resp, err := f.next.RoundTrip(r)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return nil, errors.New("connection reset by peer (the test lost the answer)")
+	}
+	return f.next.RoundTrip(r)
+}
+
+// flakyClient is a warmpool client whose lease writes go through a flaky.
+func flakyClient(t *testing.T, rc *rest.Config) (*client.Clientset, *flaky) {
+	t.Helper()
+	f := &flaky{arrived: make(chan struct{}, 10), release: make(chan struct{})}
+	cfg := rest.CopyConfig(rc)
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { f.next = rt; return f }
+	cs, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs, f
 }
 
 // TestLostWriteAnswerKeepsTheUnits: a lease write lands but its answer is
@@ -366,24 +425,13 @@ func TestLateLandingWriteIsSettled(t *testing.T) {
 }
 
 // TestAPIDownDoesNotStarveTheBus: while lease writes cannot complete, a
-// node's miss fails fast (asked to try again; the units it claimed stay
-// out of the free set), its syncs and every other node's are answered
-// (they write nothing), and once the API is back the round writes the
-// lease as wanted.
+// node's requests fail fast (its lease's earlier write is unsettled, its
+// units stay reserved), and a node needing no write is still served.
+// Once the API is back, the round settles the write.
 func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	a, leases, net := memAllocator(t, ctx, "10.0.0.0/28", Config{Epoch: 1, Handlers: 4, WriteTimeout: 500 * time.Millisecond, PlanInterval: time.Hour})
-	request := func(node string, req any) ([]byte, error) {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		return net.Endpoint(node).Request(rctx, broker.SubjectSyncFrom(node), broker.Encode(req))
-	}
-	// A cluster without Node objects, as on an apiserver of its own: the
-	// planner plans for no node, and gives up on node-a once its agent
-	// does not answer the revoke of its warm units, so that the lease is
-	// what the grants wanted.
-	watchCluster(t, a, nil)
+	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/28", Config{Epoch: 1, Handlers: 4, WriteTimeout: 500 * time.Millisecond, PlanInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -392,34 +440,33 @@ func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leases.setFault(every(writeDown))
-	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); !errors.Is(err, errUnknownOutcome) {
-		t.Fatalf("grant with the API down: %v, want errUnknownOutcome", err)
+	api.mode.Store(apiDown)
+	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); !errors.Is(err, errUnsettled) {
+		t.Fatalf("grant with the API down: %v, want errUnsettled", err)
 	}
 	held := []broker.HeldUnit{{Pool: "p", Unit: units[0]}, {Pool: "p", Unit: units[1], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}}}
 	for seq := uint64(1); seq <= 6; seq++ {
 		var r broker.SyncReply
-		resp, err := request("node-a", &broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})
+		resp, err := conn.Request(broker.SubjectSyncFrom("node-a"), broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held}), 5*time.Second)
 		if err != nil {
 			t.Fatalf("node-a sync %d not answered: %v", seq, err)
 		}
-		if err := broker.Decode(resp, &r); err != nil || r.Error != "" || len(r.Leases) != 1 || len(r.Leases[0].Units) != 2 {
-			t.Fatalf("node-a sync %d with the API down: %+v %v, want its 2 stored units listed", seq, r, err)
+		if err := broker.Decode(resp.Data, &r); err != nil || r.Error == "" {
+			t.Fatalf("node-a sync %d with the API down: %+v %v, want an error", seq, r, err)
 		}
 	}
-	if _, err := request("node-b", &broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-b", Run: "r", Seq: 1}); err != nil {
-		t.Fatalf("node-b is not served: %v", err)
+	if _, err := conn.Request(broker.SubjectSyncFrom("node-b"), broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-b", Run: "r", Seq: 1}), 5*time.Second); err != nil {
+		t.Fatalf("node-b, which needs no API write, is not served: %v", err)
 	}
-	leases.setFault(nil)
-	a.Stop() // no planning round writing while we look
-	if !a.syncDirty(ctx) {
-		t.Fatal("the lease was not written with the API back")
+	api.mode.Store(normal)
+	a.Stop() // no planning round writing (or reserving) while we look
+	if !a.settleAll(ctx) {
+		t.Fatal("the unsettled writes were not settled with the API back")
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	ps := a.ledger.pools["p"]
-	if ls := ps.leases["node-a"]; len(ps.dirty) != 0 || !ls.settled() || len(ls.observed) != 3 {
-		t.Fatalf("after the API came back: dirty %v, node-a's lease %+v; want it settled with 3 units", ps.dirty, ls)
+	if n := len(a.unsettled); n != 0 || slices.Contains(a.ledger.pools["p"].reserved, true) {
+		t.Fatalf("after settling: %d unsettled writes, reserved %v", n, a.ledger.pools["p"].reserved)
 	}
 }
 
@@ -431,43 +478,26 @@ func TestSyncCannotCrossADropOfALostNode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	clk := clocktesting.NewFakeClock(time.Now())
-	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute})
-	withKube(a)
+	a, _, api, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute, Logger: slog.New(slog.DiscardHandler)})
 	watchLostNode(t, a, clk, "n1")
 	if _, _, _, err := a.grant(ctx, "p", "n1", 3); err != nil {
 		t.Fatal(err)
 	}
 	clk.Step(2 * time.Minute)
-	arrived, release := make(chan struct{}, 10), make(chan struct{})
-	leases.setHold(func(string, string) { arrived <- struct{}{}; <-release })
+	api.mode.Store(gateWrites)
 	dropped := make(chan error)
 	go func() { dropped <- a.returnLost(ctx, "n1") }()
-	<-arrived // the drop re-checked loss and is writing
+	<-api.arrived // the drop re-checked loss and is writing
 	synced := make(chan *broker.SyncReply)
 	go func() {
 		synced <- a.handleSync(ctx, broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1})}).(*broker.SyncReply)
 	}()
-	// The write goes on only once the sync has had its chance to cross
-	// the drop: it waits for one of the allocator's keyed locks (the
-	// node's order lock, which the drop holds), or it has answered.
-	var reply *broker.SyncReply
-	for reply == nil && !waitsForKeyedLock("(*Allocator).handleSync") {
-		select {
-		case reply = <-synced:
-		case <-ctx.Done():
-			t.Fatal("the sync neither answered nor waited for the drop")
-		default:
-			runtime.Gosched()
-		}
-	}
-	leases.setHold(nil)
-	close(release)
+	api.mode.Store(normal)
+	close(api.release)
 	if err := <-dropped; err != nil {
 		t.Fatal(err)
 	}
-	if reply == nil {
-		reply = <-synced
-	}
+	reply := <-synced
 	got, _, _, err := a.grant(ctx, "p", "n2", 6)
 	if err != nil {
 		t.Fatal(err)
@@ -483,19 +513,6 @@ func TestSyncCannotCrossADropOfALostNode(t *testing.T) {
 			t.Errorf("unit %s listed warm to n1 by the sync reply and granted to n2", u.ID)
 		}
 	}
-}
-
-// waitsForKeyedLock reports whether a goroutine with fn on its stack is
-// parked on a mutex in keyed.(*Mutex).Lock.
-func waitsForKeyedLock(fn string) bool {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "[sync.Mutex.Lock") && strings.Contains(g, "keyed.(*Mutex).Lock") && strings.Contains(g, fn) {
-			return true
-		}
-	}
-	return false
 }
 
 // unitsInLeases counts the units in every NodeLease, failing the test on
@@ -518,22 +535,31 @@ func unitsInLeases(t *testing.T, ctx context.Context, leases Leases) int {
 	return len(holder)
 }
 
-// withKube gives a (not started) a fake API of pods and nodes for its
-// live reads, not the informers: tests that need those set a.watch by
-// hand (watchLostNode).
-func withKube(a *Allocator) *kubefake.Clientset {
-	kube := kubefake.NewClientset()
-	a.cfg.Kube = kube
-	return kube
+// flakyAllocator is an allocator (not started) of a pool "p" over cidr,
+// whose API client goes through a flaky transport.
+func flakyAllocator(t *testing.T, ctx context.Context, cidr string, cfg Config) (*Allocator, *client.Clientset, *flaky, *nats.Conn) {
+	t.Helper()
+	_, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: cidr}}})
+	cs, api := flakyClient(t, rc)
+	cfg.Client, cfg.Bus = cs, broker.NATS(conn)
+	a, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.cfg.Kube == nil {
+		// For the live reads of pods, not the informers: tests that need
+		// those set a.watch by hand (watchLostNode).
+		a.cfg.Kube = kubernetes.NewForConfigOrDie(rc)
+	}
+	return a, cs, api, conn
 }
 
-// donorOfTheWholePool: an allocator of a 6-unit pool "p", on in-memory
-// leases whose writes a test can make fail, has granted and pushed all 6
-// to node-a's agent.
-func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *memLeases, *agent.Agent, *poolState) {
+// donorOfTheWholePool: a flaky allocator of a 6-unit pool "p" has granted
+// and pushed all 6 to node-a's agent.
+func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *flaky, *agent.Agent, *poolState) {
 	t.Helper()
-	a, leases, net := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
-	agents := startAgents(t, ctx, net, "p", "node-a")
+	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	agents := startAgents(t, ctx, conn, "p", "node-a")
 	units, _, gen, err := a.grant(ctx, "p", "node-a", 6)
 	if err != nil {
 		t.Fatal(err)
@@ -541,38 +567,39 @@ func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *memLea
 	a.push(ctx, "node-a", "p", gen, units)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a, leases, agents["node-a"], a.ledger.pools["p"]
+	return a, api, agents["node-a"], a.ledger.pools["p"]
 }
 
-// TestReportsAndSyncsNeverWriteTheLease: an agent's state (what it
-// assigned, to which pods) is its own: reporting it and syncing cost no
-// API write, and a sync lists the assigned units with the warm ones.
-func TestReportsAndSyncsNeverWriteTheLease(t *testing.T) {
+// TestSyncFreesAssignmentsTheNodeNoLongerHolds: a lease lists a unit as
+// assigned on a node whose agent's sync does not hold it at all (released,
+// then dropped, with the report lost). The sync frees it; before, the leak
+// GC asked the agent for it forever and it was never used again (found by
+// the fault suite).
+func TestSyncFreesAssignmentsTheNodeNoLongerHolds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
-	units, _, _, err := a.grant(ctx, "p", "node-a", 3)
-	if err != nil {
-		t.Fatal(err)
+	a, _, ag, _ := donorOfTheWholePool(t, ctx)
+	sync := func(seq uint64, held []broker.HeldUnit) {
+		t.Helper()
+		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
+		if reply := a.handleSync(ctx, m).(*broker.SyncReply); reply.Error != "" {
+			t.Fatal(reply.Error)
+		}
 	}
-	writes := leases.writes
-	held := []broker.HeldUnit{{Pool: "p", Unit: units[0], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}},
-		{Pool: "p", Unit: units[1]}, {Pool: "p", Unit: units[2]}}
-	if r := a.handleReport(ctx, broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}).(*broker.ReportReply); r.Error != "" {
-		t.Fatal(r.Error)
-	}
-	reply := a.handleSync(ctx, broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 2, Units: held})}).(*broker.SyncReply)
-	if reply.Error != "" || len(reply.Leases) != 1 || len(reply.Leases[0].Units) != 3 {
-		t.Fatalf("sync reply %+v, want the 3 units, the assigned one included", reply)
-	}
-	if leases.writes != writes {
-		t.Fatalf("a report and a sync wrote %d leases, want none", leases.writes-writes)
-	}
+	held := ag.Held()
+	gone := held[0].Unit.ID
+	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
+	sync(1, held)
+	sync(2, held[1:])
 	a.mu.Lock()
-	free, warm, assigned := a.countsLocked(a.ledger.pools["p"])
+	_, listed := a.ledger.pools["p"].leases["node-a"].units[gone]
 	a.mu.Unlock()
-	if free != 3 || warm != 2 || assigned != 1 {
-		t.Fatalf("counts free %d warm %d assigned %d, want 3, 2 and 1 from the agent's state", free, warm, assigned)
+	if listed {
+		t.Fatalf("node-a's lease still lists %s, which its agent no longer holds", gone)
+	}
+	got, _, _, err := a.grant(ctx, "p", "node-b", 1)
+	if err != nil || len(got) != 1 || got[0].ID != gone {
+		t.Fatalf("grant to node-b: %v %v, want the freed %s", got, err, gone)
 	}
 }
 
@@ -587,11 +614,10 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	clk := clocktesting.NewFakeClock(time.Now())
-	// An hour's grace: the fence is half an hour after the start, so a pod
-	// created at the start is before it.
-	start := clk.Now()
-	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Hour})
-	withKube(a)
+	// An hour's grace: the fence is half an hour after the rig is up, so a
+	// pod the test creates in the API (at the real time) is before it.
+	a, cs, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	clk.SetTime(time.Now())
 	bound := func(name string, mutate func(*corev1.Pod)) *corev1.Pod {
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("uid-" + name), CreationTimestamp: metav1.NewTime(clk.Now())},
 			Spec: corev1.PodSpec{NodeName: "n1"}}
@@ -608,8 +634,8 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := broker.HeldUnit{Pool: "p", Unit: got[0], Assigned: true, Attachment: "c1/eth0", Pod: broker.Pod{Namespace: "default", Name: "web", UID: "uid-web"}}
-	m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1, Units: []broker.HeldUnit{held}})}
+	ev := broker.Event{Kind: broker.EventAssigned, Pool: "p", UnitID: got[0].ID, Attachment: "c1/eth0", Pod: broker.Pod{Namespace: "default", Name: "web", UID: "uid-web"}}
+	m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1, Events: []broker.Event{ev}})}
 	if r := a.handleReport(ctx, m).(*broker.ReportReply); r.Error != "" {
 		t.Fatal(r.Error)
 	}
@@ -619,7 +645,7 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 		if err := a.returnLost(ctx, "n1"); err != nil {
 			t.Fatal(err)
 		}
-		if n := unitsInLeases(t, ctx, leases); n != want {
+		if n := unitsInLeases(t, ctx, cs.NodeLeases()); n != want {
 			t.Fatalf("%s: %d units leased, want %d", step, n, want)
 		}
 	}
@@ -634,10 +660,10 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 	if err := pods.Add(bound("late", nil)); err != nil { // created after the fence
 		t.Fatal(err)
 	}
-	// A pod the informer has not delivered (it lags), created before the
-	// fence: the live read of the node's pods finds it.
+	// A pod the informer has not delivered (it lags): the live read of the
+	// node's pods finds it.
 	kube := a.cfg.Kube.CoreV1().Pods("default")
-	if _, err := kube.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "unseen", CreationTimestamp: metav1.NewTime(start)},
+	if _, err := kube.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "unseen"},
 		Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "x"}}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -656,17 +682,6 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 func watchLostNode(t *testing.T, a *Allocator, clk *clocktesting.FakeClock, node string, pods ...*corev1.Pod) cache.Indexer {
 	t.Helper()
 	a.started = clk.Now()
-	return watchCluster(t, a, map[string]time.Time{node: clk.Now()}, pods...)
-}
-
-// watchCluster gives a (not started: Start keeps it, without Kube) the
-// informers of a cluster with no Node objects and namespace default, with
-// pods bound, in which nodes went NotReady when notReadySince says.
-func watchCluster(t *testing.T, a *Allocator, notReadySince map[string]time.Time, pods ...*corev1.Pod) cache.Indexer {
-	t.Helper()
-	if notReadySince == nil {
-		notReadySince = map[string]time.Time{}
-	}
 	podIndex := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
 	namespaces := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
 	if err := namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}); err != nil {
@@ -679,43 +694,64 @@ func watchCluster(t *testing.T, a *Allocator, notReadySince map[string]time.Time
 	}
 	a.watch = &watcher{nodes: listerscorev1.NewNodeLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})),
 		podLister: listerscorev1.NewPodLister(podIndex), namespaces: listerscorev1.NewNamespaceLister(namespaces),
-		factory:       informers.NewSharedInformerFactory(nil, 0), // for Stop's shutdown: never started, it needs no client
-		notReadySince: notReadySince}
+		notReadySince: map[string]time.Time{node: clk.Now()}}
 	return podIndex
 }
 
-// TestSyncListsOnlyTheNodesUnits: a node back from being lost syncs a
+// TestSyncNamesUnitsAnotherNodeHolds: a node back from being lost syncs a
 // record that still holds units the allocator gave to another node since
-// (its pods gone, its units returned), one granted and one whose grant is
-// still being written. The reply lists neither: the agent voids them
-// instead of keeping them where a DEL would re-warm one that is live
-// elsewhere (found by the fault suite; seed 34 was the one in flight).
-func TestSyncListsOnlyTheNodesUnits(t *testing.T) {
+// (its pods gone, its units reclaimed). The reply names them, for the
+// agent to forget, instead of leaving them in its record where a DEL would
+// re-warm one that is live elsewhere (found by the fault suite).
+func TestSyncNamesUnitsAnotherNodeHolds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, _, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
+	a, _, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
 	got, _, _, err := a.grant(ctx, "p", "node-b", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); err != nil {
-		t.Fatal(err)
-	}
-	a.mu.Lock()
-	ps := a.ledger.pools["p"]
-	inFlight := ps.brokerUnits(ps.claimLocked("node-b", 1)) // its write not sent yet
-	a.mu.Unlock()
-	held := []broker.HeldUnit{
-		{Pool: "p", Unit: got[0], Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
-		{Pool: "p", Unit: inFlight[0], Assigned: true, Attachment: "old/eth1", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
-	}
+	held := []broker.HeldUnit{{Pool: "p", Unit: got[0], Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}}}
 	m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
 	reply := a.handleSync(ctx, m).(*broker.SyncReply)
-	if reply.Error != "" || len(reply.Leases) != 1 || len(reply.Leases[0].Units) != 1 {
-		t.Fatalf("reply %+v, want node-a's one unit listed", reply)
+	if reply.Error != "" {
+		t.Fatal(reply.Error)
 	}
-	if id := reply.Leases[0].Units[0].ID; id == got[0].ID || id == inFlight[0].ID {
-		t.Fatalf("node-a's sync lists %s, node-b's", id)
+	if len(reply.Foreign) != 1 || reply.Foreign[0] != (broker.ForeignUnit{Pool: "p", ID: got[0].ID}) {
+		t.Fatalf("foreign %+v, want %s of pool p", reply.Foreign, got[0].ID)
+	}
+}
+
+// TestSyncHoldingAUnitBeingGrantedIsRefused: a node back from being lost
+// syncs a record that still assigns a unit the GC freed (its pod gone)
+// while a grant of it to another node is being written. The unit is
+// neither another node's yet nor this one's: left with the agent, it was
+// held by both nodes once the grant landed (fault-suite seed 34). The
+// sync is refused until the grant ends; then the unit is named foreign.
+func TestSyncHoldingAUnitBeingGrantedIsRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, _, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	a.mu.Lock()
+	ps := a.ledger.pools["p"]
+	idx := ps.reserveLocked(1) // the grant to node-b, its lease write in flight
+	u := brokerUnit(ps.units[idx[0]])
+	a.mu.Unlock()
+	held := []broker.HeldUnit{{Pool: "p", Unit: u, Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}}}
+	sync := func(seq uint64) *broker.SyncReply {
+		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
+		return a.handleSync(ctx, m).(*broker.SyncReply)
+	}
+	if r := sync(1); !strings.Contains(r.Error, "sync again") {
+		t.Fatalf("sync holding a unit being granted: error %q, foreign %v; want it refused", r.Error, r.Foreign)
+	}
+	a.mu.Lock()
+	ps.unreserveLocked(idx)
+	ps.holdLocked(idx[0], "node-b") // the grant landed
+	a.mu.Unlock()
+	r := sync(2)
+	if r.Error != "" || len(r.Foreign) != 1 || r.Foreign[0] != (broker.ForeignUnit{Pool: "p", ID: u.ID}) {
+		t.Fatalf("sync once the grant landed: error %q, foreign %v; want %s named foreign", r.Error, r.Foreign, u.ID)
 	}
 }
 
@@ -726,17 +762,23 @@ func TestSyncListsOnlyTheNodesUnits(t *testing.T) {
 func TestSuccessorClaimsLeasesOfNodesWithoutOne(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	leases := newMemLeases()
-	old, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
-	kube := kubefake.NewClientset()
+	cs, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	kube := kubernetes.NewForConfigOrDie(rc)
+	quiet := slog.New(slog.DiscardHandler)
+	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := controlplane.RegisterNode(ctx, kube, "node-2", nil); err != nil {
 		t.Fatal(err)
 	}
-	memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Kube: kube, Epoch: 2})
+	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Kube: kube, Epoch: 2, Logger: quiet}); err != nil {
+		t.Fatal(err)
+	}
 	if _, _, _, err := old.grant(ctx, "p", "node-2", 1); !errors.Is(err, ErrDeposed) {
 		t.Fatalf("the deposed allocator's first grant to node-2: %v, want ErrDeposed", err)
 	}
-	nl, err := leases.Get(ctx, v1alpha1.NodeLeaseName("p", "node-2"), metav1.GetOptions{})
+	nl, err := cs.NodeLeases().Get(ctx, v1alpha1.NodeLeaseName("p", "node-2"), metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -755,19 +797,25 @@ func TestSuccessorClaimsLeasesOfNodesWithoutOne(t *testing.T) {
 func TestTakeoverMeetingANewerEpochFailsAtOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	leases := newMemLeases()
-	first, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
-	if _, _, _, err := first.grant(ctx, "p", "node-1", 1); err != nil {
-		t.Fatal(err)
-	}
-	memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Epoch: 5})
-	start := time.Now()
-	a := newAllocator(Config{Leases: leases, Bus: net.Endpoint("allocator-4"), Epoch: 4, Logger: slog.New(slog.DiscardHandler)})
-	list, err := leases.List(ctx, metav1.ListOptions{})
+	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	quiet := slog.New(slog.DiscardHandler)
+	first, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.fence(ctx, list.Items); !errors.Is(err, ErrDeposed) {
+	if _, _, _, err := first.grant(ctx, "p", "node-1", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 5, Logger: quiet}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	a := newAllocator(Config{Client: cs, Bus: broker.NATS(conn), Epoch: 4, Logger: quiet})
+	leases, err := cs.NodeLeases().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.fence(ctx, leases.Items); !errors.Is(err, ErrDeposed) {
 		t.Fatalf("fence at epoch 4 over a lease at epoch 5: %v, want ErrDeposed", err)
 	}
 	if waited := time.Since(start); waited > 5*time.Second {
