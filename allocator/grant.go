@@ -57,7 +57,7 @@ func (a *Allocator) grant(ctx context.Context, pool, node string, n int) ([]brok
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil && !errors.Is(err, errUnknownOutcome) {
-		ps.unclaimLocked(node, claimed)
+		ps.unclaimLocked(node, ps.leases[node].unstored(claimed))
 	}
 	if len(gained) == 0 {
 		if err == nil {

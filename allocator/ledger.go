@@ -89,6 +89,20 @@ func (ls *leaseState) listed() []int {
 	return out
 }
 
+// unstored are the units of idx the stored lease does not list: the ones
+// a grant whose write failed may take back. A unit that did land (a
+// write whose answer was lost, then a read, before the grant gave up)
+// may already be listed or pushed to the node: it stays the node's.
+func (ls *leaseState) unstored(idx []int) []int {
+	var out []int
+	for _, i := range idx {
+		if !ls.observed[i] {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
 // pendingGrant counts the units wanted on the node and not stored yet.
 func (ls *leaseState) pendingGrant() int {
 	n := 0

@@ -189,6 +189,44 @@ func TestAWriteThatChangesNothingStillSettlesOneInFlight(t *testing.T) {
 	}
 }
 
+// TestAGrantThatLandedIsNotTakenBack: a grant's write lands with its
+// answer lost, and the writes around it meet conflicts until the sync
+// gives up. The units did land (a read showed them, and a sync may have
+// listed them to the node): the grant keeps them and returns them, and
+// they are never free for another node (fault-suite seeds 1208 and 1212:
+// the grant took them back and returned them to the node, then the next
+// round freed them and granted them elsewhere).
+func TestAGrantThatLandedIsNotTakenBack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
+	if _, _, _, err := a.grant(ctx, "p", "n1", 1); err != nil { // the lease exists
+		t.Fatal(err)
+	}
+	faults := []writeFault{writeConflict, writeConflict, writeLost, writeConflict}
+	leases.fault = func(string, string) writeFault {
+		if len(faults) > 0 {
+			f := faults[0]
+			faults = faults[1:]
+			return f
+		}
+		return writeOK
+	}
+	got, _, _, err := a.grant(ctx, "p", "n1", 2)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("grant whose write landed among conflicts: %v %v, want its 2 units", got, err)
+	}
+	if !a.syncDirty(ctx) {
+		t.Fatal("round")
+	}
+	if other, _, _, err := a.grant(ctx, "p", "n2", 6); err != nil || len(other) != 3 {
+		t.Fatalf("grant to n2: %v %v, want the 3 units n1 does not hold", other, err)
+	}
+	if n := unitsInLeases(t, ctx, leases); n != 6 {
+		t.Fatalf("%d units leased, want 6", n)
+	}
+}
+
 // TestARefusedGrantGivesItsUnitsBack: a grant whose write the apiserver
 // refuses (an admission webhook, say) leaves its units free.
 func TestARefusedGrantGivesItsUnitsBack(t *testing.T) {

@@ -32,6 +32,7 @@ const (
 	writeLost               // stored, and the answer lost (a transport error)
 	writeDown               // nothing stored, a transport error (the API is down)
 	writeLate               // a transport error now; stored when landLate is called, if it still can be
+	writeConflict           // a Conflict answer; nothing stored (the fault suite's api-conflicts)
 )
 
 // memLeases is an in-memory Leases with the apiserver's rules the ledger
@@ -129,6 +130,8 @@ func (m *memLeases) write(verb string, nl *v1alpha1.NodeLease) (*v1alpha1.NodeLe
 		return nil, apierrors.NewForbidden(leaseResource, nl.Name, errors.New("refused by the test"))
 	case writeDown:
 		return nil, errors.New("connection refused (the test: API down)")
+	case writeConflict:
+		return nil, apierrors.NewConflict(leaseResource, nl.Name, errors.New("injected by the test"))
 	case writeLate:
 		m.late = append(m.late, func() { _, _ = m.storeLocked(verb, nl) })
 		return nil, errors.New("client timeout (the test: the request is still in flight at the apiserver)")

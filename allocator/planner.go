@@ -284,7 +284,7 @@ func (a *Allocator) execute(ctx context.Context, pool string, steps []nodeStep) 
 			gained, err := a.syncLeaseHeld(ctx, pool, s.node)
 			a.mu.Lock()
 			if err != nil && !errors.Is(err, errUnknownOutcome) {
-				ps.unclaimLocked(s.node, claimed)
+				ps.unclaimLocked(s.node, ps.leases[s.node].unstored(claimed))
 			}
 			units, gen := ps.brokerUnits(gained), ps.leases[s.node].gen
 			a.mu.Unlock()
