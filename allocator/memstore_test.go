@@ -27,12 +27,12 @@ import (
 type writeFault int
 
 const (
-	writeOK      writeFault = iota
-	writeRefused            // a Forbidden answer; nothing stored
-	writeLost               // stored, and the answer lost (a transport error)
-	writeDown               // nothing stored, a transport error (the API is down)
-	writeLate               // a transport error now; stored when landLate is called, if it still can be
-	writeConflict           // a Conflict answer; nothing stored (the fault suite's api-conflicts)
+	writeOK       writeFault = iota
+	writeRefused             // a Forbidden answer; nothing stored
+	writeLost                // stored, and the answer lost (a transport error)
+	writeDown                // nothing stored, a transport error (the API is down)
+	writeLate                // a transport error now; stored when landLate is called, if it still can be
+	writeConflict            // a Conflict answer; nothing stored (the fault suite's api-conflicts)
 )
 
 // memLeases is an in-memory Leases with the apiserver's rules the ledger
