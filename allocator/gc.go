@@ -171,7 +171,7 @@ func (a *Allocator) returnLost(ctx context.Context, node string) error {
 		let := slices.Collect(maps.Keys(ls.desired))
 		ps.unclaimLocked(node, let)
 		a.mu.Unlock()
-		_, err := a.syncLeaseHeld(ctx, pool, node)
+		_, err := a.syncLeaseHeld(ctx, pool, node, causeNodeLost)
 		a.mu.Lock()
 		returned := 0
 		for _, i := range let {

@@ -53,7 +53,7 @@ func (a *Allocator) grant(ctx context.Context, pool, node string, n int) ([]brok
 	if pending == 0 && len(claimed) == 0 {
 		return nil, info, 0, fmt.Errorf("pool %s: %w", pool, errExhausted)
 	}
-	gained, err := a.syncLeaseHeld(ctx, pool, node)
+	gained, err := a.syncLeaseHeld(ctx, pool, node, causeMiss)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil && !errors.Is(err, errUnknownOutcome) {
@@ -172,7 +172,7 @@ func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n
 	// The donor's agent dropped them for good (it refuses listings up to
 	// gen): if this write fails they stay out of every grant until a
 	// later round writes the lease without them.
-	_, werr := a.syncLeaseHeld(ctx, ps.name, donor)
+	_, werr := a.syncLeaseHeld(ctx, ps.name, donor, causeRevoke)
 	a.mu.Lock()
 	free := 0
 	for _, i := range idx {

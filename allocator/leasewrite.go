@@ -29,6 +29,17 @@ const annotationSettled = "warmpool.io/settled"
 // resourceVersion.
 var errUnknownOutcome = errors.New("lease write outcome unknown")
 
+// Why a lease is written: the cause label of the writes metric, so that
+// an operator (and the benchmark) can tell the API cost of each.
+const (
+	causeGrant    = "grant"     // a planning round tops a node up
+	causeMiss     = "miss"      // an ADD found the node's cache empty
+	causeRevoke   = "revoke"    // a donor's lease without what it gave back
+	causeRetry    = "retry"     // a lease left not as wanted by an earlier write
+	causeNodeLost = "node-lost" // a lost node's units returned
+	causeTakeover = "takeover"  // a new leader fences or creates a lease
+)
+
 // lockLease serialises the writes of one NodeLease, and the changes of its
 // desired set.
 func (a *Allocator) lockLease(pool, node string) (unlock func()) {
@@ -36,10 +47,10 @@ func (a *Allocator) lockLease(pool, node string) (unlock func()) {
 }
 
 // syncLease is syncLeaseHeld under the lease's lock.
-func (a *Allocator) syncLease(ctx context.Context, pool, node string) ([]int, error) {
+func (a *Allocator) syncLease(ctx context.Context, pool, node, cause string) ([]int, error) {
 	unlock := a.lockLease(pool, node)
 	defer unlock()
-	return a.syncLeaseHeld(ctx, pool, node)
+	return a.syncLeaseHeld(ctx, pool, node, cause)
 }
 
 // syncLeaseHeld writes node's lease of pool until it lists the desired
@@ -49,7 +60,7 @@ func (a *Allocator) syncLease(ctx context.Context, pool, node string) ([]int, er
 // stored lease gained that are wanted there: the caller pushes them to
 // the node. A lease that could not be written stays dirty: the next
 // round tries again. The caller holds the lease's lock.
-func (a *Allocator) syncLeaseHeld(ctx context.Context, pool, node string) ([]int, error) {
+func (a *Allocator) syncLeaseHeld(ctx context.Context, pool, node, cause string) ([]int, error) {
 	a.mu.Lock()
 	ps := a.ledger.pools[pool]
 	if ps == nil || ps.leases[node] == nil {
@@ -87,7 +98,7 @@ func (a *Allocator) syncLeaseHeld(ctx context.Context, pool, node string) ([]int
 			nl.Annotations = map[string]string{annotationSettled: strconv.FormatInt(a.cfg.Clock.Now().UnixNano(), 10)}
 		}
 		a.mu.Unlock()
-		out, err := a.writeLease(ctx, nl)
+		out, err := a.writeLease(ctx, nl, cause)
 		a.mu.Lock()
 		switch {
 		case err == nil && ls.inflight != nil && out.ResourceVersion == ls.inflightRV:
@@ -155,7 +166,7 @@ func (a *Allocator) markDirty(ps *poolState, node string) {
 }
 
 // writeLease creates or updates a lease as nl says.
-func (a *Allocator) writeLease(ctx context.Context, nl *v1alpha1.NodeLease) (*v1alpha1.NodeLease, error) {
+func (a *Allocator) writeLease(ctx context.Context, nl *v1alpha1.NodeLease, cause string) (*v1alpha1.NodeLease, error) {
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.WriteTimeout)
 	defer cancel()
 	start := time.Now()
@@ -167,12 +178,20 @@ func (a *Allocator) writeLease(ctx context.Context, nl *v1alpha1.NodeLease) (*v1
 		out, err = a.cfg.Leases.Update(wctx, nl, metav1.UpdateOptions{})
 	}
 	a.metrics.writeTime.Observe(time.Since(start).Seconds())
+	a.countWrite(cause, err)
 	if err != nil {
-		a.metrics.writes.WithLabelValues("error").Inc()
 		return nil, err
 	}
-	a.metrics.writes.WithLabelValues("ok").Inc()
 	return out, nil
+}
+
+// countWrite counts one lease write.
+func (a *Allocator) countWrite(cause string, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	a.metrics.writes.WithLabelValues(cause, result).Inc()
 }
 
 // observe reads node's lease and takes what is stored as observed. A lease

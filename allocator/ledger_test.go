@@ -58,7 +58,7 @@ func TestAClaimedUnitIsListedOnlyOnceStored(t *testing.T) {
 	if got := syncListing(t, ctx, a, "n1", 1); len(got) != 0 {
 		t.Fatalf("listed %v before the lease stored them", got)
 	}
-	gained, err := a.syncLease(ctx, "p", "n1")
+	gained, err := a.syncLease(ctx, "p", "n1", causeGrant)
 	if err != nil || len(gained) != 2 {
 		t.Fatalf("sync of the lease: gained %v, %v", gained, err)
 	}
@@ -127,7 +127,7 @@ func TestAReturnWhoseAnswerIsLostListsNothing(t *testing.T) {
 	ps := a.ledger.pools["p"]
 	ps.unclaimLocked("n1", slices.Collect(maps.Keys(ps.leases["n1"].desired)))
 	a.mu.Unlock()
-	_, err = a.syncLeaseHeld(ctx, "p", "n1")
+	_, err = a.syncLeaseHeld(ctx, "p", "n1", causeGrant)
 	unlock()
 	if !errors.Is(err, errUnknownOutcome) {
 		t.Fatalf("the return with its answers lost: %v, want errUnknownOutcome", err)
@@ -178,7 +178,7 @@ func TestAWriteThatChangesNothingStillSettlesOneInFlight(t *testing.T) {
 	a.mu.Lock()
 	a.ledger.pools["p"].unclaimLocked("n1", []int{0, 1})
 	a.mu.Unlock()
-	_, err := a.syncLeaseHeld(ctx, "p", "n1")
+	_, err := a.syncLeaseHeld(ctx, "p", "n1", causeGrant)
 	unlock()
 	if err != nil || freeUnits(a) != 2 {
 		t.Fatalf("writing the lease as it is: %v, %d free; want it settled and both free", err, freeUnits(a))

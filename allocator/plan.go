@@ -64,7 +64,8 @@ type nodeStep struct {
 // buffer while another has a pod waiting, and with as many addresses as
 // pods every waiting pod is covered.
 //
-// Moves: deficits are filled from free units first, then by revoking the
+// Moves: a node below its share is topped up in batches (see below), and
+// deficits are filled from free units first, then by revoking the
 // surplus of nodes above their share, largest surplus first. Surplus that
 // nobody needs stays where it is (the next burst there is a hit), except
 // on excluded nodes, which give everything back, and above maxWarm.
@@ -93,6 +94,7 @@ func plan(p poolDemand) []nodeStep {
 		need2[i] = t - need1[i]
 		total += t
 	}
+	cover := need1 // what of the pods bound now each node's share covers
 	if total <= supply {
 		for i := range steps {
 			steps[i].share = steps[i].target
@@ -114,12 +116,18 @@ func plan(p poolDemand) []nodeStep {
 		for i := range steps {
 			steps[i].share = s1[i] + s2[i]
 		}
+		cover = s1
 	}
 
-	// Deficits, and what free units cannot cover of them.
+	// Deficits, and what free units cannot cover of them. A grant is a
+	// lease write, so a node tops up in batches: one that still covers its
+	// bound pods and minWarm waits until it is down to half its share, then
+	// gets all it lacks at once. A stream of ADDs then costs a write per
+	// half share, not one per round.
 	deficit := 0
 	for i, n := range p.nodes {
-		if d := steps[i].share - n.warm; d > 0 {
+		d := steps[i].share - n.warm
+		if d > 0 && (n.warm < cover[i] || n.warm < minWarm || 2*d >= steps[i].share) {
 			steps[i].grant = d
 			deficit += d
 		}

@@ -108,6 +108,40 @@ func TestPlanExcludedNodeGivesEverythingBack(t *testing.T) {
 	}
 }
 
+// A node tops up in batches: a grant is a lease write.
+func TestPlanTopsUpInBatches(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		warm, bound int
+		want        int
+	}{
+		{"above half its share: waits", 40, 0, 0},
+		{"down to half: gets all it lacks", 32, 0, 32},
+		{"its bound pods not covered: gets all it lacks at once", 40, 50, 24},
+		{"its bound pods covered: waits", 40, 35, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := plan(poolDemand{knobs: defaultKnobs, free: 1000, unbound: 600, nodes: nodesOf(1, func(int) nodeDemand {
+				return nodeDemand{warm: c.warm, bound: c.bound}
+			})})
+			if s[0].share != 64 || s[0].grant != c.want {
+				t.Fatalf("step %+v: want share 64 (maxWarm), grant %d", s[0], c.want)
+			}
+		})
+	}
+	// Below minWarm a node is topped up whatever its share.
+	knobs := v1alpha1.WarmKnobs{MinWarm: 2, WarmTarget: 0, MaxWarm: 64}
+	if s := plan(poolDemand{knobs: knobs, free: 10, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 1} })}); s[0].grant != 1 {
+		t.Fatalf("step %+v: want 1 granted (minWarm 2, 1 warm)", s[0])
+	}
+	// Under scarcity the same: a node whose share of the bound pods is
+	// not covered gets all its share lacks.
+	nodes := nodesOf(2, func(i int) nodeDemand { return nodeDemand{warm: []int{10, 0}[i], bound: []int{30, 30}[i]} })
+	if s := plan(poolDemand{knobs: defaultKnobs, free: 20, nodes: nodes}); s[0].grant != 5 || s[1].grant != 15 {
+		t.Fatalf("steps %+v: want the 30 units split 15/15 (grants 5 and 15)", s)
+	}
+}
+
 func TestPlanAboveMaxWarmReturnsTheExcess(t *testing.T) {
 	s := plan(poolDemand{knobs: defaultKnobs, free: 0, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 100} })})
 	if s[0].revoke != 36 {

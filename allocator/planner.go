@@ -281,7 +281,7 @@ func (a *Allocator) execute(ctx context.Context, pool string, steps []nodeStep) 
 			a.mu.Lock()
 			claimed := ps.claimLocked(s.node, s.grant)
 			a.mu.Unlock()
-			gained, err := a.syncLeaseHeld(ctx, pool, s.node)
+			gained, err := a.syncLeaseHeld(ctx, pool, s.node, causeGrant)
 			a.mu.Lock()
 			if err != nil && !errors.Is(err, errUnknownOutcome) {
 				ps.unclaimLocked(s.node, ps.leases[s.node].unstored(claimed))
@@ -324,7 +324,7 @@ func (a *Allocator) syncDirty(ctx context.Context) bool {
 		go func() {
 			defer func() { <-a.writers; wg.Done() }()
 			unlock := a.lockLease(k.pool, k.node)
-			gained, err := a.syncLeaseHeld(ctx, k.pool, k.node)
+			gained, err := a.syncLeaseHeld(ctx, k.pool, k.node, causeRetry)
 			a.mu.Lock()
 			ps := a.ledger.pools[k.pool]
 			units, gen := ps.brokerUnits(gained), ps.leases[k.node].gen

@@ -114,10 +114,11 @@ func (d *warmpoolDeployment) peakRSS() map[string]uint64 {
 // warmpoolCounts are warmpool's own counters at one moment.
 type warmpoolCounts struct {
 	hits, misses, cooled, writes float64
+	leaseWrites                  map[string]float64 // by cause
 }
 
 func (d *warmpoolDeployment) counts(ctx context.Context) (warmpoolCounts, error) {
-	var c warmpoolCounts
+	c := warmpoolCounts{leaseWrites: map[string]float64{}}
 	for _, p := range d.processes() {
 		if err := p.alive(); err != nil {
 			return c, err
@@ -136,6 +137,15 @@ func (d *warmpoolDeployment) counts(ctx context.Context) (warmpoolCounts, error)
 			}
 			return false
 		})
+		if f := fams["warmpool_allocator_lease_writes_total"]; f != nil {
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "cause" {
+						c.leaseWrites[l.GetValue()] += m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
 	}
 	return c, nil
 }
