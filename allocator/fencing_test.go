@@ -3,9 +3,11 @@ package allocator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -772,5 +774,83 @@ func TestTakeoverMeetingANewerEpochFailsAtOnce(t *testing.T) {
 	}
 	if waited := time.Since(start); waited > 5*time.Second {
 		t.Fatalf("the fence took %s to give up", waited)
+	}
+}
+
+// TestNoSyncIsRefused: 1b934d1 refused a sync whose record held a unit
+// reserved without a holder, and a review found three ways in which that
+// kept a node fenced for good: (a) a unit kept for a lost node that never
+// returns it, held in another node's record; (b) two live nodes, each
+// holding a unit the other's lease lists; (c) a node whose own grant's
+// write has an unknown outcome. A sync is never refused now (only one
+// overtaken by a newer message of the same agent): it lists the units
+// stored and wanted for the node, and the agent voids the rest of its
+// record. Each case is one sync below, answered.
+func TestNoSyncIsRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/28", Config{Epoch: 1})
+	grant := func(node string) broker.Unit {
+		t.Helper()
+		got, _, _, err := a.grant(ctx, "p", node, 1)
+		if err != nil || len(got) != 1 {
+			t.Fatalf("grant to %s: %v, %v", node, got, err)
+		}
+		return got[0]
+	}
+	seq := uint64(0)
+	sync := func(node string, held ...broker.Unit) []string {
+		t.Helper()
+		seq++
+		var units []broker.HeldUnit
+		for i, u := range held {
+			units = append(units, broker.HeldUnit{Pool: "p", Unit: u, Assigned: true, Attachment: fmt.Sprintf("sb%d/eth0", i),
+				Pod: broker.Pod{Namespace: "d", Name: fmt.Sprintf("pod-%d", i), UID: fmt.Sprintf("u%d", i)}})
+		}
+		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: node, Run: "r-" + node, Seq: seq, Units: units})}
+		reply := a.handleSync(ctx, m).(*broker.SyncReply)
+		if reply.Error != "" {
+			t.Fatalf("sync of %s refused: %s", node, reply.Error)
+		}
+		var ids []string
+		for _, l := range reply.Leases {
+			for _, u := range l.Units {
+				ids = append(ids, u.ID)
+			}
+		}
+		return ids
+	}
+	lost, ofA, ofB := grant("node-lost"), grant("node-a"), grant("node-b")
+
+	// (a) node-lost never syncs again and keeps its unit; node-a's record
+	// holds it with its own.
+	if got := sync("node-a", lost, ofA); !slices.Equal(got, []string{ofA.ID}) {
+		t.Fatalf("(a) node-a's sync lists %v, want only %s", got, ofA.ID)
+	}
+	// (b) node-a and node-b each hold the other's unit.
+	if got := sync("node-a", ofB); !slices.Equal(got, []string{ofA.ID}) {
+		t.Fatalf("(b) node-a's sync lists %v, want %s", got, ofA.ID)
+	}
+	if got := sync("node-b", ofA); !slices.Equal(got, []string{ofB.ID}) {
+		t.Fatalf("(b) node-b's sync lists %v, want %s", got, ofB.ID)
+	}
+	// (c) node-a's next grant is written, but no answer comes: its units
+	// are in flight, neither listed nor free, and node-a's sync is
+	// answered with what is stored.
+	leases.setFault(every(writeLate))
+	if _, _, _, err := a.grant(ctx, "p", "node-a", 2); !errors.Is(err, errUnknownOutcome) {
+		t.Fatalf("grant with its writes held back: %v, want %v", err, errUnknownOutcome)
+	}
+	if got := sync("node-a", ofA); !slices.Equal(got, []string{ofA.ID}) {
+		t.Fatalf("(c) node-a's sync during its grant's write lists %v, want %s", got, ofA.ID)
+	}
+	// Once the write lands and is read, the next sync lists it.
+	leases.setFault(every(writeOK))
+	leases.landLate()
+	if !a.syncDirty(ctx) {
+		t.Fatal("the lease in flight did not settle")
+	}
+	if got := sync("node-a", ofA); len(got) != 3 || !slices.Contains(got, ofA.ID) {
+		t.Fatalf("(c) node-a's sync after its grant landed lists %v, want %s and the 2 granted", got, ofA.ID)
 	}
 }
