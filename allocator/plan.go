@@ -68,7 +68,8 @@ type nodeStep struct {
 // deficits are filled from free units first, then by revoking the
 // surplus of nodes above their share, largest surplus first. Surplus that
 // nobody needs stays where it is (the next burst there is a hit), except
-// on excluded nodes, which give everything back, and above maxWarm.
+// on excluded nodes, which give everything back, and above maxWarm (down
+// to three quarters of it).
 func plan(p poolDemand) []nodeStep {
 	k := p.knobs
 	minWarm, warmTarget, maxWarm := int(k.MinWarm), int(k.WarmTarget), int(k.MaxWarm)
@@ -94,7 +95,6 @@ func plan(p poolDemand) []nodeStep {
 		need2[i] = t - need1[i]
 		total += t
 	}
-	cover := need1 // what of the pods bound now each node's share covers
 	if total <= supply {
 		for i := range steps {
 			steps[i].share = steps[i].target
@@ -116,18 +116,17 @@ func plan(p poolDemand) []nodeStep {
 		for i := range steps {
 			steps[i].share = s1[i] + s2[i]
 		}
-		cover = s1
 	}
 
 	// Deficits, and what free units cannot cover of them. A grant is a
-	// lease write, so a node tops up in batches: one that still covers its
-	// bound pods and minWarm waits until it is down to half its share, then
-	// gets all it lacks at once. A stream of ADDs then costs a write per
-	// half share, not one per round.
+	// lease write, so a node tops up in batches: it waits until it is down
+	// to half its share (or below minWarm), then gets all it lacks at once.
+	// A stream of ADDs costs a write per half share, not one per round,
+	// and a node with pods waiting and nothing warm is always granted.
 	deficit := 0
 	for i, n := range p.nodes {
 		d := steps[i].share - n.warm
-		if d > 0 && (n.warm < cover[i] || n.warm < minWarm || 2*d >= steps[i].share) {
+		if d > 0 && (n.warm < minWarm || 2*d >= steps[i].share) {
 			steps[i].grant = d
 			deficit += d
 		}
@@ -141,13 +140,16 @@ func plan(p poolDemand) []nodeStep {
 			continue
 		}
 		// Forced returns come first and do not count against the need:
-		// an excluded node empties, a node above maxWarm comes down to it.
+		// an excluded node empties, a node above maxWarm comes down below it.
 		forced := 0
 		switch {
 		case n.status == nodeExcluded:
 			forced = surplus
 		case n.warm > maxWarm:
-			forced = n.warm - max(maxWarm, steps[i].share)
+			// A return is a revoke and a write: come down a quarter
+			// below the cap (not below the share), so that the DELs
+			// that follow do not cost one each.
+			forced = n.warm - max(maxWarm-maxWarm/4, steps[i].share)
 		}
 		steps[i].revoke = forced
 		if surplus > forced {

@@ -117,8 +117,8 @@ func TestPlanTopsUpInBatches(t *testing.T) {
 	}{
 		{"above half its share: waits", 40, 0, 0},
 		{"down to half: gets all it lacks", 32, 0, 32},
-		{"its bound pods not covered: gets all it lacks at once", 40, 50, 24},
-		{"its bound pods covered: waits", 40, 35, 0},
+		{"pods bound beyond what it holds, above half its share: waits", 40, 50, 0},
+		{"nothing warm: gets its share", 0, 50, 64},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := plan(poolDemand{knobs: defaultKnobs, free: 1000, unbound: 600, nodes: nodesOf(1, func(int) nodeDemand {
@@ -134,26 +134,31 @@ func TestPlanTopsUpInBatches(t *testing.T) {
 	if s := plan(poolDemand{knobs: knobs, free: 10, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 1} })}); s[0].grant != 1 {
 		t.Fatalf("step %+v: want 1 granted (minWarm 2, 1 warm)", s[0])
 	}
-	// Under scarcity the same: a node whose share of the bound pods is
-	// not covered gets all its share lacks.
+	// Under scarcity the same: 30 units for 60 pods bound, 15 each; the
+	// node holding 10 waits, the one holding none gets its 15.
 	nodes := nodesOf(2, func(i int) nodeDemand { return nodeDemand{warm: []int{10, 0}[i], bound: []int{30, 30}[i]} })
-	if s := plan(poolDemand{knobs: defaultKnobs, free: 20, nodes: nodes}); s[0].grant != 5 || s[1].grant != 15 {
-		t.Fatalf("steps %+v: want the 30 units split 15/15 (grants 5 and 15)", s)
+	if s := plan(poolDemand{knobs: defaultKnobs, free: 20, nodes: nodes}); s[0].share != 15 || s[0].grant != 0 || s[1].grant != 15 {
+		t.Fatalf("steps %+v: want shares of 15, grants 0 and 15", s)
 	}
 }
 
 func TestPlanAboveMaxWarmReturnsTheExcess(t *testing.T) {
 	s := plan(poolDemand{knobs: defaultKnobs, free: 0, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 100} })})
+	if s[0].revoke != 52 {
+		t.Fatalf("step %+v: want 52 back (100 held, maxWarm 64: down to 48, so that the next DELs do not cost a revoke each)", s[0])
+	}
+	s = plan(poolDemand{knobs: defaultKnobs, free: 0, unbound: 100, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 100} })})
 	if s[0].revoke != 36 {
-		t.Fatalf("step %+v: want 36 back (100 held, maxWarm 64)", s[0])
+		t.Fatalf("step %+v: want 36 back (100 held, maxWarm 64, its share 64)", s[0])
 	}
 }
 
 // The plan's invariants over random inputs: shares never exceed the
 // supply, a node gets or gives but not both, grants are covered by free
 // and revoked units, and when the supply covers the pods bound now (each
-// capped by maxWarm), every one of them is covered: no deadlock where
-// the pool is spread as buffers while pods wait.
+// capped by maxWarm), every one of them is within its node's share and
+// every node can serve: no deadlock where the pool is spread as buffers
+// while pods wait.
 func TestPlanInvariantsRandom(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for iter := range 5000 {
@@ -188,10 +193,18 @@ func TestPlanInvariantsRandom(t *testing.T) {
 			t.Fatalf("iter %d: shares %d, grants %d for supply %d (free %d, revoked %d)", iter, shares, grants, supply, p.free, revokes)
 		}
 		if boundNeed <= supply {
+			// Every bound pod is within its node's share, and a node is
+			// topped up in batches: it ends with at least half its share
+			// (all of it if it held nothing), so a node with pods waiting
+			// always has units to serve them.
 			for i, s := range steps {
 				n := p.nodes[i]
-				if n.status == nodeEligible && n.warm-s.revoke+s.grant < min(n.bound, int(knobs.MaxWarm)) {
-					t.Fatalf("iter %d: node %s has %d bound pods but ends with %d (supply %d covers %d): %+v", iter, s.node, n.bound, n.warm-s.revoke+s.grant, supply, boundNeed, s)
+				need, end := min(n.bound, int(knobs.MaxWarm)), n.warm-s.revoke+s.grant
+				if n.status != nodeEligible {
+					continue
+				}
+				if s.share < need || 2*end < s.share || n.warm == 0 && end < s.share {
+					t.Fatalf("iter %d: node %s has %d bound pods, held %d and ends with %d (supply %d covers %d): %+v", iter, s.node, n.bound, n.warm, end, supply, boundNeed, s)
 				}
 			}
 		}
