@@ -17,6 +17,9 @@ type nodeDemand struct {
 	// bound is how many pods bound to the node need an address of the
 	// pool and have none yet: demand now.
 	bound int
+	// recent is about how many ADDs of the pool the node served in the
+	// last Config.DemandWindow: the headroom a stream of them needs.
+	recent int
 }
 
 type nodeStatus int
@@ -56,8 +59,9 @@ type nodeStep struct {
 // (free units plus every node's warm units) and the moves that bring each
 // node to its share.
 //
-// A node's target is max(minWarm, bound + warmTarget + its part of the
-// unbound pods), capped by maxWarm. When the supply covers every target,
+// A node's target is max(minWarm, bound + headroom + its part of the
+// unbound pods), capped by maxWarm, where the headroom is warmTarget or
+// the node's recent ADDs if more. When the supply covers every target,
 // each node's share is its target. Otherwise the supply is divided in two
 // tiers, each max-min fair: first the pods bound now (up to maxWarm per
 // node), then the rest of the targets. So no node keeps a speculative
@@ -89,7 +93,7 @@ func plan(p poolDemand) []nodeStep {
 	total := 0
 	for j, i := range eligible {
 		n := p.nodes[i]
-		t := min(max(minWarm, n.bound+warmTarget+spread[j]), maxWarm)
+		t := min(max(minWarm, n.bound+max(warmTarget, n.recent)+spread[j]), maxWarm)
 		steps[i].target = t
 		need1[i] = min(n.bound, t)
 		need2[i] = t - need1[i]

@@ -53,6 +53,17 @@ func TestPlanBoundPodsAreDemandNow(t *testing.T) {
 	}
 }
 
+// A node's recent ADDs raise its headroom above warmTarget, capped by
+// maxWarm.
+func TestPlanRecentADDsAreHeadroom(t *testing.T) {
+	steps := plan(poolDemand{knobs: defaultKnobs, free: 500, nodes: nodesOf(3, func(i int) nodeDemand {
+		return nodeDemand{bound: 5, recent: []int{2, 30, 100}[i]}
+	})})
+	if got := [3]int{steps[0].target, steps[1].target, steps[2].target}; got != [3]int{9, 35, 64} {
+		t.Fatalf("targets %v, want [9 35 64]: 5 bound + max(warmTarget 4, recent), capped by maxWarm", got)
+	}
+}
+
 // Unbound pods spread over the eligible nodes only.
 func TestPlanSpreadsUnboundPods(t *testing.T) {
 	nodes := nodesOf(4, func(int) nodeDemand { return nodeDemand{} })

@@ -96,7 +96,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 	out := make(map[string]poolDemand, len(a.ledger.pools))
 	pools := make([]*v1alpha1.IPPool, 0, len(a.ledger.pools))
 	addressed := map[string]map[string]bool{} // pool -> addressedKey of the pods with an address
-	warm := map[poolNode]int{}
+	warm, recent := map[poolNode]int{}, map[poolNode]int{}
 	candidates := map[string]map[string]bool{} // pool -> nodes to plan for
 	for name, ps := range a.ledger.pools {
 		pools = append(pools, &v1alpha1.IPPool{Spec: ps.spec})
@@ -107,6 +107,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 		for node := range ps.leases {
 			candidates[name][node] = true
 			warm[poolNode{name, node}] = a.warmLocked(ps, node)
+			recent[poolNode{name, node}] = a.recentLocked(name, node, now)
 			if st := a.agents[node][name]; st != nil {
 				maps.Copy(addressed[name], st.pods)
 			}
@@ -185,7 +186,8 @@ func (a *Allocator) demand() map[string]poolDemand {
 			if a.watch != nil {
 				st = a.nodeStatus(nodes[n], notReady, pool.Spec.NodeSelector, now)
 			}
-			nd := nodeDemand{node: n, status: st, warm: warm[poolNode{pool.Name, n}], bound: bound[poolNode{pool.Name, n}]}
+			k := poolNode{pool.Name, n}
+			nd := nodeDemand{node: n, status: st, warm: warm[k], bound: bound[k], recent: recent[k]}
 			if st != nodeEligible && nd.warm == 0 {
 				continue
 			}

@@ -96,6 +96,7 @@ func (a *Allocator) countServedLocked(node string, prev map[string]broker.Served
 			ps.hits += hits
 			ps.misses += misses
 		}
+		a.addPaceLocked(pool, node, int(hits+misses))
 		a.metrics.adds.WithLabelValues(pool, node, "hit").Add(float64(hits))
 		a.metrics.adds.WithLabelValues(pool, node, "miss").Add(float64(misses))
 	}

@@ -171,7 +171,7 @@ func summarisePeak(peaks map[string]RSSPeak, run Run) {
 var leaseWriteCauses = []string{"grant", "miss", "revoke", "retry", "node-lost", "takeover"}
 
 // writesOther keys the API writes that are not NodeLease writes: the
-// election Lease's renewals.
+// election Lease's renewals and the pools' status.
 const writesOther = "other"
 
 func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, bool) {
@@ -604,7 +604,7 @@ func WriteTable(w io.Writer, r *Result) error {
 		}
 	}
 	if len(rows) > 1 {
-		b.WriteString("warmpool's API writes per pod, by cause (medians over runs of each column: the allocator's NodeLease writes by cause, and other writes, the election Lease's renewals):\n\n")
+		b.WriteString("warmpool's API writes per pod, by cause (medians over runs of each column: the allocator's NodeLease writes by cause, and the other writes: the election Lease's renewals and the pools' status):\n\n")
 		table(rows)
 	}
 

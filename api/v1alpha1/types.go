@@ -190,7 +190,9 @@ type Warm struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=4096
 	MinWarm *int32 `json:"minWarm,omitempty"`
-	// WarmTarget is the headroom kept on top of the node's current demand.
+	// WarmTarget is the least headroom kept on top of the node's current
+	// demand; a node serving a stream of ADDs keeps about those of its last
+	// 30 s instead, when more.
 	// +optional
 	// +kubebuilder:default=4
 	// +kubebuilder:validation:Minimum=0
