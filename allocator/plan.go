@@ -90,10 +90,12 @@ func plan(p poolDemand) []nodeStep {
 	spread := spreadUnbound(p.unbound, eligible, p.nodes)
 	need1 := make([]int, len(p.nodes)) // pods bound now
 	need2 := make([]int, len(p.nodes)) // the rest of the target
+	known := make([]int, len(p.nodes)) // pods that exist: bound, and the node's part of the unbound
 	total := 0
 	for j, i := range eligible {
 		n := p.nodes[i]
 		t := min(max(minWarm, n.bound+max(warmTarget, n.recent)+spread[j]), maxWarm)
+		known[i] = n.bound + spread[j]
 		steps[i].target = t
 		need1[i] = min(n.bound, t)
 		need2[i] = t - need1[i]
@@ -123,14 +125,15 @@ func plan(p poolDemand) []nodeStep {
 	}
 
 	// Deficits, and what free units cannot cover of them. A grant is a
-	// lease write, so a node tops up in batches: it waits until it is down
-	// to half its share (or below minWarm), then gets all it lacks at once.
-	// A stream of ADDs costs a write per half share, not one per round,
-	// and a node with pods waiting and nothing warm is always granted.
+	// lease write, so the headroom is topped up in batches: a node that
+	// covers the pods that exist for it (within its share) and minWarm
+	// waits until it is down to half its share, then gets all it lacks at
+	// once. A stream of ADDs costs a write per half share, not one per
+	// round, and known pods are warm before their ADD.
 	deficit := 0
 	for i, n := range p.nodes {
 		d := steps[i].share - n.warm
-		if d > 0 && (n.warm < minWarm || 2*d >= steps[i].share) {
+		if d > 0 && (n.warm < min(known[i], steps[i].share) || n.warm < minWarm || 2*d >= steps[i].share) {
 			steps[i].grant = d
 			deficit += d
 		}

@@ -261,11 +261,23 @@ func (n *node) del(ctx context.Context, ctr string, pod *netsim.Pod) error {
 // waitWarm waits until the node's agent holds want warm units.
 func (n *node) waitWarm(t *testing.T, want int) {
 	t.Helper()
+	n.waitWarmWhere(t, fmt.Sprint(want), func(warm int) bool { return warm == want })
+}
+
+// waitWarmAtLeast waits until the node holds at least min warm units of
+// the pool: the headroom above known pods is topped up in batches.
+func (n *node) waitWarmAtLeast(t *testing.T, min int) {
+	t.Helper()
+	n.waitWarmWhere(t, fmt.Sprintf("at least %d", min), func(warm int) bool { return warm >= min })
+}
+
+func (n *node) waitWarmWhere(t *testing.T, want string, ok func(warm int) bool) {
+	t.Helper()
 	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
-		return n.agent.WarmCount("dual") == want, nil
+		return ok(n.agent.WarmCount("dual")), nil
 	})
 	if err != nil {
-		t.Fatalf("node %s: %d warm, want %d", n.name, n.agent.WarmCount("dual"), want)
+		t.Fatalf("node %s: %d warm, want %s", n.name, n.agent.WarmCount("dual"), want)
 	}
 }
 
