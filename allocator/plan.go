@@ -125,15 +125,17 @@ func plan(p poolDemand) []nodeStep {
 	}
 
 	// Deficits, and what free units cannot cover of them. A grant is a
-	// lease write, so the headroom is topped up in batches: a node that
-	// covers the pods that exist for it (within its share) and minWarm
-	// waits until it is down to half its share, then gets all it lacks at
-	// once. A stream of ADDs costs a write per half share, not one per
-	// round, and known pods are warm before their ADD.
+	// lease write, so a node is topped up in batches: one that covers the
+	// pods that exist for it and minWarm waits until it is down to half
+	// its share, then gets all it lacks at once. So known pods are warm
+	// before their ADD when the share holds them all, and a node with more
+	// than its share holds (a burst above maxWarm, scarcity) or serving a
+	// stream costs a write per half share, not one per round.
 	deficit := 0
 	for i, n := range p.nodes {
 		d := steps[i].share - n.warm
-		if d > 0 && (n.warm < min(known[i], steps[i].share) || n.warm < minWarm || 2*d >= steps[i].share) {
+		uncovered := known[i] <= steps[i].share && n.warm < known[i]
+		if d > 0 && (uncovered || n.warm < minWarm || 2*d >= steps[i].share) {
 			steps[i].grant = d
 			deficit += d
 		}

@@ -130,6 +130,8 @@ func TestPlanTopsUpInBatches(t *testing.T) {
 		{"down to half: gets all it lacks", 32, 0, 32},
 		{"pods bound beyond what it holds: gets all it lacks", 40, 50, 24},
 		{"its bound pods covered: waits", 40, 35, 0},
+		{"more pods bound than its share holds: streams, by half shares", 40, 100, 0},
+		{"more pods bound than its share holds, down to half: gets all it lacks", 32, 100, 32},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := plan(poolDemand{knobs: defaultKnobs, free: 1000, nodes: nodesOf(1, func(int) nodeDemand {
@@ -151,11 +153,11 @@ func TestPlanTopsUpInBatches(t *testing.T) {
 	if s := plan(poolDemand{knobs: knobs, free: 10, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 1} })}); s[0].grant != 1 {
 		t.Fatalf("step %+v: want 1 granted (minWarm 2, 1 warm)", s[0])
 	}
-	// Under scarcity its share bounds what is known: 30 units for 60 pods
-	// bound, 15 each; the node holding 10 gets 5, the one holding none 15.
+	// Under scarcity the same: 30 units for 60 pods bound, 15 each; the
+	// node holding 10 streams, the one holding none gets its 15.
 	nodes = nodesOf(2, func(i int) nodeDemand { return nodeDemand{warm: []int{10, 0}[i], bound: []int{30, 30}[i]} })
-	if s := plan(poolDemand{knobs: defaultKnobs, free: 20, nodes: nodes}); s[0].share != 15 || s[0].grant != 5 || s[1].grant != 15 {
-		t.Fatalf("steps %+v: want shares of 15, grants 5 and 15", s)
+	if s := plan(poolDemand{knobs: defaultKnobs, free: 20, nodes: nodes}); s[0].share != 15 || s[0].grant != 0 || s[1].grant != 15 {
+		t.Fatalf("steps %+v: want shares of 15, grants 0 and 15", s)
 	}
 }
 
@@ -173,8 +175,9 @@ func TestPlanAboveMaxWarmReturnsTheExcess(t *testing.T) {
 // The plan's invariants over random inputs: shares never exceed the
 // supply, a node gets or gives but not both, grants are covered by free
 // and revoked units, and when the supply covers the pods bound now (each
-// capped by maxWarm), every one of them is covered: no deadlock where
-// the pool is spread as buffers while pods wait.
+// capped by maxWarm), every one of them is within its node's share and
+// every node can serve: no deadlock where the pool is spread as buffers
+// while pods wait.
 func TestPlanInvariantsRandom(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for iter := range 5000 {
@@ -209,15 +212,17 @@ func TestPlanInvariantsRandom(t *testing.T) {
 			t.Fatalf("iter %d: shares %d, grants %d for supply %d (free %d, revoked %d)", iter, shares, grants, supply, p.free, revokes)
 		}
 		if boundNeed <= supply {
-			// Every bound pod is covered, and the headroom is topped up
-			// in batches: a node ends with at least half its share.
+			// Every bound pod is within its node's share, and covered
+			// when the share holds every pod known there; the rest is
+			// topped up in batches: a node ends with at least half its
+			// share, so a node with pods waiting can serve them.
 			for i, s := range steps {
 				n := p.nodes[i]
 				need, end := min(n.bound, int(knobs.MaxWarm)), n.warm-s.revoke+s.grant
 				if n.status != nodeEligible {
 					continue
 				}
-				if end < need || 2*end < s.share {
+				if s.share < need || n.bound <= s.share && end < n.bound && p.unbound == 0 || 2*end < s.share {
 					t.Fatalf("iter %d: node %s has %d bound pods, held %d and ends with %d (supply %d covers %d): %+v", iter, s.node, n.bound, n.warm, end, supply, boundNeed, s)
 				}
 			}
