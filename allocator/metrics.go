@@ -24,7 +24,7 @@ func newMetrics(a *Allocator) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "warmpool_allocator_lease_writes_total", Help: "NodeLease writes, by cause (grant, miss, revoke, retry, node-lost, takeover) and result (ok, error)."}, []string{"cause", "result"}),
+			Name: "warmpool_allocator_lease_writes_total", Help: "NodeLease writes, by cause (grant, miss, revoke, retry, node-lost, takeover) and result (ok; conflict: not at the version written, a lost answer or a takeover; error)."}, []string{"cause", "result"}),
 		writeTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "warmpool_allocator_lease_write_duration_seconds", Help: "One NodeLease write to the Kubernetes API.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12)}),

@@ -128,13 +128,14 @@ func plan(p poolDemand) []nodeStep {
 	// lease write, so a node is topped up in batches: one that covers the
 	// pods that exist for it and minWarm waits until it is down to half
 	// its share, then gets all it lacks at once. So known pods are warm
-	// before their ADD when the share holds them all, and a node with more
-	// than its share holds (a burst above maxWarm, scarcity) or serving a
-	// stream costs a write per half share, not one per round.
+	// before their ADD when the share holds them all (bound pods when the
+	// share holds those), and a node with more pods bound than its share
+	// holds (a burst above maxWarm, scarcity) or serving a stream costs a
+	// write per half share, not one per round.
 	deficit := 0
 	for i, n := range p.nodes {
 		d := steps[i].share - n.warm
-		uncovered := known[i] <= steps[i].share && n.warm < known[i]
+		uncovered := known[i] <= steps[i].share && n.warm < known[i] || n.bound <= steps[i].share && n.warm < n.bound
 		if d > 0 && (uncovered || n.warm < minWarm || 2*d >= steps[i].share) {
 			steps[i].grant = d
 			deficit += d

@@ -3,6 +3,7 @@ package allocator
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,9 +133,14 @@ func TestPlanTopsUpInBatches(t *testing.T) {
 		{"its bound pods covered: waits", 40, 35, 0},
 		{"more pods bound than its share holds: streams, by half shares", 40, 100, 0},
 		{"more pods bound than its share holds, down to half: gets all it lacks", 32, 100, 32},
+		{"pods bound within its share, more known with the unbound: gets all it lacks", 40, 50, 24},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			s := plan(poolDemand{knobs: defaultKnobs, free: 1000, nodes: nodesOf(1, func(int) nodeDemand {
+			unbound := 0
+			if strings.Contains(c.name, "unbound") {
+				unbound = 20
+			}
+			s := plan(poolDemand{knobs: defaultKnobs, free: 1000, unbound: unbound, nodes: nodesOf(1, func(int) nodeDemand {
 				return nodeDemand{warm: c.warm, bound: c.bound, recent: 100}
 			})})
 			if s[0].share != 64 || s[0].grant != c.want {
@@ -185,7 +191,7 @@ func TestPlanInvariantsRandom(t *testing.T) {
 		knobs.MaxWarm = knobs.MinWarm + int32(r.IntN(64))
 		p := poolDemand{knobs: knobs, free: r.IntN(50), unbound: r.IntN(40)}
 		p.nodes = nodesOf(1+r.IntN(12), func(int) nodeDemand {
-			return nodeDemand{status: nodeStatus(r.IntN(3)), warm: r.IntN(30), bound: r.IntN(30)}
+			return nodeDemand{status: nodeStatus(r.IntN(3)), warm: r.IntN(30), bound: r.IntN(30), recent: r.IntN(80)}
 		})
 		steps := plan(p)
 		supply, shares, grants, revokes, boundNeed := p.free, 0, 0, 0, 0
@@ -222,7 +228,7 @@ func TestPlanInvariantsRandom(t *testing.T) {
 				if n.status != nodeEligible {
 					continue
 				}
-				if s.share < need || n.bound <= s.share && end < n.bound && p.unbound == 0 || 2*end < s.share {
+				if s.share < need || n.bound <= s.share && end < n.bound || 2*end < s.share {
 					t.Fatalf("iter %d: node %s has %d bound pods, held %d and ends with %d (supply %d covers %d): %+v", iter, s.node, n.bound, n.warm, end, supply, boundNeed, s)
 				}
 			}

@@ -95,8 +95,10 @@ func (a *Allocator) countServedLocked(node string, prev map[string]broker.Served
 		if ps := a.ledger.pools[pool]; ps != nil {
 			ps.hits += hits
 			ps.misses += misses
+			if ps.leases[node] != nil { // its pace is read, and forgotten, with its lease
+				a.addPaceLocked(pool, node, int(hits+misses))
+			}
 		}
-		a.addPaceLocked(pool, node, int(hits+misses))
 		a.metrics.adds.WithLabelValues(pool, node, "hit").Add(float64(hits))
 		a.metrics.adds.WithLabelValues(pool, node, "miss").Add(float64(misses))
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/warmpool/warmpool/allocator"
 )
 
 // String returns the shape as the benchmark names it: "1x1000" for one
@@ -166,10 +168,6 @@ func summarisePeak(peaks map[string]RSSPeak, run Run) {
 	peaks[run.IPAM] = p
 }
 
-// leaseWriteCauses are the causes of the allocator's NodeLease writes
-// (its metric's cause label), in the order the report shows them.
-var leaseWriteCauses = []string{"grant", "miss", "revoke", "retry", "node-lost", "takeover"}
-
 // writesOther keys the API writes that are not NodeLease writes: the
 // election Lease's renewals and the pools' status.
 const writesOther = "other"
@@ -207,7 +205,7 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 			if ph.APIWrites >= 0 {
 				writesPerPod = append(writesPerPod, float64(ph.APIWrites)/float64(ph.Pods))
 				other := ph.APIWrites
-				for _, cause := range leaseWriteCauses {
+				for _, cause := range allocator.LeaseWriteCauses {
 					leasePerPod[cause] = append(leasePerPod[cause], float64(ph.LeaseWrites[cause])/float64(ph.Pods))
 					other -= ph.LeaseWrites[cause]
 				}
@@ -589,7 +587,7 @@ func WriteTable(w io.Writer, r *Result) error {
 	}
 	table(rows)
 
-	rows = [][]string{append(append([]string{"shape", "phase", "all"}, leaseWriteCauses...), writesOther)}
+	rows = [][]string{append(append([]string{"shape", "phase", "all"}, allocator.LeaseWriteCauses...), writesOther)}
 	for _, shape := range s.Shapes {
 		for _, phase := range s.Phases {
 			ps, ok := s.Phase(shape, IPAMWarmpool, phase)
@@ -597,7 +595,7 @@ func WriteTable(w io.Writer, r *Result) error {
 				continue
 			}
 			row := []string{shape.String(), phase, fmt.Sprintf("%.3f", ps.APIWritesPerPod)}
-			for _, cause := range append(leaseWriteCauses, writesOther) {
+			for _, cause := range append(allocator.LeaseWriteCauses, writesOther) {
 				row = append(row, fmt.Sprintf("%.3f", ps.LeaseWritesPerPod[cause]))
 			}
 			rows = append(rows, row)
