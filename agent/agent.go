@@ -88,10 +88,9 @@ type Config struct {
 	// Now is the clock; time.Now in production, a fake in tests.
 	Now    func() time.Time
 	Logger *slog.Logger
-	// OnEvent is told of every assignment and release once persisted, in
-	// order per attachment; the bus reports them to the allocator. It must
-	// not block.
-	OnEvent func(broker.Event)
+	// OnChange is told that an assignment or a release was persisted: the
+	// bus reports the agent's state to the allocator. It must not block.
+	OnChange func()
 	// Failpoint, if set, is called at the named steps (the Failpoint*
 	// constants) of ADD, DEL, recycling, grants and revokes: the fault
 	// suite kills the agent there.
@@ -149,6 +148,12 @@ type Agent struct {
 	// cannot have listed it.
 	grantedAt map[store.Key]int64
 	revokedAt map[store.Key]int64
+	// listedAt is, per pool, the lease generation of the last sync reply
+	// applied. A grant at a generation not newer adds nothing the reply
+	// did not list, and may list a unit the lease was giving back: a push
+	// that crossed a revoke and an agent restart (which forgets
+	// revokedAt) is refused on it.
+	listedAt map[string]int64
 	// missing counts the ADDs of each pool waiting on a miss; misses
 	// shares one request among them.
 	missing map[string]int
@@ -199,6 +204,7 @@ func New(cfg Config) (*Agent, error) {
 		epoch:       snap.Epoch,
 		grantedAt:   map[store.Key]int64{},
 		revokedAt:   map[store.Key]int64{},
+		listedAt:    map[string]int64{},
 		missing:     map[string]int{},
 		coolWaiters: map[string]int{},
 	}
@@ -220,13 +226,10 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// emit reports an assignment or a release to the allocator: e carries
-// its kind and hit, as the rest.
-func (a *Agent) emit(e broker.Event, as store.Assignment) {
-	if a.cfg.OnEvent != nil {
-		e.Pool, e.UnitID, e.Attachment = as.Pool, as.UnitID, as.Attachment
-		e.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
-		a.cfg.OnEvent(e)
+// changed tells the bus that the node's state changed (OnChange).
+func (a *Agent) changed() {
+	if a.cfg.OnChange != nil {
+		a.cfg.OnChange()
 	}
 }
 
@@ -375,7 +378,7 @@ func (a *Agent) add(ctx context.Context, req *wire.Request) (_ *wire.Result, wer
 		a.log.Debug("assigned", "attachment", key, "pool", pool, "address", logkey.Address(unit.IPv4, unit.IPv6),
 			"pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "pod_uid", req.Pod.UID, "hit", hit)
 	}
-	a.emit(broker.Event{Kind: broker.EventAssigned}, as)
+	a.changed()
 	served := a.served[pool]
 	if hit {
 		served.Hits++
@@ -476,7 +479,7 @@ func (a *Agent) delIf(req *wire.Request, match func(store.Assignment) bool, why 
 		a.log.Log(context.Background(), level, msg, "attachment", key, "pod", logkey.Pod(as.Pod.Namespace, as.Pod.Name), "pod_uid", as.Pod.UID,
 			"pool", as.Pool, "address", a.addressLocked(k), "network", as.Network)
 	}
-	a.emit(broker.Event{Kind: broker.EventReleased}, as)
+	a.changed()
 	return true, nil
 }
 

@@ -339,12 +339,12 @@ func TestStaleListingsCannotResurrectARevokedUnit(t *testing.T) {
 	if err := f.agent.Grant(dualPool, us, 5); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := f.agent.Revoke("dual", []string{us[0].ID}, 5); err != nil || len(got) != 1 {
+	if got, err := f.agent.Revoke("dual", []string{us[0].ID}, 1, 5); err != nil || len(got) != 1 {
 		t.Fatalf("revoke: %v %v", got, err)
 	}
 	stale := []broker.Lease{{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}, Gen: 5,
 		Units: []broker.Unit{{ID: us[0].ID, IPv4: us[0].IPv4, IPv6: us[0].IPv6}, {ID: us[1].ID, IPv4: us[1].IPv4, IPv6: us[1].IPv6}}}}
-	if err := f.agent.Reconcile(stale, nil); err != nil {
+	if err := f.agent.Reconcile(stale); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.agent.Grant(dualPool, us[:1], 5); err != nil {
@@ -362,6 +362,39 @@ func TestStaleListingsCannotResurrectARevokedUnit(t *testing.T) {
 	}
 }
 
+// TestAPushThatCrossedARevokeAndARestartIsRefused: a unit given back on
+// a revoke (at generation 5) is pushed again by a grant built before the
+// revoke, which arrives after the agent restarted (forgetting what it
+// gave back) and synced at the generation the revoke's write made. The
+// sync reply did not list it; the push, not newer than the reply, is
+// refused.
+func TestAPushThatCrossedARevokeAndARestartIsRefused(t *testing.T) {
+	f := newFixture(t, 0)
+	us := dualUnits(2)
+	if err := f.agent.Grant(dualPool, us, 5); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.agent.Revoke("dual", []string{us[0].ID}, 1, 5); err != nil || len(got) != 1 {
+		t.Fatalf("revoke: %v %v", got, err)
+	}
+	f.reopen(t)
+	if err := f.agent.Reconcile(dualListing(6, us[1])); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.agent.Grant(dualPool, us[:1], 5); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.agent.WarmCount("dual"); got != 1 {
+		t.Fatalf("warm %d after the stale push, want 1: the unit given back came back", got)
+	}
+	if err := f.agent.Grant(dualPool, us[:1], 7); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.agent.WarmCount("dual"); got != 2 {
+		t.Fatalf("warm %d after a grant newer than the reply, want 2", got)
+	}
+}
+
 // TestReconcileKeepsWhatCrossedTheReply: a unit granted at a newer
 // generation than a sync reply is not dropped for being absent from it.
 func TestReconcileKeepsWhatCrossedTheReply(t *testing.T) {
@@ -375,7 +408,7 @@ func TestReconcileKeepsWhatCrossedTheReply(t *testing.T) {
 	}
 	reply := []broker.Lease{{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}, Gen: 3,
 		Units: []broker.Unit{{ID: us[0].ID, IPv4: us[0].IPv4, IPv6: us[0].IPv6}}}}
-	if err := f.agent.Reconcile(reply, nil); err != nil {
+	if err := f.agent.Reconcile(reply); err != nil {
 		t.Fatal(err)
 	}
 	if f.agent.WarmCount("dual") != 2 {
@@ -383,7 +416,7 @@ func TestReconcileKeepsWhatCrossedTheReply(t *testing.T) {
 	}
 	// A reply at generation 4 that does not list it does drop it.
 	reply[0].Gen = 4
-	if err := f.agent.Reconcile(reply, nil); err != nil {
+	if err := f.agent.Reconcile(reply); err != nil {
 		t.Fatal(err)
 	}
 	if f.agent.WarmCount("dual") != 1 {
@@ -391,79 +424,75 @@ func TestReconcileKeepsWhatCrossedTheReply(t *testing.T) {
 	}
 }
 
-// TestReconcileKeepsWhatWasAssignedWhenTheSyncWasSent: a sync sent while a
-// unit was assigned is answered without it (the allocator lists warm units
-// only); a DEL that released it meanwhile must not make the reply drop it:
-// the node still holds it, and its release is reported next. (Found by the
-// fault suite: the unit was dropped, and its assignment never freed.)
-func TestReconcileKeepsWhatWasAssignedWhenTheSyncWasSent(t *testing.T) {
-	f := newFixture(t, 0)
-	us := dualUnits(1)
-	if err := f.agent.Grant(dualPool, us, 3); err != nil {
-		t.Fatal(err)
-	}
-	f.do(t, req(wire.OpAdd, "c1"))
-	sent := f.agent.Held()
-	f.do(t, req(wire.OpDel, "c1"))
-	reply := []broker.Lease{{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}, Gen: 3}}
-	if err := f.agent.Reconcile(reply, sent); err != nil {
-		t.Fatal(err)
-	}
-	snap, _ := f.store.Load()
-	if u, ok := snap.Units[us[0].Key()]; !ok || u.State != store.Cooling {
-		t.Fatalf("the released unit is %+v (held %v), want kept cooling", u, ok)
-	}
-	// Without that sent record, the same reply drops it.
-	if err := f.agent.Reconcile(reply, nil); err != nil {
-		t.Fatal(err)
-	}
-	if snap, _ := f.store.Load(); len(snap.Units) != 0 {
-		t.Fatalf("units %v, want none", snap.Units)
-	}
-}
-
-// TestForgetVoidsWhatAnotherNodeHolds: units the allocator reclaimed while
-// the node was lost leave the cache and the record, assigned ones with
-// their assignment; a later DEL of that attachment succeeds, and the unit
-// is never warm here again (found by the fault suite: an agent back from a
-// lost node still held a unit assigned on another node).
-func TestForgetVoidsWhatAnotherNodeHolds(t *testing.T) {
+// TestReconcileKeepsTheAssignedUnitsItLists: a sync reply lists every unit
+// the node holds, assigned ones included; a unit released since the state
+// was sent stays, cooling.
+func TestReconcileKeepsTheAssignedUnitsItLists(t *testing.T) {
 	f := newFixture(t, 0)
 	us := dualUnits(2)
 	if err := f.agent.Grant(dualPool, us, 3); err != nil {
 		t.Fatal(err)
 	}
 	f.do(t, req(wire.OpAdd, "c1"))
-	held := f.agent.Held()
-	var foreign []broker.ForeignUnit
-	for _, h := range held {
-		foreign = append(foreign, broker.ForeignUnit{Pool: h.Pool, ID: h.Unit.ID})
+	f.do(t, req(wire.OpAdd, "c2"))
+	f.do(t, req(wire.OpDel, "c2"))
+	if err := f.agent.Reconcile(dualListing(3, us...)); err != nil {
+		t.Fatal(err)
 	}
+	snap, _ := f.store.Load()
+	if len(snap.Units) != 2 || len(snap.Assignments) != 1 {
+		t.Fatalf("record after a reply listing both units: %v %v, want both kept, one assigned", snap.Units, snap.Assignments)
+	}
+}
+
+// TestReconcileVoidsWhatItDoesNotList: units the reply does not list leave
+// the cache and the record, assigned ones with their assignment (counted
+// as voided); a later DEL of that attachment succeeds, and the unit is
+// never warm here again. Units granted at a newer generation than the
+// reply crossed it and are kept (found by the fault suite: an agent back
+// from a lost node still held a unit assigned on another node).
+func TestReconcileVoidsWhatItDoesNotList(t *testing.T) {
+	f := newFixture(t, 0)
+	us := dualUnits(3)
+	if err := f.agent.Grant(dualPool, us[:2], 3); err != nil {
+		t.Fatal(err)
+	}
+	f.do(t, req(wire.OpAdd, "c1"))
 	// Granted at generation 4 after a reply at 3: crossed it, kept.
-	if err := f.agent.Grant(dualPool, dualUnits(3)[2:], 4); err != nil {
+	if err := f.agent.Grant(dualPool, us[2:], 4); err != nil {
 		t.Fatal(err)
 	}
-	crossed := dualUnits(3)[2]
-	foreign = append(foreign, broker.ForeignUnit{Pool: "dual", ID: crossed.ID})
-	if err := f.agent.Forget(foreign, map[string]int64{"dual": 3}); err != nil {
+	if err := f.agent.Reconcile(dualListing(3)); err != nil {
 		t.Fatal(err)
 	}
-	held = f.agent.Held()
-	if len(held) != 1 || held[0].Unit.ID != crossed.ID {
-		t.Fatalf("held after forgetting: %+v, want only %s (granted after the reply)", held, crossed.ID)
+	held := f.agent.Held()
+	if len(held) != 1 || held[0].Unit.ID != us[2].ID {
+		t.Fatalf("held after the reply: %+v, want only %s (granted after the reply)", held, us[2].ID)
 	}
-	if err := f.agent.Forget([]broker.ForeignUnit{{Pool: "dual", ID: crossed.ID}}, map[string]int64{"dual": 4}); err != nil {
+	if got := testutil.ToFloat64(f.agent.metrics.voided.WithLabelValues("dual")); got != 1 {
+		t.Fatalf("voided %v, want 1", got)
+	}
+	if err := f.agent.Reconcile(dualListing(4)); err != nil {
 		t.Fatal(err)
 	}
 	if snap, _ := f.store.Load(); len(snap.Units) != 0 || len(snap.Assignments) != 0 {
-		t.Fatalf("record after forgetting: %v %v, want empty", snap.Units, snap.Assignments)
+		t.Fatalf("record after the replies: %v %v, want empty", snap.Units, snap.Assignments)
 	}
 	if f.agent.WarmCount("dual") != 0 || len(f.agent.Held()) != 0 {
-		t.Fatalf("cache after forgetting: warm %d, held %v", f.agent.WarmCount("dual"), f.agent.Held())
+		t.Fatalf("cache after the replies: warm %d, held %v", f.agent.WarmCount("dual"), f.agent.Held())
 	}
 	if resp := f.do(t, req(wire.OpDel, "c1")); resp.Error != nil {
 		t.Fatalf("DEL of the voided attachment: %+v", resp.Error)
 	}
+}
+
+// dualLease is a sync reply listing units of the dual pool at gen.
+func dualListing(gen int64, us ...store.Unit) []broker.Lease {
+	l := broker.Lease{Pool: broker.PoolInfo{Name: "dual", Prefix4: 24, Prefix6: 64}, Gen: gen}
+	for _, u := range us {
+		l.Units = append(l.Units, broker.Unit{ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6})
+	}
+	return []broker.Lease{l}
 }
 
 // countingAllocator grants count units per miss, after release is closed,

@@ -19,9 +19,10 @@ import (
 )
 
 // Bus connects an agent to the allocator over NATS: it answers the
-// allocator's grants, asks it on a cache miss, reports assignments and
-// releases in batches, and resynchronises the whole record on start and on
-// every reconnection. While the bus is down the agent keeps serving ADD
+// allocator's grants and revokes, asks it on a cache miss, reports the
+// node's state (soft: what it holds warm and assigned) after changes, and
+// resynchronises with the node's leases on start, on every reconnection
+// and periodically. While the bus is down the agent keeps serving ADD
 // from its cache and DEL into it, as long as the allocator or a live read
 // of the node vouches for it (Fenced); the sync on reconnect settles the
 // rest.
@@ -35,13 +36,12 @@ type Bus struct {
 
 	// run identifies this agent process to the allocator; seq numbers its
 	// reports and syncs, so that a retried request overtaken by a later
-	// one is not applied after it.
+	// one (an older state) is not applied after it.
 	run string
 	seq atomic.Uint64
 
-	mu      sync.Mutex
-	pending []broker.Event
-	kick    chan struct{} // a report or a sync is due
+	mu   sync.Mutex
+	kick chan struct{} // the state changed: a report is due
 
 	syncDue chan struct{}
 
@@ -193,7 +193,7 @@ func (b *Bus) setExhausted(pool string, yes bool) {
 const SyncInterval = 30 * time.Second
 
 // NewBus wires an agent to a bus connection: the agent's cache misses go
-// to the allocator through it, its events to the bus's reports, and every
+// to the allocator through it, its changes trigger reports, and every
 // reconnection triggers a sync. Call it before the agent serves ADDs.
 func NewBus(a *Agent, conn broker.Transport, timeout time.Duration) *Bus {
 	if timeout == 0 {
@@ -205,17 +205,15 @@ func NewBus(a *Agent, conn broker.Transport, timeout time.Duration) *Bus {
 		kick: make(chan struct{}, 1), syncDue: make(chan struct{}, 1), exhausted: map[string]time.Time{}}
 	b.warmTTL.Store(int64(DefaultWarmTTL))
 	b.unsynced.Store(true)
-	a.cfg.OnEvent = b.Record
+	a.cfg.OnChange = b.changed
 	a.cfg.Allocator = b
 	conn.OnReconnect(b.Resync)
 	return b
 }
 
-// Record queues an assignment or release for the next report.
-func (b *Bus) Record(e broker.Event) {
-	b.mu.Lock()
-	b.pending = append(b.pending, e)
-	b.mu.Unlock()
+// changed asks for a report of the node's state. Changes while one is
+// in flight coalesce into the next.
+func (b *Bus) changed() {
 	select {
 	case b.kick <- struct{}{}:
 	default:
@@ -345,7 +343,7 @@ func (b *Bus) handleRevoke(data []byte) *broker.Revoked {
 		out.Error = fmt.Sprintf("revoke of epoch %d refused (stale or unrecorded: %v)", r.Epoch, err)
 		return out
 	}
-	ids, err := b.agent.Revoke(r.Pool, r.IDs, r.Gen)
+	ids, err := b.agent.Revoke(r.Pool, r.IDs, r.Count, r.Gen)
 	if err != nil {
 		out.Error = err.Error()
 	}
@@ -398,20 +396,14 @@ func (b *Bus) Miss(ctx context.Context, pool string, count int) ([]store.Unit, s
 	return storeUnits(pool, r.Units), StorePool(r.Pool), r.Gen, nil
 }
 
-// report sends what is pending, in one request, and forgets it once the
-// allocator acknowledged it (persisted).
+// report sends the node's state. It is soft: a lost one costs only
+// freshness, and the next change or sync sends it again.
 func (b *Bus) report(ctx context.Context) error {
-	b.mu.Lock()
-	events := b.pending
-	b.mu.Unlock()
-	if len(events) == 0 {
-		return nil
-	}
 	var r broker.ReportReply
 	sent := b.agent.cfg.Now()
 	seq := b.nextSeq()
-	if err := b.request(ctx, broker.SubjectReportFrom(b.node), &broker.Report{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Events: events,
-		Served: b.agent.Served()}, &r); err != nil {
+	if err := b.request(ctx, broker.SubjectReportFrom(b.node), &broker.Report{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq,
+		Units: b.agent.Held(), Served: b.agent.Served()}, &r); err != nil {
 		return err
 	}
 	if r.Error != "" {
@@ -421,28 +413,13 @@ func (b *Bus) report(ctx context.Context) error {
 		return fmt.Errorf("report acknowledged by a deposed allocator (epoch %d): %w", r.Epoch, err)
 	}
 	b.heardFrom(sent)
-	b.mu.Lock()
-	b.forgetLocked(len(events))
-	b.mu.Unlock()
 	return nil
 }
 
-// forgetLocked drops the first n pending events, which the allocator
-// acknowledged.
-func (b *Bus) forgetLocked(n int) {
-	b.pending = b.pending[n:]
-}
-
-// sync sends the whole record and reconciles with the allocator's answer.
-// Events pending before the snapshot are covered by it.
+// sync sends the node's state and makes its record what the allocator's
+// answer lists.
 func (b *Bus) sync(ctx context.Context) error {
-	b.mu.Lock()
-	covered := len(b.pending)
-	b.mu.Unlock()
 	var r broker.SyncReply
-	// The sequence number is taken before the snapshot: a report of
-	// anything the snapshot misses is numbered after it, so the allocator
-	// never applies this snapshot over it.
 	seq := b.nextSeq()
 	held, served := b.agent.Held(), b.agent.Served()
 	sent := b.agent.cfg.Now()
@@ -456,14 +433,7 @@ func (b *Bus) sync(ctx context.Context) error {
 	if ok, err := b.agent.AcceptEpoch(r.Epoch); err != nil || !ok {
 		return fmt.Errorf("sync answered by a deposed allocator (epoch %d): %w", r.Epoch, err)
 	}
-	if err := b.agent.Reconcile(r.Leases, held); err != nil {
-		return err
-	}
-	replyGen := map[string]int64{}
-	for _, l := range r.Leases {
-		replyGen[l.Pool.Name] = l.Gen
-	}
-	if err := b.agent.Forget(r.Foreign, replyGen); err != nil {
+	if err := b.agent.Reconcile(r.Leases); err != nil {
 		return err
 	}
 	if r.WarmTTLMillis > 0 {
@@ -471,9 +441,6 @@ func (b *Bus) sync(ctx context.Context) error {
 	}
 	b.heardFrom(sent)
 	b.unsynced.Store(false)
-	b.mu.Lock()
-	b.forgetLocked(covered)
-	b.mu.Unlock()
 	b.log.Info("synced with the allocator", "epoch", r.Epoch, "pools", len(r.Leases))
 	return nil
 }

@@ -1,5 +1,5 @@
 // What the node holds, as the allocator changes it: grants, sync
-// replies (Reconcile, Forget), revokes, and the epoch that fences a
+// replies (Reconcile), revokes, and the epoch that fences a
 // deposed leader. Each persists before it changes memory.
 
 package agent
@@ -21,6 +21,13 @@ import (
 func (a *Agent) Grant(pool store.Pool, units []store.Unit, gen int64) error {
 	a.recordMu.Lock()
 	defer a.recordMu.Unlock()
+	a.mu.Lock()
+	at, listed := a.listedAt[pool.Name]
+	a.mu.Unlock()
+	if listed && gen > 0 && gen <= at {
+		a.log.Info("grant older than the last sync reply ignored", "pool", pool.Name, "gen", gen, "listed_gen", at, "units", len(units))
+		return nil
+	}
 	return a.grantRecordLocked(pool, units, gen)
 }
 
@@ -102,25 +109,17 @@ func (a *Agent) Held() []broker.HeldUnit {
 	return out
 }
 
-// Reconcile makes the node's record agree with the allocator's after a
-// sync: the warm units the allocator lists are granted (idempotently, and
-// not those given back since), and warm or cooling units it does not list
-// are dropped, unless they were granted at a newer generation than the
-// reply (a grant that crossed it) or sent was the record the sync sent and
-// said they were assigned: the allocator does not list an assigned unit,
-// and a unit released since is still the node's (its release is reported
-// next). Assigned units are never dropped.
-func (a *Agent) Reconcile(leases []broker.Lease, sent []broker.HeldUnit) error {
-	assignedWhenSent := map[store.Key]bool{}
-	for _, h := range sent {
-		if h.Assigned {
-			assignedWhenSent[store.Key{Pool: h.Pool, ID: h.Unit.ID}] = true
-		}
-	}
-	a.recordMu.Lock()
-	defer a.recordMu.Unlock()
+// Reconcile makes the node's record what the allocator's sync reply says
+// the node holds: the listed units are granted (idempotently, and not
+// those given back since), and every other unit is forgotten, unless it
+// was granted at a newer generation than the reply's lease of its pool (a
+// grant that crossed the reply). An assigned unit the reply does not list
+// is voided: only a lost node's units leave its lease while assigned, once
+// every pod bound to it before its fence is gone.
+func (a *Agent) Reconcile(leases []broker.Lease) error {
 	listed := map[store.Key]bool{}
 	genOf := map[string]int64{}
+	a.recordMu.Lock()
 	for _, l := range leases {
 		genOf[l.Pool.Name] = l.Gen
 		units := make([]store.Unit, 0, len(l.Units))
@@ -129,41 +128,36 @@ func (a *Agent) Reconcile(leases []broker.Lease, sent []broker.HeldUnit) error {
 			listed[store.Key{Pool: l.Pool.Name, ID: u.ID}] = true
 		}
 		if err := a.grantRecordLocked(StorePool(l.Pool), units, l.Gen); err != nil {
+			a.recordMu.Unlock()
 			return err
 		}
+		a.mu.Lock()
+		a.listedAt[l.Pool.Name] = l.Gen // replies come one at a time: the last is the newest
+		a.mu.Unlock()
 	}
+	a.recordMu.Unlock()
 	a.mu.Lock()
-	var drop []store.Key
-	for k, u := range a.units {
-		if !listed[k] && u.State != store.Assigned && !assignedWhenSent[k] && a.grantedAt[k] <= genOf[k.Pool] {
-			drop = append(drop, k)
+	var unlisted []store.Key
+	for k := range a.units {
+		if !listed[k] && a.grantedAt[k] <= genOf[k.Pool] {
+			unlisted = append(unlisted, k)
 		}
 	}
 	a.mu.Unlock()
-	if len(drop) == 0 {
-		return nil
-	}
-	dropped, err := a.store.Drop(drop)
-	if err != nil {
-		return fmt.Errorf("reconcile: %w", err)
-	}
-	a.forgetRecordLocked(dropped)
-	a.log.Info("reconciled with the allocator", "dropped", len(dropped))
-	return nil
+	return a.forget(unlisted, genOf)
 }
 
-// Forget removes units another node holds now, in any state, from the
-// record and the cache: the allocator reclaimed them while this node was
-// lost (an assignment's pod gone, its sandbox with the machine). replyGen
-// is the generation of each pool's lease in the reply that named them: a
-// unit granted here at a newer one crossed the reply and is kept.
+// forget removes units the node's leases no longer list, in any state,
+// from the record and the cache. replyGen is the generation of each
+// pool's lease in the reply that left them out: a unit granted here at a
+// newer one crossed the reply and is kept.
 //
 // Warm ones leave the cache first, so no ADD pops them; assigned ones are
 // voided under their attachment's lock, so no DEL or ADD of it crosses;
 // a unit an ADD assigned meanwhile, to an attachment not locked here, is
 // left for the next sync. A later DEL of a voided attachment succeeds as
 // one of the unknown.
-func (a *Agent) Forget(units []broker.ForeignUnit, replyGen map[string]int64) error {
+func (a *Agent) forget(units []store.Key, replyGen map[string]int64) error {
 	if len(units) == 0 {
 		return nil
 	}
@@ -172,9 +166,8 @@ func (a *Agent) Forget(units []broker.ForeignUnit, replyGen map[string]int64) er
 	a.mu.Lock()
 	drop := map[store.Key]bool{}
 	addresses := map[store.Key]string{} // for the log: the record forgets them
-	for _, f := range units {
-		k := store.Key{Pool: f.Pool, ID: f.ID}
-		if a.grantedAt[k] > replyGen[f.Pool] {
+	for _, k := range units {
+		if a.grantedAt[k] > replyGen[k.Pool] {
 			continue
 		}
 		keys = append(keys, k)
@@ -202,18 +195,20 @@ func (a *Agent) Forget(units []broker.ForeignUnit, replyGen map[string]int64) er
 	defer a.recordMu.Unlock()
 	voided, kept, err := a.store.Void(keys, attachments)
 	if err != nil {
-		return err
+		return fmt.Errorf("forget units the leases no longer list: %w", err)
 	}
 	gone := slices.DeleteFunc(keys, func(k store.Key) bool { return slices.Contains(kept, k) })
 	a.forgetRecordLocked(gone)
 	a.mu.Lock()
 	for _, as := range voided {
 		delete(a.assignments, as.Attachment)
-		a.log.Warn("assignment voided: its unit was reclaimed while this node was lost", "attachment", as.Attachment, "pool", as.Pool,
-			"address", addresses[store.Key{Pool: as.Pool, ID: as.UnitID}], "pod", logkey.Pod(as.Pod.Namespace, as.Pod.Name), "pod_uid", as.Pod.UID)
+		a.metrics.voided.WithLabelValues(as.Pool).Inc()
+		a.log.Error("assignment voided: its node's lease no longer lists the unit (the node was declared lost and its pods deleted)",
+			"attachment", as.Attachment, "pool", as.Pool, "address", addresses[store.Key{Pool: as.Pool, ID: as.UnitID}],
+			"pod", logkey.Pod(as.Pod.Namespace, as.Pod.Name), "pod_uid", as.Pod.UID)
 	}
 	a.mu.Unlock()
-	a.log.Warn("units held by another node forgotten", "units", len(gone), "assignments", len(voided), "kept", len(kept))
+	a.log.Info("reconciled with the allocator: units its leases no longer list forgotten", "units", len(gone), "assignments", len(voided), "kept", len(kept))
 	return nil
 }
 
@@ -239,12 +234,13 @@ func (a *Agent) forgetRecordLocked(dropped []store.Key) {
 	}
 }
 
-// Revoke gives back the listed units of pool that are warm here, as of
-// lease generation gen: they leave the cache at once (no ADD can take them
-// any more), then the record, and no message listing them at a generation
-// up to gen brings them back. It returns the IDs given back; units not
-// warm here are kept.
-func (a *Agent) Revoke(pool string, ids []string, gen int64) ([]string, error) {
+// Revoke gives back up to count of the listed units of pool that are warm
+// here, as of lease generation gen: they leave the cache at once (no ADD
+// can take them any more), then the record, and no message listing them
+// at a generation up to gen brings them back. It returns the IDs given
+// back; units not warm here are kept. The newest warm are given first:
+// the oldest are next in line for an ADD.
+func (a *Agent) Revoke(pool string, ids []string, count int, gen int64) ([]string, error) {
 	a.recordMu.Lock()
 	defer a.recordMu.Unlock()
 	want := map[string]bool{}
@@ -253,15 +249,13 @@ func (a *Agent) Revoke(pool string, ids []string, gen int64) ([]string, error) {
 	}
 	a.mu.Lock()
 	var taken []store.Key
-	kept := a.warm[pool][:0]
-	for _, k := range a.warm[pool] {
-		if want[k.ID] {
-			taken = append(taken, k)
-		} else {
-			kept = append(kept, k)
+	q := a.warm[pool]
+	for i := len(q) - 1; i >= 0 && len(taken) < count; i-- {
+		if want[q[i].ID] {
+			taken = append(taken, q[i])
 		}
 	}
-	a.warm[pool] = kept
+	a.warm[pool] = slices.DeleteFunc(q, func(k store.Key) bool { return slices.Contains(taken, k) })
 	a.mu.Unlock()
 	if len(taken) == 0 {
 		return nil, nil

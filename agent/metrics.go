@@ -16,6 +16,7 @@ type metrics struct {
 	misses       *prometheus.CounterVec   // by pool
 	bus          *prometheus.CounterVec   // by subject kind and direction
 	reclaimed    *prometheus.CounterVec   // by pool
+	voided       *prometheus.CounterVec   // by pool
 	coalesced    *prometheus.CounterVec   // by pool
 	coolingWaits *prometheus.CounterVec   // by pool
 }
@@ -41,6 +42,8 @@ func newMetrics(a *Agent) *metrics {
 			Name: "warmpool_agent_cache_misses_total", Help: "ADDs that found the node's cache empty and were given an address the allocator granted."}, []string{"pool"}),
 		reclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_reclaimed_total", Help: "Assignments the leak GC released because their pod was gone (a DEL never came)."}, []string{"pool"}),
+		voided: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warmpool_agent_voided_total", Help: "Assignments voided because the node's lease no longer lists their unit: the node was declared lost and its pods deleted while its agent was cut off. Any is worth a look."}, []string{"pool"}),
 		coolingWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_cooling_waits_total", Help: "ADDs that found no warm unit and were served a unit of this node once its reuse delay after a DEL was over (counted as hits too)."}, []string{"pool"}),
 		coalesced: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -48,7 +51,7 @@ func newMetrics(a *Agent) *metrics {
 		bus: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warmpool_agent_bus_messages_total", Help: "Bus messages sent and received by the agent, by kind and direction."}, []string{"kind", "direction"}),
 	}
-	m.registry.MustRegister(m.add, m.del, m.persist, m.hits, m.misses, m.bus, m.reclaimed, m.coalesced, m.coolingWaits, stateCollector{a},
+	m.registry.MustRegister(m.add, m.del, m.persist, m.hits, m.misses, m.bus, m.reclaimed, m.voided, m.coalesced, m.coolingWaits, stateCollector{a},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

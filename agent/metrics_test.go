@@ -15,7 +15,7 @@ func TestMetricsAreDocumented(t *testing.T) {
 	}
 	f := newFixture(t, 1) // a pool, so that the units collector reports
 	m := f.agent.metrics
-	reg, err := metricsdoc.Registered(f.agent.Registry(), m.add, m.persist, m.hits, m.misses, m.bus, m.reclaimed, m.coalesced, m.coolingWaits)
+	reg, err := metricsdoc.Registered(f.agent.Registry(), m.add, m.persist, m.hits, m.misses, m.bus, m.reclaimed, m.voided, m.coalesced, m.coolingWaits)
 	if err != nil {
 		t.Fatal(err)
 	}

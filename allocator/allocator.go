@@ -64,8 +64,11 @@ type Config struct {
 	// UnreachableBackoff is how long a node whose agent did not answer a
 	// revoke is left out of planning.
 	UnreachableBackoff time.Duration
-	Clock              clock.WithTicker
-	Logger             *slog.Logger
+	// DemandWindow is how far back a node's ADDs count towards its
+	// headroom (see pace).
+	DemandWindow time.Duration
+	Clock        clock.WithTicker
+	Logger       *slog.Logger
 }
 
 // Defaults of Config.
@@ -77,6 +80,7 @@ const (
 	DefaultGCInterval         = 30 * time.Second
 	DefaultStatusInterval     = 5 * time.Second
 	DefaultWriteTimeout       = 10 * time.Second
+	DefaultDemandWindow       = 30 * time.Second
 )
 
 // Allocator serves the bus while it leads. Its ledger is guarded by mu,
@@ -102,11 +106,10 @@ type Allocator struct {
 	// when this allocator started (the contact assumed before any).
 	lastContact map[string]time.Time
 	started     time.Time
-	// orphans: units a donor gave back whose removal from its lease
-	// failed, by pool and node; each round retries the write.
-	orphans map[poolNode][]string
-	// unsettled: lease writes whose outcome is unknown.
-	unsettled map[poolNode]*unsettledWrite
+	// agents: each node's agent's last reported state.
+	agents map[string]agentState
+	// pace: each node's recent ADDs, per pool.
+	pace map[poolNode]*pace
 
 	watch   *watcher // nil without Config.Kube
 	kicks   chan struct{}
@@ -168,6 +171,9 @@ func newAllocator(cfg Config) *Allocator {
 	if cfg.StatusInterval == 0 {
 		cfg.StatusInterval = DefaultStatusInterval
 	}
+	if cfg.DemandWindow == 0 {
+		cfg.DemandWindow = DefaultDemandWindow
+	}
 	if cfg.GCInterval == 0 {
 		cfg.GCInterval = DefaultGCInterval
 	}
@@ -181,7 +187,7 @@ func newAllocator(cfg Config) *Allocator {
 		cfg.Logger = slog.Default()
 	}
 	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{},
-		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, orphans: map[poolNode][]string{}, unsettled: map[poolNode]*unsettledWrite{}, kicks: make(chan struct{}, 1), deposed: make(chan struct{}), writers: make(chan struct{}, cfg.Writers),
+		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, agents: map[string]agentState{}, pace: map[poolNode]*pace{}, kicks: make(chan struct{}, 1), deposed: make(chan struct{}), writers: make(chan struct{}, cfg.Writers),
 		sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
 	return a
@@ -235,10 +241,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 		}
 	}
 	for i := range leases.Items {
-		for _, err := range a.ledger.loadLeaseLocked(&leases.Items[i]) {
-			a.log.Error("inconsistent lease", "lease", leases.Items[i].Name, "pool", leases.Items[i].Spec.Pool, "node", leases.Items[i].Spec.Node, "err", err)
-			a.metrics.conflicts.Inc()
-		}
+		a.conflictsLocked(leases.Items[i].Spec.Pool, leases.Items[i].Spec.Node, a.ledger.loadLeaseLocked(&leases.Items[i]))
 	}
 	a.log.Info("allocator loaded", "pools", len(pools.Items), "leases", len(leases.Items))
 	return a, nil

@@ -3,12 +3,13 @@ package allocator
 import (
 	"context"
 	"errors"
-	"io"
+	"fmt"
 	"log/slog"
-	"net/http"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,13 +17,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/informers"
+	kubefake "k8s.io/client-go/kubernetes/fake"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
@@ -40,27 +39,20 @@ import (
 func TestDeposedAllocatorCannotOverwrite(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
-	quiet := slog.New(slog.DiscardHandler)
-	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	leases := newMemLeases()
+	old, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 2); err != nil {
 		t.Fatal(err)
 	}
-	successor, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	successor := memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Epoch: 2})
 	if _, _, _, err := successor.grant(ctx, "p", "node-1", 1); err != nil {
 		t.Fatal(err)
 	}
-	_, _, _, err = old.grant(ctx, "p", "node-1", 1)
+	_, _, _, err := old.grant(ctx, "p", "node-1", 1)
 	if !errors.Is(err, ErrDeposed) {
 		t.Fatalf("the deposed allocator's grant: %v, want ErrDeposed", err)
 	}
-	nl, err := cs.NodeLeases().Get(ctx, v1alpha1.NodeLeaseName("p", "node-1"), metav1.GetOptions{})
+	nl, err := leases.Get(ctx, v1alpha1.NodeLeaseName("p", "node-1"), metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,19 +67,26 @@ func TestDeposedAllocatorCannotOverwrite(t *testing.T) {
 // lease the successor had loaded and planned from: a unit in two nodes'
 // leases (found by the fault suite). Now it conflicts and deposes its
 // author.
+//
+// The one takeover test on a real apiserver: the fencing rests on the
+// apiserver refusing a write at a resourceVersion it has moved past, which
+// memLeases only imitates (the other takeover tests run on memLeases,
+// held to those rules by TestMemLeasesKeepsTheAPIServersRules and its
+// twin on the apiserver, TestLeaseWritesOnTheAPIServer).
 func TestSuccessorFencesLeasesItHasNotWritten(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
+	cs := apiServerWithPool(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
 	quiet := slog.New(slog.DiscardHandler)
-	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
+	net := broker.NewNetwork() // the bus carries nothing here
+	old, err := New(ctx, Config{Client: cs, Bus: net.Endpoint("allocator-1"), Epoch: 1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 2); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet}); err != nil {
+	if _, err := New(ctx, Config{Client: cs, Bus: net.Endpoint("allocator-2"), Epoch: 2, Logger: quiet}); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, _, err := old.grant(ctx, "p", "node-1", 1); !errors.Is(err, ErrDeposed) {
@@ -107,29 +106,18 @@ func TestSuccessorFencesLeasesItHasNotWritten(t *testing.T) {
 	}
 }
 
-// newRig starts an apiserver with the CRDs and an embedded NATS server,
-// creates pool, and returns the clients.
-func newRig(t *testing.T, ctx context.Context, pool *v1alpha1.IPPool) (*client.Clientset, *nats.Conn, *rest.Config) {
+// apiServerWithPool starts an apiserver with the CRDs, creates pool, and
+// returns a client: for the tests of what only the real API can tell.
+func apiServerWithPool(t *testing.T, ctx context.Context, pool *v1alpha1.IPPool) *client.Clientset {
 	t.Helper()
-	rc := testenv.APIServerWithCRDs(t)
-	cs, err := client.New(rc)
+	cs, err := client.New(testenv.APIServerWithCRDs(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cs.IPPools().Create(ctx, pool, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := broker.StartServer(broker.ServerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	conn, err := broker.Connect(ctx, srv.ClientURL(), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(conn.Close)
-	return cs, conn, rc
+	return cs
 }
 
 // TestAgentIgnoresADeposedLeadersGrant: leader 1 grants a unit to node A;
@@ -139,13 +127,9 @@ func newRig(t *testing.T, ctx context.Context, pool *v1alpha1.IPPool) (*client.C
 func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
-	quiet := slog.New(slog.DiscardHandler)
-	agents := startAgents(t, ctx, conn, "p", "node-a", "node-b")
-	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	leases := newMemLeases()
+	old, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
+	agents := startAgents(t, ctx, net, "p", "node-a", "node-b")
 	units, _, gen, err := old.grant(ctx, "p", "node-a", 1)
 	if err != nil {
 		t.Fatal(err)
@@ -155,10 +139,7 @@ func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 		t.Fatal("node A did not take leader 1's grant")
 	}
 
-	successor, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 2, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	successor := memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Epoch: 2})
 	moved, _, newGen, err := successor.steal(ctx, "p", "node-b", 1)
 	if err != nil || len(moved) != 1 || moved[0].ID != units[0].ID {
 		t.Fatalf("leader 2 moving the unit to B: %v, %v", moved, err)
@@ -178,29 +159,13 @@ func TestAgentIgnoresADeposedLeadersGrant(t *testing.T) {
 	}
 }
 
-// waitSubscribed waits until each node's agent answers on its grant
-// subject.
-func waitSubscribed(t *testing.T, conn *nats.Conn, nodes ...string) {
-	t.Helper()
-	for _, n := range nodes {
-		for i := 0; ; i++ {
-			_, err := conn.Request(broker.SubjectGrant(n), []byte("{}"), time.Second)
-			if err == nil {
-				break
-			}
-			if i == 100 {
-				t.Fatalf("agent of %s never subscribed: %v", n, err)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-}
-
-// startAgents runs an in-process agent with its bus client for each node,
-// knowing pool, and waits until each answers on its grant subject.
-func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string, nodes ...string) map[string]*agent.Agent {
+// startAgents runs an in-process agent for each node, its bus on the
+// node's endpoint of net, knowing pool, and waits until each has
+// subscribed to its grants and revokes.
+func startAgents(t *testing.T, ctx context.Context, net *broker.Network, pool string, nodes ...string) map[string]*agent.Agent {
 	t.Helper()
 	agents := map[string]*agent.Agent{}
+	var endpoints []*subscribing
 	for _, node := range nodes {
 		s, err := store.Open(filepath.Join(t.TempDir(), "agent.db"), store.Options{})
 		if err != nil {
@@ -211,15 +176,53 @@ func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string
 		if err != nil {
 			t.Fatal(err)
 		}
-		bus := agent.NewBus(ag, broker.NATS(conn), time.Second)
+		ep := &subscribing{Transport: net.Endpoint(node), node: node, done: make(chan struct{}),
+			want: map[string]bool{broker.SubjectGrant(node): true, broker.SubjectRevoke(node): true}}
+		endpoints = append(endpoints, ep)
+		bus := agent.NewBus(ag, ep, time.Second)
 		bctx, stop := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- bus.Run(bctx) }()
 		t.Cleanup(func() { stop(); <-done })
 		agents[node] = ag
 	}
-	waitSubscribed(t, conn, nodes...)
+	for _, ep := range endpoints {
+		select {
+		case <-ep.done:
+		case <-ctx.Done():
+			t.Fatalf("agent of %s never subscribed to its grants and revokes", ep.node)
+		}
+	}
 	return agents
+}
+
+// subscribing is an agent's bus endpoint that closes done once the agent
+// has subscribed to every subject in want: a request sent after that
+// reaches it (the Network delivers to a subscription from the moment
+// Handle returns).
+type subscribing struct {
+	broker.Transport
+	node string
+	done chan struct{}
+
+	mu   sync.Mutex
+	want map[string]bool
+}
+
+func (s *subscribing) Handle(subject string, h func(broker.Msg)) (broker.Subscription, error) {
+	sub, err := s.Transport.Handle(subject, h)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.want[subject] {
+		delete(s.want, subject)
+		if len(s.want) == 0 {
+			close(s.done)
+		}
+	}
+	return sub, nil
 }
 
 // TestDonorLeaseWriteFailureIsRetried: a donor gives units back on a
@@ -230,11 +233,11 @@ func startAgents(t *testing.T, ctx context.Context, conn *nats.Conn, pool string
 func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, api, ag, ps := donorOfTheWholePool(t, ctx)
+	a, leases, ag, ps := donorOfTheWholePool(t, ctx)
 
-	api.mode.Store(refuseWrites)
-	if idx, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil || len(idx) != 0 {
-		t.Fatalf("takeFrom with failing writes: %v, %v; want an error and nothing taken", idx, err)
+	leases.setFault(every(writeRefused))
+	if freed, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil || freed != 0 {
+		t.Fatalf("takeFrom with failing writes: %d freed, %v; want an error and nothing freed", freed, err)
 	}
 	if got := ag.WarmCount("p"); got != 4 {
 		t.Fatalf("node A holds %d warm units after the revoke, want 4", got)
@@ -242,23 +245,22 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	if _, _, _, err := a.grant(ctx, "p", "node-b", 1); !errors.Is(err, errExhausted) {
 		t.Fatalf("a grant while the donor's lease still lists the units: %v, want exhausted", err)
 	}
-	// Taking from the donor cannot take the orphans: it gives 2 of its 4.
 	a.mu.Lock()
-	held := a.warmHeldLocked(ps, "node-a", ps.leases["node-a"])
+	listed := len(ps.leases["node-a"].listed())
 	a.mu.Unlock()
-	if held != 4 {
-		t.Fatalf("node A counted with %d warm units, want the 4 its agent holds (not the 2 orphans)", held)
+	if listed != 4 {
+		t.Fatalf("node A's sync would list %d units, want the 4 its agent holds (not the 2 it gave back)", listed)
 	}
-	if a.flushOrphans(ctx) {
-		t.Fatal("flushOrphans reported success with failing writes")
+	if a.syncDirty(ctx) {
+		t.Fatal("syncDirty reported success with failing writes")
 	}
 
-	api.mode.Store(normal)
-	if !a.flushOrphans(ctx) {
-		t.Fatal("flushOrphans failed with working writes")
+	leases.setFault(nil)
+	if !a.syncDirty(ctx) {
+		t.Fatal("syncDirty failed with working writes")
 	}
-	if got := len(a.committedUnits("p", "node-a")); got != 4 {
-		t.Fatalf("donor's lease lists %d units, want 4", got)
+	if n := unitsInLeases(t, ctx, leases); n != 4 {
+		t.Fatalf("the leases list %d units, want the donor's 4", n)
 	}
 	got, _, _, err := a.grant(ctx, "p", "node-b", 2)
 	if err != nil || len(got) != 2 {
@@ -266,20 +268,19 @@ func TestDonorLeaseWriteFailureIsRetried(t *testing.T) {
 	}
 }
 
-// TestOrphansAreNeverListedBack: units a donor gave back, whose lease
-// rewrite failed, must not reach the donor again through a sync (at a new
-// generation, after another write of its lease) before they are freed and
-// granted elsewhere.
-func TestOrphansAreNeverListedBack(t *testing.T) {
+// TestGivenBackUnitsAreNeverListedBack: units a donor gave back, whose
+// lease rewrite failed, must not reach the donor again through a sync
+// before they are freed and granted elsewhere; the units it assigned are
+// listed, so that its agent keeps them.
+func TestGivenBackUnitsAreNeverListedBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, api, ag, ps := donorOfTheWholePool(t, ctx)
-	api.mode.Store(refuseWrites)
+	a, leases, ag, ps := donorOfTheWholePool(t, ctx)
+	leases.setFault(every(writeRefused))
 	if _, err := a.takeFrom(ctx, ps, "node-a", 2); err == nil {
 		t.Fatal("takeFrom with refused writes succeeded")
 	}
-	api.mode.Store(normal)
-	// node A syncs; its record differs from the lease on one unit (an assignment whose report was lost)
+	leases.setFault(nil)
 	held := ag.Held()
 	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
 	m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
@@ -287,86 +288,28 @@ func TestOrphansAreNeverListedBack(t *testing.T) {
 	if reply.Error != "" {
 		t.Fatal(reply.Error)
 	}
-	if err := ag.Reconcile(reply.Leases, nil); err != nil {
+	if err := ag.Reconcile(reply.Leases); err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range reply.Leases {
-		if len(l.Units) != 3 {
-			t.Errorf("sync listed %d warm units, want the 3 the agent kept (not the 2 it gave back)", len(l.Units))
+		if len(l.Units) != 4 {
+			t.Errorf("sync listed %d units, want the 4 the agent kept (not the 2 it gave back)", len(l.Units))
 		}
 	}
-	if !a.flushOrphans(ctx) {
-		t.Fatal("flush failed")
+	if !a.syncDirty(ctx) {
+		t.Fatal("the donor's lease was not written")
 	}
 	got, _, _, err := a.grant(ctx, "p", "node-b", 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	held = ag.Held()
 	for _, g := range got {
-		for _, h := range held {
-			if h.Unit.ID == g.ID && !h.Assigned {
-				t.Errorf("unit %s granted to node-b is warm on node-a too", g.ID)
+		for _, h := range ag.Held() {
+			if h.Unit.ID == g.ID {
+				t.Errorf("unit %s granted to node-b is on node-a too", g.ID)
 			}
 		}
 	}
-}
-
-// flaky wraps the API transport of a test allocator, for lease requests:
-// it can refuse writes (as an admission webhook would), apply the next few
-// and lose their answers, hold writes until released, or fail every
-// request (the API down). memLeases does the same without an apiserver.
-type flaky struct {
-	next http.RoundTripper
-	mode atomic.Int32
-	lose atomic.Int32 // answers of lease writes still to lose
-
-	arrived chan struct{} // gateWrites: a write is held
-	release chan struct{} // gateWrites: let it go
-}
-
-const (
-	normal int32 = iota
-	refuseWrites
-	gateWrites
-	apiDown
-)
-
-func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
-	lease := strings.Contains(r.URL.Path, "/nodeleases")
-	write := lease && (r.Method == http.MethodPut || r.Method == http.MethodPost)
-	switch mode := f.mode.Load(); {
-	case write && mode == refuseWrites:
-		body := `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"refused by the test","reason":"Forbidden","code":403}`
-		return &http.Response{StatusCode: http.StatusForbidden, Header: http.Header{"Content-Type": {"application/json"}},
-			Body: io.NopCloser(strings.NewReader(body)), Request: r}, nil
-	case write && mode == gateWrites:
-		f.arrived <- struct{}{}
-		<-f.release
-	case lease && mode == apiDown:
-		return nil, errors.New("connection refused (the test: API down)")
-	case write && f.lose.Add(-1) >= 0:
-		resp, err := f.next.RoundTrip(r)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-		return nil, errors.New("connection reset by peer (the test lost the answer)")
-	}
-	return f.next.RoundTrip(r)
-}
-
-// flakyClient is a warmpool client whose lease writes go through a flaky.
-func flakyClient(t *testing.T, rc *rest.Config) (*client.Clientset, *flaky) {
-	t.Helper()
-	f := &flaky{arrived: make(chan struct{}, 10), release: make(chan struct{})}
-	cfg := rest.CopyConfig(rc)
-	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { f.next = rt; return f }
-	cs, err := client.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cs, f
 }
 
 // TestLostWriteAnswerKeepsTheUnits: a lease write lands but its answer is
@@ -425,13 +368,24 @@ func TestLateLandingWriteIsSettled(t *testing.T) {
 }
 
 // TestAPIDownDoesNotStarveTheBus: while lease writes cannot complete, a
-// node's requests fail fast (its lease's earlier write is unsettled, its
-// units stay reserved), and a node needing no write is still served.
-// Once the API is back, the round settles the write.
+// node's miss fails fast (asked to try again; the units it claimed stay
+// out of the free set), its syncs and every other node's are answered
+// (they write nothing), and once the API is back the round writes the
+// lease as wanted.
 func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/28", Config{Epoch: 1, Handlers: 4, WriteTimeout: 500 * time.Millisecond, PlanInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	a, leases, net := memAllocator(t, ctx, "10.0.0.0/28", Config{Epoch: 1, Handlers: 4, WriteTimeout: 500 * time.Millisecond, PlanInterval: time.Hour})
+	request := func(node string, req any) ([]byte, error) {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return net.Endpoint(node).Request(rctx, broker.SubjectSyncFrom(node), broker.Encode(req))
+	}
+	// A cluster without Node objects, as on an apiserver of its own: the
+	// planner plans for no node, and gives up on node-a once its agent
+	// does not answer the revoke of its warm units, so that the lease is
+	// what the grants wanted.
+	watchCluster(t, a, nil)
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -440,33 +394,34 @@ func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api.mode.Store(apiDown)
-	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); !errors.Is(err, errUnsettled) {
-		t.Fatalf("grant with the API down: %v, want errUnsettled", err)
+	leases.setFault(every(writeDown))
+	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); !errors.Is(err, errUnknownOutcome) {
+		t.Fatalf("grant with the API down: %v, want errUnknownOutcome", err)
 	}
 	held := []broker.HeldUnit{{Pool: "p", Unit: units[0]}, {Pool: "p", Unit: units[1], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}}}
 	for seq := uint64(1); seq <= 6; seq++ {
 		var r broker.SyncReply
-		resp, err := conn.Request(broker.SubjectSyncFrom("node-a"), broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held}), 5*time.Second)
+		resp, err := request("node-a", &broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})
 		if err != nil {
 			t.Fatalf("node-a sync %d not answered: %v", seq, err)
 		}
-		if err := broker.Decode(resp.Data, &r); err != nil || r.Error == "" {
-			t.Fatalf("node-a sync %d with the API down: %+v %v, want an error", seq, r, err)
+		if err := broker.Decode(resp, &r); err != nil || r.Error != "" || len(r.Leases) != 1 || len(r.Leases[0].Units) != 2 {
+			t.Fatalf("node-a sync %d with the API down: %+v %v, want its 2 stored units listed", seq, r, err)
 		}
 	}
-	if _, err := conn.Request(broker.SubjectSyncFrom("node-b"), broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-b", Run: "r", Seq: 1}), 5*time.Second); err != nil {
-		t.Fatalf("node-b, which needs no API write, is not served: %v", err)
+	if _, err := request("node-b", &broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-b", Run: "r", Seq: 1}); err != nil {
+		t.Fatalf("node-b is not served: %v", err)
 	}
-	api.mode.Store(normal)
-	a.Stop() // no planning round writing (or reserving) while we look
-	if !a.settleAll(ctx) {
-		t.Fatal("the unsettled writes were not settled with the API back")
+	leases.setFault(nil)
+	a.Stop() // no planning round writing while we look
+	if !a.syncDirty(ctx) {
+		t.Fatal("the lease was not written with the API back")
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if n := len(a.unsettled); n != 0 || slices.Contains(a.ledger.pools["p"].reserved, true) {
-		t.Fatalf("after settling: %d unsettled writes, reserved %v", n, a.ledger.pools["p"].reserved)
+	ps := a.ledger.pools["p"]
+	if ls := ps.leases["node-a"]; len(ps.dirty) != 0 || !ls.settled() || len(ls.observed) != 3 {
+		t.Fatalf("after the API came back: dirty %v, node-a's lease %+v; want it settled with 3 units", ps.dirty, ls)
 	}
 }
 
@@ -478,26 +433,43 @@ func TestSyncCannotCrossADropOfALostNode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	clk := clocktesting.NewFakeClock(time.Now())
-	a, _, api, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute, Logger: slog.New(slog.DiscardHandler)})
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Minute})
+	withKube(a)
 	watchLostNode(t, a, clk, "n1")
 	if _, _, _, err := a.grant(ctx, "p", "n1", 3); err != nil {
 		t.Fatal(err)
 	}
 	clk.Step(2 * time.Minute)
-	api.mode.Store(gateWrites)
+	arrived, release := make(chan struct{}, 10), make(chan struct{})
+	leases.setHold(func(string, string) { arrived <- struct{}{}; <-release })
 	dropped := make(chan error)
 	go func() { dropped <- a.returnLost(ctx, "n1") }()
-	<-api.arrived // the drop re-checked loss and is writing
+	<-arrived // the drop re-checked loss and is writing
 	synced := make(chan *broker.SyncReply)
 	go func() {
 		synced <- a.handleSync(ctx, broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1})}).(*broker.SyncReply)
 	}()
-	api.mode.Store(normal)
-	close(api.release)
+	// The write goes on only once the sync has had its chance to cross
+	// the drop: it waits for one of the allocator's keyed locks (the
+	// node's order lock, which the drop holds), or it has answered.
+	var reply *broker.SyncReply
+	for reply == nil && !waitsForKeyedLock("(*Allocator).handleSync") {
+		select {
+		case reply = <-synced:
+		case <-ctx.Done():
+			t.Fatal("the sync neither answered nor waited for the drop")
+		default:
+			runtime.Gosched()
+		}
+	}
+	leases.setHold(nil)
+	close(release)
 	if err := <-dropped; err != nil {
 		t.Fatal(err)
 	}
-	reply := <-synced
+	if reply == nil {
+		reply = <-synced
+	}
 	got, _, _, err := a.grant(ctx, "p", "n2", 6)
 	if err != nil {
 		t.Fatal(err)
@@ -513,6 +485,19 @@ func TestSyncCannotCrossADropOfALostNode(t *testing.T) {
 			t.Errorf("unit %s listed warm to n1 by the sync reply and granted to n2", u.ID)
 		}
 	}
+}
+
+// waitsForKeyedLock reports whether a goroutine with fn on its stack is
+// parked on a mutex in keyed.(*Mutex).Lock.
+func waitsForKeyedLock(fn string) bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "[sync.Mutex.Lock") && strings.Contains(g, "keyed.(*Mutex).Lock") && strings.Contains(g, fn) {
+			return true
+		}
+	}
+	return false
 }
 
 // unitsInLeases counts the units in every NodeLease, failing the test on
@@ -535,31 +520,22 @@ func unitsInLeases(t *testing.T, ctx context.Context, leases Leases) int {
 	return len(holder)
 }
 
-// flakyAllocator is an allocator (not started) of a pool "p" over cidr,
-// whose API client goes through a flaky transport.
-func flakyAllocator(t *testing.T, ctx context.Context, cidr string, cfg Config) (*Allocator, *client.Clientset, *flaky, *nats.Conn) {
-	t.Helper()
-	_, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: cidr}}})
-	cs, api := flakyClient(t, rc)
-	cfg.Client, cfg.Bus = cs, broker.NATS(conn)
-	a, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if a.cfg.Kube == nil {
-		// For the live reads of pods, not the informers: tests that need
-		// those set a.watch by hand (watchLostNode).
-		a.cfg.Kube = kubernetes.NewForConfigOrDie(rc)
-	}
-	return a, cs, api, conn
+// withKube gives a (not started) a fake API of pods and nodes for its
+// live reads, not the informers: tests that need those set a.watch by
+// hand (watchLostNode).
+func withKube(a *Allocator) *kubefake.Clientset {
+	kube := kubefake.NewClientset()
+	a.cfg.Kube = kube
+	return kube
 }
 
-// donorOfTheWholePool: a flaky allocator of a 6-unit pool "p" has granted
-// and pushed all 6 to node-a's agent.
-func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *flaky, *agent.Agent, *poolState) {
+// donorOfTheWholePool: an allocator of a 6-unit pool "p", on in-memory
+// leases whose writes a test can make fail, has granted and pushed all 6
+// to node-a's agent.
+func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *memLeases, *agent.Agent, *poolState) {
 	t.Helper()
-	a, _, api, conn := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
-	agents := startAgents(t, ctx, conn, "p", "node-a")
+	a, leases, net := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
+	agents := startAgents(t, ctx, net, "p", "node-a")
 	units, _, gen, err := a.grant(ctx, "p", "node-a", 6)
 	if err != nil {
 		t.Fatal(err)
@@ -567,39 +543,38 @@ func donorOfTheWholePool(t *testing.T, ctx context.Context) (*Allocator, *flaky,
 	a.push(ctx, "node-a", "p", gen, units)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a, api, agents["node-a"], a.ledger.pools["p"]
+	return a, leases, agents["node-a"], a.ledger.pools["p"]
 }
 
-// TestSyncFreesAssignmentsTheNodeNoLongerHolds: a lease lists a unit as
-// assigned on a node whose agent's sync does not hold it at all (released,
-// then dropped, with the report lost). The sync frees it; before, the leak
-// GC asked the agent for it forever and it was never used again (found by
-// the fault suite).
-func TestSyncFreesAssignmentsTheNodeNoLongerHolds(t *testing.T) {
+// TestReportsAndSyncsNeverWriteTheLease: an agent's state (what it
+// assigned, to which pods) is its own: reporting it and syncing cost no
+// API write, and a sync lists the assigned units with the warm ones.
+func TestReportsAndSyncsNeverWriteTheLease(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, _, ag, _ := donorOfTheWholePool(t, ctx)
-	sync := func(seq uint64, held []broker.HeldUnit) {
-		t.Helper()
-		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
-		if reply := a.handleSync(ctx, m).(*broker.SyncReply); reply.Error != "" {
-			t.Fatal(reply.Error)
-		}
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
+	units, _, _, err := a.grant(ctx, "p", "node-a", 3)
+	if err != nil {
+		t.Fatal(err)
 	}
-	held := ag.Held()
-	gone := held[0].Unit.ID
-	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
-	sync(1, held)
-	sync(2, held[1:])
+	writes := leases.writes
+	held := []broker.HeldUnit{{Pool: "p", Unit: units[0], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}},
+		{Pool: "p", Unit: units[1]}, {Pool: "p", Unit: units[2]}}
+	if r := a.handleReport(ctx, broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}).(*broker.ReportReply); r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	reply := a.handleSync(ctx, broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 2, Units: held})}).(*broker.SyncReply)
+	if reply.Error != "" || len(reply.Leases) != 1 || len(reply.Leases[0].Units) != 3 {
+		t.Fatalf("sync reply %+v, want the 3 units, the assigned one included", reply)
+	}
+	if leases.writes != writes {
+		t.Fatalf("a report and a sync wrote %d leases, want none", leases.writes-writes)
+	}
 	a.mu.Lock()
-	_, listed := a.ledger.pools["p"].leases["node-a"].units[gone]
+	free, warm, assigned := a.countsLocked(a.ledger.pools["p"])
 	a.mu.Unlock()
-	if listed {
-		t.Fatalf("node-a's lease still lists %s, which its agent no longer holds", gone)
-	}
-	got, _, _, err := a.grant(ctx, "p", "node-b", 1)
-	if err != nil || len(got) != 1 || got[0].ID != gone {
-		t.Fatalf("grant to node-b: %v %v, want the freed %s", got, err, gone)
+	if free != 3 || warm != 2 || assigned != 1 {
+		t.Fatalf("counts free %d warm %d assigned %d, want 3, 2 and 1 from the agent's state", free, warm, assigned)
 	}
 }
 
@@ -614,10 +589,11 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	clk := clocktesting.NewFakeClock(time.Now())
-	// An hour's grace: the fence is half an hour after the rig is up, so a
-	// pod the test creates in the API (at the real time) is before it.
-	a, cs, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Hour, Logger: slog.New(slog.DiscardHandler)})
-	clk.SetTime(time.Now())
+	// An hour's grace: the fence is half an hour after the start, so a pod
+	// created at the start is before it.
+	start := clk.Now()
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Clock: clk, NodeLossGrace: time.Hour})
+	withKube(a)
 	bound := func(name string, mutate func(*corev1.Pod)) *corev1.Pod {
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("uid-" + name), CreationTimestamp: metav1.NewTime(clk.Now())},
 			Spec: corev1.PodSpec{NodeName: "n1"}}
@@ -634,8 +610,8 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := broker.Event{Kind: broker.EventAssigned, Pool: "p", UnitID: got[0].ID, Attachment: "c1/eth0", Pod: broker.Pod{Namespace: "default", Name: "web", UID: "uid-web"}}
-	m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1, Events: []broker.Event{ev}})}
+	held := broker.HeldUnit{Pool: "p", Unit: got[0], Assigned: true, Attachment: "c1/eth0", Pod: broker.Pod{Namespace: "default", Name: "web", UID: "uid-web"}}
+	m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1, Units: []broker.HeldUnit{held}})}
 	if r := a.handleReport(ctx, m).(*broker.ReportReply); r.Error != "" {
 		t.Fatal(r.Error)
 	}
@@ -645,7 +621,7 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 		if err := a.returnLost(ctx, "n1"); err != nil {
 			t.Fatal(err)
 		}
-		if n := unitsInLeases(t, ctx, cs.NodeLeases()); n != want {
+		if n := unitsInLeases(t, ctx, leases); n != want {
 			t.Fatalf("%s: %d units leased, want %d", step, n, want)
 		}
 	}
@@ -660,10 +636,10 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 	if err := pods.Add(bound("late", nil)); err != nil { // created after the fence
 		t.Fatal(err)
 	}
-	// A pod the informer has not delivered (it lags): the live read of the
-	// node's pods finds it.
+	// A pod the informer has not delivered (it lags), created before the
+	// fence: the live read of the node's pods finds it.
 	kube := a.cfg.Kube.CoreV1().Pods("default")
-	if _, err := kube.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "unseen"},
+	if _, err := kube.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "unseen", CreationTimestamp: metav1.NewTime(start)},
 		Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "x"}}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -682,6 +658,17 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 func watchLostNode(t *testing.T, a *Allocator, clk *clocktesting.FakeClock, node string, pods ...*corev1.Pod) cache.Indexer {
 	t.Helper()
 	a.started = clk.Now()
+	return watchCluster(t, a, map[string]time.Time{node: clk.Now()}, pods...)
+}
+
+// watchCluster gives a (not started: Start keeps it, without Kube) the
+// informers of a cluster with no Node objects and namespace default, with
+// pods bound, in which nodes went NotReady when notReadySince says.
+func watchCluster(t *testing.T, a *Allocator, notReadySince map[string]time.Time, pods ...*corev1.Pod) cache.Indexer {
+	t.Helper()
+	if notReadySince == nil {
+		notReadySince = map[string]time.Time{}
+	}
 	podIndex := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
 	namespaces := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
 	if err := namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}); err != nil {
@@ -694,64 +681,43 @@ func watchLostNode(t *testing.T, a *Allocator, clk *clocktesting.FakeClock, node
 	}
 	a.watch = &watcher{nodes: listerscorev1.NewNodeLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})),
 		podLister: listerscorev1.NewPodLister(podIndex), namespaces: listerscorev1.NewNamespaceLister(namespaces),
-		notReadySince: map[string]time.Time{node: clk.Now()}}
+		factory:       informers.NewSharedInformerFactory(nil, 0), // for Stop's shutdown: never started, it needs no client
+		notReadySince: notReadySince}
 	return podIndex
 }
 
-// TestSyncNamesUnitsAnotherNodeHolds: a node back from being lost syncs a
+// TestSyncListsOnlyTheNodesUnits: a node back from being lost syncs a
 // record that still holds units the allocator gave to another node since
-// (its pods gone, its units reclaimed). The reply names them, for the
-// agent to forget, instead of leaving them in its record where a DEL would
-// re-warm one that is live elsewhere (found by the fault suite).
-func TestSyncNamesUnitsAnotherNodeHolds(t *testing.T) {
+// (its pods gone, its units returned), one granted and one whose grant is
+// still being written. The reply lists neither: the agent voids them
+// instead of keeping them where a DEL would re-warm one that is live
+// elsewhere (found by the fault suite; seed 34 was the one in flight).
+func TestSyncListsOnlyTheNodesUnits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, _, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	a, _, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
 	got, _, _, err := a.grant(ctx, "p", "node-b", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := []broker.HeldUnit{{Pool: "p", Unit: got[0], Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}}}
-	m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
-	reply := a.handleSync(ctx, m).(*broker.SyncReply)
-	if reply.Error != "" {
-		t.Fatal(reply.Error)
+	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); err != nil {
+		t.Fatal(err)
 	}
-	if len(reply.Foreign) != 1 || reply.Foreign[0] != (broker.ForeignUnit{Pool: "p", ID: got[0].ID}) {
-		t.Fatalf("foreign %+v, want %s of pool p", reply.Foreign, got[0].ID)
-	}
-}
-
-// TestSyncHoldingAUnitBeingGrantedIsRefused: a node back from being lost
-// syncs a record that still assigns a unit the GC freed (its pod gone)
-// while a grant of it to another node is being written. The unit is
-// neither another node's yet nor this one's: left with the agent, it was
-// held by both nodes once the grant landed (fault-suite seed 34). The
-// sync is refused until the grant ends; then the unit is named foreign.
-func TestSyncHoldingAUnitBeingGrantedIsRefused(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	a, _, _, _ := flakyAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
 	a.mu.Lock()
 	ps := a.ledger.pools["p"]
-	idx := ps.reserveLocked(1) // the grant to node-b, its lease write in flight
-	u := brokerUnit(ps.units[idx[0]])
+	inFlight := ps.brokerUnits(ps.claimLocked("node-b", 1)) // its write not sent yet
 	a.mu.Unlock()
-	held := []broker.HeldUnit{{Pool: "p", Unit: u, Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}}}
-	sync := func(seq uint64) *broker.SyncReply {
-		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})}
-		return a.handleSync(ctx, m).(*broker.SyncReply)
+	held := []broker.HeldUnit{
+		{Pool: "p", Unit: got[0], Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
+		{Pool: "p", Unit: inFlight[0], Assigned: true, Attachment: "old/eth1", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
 	}
-	if r := sync(1); !strings.Contains(r.Error, "sync again") {
-		t.Fatalf("sync holding a unit being granted: error %q, foreign %v; want it refused", r.Error, r.Foreign)
+	m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
+	reply := a.handleSync(ctx, m).(*broker.SyncReply)
+	if reply.Error != "" || len(reply.Leases) != 1 || len(reply.Leases[0].Units) != 1 {
+		t.Fatalf("reply %+v, want node-a's one unit listed", reply)
 	}
-	a.mu.Lock()
-	ps.unreserveLocked(idx)
-	ps.holdLocked(idx[0], "node-b") // the grant landed
-	a.mu.Unlock()
-	r := sync(2)
-	if r.Error != "" || len(r.Foreign) != 1 || r.Foreign[0] != (broker.ForeignUnit{Pool: "p", ID: u.ID}) {
-		t.Fatalf("sync once the grant landed: error %q, foreign %v; want %s named foreign", r.Error, r.Foreign, u.ID)
+	if id := reply.Leases[0].Units[0].ID; id == got[0].ID || id == inFlight[0].ID {
+		t.Fatalf("node-a's sync lists %s, node-b's", id)
 	}
 }
 
@@ -762,23 +728,17 @@ func TestSyncHoldingAUnitBeingGrantedIsRefused(t *testing.T) {
 func TestSuccessorClaimsLeasesOfNodesWithoutOne(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, rc := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
-	kube := kubernetes.NewForConfigOrDie(rc)
-	quiet := slog.New(slog.DiscardHandler)
-	old, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	leases := newMemLeases()
+	old, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
+	kube := kubefake.NewClientset()
 	if err := controlplane.RegisterNode(ctx, kube, "node-2", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Kube: kube, Epoch: 2, Logger: quiet}); err != nil {
-		t.Fatal(err)
-	}
+	memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Kube: kube, Epoch: 2})
 	if _, _, _, err := old.grant(ctx, "p", "node-2", 1); !errors.Is(err, ErrDeposed) {
 		t.Fatalf("the deposed allocator's first grant to node-2: %v, want ErrDeposed", err)
 	}
-	nl, err := cs.NodeLeases().Get(ctx, v1alpha1.NodeLeaseName("p", "node-2"), metav1.GetOptions{})
+	nl, err := leases.Get(ctx, v1alpha1.NodeLeaseName("p", "node-2"), metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -797,28 +757,100 @@ func TestSuccessorClaimsLeasesOfNodesWithoutOne(t *testing.T) {
 func TestTakeoverMeetingANewerEpochFailsAtOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cs, conn, _ := newRig(t, ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/24"}}})
-	quiet := slog.New(slog.DiscardHandler)
-	first, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	leases := newMemLeases()
+	first, net := memAllocatorOn(t, ctx, leases, "10.0.0.0/24", Config{Epoch: 1})
 	if _, _, _, err := first.grant(ctx, "p", "node-1", 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(ctx, Config{Client: cs, Bus: broker.NATS(conn), Epoch: 5, Logger: quiet}); err != nil {
-		t.Fatal(err)
-	}
+	memAllocatorOnNet(t, ctx, leases, net, "10.0.0.0/24", Config{Epoch: 5})
 	start := time.Now()
-	a := newAllocator(Config{Client: cs, Bus: broker.NATS(conn), Epoch: 4, Logger: quiet})
-	leases, err := cs.NodeLeases().List(ctx, metav1.ListOptions{})
+	a := newAllocator(Config{Leases: leases, Bus: net.Endpoint("allocator-4"), Epoch: 4, Logger: slog.New(slog.DiscardHandler)})
+	list, err := leases.List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.fence(ctx, leases.Items); !errors.Is(err, ErrDeposed) {
+	if err := a.fence(ctx, list.Items); !errors.Is(err, ErrDeposed) {
 		t.Fatalf("fence at epoch 4 over a lease at epoch 5: %v, want ErrDeposed", err)
 	}
 	if waited := time.Since(start); waited > 5*time.Second {
 		t.Fatalf("the fence took %s to give up", waited)
+	}
+}
+
+// TestNoSyncIsRefused: 1b934d1 refused a sync whose record held a unit
+// reserved without a holder, and a review found three ways in which that
+// kept a node fenced for good: (a) a unit kept for a lost node that never
+// returns it, held in another node's record; (b) two live nodes, each
+// holding a unit the other's lease lists; (c) a node whose own grant's
+// write has an unknown outcome. A sync is never refused now (only one
+// overtaken by a newer message of the same agent): it lists the units
+// stored and wanted for the node, and the agent voids the rest of its
+// record. Each case is one sync below, answered.
+func TestNoSyncIsRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/28", Config{Epoch: 1})
+	grant := func(node string) broker.Unit {
+		t.Helper()
+		got, _, _, err := a.grant(ctx, "p", node, 1)
+		if err != nil || len(got) != 1 {
+			t.Fatalf("grant to %s: %v, %v", node, got, err)
+		}
+		return got[0]
+	}
+	seq := uint64(0)
+	sync := func(node string, held ...broker.Unit) []string {
+		t.Helper()
+		seq++
+		var units []broker.HeldUnit
+		for i, u := range held {
+			units = append(units, broker.HeldUnit{Pool: "p", Unit: u, Assigned: true, Attachment: fmt.Sprintf("sb%d/eth0", i),
+				Pod: broker.Pod{Namespace: "d", Name: fmt.Sprintf("pod-%d", i), UID: fmt.Sprintf("u%d", i)}})
+		}
+		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: node, Run: "r-" + node, Seq: seq, Units: units})}
+		reply := a.handleSync(ctx, m).(*broker.SyncReply)
+		if reply.Error != "" {
+			t.Fatalf("sync of %s refused: %s", node, reply.Error)
+		}
+		var ids []string
+		for _, l := range reply.Leases {
+			for _, u := range l.Units {
+				ids = append(ids, u.ID)
+			}
+		}
+		return ids
+	}
+	lost, ofA, ofB := grant("node-lost"), grant("node-a"), grant("node-b")
+
+	// (a) node-lost never syncs again and keeps its unit; node-a's record
+	// holds it with its own.
+	if got := sync("node-a", lost, ofA); !slices.Equal(got, []string{ofA.ID}) {
+		t.Fatalf("(a) node-a's sync lists %v, want only %s", got, ofA.ID)
+	}
+	// (b) node-a and node-b each hold the other's unit.
+	if got := sync("node-a", ofB); !slices.Equal(got, []string{ofA.ID}) {
+		t.Fatalf("(b) node-a's sync lists %v, want %s", got, ofA.ID)
+	}
+	if got := sync("node-b", ofA); !slices.Equal(got, []string{ofB.ID}) {
+		t.Fatalf("(b) node-b's sync lists %v, want %s", got, ofB.ID)
+	}
+	// (c) node-a's next grant is written, but no answer comes: its units
+	// are in flight, neither listed nor free, and node-a's sync is
+	// answered with what is stored.
+	leases.setFault(every(writeLate))
+	if _, _, _, err := a.grant(ctx, "p", "node-a", 2); !errors.Is(err, errUnknownOutcome) {
+		t.Fatalf("grant with its writes held back: %v, want %v", err, errUnknownOutcome)
+	}
+	if got := sync("node-a", ofA); !slices.Equal(got, []string{ofA.ID}) {
+		t.Fatalf("(c) node-a's sync during its grant's write lists %v, want %s", got, ofA.ID)
+	}
+	// Once the write lands and is read, the next sync lists it.
+	leases.setFault(every(writeOK))
+	leases.landLate()
+	if !a.syncDirty(ctx) {
+		t.Fatal("the lease in flight did not settle")
+	}
+	if got := sync("node-a", ofA); len(got) != 3 || !slices.Contains(got, ofA.ID) {
+		t.Fatalf("(c) node-a's sync after its grant landed lists %v, want %s and the 2 granted", got, ofA.ID)
 	}
 }

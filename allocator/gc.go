@@ -14,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/internal/logkey"
 )
 
@@ -103,19 +102,16 @@ func (a *Allocator) lost(node string, now time.Time) bool {
 	return now.Sub(since) >= a.cfg.NodeLossGrace
 }
 
-// lostNodes lists the lost nodes whose leases list units, or for which
-// units are unconfirmed (taken off their lease by a reload).
+// lostNodes lists the lost nodes whose leases list units (stored, wanted
+// or in flight).
 func (a *Allocator) lostNodes(now time.Time) []string {
 	a.mu.Lock()
 	var held []string
 	for _, ps := range a.ledger.pools {
 		for node, ls := range ps.leases {
-			if len(ls.units) > 0 {
+			if len(ls.union()) > 0 {
 				held = append(held, node)
 			}
-		}
-		for _, node := range ps.unconfirmed {
-			held = append(held, node)
 		}
 	}
 	a.mu.Unlock()
@@ -123,8 +119,7 @@ func (a *Allocator) lostNodes(now time.Time) []string {
 	return slices.DeleteFunc(slices.Compact(held), func(node string) bool { return !a.lost(node, now) })
 }
 
-// returnLost returns every unit of a lost node, warm, assigned and
-// unconfirmed, once no pod bound to it before its agent's fence is left:
+// returnLost returns every unit of a lost node, warm and assigned, once no pod bound to it before its agent's fence is left:
 // each such pod may hold any of them (the agent owns the assignments, and
 // what it last reported may be lost), and no later pod holds one (the
 // agent used none past its fence). It does nothing while such a pod is
@@ -156,7 +151,7 @@ func (a *Allocator) returnLost(ctx context.Context, node string) error {
 	a.mu.Lock()
 	var pools []string
 	for name, ps := range a.ledger.pools {
-		if ps.leases[node] != nil || slices.Contains(slices.Collect(maps.Values(ps.unconfirmed)), node) {
+		if ps.leases[node] != nil {
 			pools = append(pools, name)
 		}
 	}
@@ -171,20 +166,27 @@ func (a *Allocator) returnLost(ctx context.Context, node string) error {
 			break
 		}
 		a.mu.Lock()
-		unconfirmed := 0
-		if ps := a.ledger.pools[pool]; ps != nil {
-			unconfirmed = ps.releaseUnconfirmedLocked(node, nil)
+		ps := a.ledger.pools[pool]
+		ls := ps.leases[node]
+		let := slices.Collect(maps.Keys(ls.desired))
+		ps.unclaimLocked(node, let)
+		a.mu.Unlock()
+		_, err := a.syncLeaseHeld(ctx, pool, node, causeNodeLost)
+		a.mu.Lock()
+		returned := 0
+		for _, i := range let {
+			if ps.owner[i] == "" {
+				returned++
+			}
 		}
 		a.mu.Unlock()
-		dropped, err := a.dropFromLeaseHeld(ctx, pool, node, func(string, v1alpha1.LeasedUnit) bool { return true })
 		unlock()
+		if returned > 0 {
+			a.metrics.reclaimed.WithLabelValues(pool, "node-lost").Add(float64(returned))
+			a.log.Info("lost node's units returned", "pool", pool, "node", node, "units", returned, "fence", fence)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("return lost node %s's units of pool %s: %w", node, pool, err))
-			continue
-		}
-		if n := len(dropped) + unconfirmed; n > 0 {
-			a.metrics.reclaimed.WithLabelValues(pool, "node-lost").Add(float64(n))
-			a.log.Info("lost node's units returned", "pool", pool, "node", node, "units", n, "fence", fence)
 		}
 	}
 	return errors.Join(errs...)

@@ -9,12 +9,11 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
 )
 
 // push sends a grant to the node's agent. A lost push is not lost units:
-// they are in the node's lease, and the agent's next sync returns them.
+// they are in the node's lease, and the agent's next sync lists them.
 func (a *Allocator) push(ctx context.Context, node, pool string, gen int64, units []broker.Unit) {
 	a.mu.Lock()
 	info := a.ledger.pools[pool].info
@@ -33,7 +32,12 @@ func (a *Allocator) push(ctx context.Context, node, pool string, gen int64, unit
 	}
 }
 
-// grant reserves up to n free units of pool for node and grants them.
+// grant gives node up to n free units of pool, counting those already on
+// their way to it (wanted, not yet stored), and returns the units its
+// lease gained, stored before they are returned, with the lease's
+// generation. A write that failed for good gives the units it claimed
+// back; one whose outcome is unknown keeps them on their way (errBusy
+// to a miss: ask again).
 func (a *Allocator) grant(ctx context.Context, pool, node string, n int) ([]broker.Unit, broker.PoolInfo, int64, error) {
 	if err := a.ensurePool(ctx, pool); err != nil {
 		return nil, broker.PoolInfo{}, 0, err
@@ -43,12 +47,25 @@ func (a *Allocator) grant(ctx context.Context, pool, node string, n int) ([]brok
 	a.mu.Lock()
 	ps := a.ledger.pools[pool]
 	info := ps.info
-	idx := ps.reserveLocked(n)
+	pending := ps.leaseLocked(node).pendingGrant()
+	claimed := ps.claimLocked(node, n-pending)
 	a.mu.Unlock()
-	if len(idx) == 0 {
+	if pending == 0 && len(claimed) == 0 {
 		return nil, info, 0, fmt.Errorf("pool %s: %w", pool, errExhausted)
 	}
-	return a.grantReservedHeld(ctx, pool, node, idx)
+	gained, err := a.syncLeaseHeld(ctx, pool, node, causeMiss)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil && !errors.Is(err, errUnknownOutcome) {
+		ps.unclaimLocked(node, ps.leases[node].unstored(claimed))
+	}
+	if len(gained) == 0 {
+		if err == nil {
+			err = fmt.Errorf("pool %s: %w", pool, errBusy)
+		}
+		return nil, info, 0, err
+	}
+	return ps.brokerUnits(gained), info, ps.leases[node].gen, nil
 }
 
 func (a *Allocator) ensurePool(ctx context.Context, pool string) error {
@@ -61,47 +78,13 @@ func (a *Allocator) ensurePool(ctx context.Context, pool string) error {
 	return a.loadPool(ctx, pool)
 }
 
-// grantReservedHeld persists reserved units (by index) in the node's
-// lease, and only then commits them to the ledger and returns them with
-// the lease's new generation. The units are unreserved either way. The
-// caller holds the node's lease lock.
-func (a *Allocator) grantReservedHeld(ctx context.Context, pool, node string, idx []int) ([]broker.Unit, broker.PoolInfo, int64, error) {
-	a.mu.Lock()
-	ps := a.ledger.pools[pool]
-	info := ps.info
-	next, name, rv := a.leaseCopyLocked(ps, node)
-	var units []broker.Unit
-	for _, i := range idx {
-		lu := leasedUnit(ps.units[i])
-		next[lu.ID()] = lu
-		units = append(units, brokerUnit(ps.units[i]))
-	}
-	a.mu.Unlock()
-
-	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if errors.Is(err, errUnsettled) {
-		a.keepReservedLocked(pool, node, idx)
-		return nil, info, 0, err
-	}
-	ps.unreserveLocked(idx)
-	if err != nil {
-		return nil, info, 0, err
-	}
-	for _, i := range idx {
-		ps.holder[i] = node
-	}
-	a.commitLeaseLocked(ps, node, &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next})
-	return units, info, gen, nil
-}
-
 // steal serves a miss on an exhausted pool from other nodes' surplus: the
 // nodes holding the most warm units, in turn, give back what they still
 // hold warm of what is asked (each agent drops them from cache and record
-// before it answers), their leases are rewritten without them, and the
-// units are granted to node. It fails with errExhausted when no other node
-// holds a warm unit, and errBusy when some do but none could be taken now.
+// before it answers), their leases are written without them, and free
+// units are granted to node. It fails with errExhausted when no other
+// node holds a warm unit, and errBusy when some do but none could be
+// taken now.
 func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]broker.Unit, broker.PoolInfo, int64, error) {
 	a.mu.Lock()
 	ps, ok := a.ledger.pools[pool]
@@ -115,15 +98,14 @@ func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]brok
 		warm int
 	}
 	var donors []donor
-	for other, ls := range ps.leases {
-		if warm := a.warmHeldLocked(ps, other, ls); other != node && warm > 0 {
+	for other := range ps.leases {
+		if warm := a.warmLocked(ps, other); other != node && warm > 0 {
 			donors = append(donors, donor{other, warm})
 		}
 	}
-	// Units on their way (reserved for a grant in flight, or already in
-	// this node's lease but not yet pushed to its agent) mean "ask again",
-	// not "exhausted".
-	inFlight := slices.Contains(ps.reserved, true) || a.warmHeldLocked(ps, node, ps.leases[node]) > 0
+	// Units on their way (a lease not yet as wanted, or units just
+	// granted to this node) mean "ask again", not "exhausted".
+	inFlight := len(ps.dirty) > 0 || a.warmLocked(ps, node) > 0
 	a.mu.Unlock()
 	if len(donors) == 0 {
 		if inFlight {
@@ -132,90 +114,80 @@ func (a *Allocator) steal(ctx context.Context, pool, node string, n int) ([]brok
 		return nil, info, 0, fmt.Errorf("pool %s: %w", pool, errExhausted)
 	}
 	slices.SortFunc(donors, func(x, y donor) int { return y.warm - x.warm })
-	var idx []int
+	freed := 0
 	for _, d := range donors {
-		if len(idx) == n {
+		if freed >= n {
 			break
 		}
-		taken, err := a.takeFrom(ctx, ps, d.node, n-len(idx))
+		got, err := a.takeFrom(ctx, ps, d.node, n-freed)
 		if err != nil {
 			a.log.Warn("revoke for a miss", "pool", pool, "node", d.node, "for_node", node, "err", err)
 		}
-		idx = append(idx, taken...)
+		freed += got
 	}
-	if len(idx) == 0 {
+	if freed == 0 {
 		return nil, info, 0, fmt.Errorf("pool %s: %w", pool, errBusy)
 	}
-	a.log.Info("units moved under scarcity", "pool", pool, "node", node, "units", len(idx))
-	a.metrics.moved.Add(float64(len(idx)))
-	unlock := a.lockLease(pool, node)
-	defer unlock()
-	return a.grantReservedHeld(ctx, pool, node, idx)
+	a.log.Info("units moved under scarcity", "pool", pool, "node", node, "units", freed)
+	a.metrics.moved.Add(float64(freed))
+	units, info, gen, err := a.grant(ctx, pool, node, n)
+	if errors.Is(err, errExhausted) {
+		err = fmt.Errorf("pool %s: %w", pool, errBusy) // another node's grant took them first
+	}
+	return units, info, gen, err
 }
 
-// takeFrom revokes up to n warm units from donor and rewrites its lease
-// without those it gave back. They are returned reserved (by index), for
-// the caller to grant. A donor that does not answer in time keeps its
-// units.
-func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n int) ([]int, error) {
+// takeFrom revokes up to n warm units from donor and writes its lease
+// without those it gave back, and returns how many are free now. A donor
+// that does not answer in time keeps its units.
+func (a *Allocator) takeFrom(ctx context.Context, ps *poolState, donor string, n int) (int, error) {
 	unlock := a.lockLease(ps.name, donor)
 	defer unlock()
 	a.mu.Lock()
 	var ids []string
 	var gen int64
 	if ls := ps.leases[donor]; ls != nil {
-		gen = ls.generation
-		orphans := a.orphans[poolNode{ps.name, donor}]
-		for id, u := range ls.units {
-			if u.State == v1alpha1.UnitWarm && len(ids) < n && !slices.Contains(orphans, id) {
-				ids = append(ids, id)
-			}
+		gen = ls.gen
+		for _, i := range ls.listed() {
+			ids = append(ids, ps.units[i].ID())
 		}
 	}
 	a.mu.Unlock()
 	if len(ids) == 0 {
-		return nil, nil
+		return 0, nil
 	}
-	released, err := a.revoke(ctx, donor, ps.name, gen, ids)
+	released, err := a.revoke(ctx, donor, ps.name, gen, ids, n)
 	if len(released) == 0 {
-		return nil, err
+		return 0, err
 	}
 	a.mu.Lock()
-	next, name, rv := a.leaseCopyLocked(ps, donor)
 	var idx []int
 	for _, id := range released {
-		if i, ok := ps.byID[id]; ok && ps.holder[i] == donor {
-			delete(next, id)
+		if i, ok := ps.byID[id]; ok {
 			idx = append(idx, i)
-			ps.reserved[i] = true // kept for the taker while the donor's lease is rewritten
+		}
+	}
+	ps.unclaimLocked(donor, idx)
+	a.mu.Unlock()
+	// The donor's agent dropped them for good (it refuses listings up to
+	// gen): if this write fails they stay out of every grant until a
+	// later round writes the lease without them.
+	_, werr := a.syncLeaseHeld(ctx, ps.name, donor, causeRevoke)
+	a.mu.Lock()
+	free := 0
+	for _, i := range idx {
+		if ps.owner[i] == "" {
+			free++
 		}
 	}
 	a.mu.Unlock()
-	newRV, newGen, werr := a.writeLease(ctx, ps.name, donor, name, rv, next)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if werr != nil {
-		// The donor's agent dropped them for good (it refuses listings up
-		// to gen), but its lease still lists them. They stay out of every
-		// grant (held by the donor in the ledger) until a later round
-		// rewrites the lease without them.
-		ps.unreserveLocked(idx)
-		for _, i := range idx {
-			a.orphanLocked(ps.name, donor, ps.units[i].ID())
-		}
-		return nil, werr
-	}
-	for _, i := range idx {
-		ps.holder[i] = ""
-	}
-	a.commitLeaseLocked(ps, donor, &leaseState{name: name, resourceVersion: newRV, generation: newGen, units: next})
-	return idx, err
+	return free, errors.Join(err, werr)
 }
 
-// revoke asks a node's agent to give back warm units and returns those it
-// gave back.
-func (a *Allocator) revoke(ctx context.Context, node, pool string, gen int64, ids []string) ([]string, error) {
-	msg := broker.Encode(&broker.Revoke{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Pool: pool, Gen: gen, IDs: ids})
+// revoke asks a node's agent to give back up to n warm units among ids and
+// returns those it gave back.
+func (a *Allocator) revoke(ctx context.Context, node, pool string, gen int64, ids []string, n int) ([]string, error) {
+	msg := broker.Encode(&broker.Revoke{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Pool: pool, Gen: gen, IDs: ids, Count: n})
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.PushTimeout)
 	defer cancel()
 	resp, err := a.cfg.Bus.Request(rctx, broker.SubjectRevoke(node), msg)

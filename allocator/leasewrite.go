@@ -1,6 +1,6 @@
-// NodeLease writes: one node's lease of one pool at a time, under its
-// lease lock, at the resourceVersion last written, and the ledger's
-// record of what landed.
+// NodeLease writes. syncLease is the one way a lease is written: it makes
+// the stored lease list the ledger's desired units, under the lease's
+// lock, at the resourceVersion last observed.
 
 package allocator
 
@@ -8,225 +8,246 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
+	"maps"
+	"strconv"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
-	"github.com/warmpool/warmpool/broker"
-	"github.com/warmpool/warmpool/internal/logkey"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// lockLease serialises the writes of one NodeLease.
+// annotationSettled is written, with a new value, only to move a lease's
+// resourceVersion on when a write that changes nothing must settle one in
+// flight.
+const annotationSettled = "warmpool.io/settled"
+
+// errUnknownOutcome: a lease write timed out or lost its connection. It
+// may have landed, or may still land: its units stay in flight, neither
+// free nor the node's to use, until the lease is seen at another
+// resourceVersion.
+var errUnknownOutcome = errors.New("lease write outcome unknown")
+
+// Why a lease is written: the cause label of the writes metric, so that
+// an operator (and the benchmark) can tell the API cost of each.
+const (
+	causeGrant    = "grant"     // a planning round tops a node up
+	causeMiss     = "miss"      // an ADD found the node's cache empty
+	causeRevoke   = "revoke"    // a donor's lease without what it gave back
+	causeRetry    = "retry"     // a lease left not as wanted by an earlier write
+	causeNodeLost = "node-lost" // a lost node's units returned
+	causeTakeover = "takeover"  // a new leader fences or creates a lease
+)
+
+// LeaseWriteCauses are the values of the writes metric's cause label, in
+// the order the benchmark's report shows them.
+var LeaseWriteCauses = []string{causeGrant, causeMiss, causeRevoke, causeRetry, causeNodeLost, causeTakeover}
+
+// lockLease serialises the writes of one NodeLease, and the changes of its
+// desired set.
 func (a *Allocator) lockLease(pool, node string) (unlock func()) {
 	return a.leaseLocks.Lock(leaseKey(pool, node))
 }
 
-// applyEvents records assignments and releases of a node's units of one
-// pool in its lease. An assigned unit the node does not hold is adopted if
-// free (the agent assigned it, so it is in use there); if another node
-// holds it, the conflict is logged and the event skipped: that is an
-// invariant violation no event may paper over.
-func (a *Allocator) applyEvents(ctx context.Context, pool, node string, events []broker.Event) (foreign, inFlight []string, err error) {
+// syncLease is syncLeaseHeld under the lease's lock.
+func (a *Allocator) syncLease(ctx context.Context, pool, node, cause string) ([]int, error) {
 	unlock := a.lockLease(pool, node)
 	defer unlock()
+	return a.syncLeaseHeld(ctx, pool, node, cause)
+}
+
+// syncLeaseHeld writes node's lease of pool until it lists the desired
+// units: at the observed resourceVersion; on a conflict (a write of ours
+// whose answer was lost landed, or the lease was deleted or changed
+// behind us) it reads the lease and tries again. It returns the units the
+// stored lease gained that are wanted there: the caller pushes them to
+// the node. A lease that could not be written stays dirty: the next
+// round tries again. The caller holds the lease's lock.
+func (a *Allocator) syncLeaseHeld(ctx context.Context, pool, node, cause string) ([]int, error) {
 	a.mu.Lock()
-	ps, ok := a.ledger.pools[pool]
-	if !ok {
+	ps := a.ledger.pools[pool]
+	if ps == nil || ps.leases[node] == nil {
 		a.mu.Unlock()
-		return nil, nil, fmt.Errorf("pool %s: %w", pool, errUnknownPool)
+		return nil, nil
 	}
-	next, name, rv := a.leaseCopyLocked(ps, node)
-	var adopt []int
-	changed := false
-	for _, e := range events {
-		i, known := ps.byID[e.UnitID]
-		if !known {
-			a.log.Error("event for a unit not in the pool", "node", node, "pool", pool, "address", e.UnitID,
-				"pod", logkey.Pod(e.Pod.Namespace, e.Pod.Name), "attachment", e.Attachment, "event", e.Kind)
-			continue
+	ls := ps.leases[node]
+	start := maps.Clone(ls.observed)
+	a.mu.Unlock()
+	gained := func() []int {
+		var out []int
+		for _, i := range ls.listed() {
+			if !start[i] {
+				out = append(out, i)
+			}
 		}
-		u, held := next[e.UnitID]
-		if !held && ps.unconfirmed[i] == node {
-			// Taken off this node's lease by a reload, and kept reserved
-			// for it: its agent holds it, in whatever state the event
-			// says, so it is the node's again. (A unit without a holder
-			// but reserved may be a grant in flight to another node: only
-			// an unconfirmed one is known to be this node's.)
-			u = leasedUnit(ps.units[i])
-			adopt = append(adopt, i)
-		} else if !held {
-			if h := ps.holder[i]; h != "" || ps.reserved[i] {
-				// Held by another node: the agent is told to forget it. A
-				// reservation without a holder is not settled yet: the
-				// caller decides.
-				switch {
-				case h != "" && h != node:
-					foreign = append(foreign, e.UnitID)
-				case h == "":
-					inFlight = append(inFlight, e.UnitID)
+		return out
+	}
+	const attempts = 4
+	resent, bump := false, false
+	for range attempts {
+		a.mu.Lock()
+		if ls.settled() {
+			delete(ps.dirty, node)
+			out := gained()
+			a.mu.Unlock()
+			return out, nil
+		}
+		sent := maps.Clone(ls.desired)
+		nl := &v1alpha1.NodeLease{
+			ObjectMeta: metav1.ObjectMeta{Name: ls.name, ResourceVersion: ls.rv},
+			Spec:       v1alpha1.NodeLeaseSpec{Pool: pool, Node: node, Epoch: int64(a.cfg.Epoch), Units: ps.leasedUnits(sent)},
+		}
+		if bump {
+			nl.Annotations = map[string]string{annotationSettled: strconv.FormatInt(a.cfg.Clock.Now().UnixNano(), 10)}
+		}
+		a.mu.Unlock()
+		out, err := a.writeLease(ctx, nl, cause)
+		a.mu.Lock()
+		switch {
+		case err == nil && ls.inflight != nil && out.ResourceVersion == ls.inflightRV:
+			// The write changed nothing (the apiserver stores nothing for
+			// that), so the lease is still at the version the writes in
+			// flight were sent at, and they can still land: write again
+			// with a new annotation, which moves the version on.
+			a.conflictsLocked(pool, node, ps.updateLocked(node, ls, func() { ls.observed, ls.gen = sent, out.Generation }))
+			bump = true
+			a.mu.Unlock()
+			continue
+		case err == nil:
+			a.conflictsLocked(pool, node, ps.updateLocked(node, ls, func() {
+				ls.observed, ls.rv, ls.gen = sent, out.ResourceVersion, out.Generation
+				ls.inflight, ls.inflightRV = nil, ""
+			}))
+			a.mu.Unlock()
+			continue
+		case outcomeUnknown(err):
+			ps.updateLocked(node, ls, func() {
+				if ls.inflight == nil || ls.inflightRV != nl.ResourceVersion {
+					ls.inflight, ls.inflightRV = map[int]bool{}, nl.ResourceVersion
 				}
-				a.log.Error("unit held by another node", "node", node, "holder", h, "pool", pool, "address", ps.units[i].address(),
-					"pod", logkey.Pod(e.Pod.Namespace, e.Pod.Name), "attachment", e.Attachment, "event", e.Kind)
-				a.metrics.conflicts.Inc()
+				maps.Copy(ls.inflight, sent)
+			})
+			ps.dirty[node] = true
+			if !resent {
+				// Send it again at the same version: if the first landed,
+				// this one conflicts and the read says so; if not, this
+				// one lands and the first never can. Either settles it.
+				resent = true
+				a.mu.Unlock()
 				continue
 			}
-			if e.Kind != broker.EventAssigned {
-				continue // a release of what the node no longer holds
+			out := gained()
+			a.mu.Unlock()
+			a.log.Warn("lease write outcome unknown: its units stay out of the free set until the lease is read at another version",
+				"lease", ls.name, "pool", pool, "node", node, "err", err)
+			return out, fmt.Errorf("write lease %s: %w: %w", ls.name, errUnknownOutcome, err)
+		case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err):
+			a.mu.Unlock()
+			if rerr := a.observe(ctx, ps, node, ls); rerr != nil {
+				a.markDirty(ps, node)
+				return gained(), fmt.Errorf("write lease %s: %w (re-read: %w)", ls.name, err, rerr)
 			}
-			u = leasedUnit(ps.units[i])
-			adopt = append(adopt, i)
+			continue
+		default:
+			ps.dirty[node] = true
+			out := gained()
+			a.mu.Unlock()
+			return out, fmt.Errorf("write lease %s: %w", ls.name, err)
 		}
-		switch e.Kind {
-		case broker.EventAssigned:
-			ctr, ifname := broker.SplitAttachment(e.Attachment)
-			u.State = v1alpha1.UnitAssigned
-			u.Pod = &v1alpha1.PodRef{Namespace: e.Pod.Namespace, Name: e.Pod.Name, UID: e.Pod.UID, ContainerID: ctr, Interface: ifname}
-		case broker.EventReleased:
-			u.State, u.Pod = v1alpha1.UnitWarm, nil
-		}
-		if old, ok := next[e.UnitID]; !ok || old.State != u.State || (old.Pod == nil) != (u.Pod == nil) || old.Pod != nil && *old.Pod != *u.Pod {
-			changed = true
-		}
-		next[e.UnitID] = u
 	}
-	for _, i := range adopt {
-		ps.reserved[i] = true
-	}
-	a.mu.Unlock()
-	if !changed {
-		return foreign, inFlight, nil
-	}
-	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
+	a.markDirty(ps, node)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if errors.Is(err, errUnsettled) {
-		a.keepReservedLocked(pool, node, adopt)
-		return foreign, inFlight, err
-	}
-	ps.unreserveLocked(adopt) // unconfirmed ones stay reserved if the write failed
-	if err != nil {
-		return foreign, inFlight, err
-	}
-	for _, i := range adopt {
-		ps.holdLocked(i, node)
-	}
-	a.commitLeaseLocked(ps, node, &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next})
-	return foreign, inFlight, nil
+	return gained(), fmt.Errorf("write lease %s: still conflicting after %d attempts", ls.name, attempts)
 }
 
-// leaseCopyLocked returns a copy of a node's lease units to modify, with
-// the lease's name and resourceVersion. Orphans (units the node gave back
-// whose removal has not been written yet) are left out: every write of the
-// lease removes them.
-func (a *Allocator) leaseCopyLocked(ps *poolState, node string) (map[string]v1alpha1.LeasedUnit, string, string) {
-	next := map[string]v1alpha1.LeasedUnit{}
-	name, rv := v1alpha1.NodeLeaseName(ps.name, node), ""
-	if ls := ps.leases[node]; ls != nil {
-		name, rv = ls.name, ls.resourceVersion
-		orphans := a.orphans[poolNode{ps.name, node}]
-		for id, u := range ls.units {
-			if !slices.Contains(orphans, id) {
-				next[id] = *u.DeepCopy()
-			}
-		}
-	}
-	return next, name, rv
+// markDirty leaves a lease for the next round.
+func (a *Allocator) markDirty(ps *poolState, node string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ps.dirty[node] = true
 }
 
-// warmHeldLocked counts the warm units a node's lease lists that its agent
-// still holds: orphans (given back, removal not yet written) are not.
-func (a *Allocator) warmHeldLocked(ps *poolState, node string, ls *leaseState) int {
-	if ls == nil {
-		return 0
-	}
-	n := ls.warmCount()
-	for _, id := range a.orphans[poolNode{ps.name, node}] {
-		if u, ok := ls.units[id]; ok && u.State == v1alpha1.UnitWarm {
-			n--
-		}
-	}
-	return n
-}
-
-// commitLeaseLocked records a written lease in the ledger. Orphans of the
-// node that the write left out are free from now on.
-func (a *Allocator) commitLeaseLocked(ps *poolState, node string, ls *leaseState) {
-	ps.leases[node] = ls
-	for _, id := range a.orphans[poolNode{ps.name, node}] {
-		if _, listed := ls.units[id]; listed {
-			continue
-		}
-		if i, ok := ps.byID[id]; ok && ps.holder[i] == node {
-			ps.holder[i] = ""
-		}
-	}
-	delete(a.orphans, poolNode{ps.name, node})
-}
-
-// writeLease persists a node's lease of a pool: create it, or update it at
-// the resourceVersion we last wrote. The leader is the only writer, so a
-// conflict means our resourceVersion is stale (our own write's answer was
-// lost): re-read it and write again, once.
-func (a *Allocator) writeLease(ctx context.Context, pool, node, name, rv string, units map[string]v1alpha1.LeasedUnit) (string, int64, error) {
-	nl := &v1alpha1.NodeLease{
-		ObjectMeta: metav1.ObjectMeta{Name: name, ResourceVersion: rv},
-		Spec:       v1alpha1.NodeLeaseSpec{Pool: pool, Node: node, Epoch: int64(a.cfg.Epoch), Units: leaseUnits(units)},
-	}
-	leases := a.cfg.Leases
-	// A new write on top of one whose outcome is unknown would be built on
-	// the wrong state: settle that one first.
-	if err := a.settleHeld(ctx, pool, node); err != nil {
-		return "", 0, err
-	}
-	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.WriteTimeout)
+// writeLease creates or updates a lease as nl says.
+func (a *Allocator) writeLease(ctx context.Context, nl *v1alpha1.NodeLease, cause string) (*v1alpha1.NodeLease, error) {
+	wctx, cancel := context.WithTimeout(ctx, a.cfg.WriteTimeout)
 	defer cancel()
-	for attempt := 0; ; attempt++ {
-		var out *v1alpha1.NodeLease
-		var err error
-		start := time.Now()
-		if nl.ResourceVersion == "" {
-			out, err = leases.Create(ctx, nl, metav1.CreateOptions{})
-		} else {
-			out, err = leases.Update(ctx, nl, metav1.UpdateOptions{})
+	start := time.Now()
+	var out *v1alpha1.NodeLease
+	var err error
+	if nl.ResourceVersion == "" {
+		out, err = a.cfg.Leases.Create(wctx, nl, metav1.CreateOptions{})
+	} else {
+		out, err = a.cfg.Leases.Update(wctx, nl, metav1.UpdateOptions{})
+	}
+	a.metrics.writeTime.Observe(time.Since(start).Seconds())
+	a.countWrite(cause, err)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// countWrite counts one lease write. A conflict (the lease was not at the
+// version written, or not there, or already there) is the protocol at
+// work, a lost answer or a takeover, not a failing API: counted apart.
+func (a *Allocator) countWrite(cause string, err error) {
+	result := "ok"
+	switch {
+	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err):
+		result = "conflict"
+	case err != nil:
+		result = "error"
+	}
+	a.metrics.writes.WithLabelValues(cause, result).Inc()
+}
+
+// observe reads node's lease and takes what is stored as observed. A lease
+// written by a newer leader deposes this allocator. The caller holds the
+// lease's lock.
+func (a *Allocator) observe(ctx context.Context, ps *poolState, node string, ls *leaseState) error {
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.WriteTimeout)
+	defer cancel()
+	cur, err := a.cfg.Leases.Get(rctx, ls.name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		cur, err = nil, nil
+	}
+	if err != nil {
+		return err
+	}
+	if cur != nil && uint64(cur.Spec.Epoch) > a.cfg.Epoch {
+		// A newer leader wrote it: this allocator must not overwrite its
+		// successor's record.
+		a.depose(cur.Spec.Epoch)
+		return fmt.Errorf("lease %s: %w: it was written at epoch %d, this allocator's is %d", ls.name, ErrDeposed, cur.Spec.Epoch, a.cfg.Epoch)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	stored, rv, gen := map[int]bool{}, "", int64(0)
+	if cur != nil {
+		var errs []error
+		stored, errs = ps.indexesLocked(ls.name, cur.Spec.Units)
+		a.conflictsLocked(ps.name, node, errs)
+		rv, gen = cur.ResourceVersion, cur.Generation
+	}
+	a.conflictsLocked(ps.name, node, ps.updateLocked(node, ls, func() {
+		ls.observed, ls.rv, ls.gen = stored, rv, gen
+		if ls.inflight != nil && rv != ls.inflightRV {
+			// The version the writes in flight were sent at is gone: they
+			// landed (and what is stored shows them) or never will.
+			ls.inflight, ls.inflightRV = nil, ""
 		}
-		a.metrics.writeTime.Observe(time.Since(start).Seconds())
-		if err == nil {
-			a.metrics.writes.WithLabelValues("ok").Inc()
-			return out.ResourceVersion, out.Generation, nil
-		}
-		a.metrics.writes.WithLabelValues("error").Inc()
-		if outcomeUnknown(err) {
-			// The write may have landed with its answer lost, or may still
-			// land: find out by sending it again (below).
-			return a.settle(parent, pool, node, nl, err)
-		}
-		if attempt > 0 || !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)) {
-			return "", 0, fmt.Errorf("write lease %s: %w", name, err)
-		}
-		cur, gerr := leases.Get(ctx, name, metav1.GetOptions{})
-		if gerr != nil {
-			return "", 0, fmt.Errorf("write lease %s: %w (re-read: %w)", name, err, gerr)
-		}
-		if uint64(cur.Spec.Epoch) > a.cfg.Epoch {
-			// A newer leader wrote it: this allocator is deposed and must
-			// not overwrite its successor's record.
-			a.depose(cur.Spec.Epoch)
-			return "", 0, fmt.Errorf("write lease %s: %w: it was written at epoch %d, this allocator's is %d", name, ErrDeposed, cur.Spec.Epoch, a.cfg.Epoch)
-		}
-		if !sameUnits(cur.Spec.Units, a.committedUnits(pool, node)) {
-			// The lease holds something the ledger does not (a write whose
-			// answer was lost, or a predecessor's after we loaded):
-			// writing our map would lose it. Take the lease as it is into
-			// the ledger and fail this change; its caller's next trigger
-			// recomputes from the truth.
-			a.reload(cur)
-			return "", 0, fmt.Errorf("write lease %s: it changed behind this allocator, reloaded (conflict %w)", name, err)
-		}
-		nl.ResourceVersion = cur.ResourceVersion
+	}))
+	return nil
+}
+
+// conflictsLocked logs and counts invariant violations found in node's
+// lease of pool.
+func (a *Allocator) conflictsLocked(pool, node string, errs []error) {
+	for _, err := range errs {
+		a.log.Error("inconsistent lease", "pool", pool, "node", node, "err", err)
+		a.metrics.conflicts.Inc()
 	}
 }
 
@@ -238,82 +259,4 @@ func outcomeUnknown(err error) bool {
 		return true // transport error, our own timeout
 	}
 	return apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) || apierrors.IsInternalError(err) || apierrors.IsUnexpectedServerError(err)
-}
-
-// committedUnits returns the units the ledger has committed for a node's
-// lease, as the API object lists them.
-func (a *Allocator) committedUnits(pool, node string) []v1alpha1.LeasedUnit {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	ps := a.ledger.pools[pool]
-	if ps == nil || ps.leases[node] == nil {
-		return nil
-	}
-	return leaseUnits(ps.leases[node].units)
-}
-
-func sameUnits(x, y []v1alpha1.LeasedUnit) bool {
-	if len(x) != len(y) {
-		return false
-	}
-	seen := map[string]v1alpha1.LeasedUnit{}
-	for _, u := range x {
-		seen[u.ID()] = u
-	}
-	for _, u := range y {
-		v, ok := seen[u.ID()]
-		if !ok || v.State != u.State {
-			return false
-		}
-	}
-	return true
-}
-
-// reload replaces the ledger's record of a node's lease with the stored
-// object. Units the ledger's record listed that the stored lease lacks are
-// not freed: they become unconfirmed for the node (reserved) until its
-// sync says whether its agent holds them. The stored lease may be a drop
-// whose answer was lost, and a sync applied while that write was
-// unsettled was answered from the ledger's record, listing them to the
-// agent, which uses them (fault-suite seed 93: freed here, then granted
-// to another node while the first one's agent held them).
-func (a *Allocator) reload(cur *v1alpha1.NodeLease) {
-	if uint64(cur.Spec.Epoch) > a.cfg.Epoch {
-		a.depose(cur.Spec.Epoch) // written by a newer leader: not ours to load
-		return
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	ps := a.ledger.pools[cur.Spec.Pool]
-	if ps == nil {
-		return
-	}
-	node := cur.Spec.Node
-	stored := make(map[string]bool, len(cur.Spec.Units))
-	for _, u := range cur.Spec.Units {
-		stored[u.ID()] = true
-	}
-	var taken []int
-	if old := ps.leases[node]; old != nil {
-		for id := range old.units {
-			if i, ok := ps.byID[id]; ok && ps.holder[i] == node {
-				ps.holder[i] = ""
-				if !stored[id] {
-					ps.reserved[i] = true
-					ps.unconfirmed[i] = node
-					taken = append(taken, i)
-				}
-			}
-		}
-	}
-	delete(ps.leases, node)
-	for _, err := range a.ledger.loadLeaseLocked(cur) {
-		a.log.Error("inconsistent lease on reload", "lease", cur.Name, "pool", cur.Spec.Pool, "node", node, "err", err)
-		a.metrics.conflicts.Inc()
-	}
-	slices.Sort(taken)
-	for _, i := range taken {
-		a.log.Warn("the stored lease lacks a unit the node held; it stays reserved for the node until its agent's sync says whether it holds it",
-			"lease", cur.Name, "pool", cur.Spec.Pool, "node", node, "address", ps.units[i].address())
-	}
 }

@@ -2,6 +2,7 @@ package allocator
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -9,53 +10,121 @@ import (
 	"github.com/warmpool/warmpool/broker"
 )
 
-// ledger is the allocator's in-memory record of every pool: its units, and
-// which node holds each one in which state. It mirrors the NodeLeases: a
-// change is made to a copy, persisted, and only then committed here.
-// Guarded by Allocator.mu; its methods end in Locked.
+// ledger is the allocator's record of every pool: its units, and for each
+// node's NodeLease three sets of units (leaseState). A unit is free exactly
+// when no lease's sets list it; owner caches which node's do. Guarded by
+// Allocator.mu; its methods end in Locked. A lease's sets change under its
+// lease lock too, so that one writer at a time compares them.
 type ledger struct {
 	pools map[string]*poolState
 }
 
 type poolState struct {
-	name   string
-	spec   v1alpha1.IPPoolSpec
-	info   broker.PoolInfo
-	units  []Unit
-	byID   map[string]int
-	total  int64
-	holder []string // node holding each unit ("" = free), by index
-	// reserved marks units picked for a grant whose lease write is in
-	// flight: not free, not yet held.
-	reserved []bool
-	// unconfirmed: units a reload took off a node's lease (the stored lease
-	// lacks what the ledger recorded for that node), by index, with that
-	// node. Its agent may still hold them (a sync reply listed them while
-	// the write that dropped them was unsettled), so they stay reserved,
-	// free for no other node, until the node's sync says whether it holds
-	// them (it re-adopts those it does), or the node is lost.
-	unconfirmed map[int]string
-	cursor      int // where the next free search starts
-	leases      map[string]*leaseState
-	// hits and misses: ADDs served from warm caches and not, as reported
-	// (continued from the pool's status at load); pending: pods needing
-	// an address at the last planning round.
+	name  string
+	spec  v1alpha1.IPPoolSpec
+	info  broker.PoolInfo
+	units []Unit
+	byID  map[string]int
+	total int64
+	// owner is, by unit index, the node whose lease's sets list the unit,
+	// "" when it is free.
+	owner []string
+	// contested: units two leases listed at once (an invariant violation
+	// found in the stored leases), whose owner is recomputed from every
+	// lease when one lets go.
+	contested map[int]bool
+	cursor    int // where the next free search starts
+	leases    map[string]*leaseState
+	// dirty: nodes whose lease differs from what it should be (desired
+	// not yet written, or a write in flight): each round syncs them.
+	dirty map[string]bool
+	// hits and misses: ADDs served from warm caches and not, as the agents
+	// count them (continued from the pool's status at load); pending: pods
+	// needing an address at the last planning round.
 	hits, misses int64
 	pending      int
 }
 
-// leaseState mirrors one NodeLease.
+// leaseState is what the allocator knows and wants of one NodeLease.
+//
+//   - observed: the units the stored lease lists, at resourceVersion rv
+//     ("" until it exists) and metadata.generation gen;
+//   - desired: the units the allocator wants it to list;
+//   - inflight: the units of writes whose outcome is unknown, sent at
+//     resourceVersion inflightRV. Such a write can still land while the
+//     stored lease is at inflightRV, and never once it has moved on: the
+//     units stay out of the free set until the lease is seen at another
+//     resourceVersion (what is stored then says what landed).
 type leaseState struct {
-	name            string
-	resourceVersion string // "" until created
-	generation      int64  // metadata.generation of the last write
-	units           map[string]v1alpha1.LeasedUnit
+	name       string
+	rv         string
+	gen        int64
+	observed   map[int]bool
+	desired    map[int]bool
+	inflight   map[int]bool
+	inflightRV string
 }
 
 func newLedger() *ledger { return &ledger{pools: map[string]*poolState{}} }
 
 // poolNode names one NodeLease: a node's units of a pool.
 type poolNode struct{ pool, node string }
+
+// settled reports whether the stored lease is what the allocator wants.
+func (ls *leaseState) settled() bool {
+	return ls.inflight == nil && maps.Equal(ls.desired, ls.observed)
+}
+
+// listed is what a sync reply gives the node: the units both stored and
+// still wanted (a unit on its way out is not the node's to use any more,
+// one not yet stored not yet), in address order.
+func (ls *leaseState) listed() []int {
+	var out []int
+	for i := range ls.desired {
+		if ls.observed[i] {
+			out = append(out, i)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// unstored are the units of idx the stored lease does not list: the ones
+// a grant whose write failed may take back. A unit that did land (a
+// write whose answer was lost, then a read, before the grant gave up)
+// may already be listed or pushed to the node: it stays the node's.
+func (ls *leaseState) unstored(idx []int) []int {
+	var out []int
+	for _, i := range idx {
+		if !ls.observed[i] {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// pendingGrant counts the units wanted on the node and not stored yet.
+func (ls *leaseState) pendingGrant() int {
+	n := 0
+	for i := range ls.desired {
+		if !ls.observed[i] {
+			n++
+		}
+	}
+	return n
+}
+
+// union is every unit the lease's sets list: the units not free because of
+// this lease.
+func (ls *leaseState) union() map[int]bool {
+	out := maps.Clone(ls.observed)
+	if out == nil {
+		out = map[int]bool{}
+	}
+	maps.Copy(out, ls.desired)
+	maps.Copy(out, ls.inflight)
+	return out
+}
 
 // poolInfo derives what agents need from a pool's spec.
 func poolInfo(name string, spec v1alpha1.IPPoolSpec) broker.PoolInfo {
@@ -96,8 +165,8 @@ func (l *ledger) upsertPoolLocked(p *v1alpha1.IPPool) error {
 	ps := &poolState{
 		name: p.Name, spec: p.Spec, info: poolInfo(p.Name, p.Spec),
 		units: pu.Units, total: pu.Total, byID: make(map[string]int, len(pu.Units)),
-		holder: make([]string, len(pu.Units)), reserved: make([]bool, len(pu.Units)),
-		unconfirmed: map[int]string{}, leases: map[string]*leaseState{},
+		owner: make([]string, len(pu.Units)), contested: map[int]bool{},
+		leases: map[string]*leaseState{}, dirty: map[string]bool{},
 		hits: p.Status.Hits, misses: p.Status.Misses,
 	}
 	for i, u := range pu.Units {
@@ -107,141 +176,151 @@ func (l *ledger) upsertPoolLocked(p *v1alpha1.IPPool) error {
 	return nil
 }
 
-// loadLeaseLocked takes a persisted NodeLease into the ledger. A unit held
-// by two leases, or unknown to its pool, is an error the caller reports: it
-// is left with the first holder.
+// loadLeaseLocked takes a stored NodeLease into the ledger as observed and
+// desired. A unit unknown to its pool, or listed by another lease too, is
+// an error the caller reports; the second lease is not to keep it (it is
+// left out of desired, so the lease is rewritten without it).
 func (l *ledger) loadLeaseLocked(nl *v1alpha1.NodeLease) []error {
 	ps, ok := l.pools[nl.Spec.Pool]
 	if !ok {
 		return []error{fmt.Errorf("lease %s: pool %s does not exist", nl.Name, nl.Spec.Pool)}
 	}
-	ls := &leaseState{name: nl.Name, resourceVersion: nl.ResourceVersion, generation: nl.Generation, units: map[string]v1alpha1.LeasedUnit{}}
-	var errs []error
-	for _, u := range nl.Spec.Units {
-		id := u.ID()
-		i, ok := ps.byID[id]
-		if !ok {
-			errs = append(errs, fmt.Errorf("lease %s: unit %s is not in pool %s", nl.Name, id, ps.name))
-			continue
+	ls := ps.leaseLocked(nl.Spec.Node)
+	stored, errs := ps.indexesLocked(nl.Name, nl.Spec.Units)
+	errs = append(errs, ps.updateLocked(nl.Spec.Node, ls, func() {
+		ls.rv, ls.gen, ls.observed = nl.ResourceVersion, nl.Generation, stored
+		ls.desired = map[int]bool{}
+		for i := range stored {
+			if h := ps.owner[i]; h == "" || h == nl.Spec.Node {
+				ls.desired[i] = true
+			}
 		}
-		if h := ps.holder[i]; h != "" && h != nl.Spec.Node {
-			errs = append(errs, fmt.Errorf("lease %s: unit %s is also held by node %s", nl.Name, id, h))
-			continue
-		}
-		ps.holdLocked(i, nl.Spec.Node)
-		ls.units[id] = u
+	})...)
+	if !ls.settled() {
+		ps.dirty[nl.Spec.Node] = true
 	}
-	ps.leases[nl.Spec.Node] = ls
 	return errs
 }
 
-// holdLocked records unit i as node's. One unconfirmed for node (taken
-// off its lease by a reload) is back in its lease: confirmed, no longer
-// reserved for it.
-func (ps *poolState) holdLocked(i int, node string) {
-	ps.holder[i] = node
-	if ps.unconfirmed[i] == node {
-		delete(ps.unconfirmed, i)
-		ps.reserved[i] = false
-	}
-}
-
-// reserveLocked picks up to n free units of the pool for node and marks
-// them reserved. It returns their indexes.
-func (ps *poolState) reserveLocked(n int) []int {
-	var picked []int
-	for scanned := 0; scanned < len(ps.units) && len(picked) < n; scanned++ {
-		i := (ps.cursor + scanned) % len(ps.units)
-		if ps.holder[i] == "" && !ps.reserved[i] {
-			ps.reserved[i] = true
-			picked = append(picked, i)
-		}
-	}
-	if len(picked) > 0 {
-		ps.cursor = (picked[len(picked)-1] + 1) % len(ps.units)
-	}
-	return picked
-}
-
-// unreserveLocked ends reservations for grants and writes. An unconfirmed
-// unit (reserved for its node until that node's sync) stays reserved: only
-// releaseUnconfirmedLocked and the node's lease taking it back end that.
-func (ps *poolState) unreserveLocked(idx []int) {
-	for _, i := range idx {
-		if _, unconfirmed := ps.unconfirmed[i]; !unconfirmed {
-			ps.reserved[i] = false
-		}
-	}
-}
-
-// releaseUnconfirmedLocked frees the units unconfirmed for node that keep
-// does not select (nil selects none), and returns how many it freed.
-func (ps *poolState) releaseUnconfirmedLocked(node string, keep func(id string) bool) int {
-	n := 0
-	for i, p := range ps.unconfirmed {
-		if p != node || keep != nil && keep(ps.units[i].ID()) {
+// indexesLocked maps a stored lease's units to the pool's indexes; units
+// the pool does not have are errors.
+func (ps *poolState) indexesLocked(lease string, units []v1alpha1.LeasedUnit) (map[int]bool, []error) {
+	out := make(map[int]bool, len(units))
+	var errs []error
+	for _, u := range units {
+		i, ok := ps.byID[u.ID()]
+		if !ok {
+			errs = append(errs, fmt.Errorf("lease %s: unit %s is not in pool %s", lease, u.ID(), ps.name))
 			continue
 		}
-		delete(ps.unconfirmed, i)
-		ps.reserved[i] = false
-		n++
+		out[i] = true
 	}
-	return n
+	return out, errs
 }
 
-// countsLocked returns the free, warm and assigned units of the pool; a
-// unit reserved for a grant in flight counts as warm.
-func (ps *poolState) countsLocked() (free, warm, assigned int64) {
-	for _, ls := range ps.leases {
-		for _, u := range ls.units {
-			if u.State == v1alpha1.UnitAssigned {
-				assigned++
-			} else {
-				warm++
+// leaseLocked returns node's lease state, empty and not stored if the
+// ledger has none.
+func (ps *poolState) leaseLocked(node string) *leaseState {
+	ls := ps.leases[node]
+	if ls == nil {
+		ls = &leaseState{name: v1alpha1.NodeLeaseName(ps.name, node), observed: map[int]bool{}, desired: map[int]bool{}}
+		ps.leases[node] = ls
+	}
+	return ls
+}
+
+// updateLocked applies change to node's lease sets and keeps owner true:
+// the units the sets no longer list are free, the ones they now list are
+// the node's. A unit another node's sets list too is an invariant
+// violation, returned as an error (it stays that node's).
+func (ps *poolState) updateLocked(node string, ls *leaseState, change func()) []error {
+	before := ls.union()
+	change()
+	after := ls.union()
+	var errs []error
+	for i := range before {
+		if !after[i] && ps.owner[i] == node {
+			ps.owner[i] = ""
+			if ps.contested[i] {
+				ps.recomputeOwnerLocked(i)
 			}
 		}
 	}
-	for _, r := range ps.reserved {
-		if r {
-			warm++
+	for i := range after {
+		switch h := ps.owner[i]; h {
+		case "":
+			ps.owner[i] = node
+		case node:
+		default:
+			if !before[i] {
+				ps.contested[i] = true
+				errs = append(errs, fmt.Errorf("lease %s: unit %s is also listed for node %s", ls.name, ps.units[i].ID(), h))
+			}
 		}
 	}
-	return ps.total - warm - assigned, warm, assigned
+	return errs
 }
 
-// warmCount returns how many of a lease's units are warm; a nil lease
-// (the node holds nothing of the pool) has none.
-func (ls *leaseState) warmCount() int {
-	if ls == nil {
-		return 0
+// recomputeOwnerLocked gives a contested unit that its owner let go to
+// another lease that still lists it, if any.
+func (ps *poolState) recomputeOwnerLocked(i int) {
+	for node, ls := range ps.leases {
+		if ls.observed[i] || ls.desired[i] || ls.inflight[i] {
+			ps.owner[i] = node
+			return
+		}
 	}
+	delete(ps.contested, i)
+}
+
+// claimLocked adds up to n free units to node's desired set and returns
+// them. The caller holds the lease's lock.
+func (ps *poolState) claimLocked(node string, n int) []int {
+	ls := ps.leaseLocked(node)
+	var picked []int
+	for scanned := 0; scanned < len(ps.units) && len(picked) < n; scanned++ {
+		i := (ps.cursor + scanned) % len(ps.units)
+		if ps.owner[i] == "" {
+			picked = append(picked, i)
+		}
+	}
+	if len(picked) == 0 {
+		return nil
+	}
+	ps.cursor = (picked[len(picked)-1] + 1) % len(ps.units)
+	ps.updateLocked(node, ls, func() {
+		for _, i := range picked {
+			ls.desired[i] = true
+		}
+	})
+	ps.dirty[node] = true
+	return picked
+}
+
+// unclaimLocked takes units out of node's desired set: they are free once
+// the lease is seen without them and no write in flight lists them.
+func (ps *poolState) unclaimLocked(node string, idx []int) {
+	ls := ps.leases[node]
+	if ls == nil {
+		return
+	}
+	ps.updateLocked(node, ls, func() {
+		for _, i := range idx {
+			delete(ls.desired, i)
+		}
+	})
+	ps.dirty[node] = true
+}
+
+// freeLocked counts the free units.
+func (ps *poolState) freeLocked() int {
 	n := 0
-	for _, u := range ls.units {
-		if u.State == v1alpha1.UnitWarm {
+	for _, h := range ps.owner {
+		if h == "" {
 			n++
 		}
 	}
 	return n
-}
-
-// leaseUnits returns a lease's units in address order, for writes. Each
-// address is parsed once, not at every comparison.
-func leaseUnits(units map[string]v1alpha1.LeasedUnit) []v1alpha1.LeasedUnit {
-	type keyed struct {
-		addr netip.Addr
-		unit v1alpha1.LeasedUnit
-	}
-	sorted := make([]keyed, 0, len(units))
-	for id, u := range units {
-		a, _ := netip.ParseAddr(id)
-		sorted = append(sorted, keyed{a, u})
-	}
-	slices.SortFunc(sorted, func(x, y keyed) int { return x.addr.Compare(y.addr) })
-	out := make([]v1alpha1.LeasedUnit, len(sorted))
-	for i, k := range sorted {
-		out[i] = k.unit
-	}
-	return out
 }
 
 func brokerUnit(u Unit) broker.Unit {
@@ -255,7 +334,23 @@ func brokerUnit(u Unit) broker.Unit {
 	return bu
 }
 
-func leasedUnit(u Unit) v1alpha1.LeasedUnit {
-	bu := brokerUnit(u)
-	return v1alpha1.LeasedUnit{IPv4: bu.IPv4, IPv6: bu.IPv6, State: v1alpha1.UnitWarm}
+// brokerUnits returns units by index in the bus's form.
+func (ps *poolState) brokerUnits(idx []int) []broker.Unit {
+	out := make([]broker.Unit, 0, len(idx))
+	for _, i := range idx {
+		out = append(out, brokerUnit(ps.units[i]))
+	}
+	return out
+}
+
+// leasedUnits returns units by index as a NodeLease lists them, in address
+// order.
+func (ps *poolState) leasedUnits(set map[int]bool) []v1alpha1.LeasedUnit {
+	idx := slices.Sorted(maps.Keys(set))
+	out := make([]v1alpha1.LeasedUnit, 0, len(idx))
+	for _, i := range idx {
+		bu := brokerUnit(ps.units[i])
+		out = append(out, v1alpha1.LeasedUnit{IPv4: bu.IPv4, IPv6: bu.IPv6})
+	}
+	return out
 }

@@ -5,39 +5,23 @@ import (
 	"encoding/json"
 	"testing"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
 	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
-// TestConflictAndRefusalLogTheirFields: a unit another node holds, and a
-// request speaking for another node, are logged with the epoch, the
-// nodes, the pool, the pod and the unit's addresses under the keys
-// docs/operator-guide.md gives, each once.
+// TestConflictAndRefusalLogTheirFields: a unit two stored leases list,
+// and a request speaking for another node, are logged with the epoch,
+// the nodes, the pool and the unit under the keys docs/operator-guide.md
+// gives, each once.
 func TestConflictAndRefusalLogTheirFields(t *testing.T) {
 	var logs testenv.JSONLogs
-	a := newAllocator(Config{Epoch: 7, Logger: logs.Logger()})
-	pool := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{
-		IPv4: &v1alpha1.Subnet{CIDR: "10.0.0.0/29"}, IPv6: &v1alpha1.Subnet{CIDR: "fd00::/125"}}}
-	a.mu.Lock()
-	if err := a.ledger.upsertPoolLocked(pool); err != nil {
-		t.Fatal(err)
-	}
-	ps := a.ledger.pools["p"]
-	u := ps.units[0]
-	ps.holder[0] = "node-b"
-	a.mu.Unlock()
-
-	foreign, _, err := a.applyEvents(context.Background(), "p", "node-a", []broker.Event{{Kind: broker.EventAssigned, Pool: "p", UnitID: u.ID(),
-		Attachment: "c1/eth0", Pod: broker.Pod{Namespace: "default", Name: "web-0", UID: "uid-1"}}})
-	if err != nil || len(foreign) != 1 {
-		t.Fatalf("applyEvents: foreign %v, %v; want the unit named foreign", foreign, err)
-	}
-	logs.Want(t, "unit held by another node", map[string]any{"level": "ERROR", "epoch": float64(7),
-		"node": "node-a", "holder": "node-b", "pool": "p", "pod": "default/web-0", "attachment": "c1/eth0",
-		"address": u.IPv4.String() + "," + u.IPv6.String()})
+	ctx := context.Background()
+	leases := newMemLeases()
+	storeLeases(t, ctx, leases, map[string][]string{"node-a": {"10.0.0.1"}, "node-b": {"10.0.0.1"}})
+	a, _ := memAllocatorOn(t, ctx, leases, "10.0.0.0/29", Config{Epoch: 7, Logger: logs.Logger()})
+	logs.Want(t, "inconsistent lease", map[string]any{"level": "ERROR", "epoch": float64(7), "pool": "p", "node": "node-b",
+		"err": "lease " + v1alpha1.NodeLeaseName("p", "node-b") + ": unit 10.0.0.1 is also listed for node node-a"})
 
 	body, err := json.Marshal(broker.MissRequest{V: broker.ProtocolVersion, Node: "node-b", Pool: "p", Count: 1})
 	if err != nil {

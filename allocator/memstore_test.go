@@ -27,11 +27,12 @@ import (
 type writeFault int
 
 const (
-	writeOK      writeFault = iota
-	writeRefused            // a Forbidden answer; nothing stored
-	writeLost               // stored, and the answer lost (a transport error)
-	writeDown               // nothing stored, a transport error (the API is down)
-	writeLate               // a transport error now; stored when landLate is called, if it still can be
+	writeOK       writeFault = iota
+	writeRefused             // a Forbidden answer; nothing stored
+	writeLost                // stored, and the answer lost (a transport error)
+	writeDown                // nothing stored, a transport error (the API is down)
+	writeLate                // a transport error now; stored when landLate is called, if it still can be
+	writeConflict            // a Conflict answer; nothing stored (the fault suite's api-conflicts)
 )
 
 // memLeases is an in-memory Leases with the apiserver's rules the ledger
@@ -39,7 +40,9 @@ const (
 // a name that exists AlreadyExists, a read of a missing one NotFound;
 // every stored write gets a new resourceVersion, and one that changes the
 // spec a new generation. Its fault, if set, decides what becomes of each
-// write: the failures an apiserver and a network give a client.
+// write: the failures an apiserver and a network give a client. Tests set
+// fault directly while nothing else writes, or with setFault while an
+// allocator's goroutines may.
 type memLeases struct {
 	mu     sync.Mutex
 	objs   map[string]*v1alpha1.NodeLease
@@ -47,6 +50,11 @@ type memLeases struct {
 	late   []func() // writes that will land late, in order
 	writes int      // writes stored
 	fault  func(verb, name string) writeFault
+	// hold, if set, is called with each write before the write is looked
+	// at, outside mu: a test blocks in it (until it closes a channel) to
+	// hold one write in flight while every other request goes on, as an
+	// apiserver slow to answer that write would. Set it with setHold.
+	hold func(verb, name string)
 }
 
 var _ Leases = (*memLeases)(nil)
@@ -83,8 +91,34 @@ func (m *memLeases) Update(_ context.Context, nl *v1alpha1.NodeLease, _ metav1.U
 	return m.write("update", nl.DeepCopy())
 }
 
-// write applies the fault, then stores nl if the rules allow it.
+// setFault sets fault under the store's lock.
+func (m *memLeases) setFault(f func(verb, name string) writeFault) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fault = f
+}
+
+// setHold sets hold (nil: writes are held no more).
+func (m *memLeases) setHold(f func(verb, name string)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.hold = f
+}
+
+// every is a fault that does f to every write.
+func every(f writeFault) func(verb, name string) writeFault {
+	return func(string, string) writeFault { return f }
+}
+
+// write waits for hold, applies the fault, then stores nl if the rules
+// allow it.
 func (m *memLeases) write(verb string, nl *v1alpha1.NodeLease) (*v1alpha1.NodeLease, error) {
+	m.mu.Lock()
+	hold := m.hold
+	m.mu.Unlock()
+	if hold != nil {
+		hold(verb, nl.Name)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	f := writeOK
@@ -96,6 +130,8 @@ func (m *memLeases) write(verb string, nl *v1alpha1.NodeLease) (*v1alpha1.NodeLe
 		return nil, apierrors.NewForbidden(leaseResource, nl.Name, errors.New("refused by the test"))
 	case writeDown:
 		return nil, errors.New("connection refused (the test: API down)")
+	case writeConflict:
+		return nil, apierrors.NewConflict(leaseResource, nl.Name, errors.New("injected by the test"))
 	case writeLate:
 		m.late = append(m.late, func() { _, _ = m.storeLocked(verb, nl) })
 		return nil, errors.New("client timeout (the test: the request is still in flight at the apiserver)")
@@ -118,7 +154,8 @@ func (m *memLeases) storeLocked(verb string, nl *v1alpha1.NodeLease) (*v1alpha1.
 		return nil, apierrors.NewConflict(leaseResource, nl.Name,
 			fmt.Errorf("the object has been modified: resourceVersion %s, stored %s", nl.ResourceVersion, cur.ResourceVersion))
 	}
-	if exists && equality.Semantic.DeepEqual(cur.Spec, nl.Spec) && equality.Semantic.DeepEqual(cur.Labels, nl.Labels) {
+	if exists && equality.Semantic.DeepEqual(cur.Spec, nl.Spec) && equality.Semantic.DeepEqual(cur.Labels, nl.Labels) &&
+		equality.Semantic.DeepEqual(cur.Annotations, nl.Annotations) {
 		return cur.DeepCopy(), nil // the apiserver stores nothing for a write that changes nothing
 	}
 	m.rv++
@@ -209,8 +246,39 @@ func (m *memPools) UpdateStatus(_ context.Context, p *v1alpha1.IPPool, _ metav1.
 func memAllocator(t *testing.T, ctx context.Context, cidr string, cfg Config) (*Allocator, *memLeases, *broker.Network) {
 	t.Helper()
 	leases := newMemLeases()
+	a, net := memAllocatorOn(t, ctx, leases, cidr, cfg)
+	return a, leases, net
+}
+
+// storeLeases stores, at epoch 1, a lease of pool "p" for each node listing
+// the given IPv4 addresses.
+func storeLeases(t *testing.T, ctx context.Context, leases *memLeases, units map[string][]string) {
+	t.Helper()
+	for _, node := range slices.Sorted(maps.Keys(units)) {
+		nl := &v1alpha1.NodeLease{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.NodeLeaseName("p", node)}, Spec: v1alpha1.NodeLeaseSpec{Pool: "p", Node: node, Epoch: 1}}
+		for _, u := range units[node] {
+			nl.Spec.Units = append(nl.Spec.Units, v1alpha1.LeasedUnit{IPv4: u})
+		}
+		if _, err := leases.Create(ctx, nl, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// memAllocatorOn is memAllocator on leases already stored.
+func memAllocatorOn(t *testing.T, ctx context.Context, leases *memLeases, cidr string, cfg Config) (*Allocator, *broker.Network) {
+	t.Helper()
 	net := broker.NewNetwork()
-	cfg.Leases, cfg.Bus = leases, net.Endpoint("allocator")
+	return memAllocatorOnNet(t, ctx, leases, net, cidr, cfg), net
+}
+
+// memAllocatorOnNet is memAllocatorOn on a bus already made: another
+// allocator on the same leases and bus (a successor, on the API and the
+// NATS of the leader it takes over from), its endpoint named after its
+// epoch; its pools are a store of its own holding the same pool "p".
+func memAllocatorOnNet(t *testing.T, ctx context.Context, leases *memLeases, net *broker.Network, cidr string, cfg Config) *Allocator {
+	t.Helper()
+	cfg.Leases, cfg.Bus = leases, net.Endpoint(fmt.Sprintf("allocator-%d", cfg.Epoch))
 	cfg.Pools = newMemPools(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{IPv4: &v1alpha1.Subnet{CIDR: cidr}}})
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -219,7 +287,7 @@ func memAllocator(t *testing.T, ctx context.Context, cidr string, cfg Config) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a, leases, net
+	return a
 }
 
 // TestMemLeasesKeepsTheAPIServersRules holds the fake to the rules the
@@ -246,7 +314,7 @@ func leaseRules(t *testing.T, leases Leases) {
 	lease := func(units ...string) *v1alpha1.NodeLease {
 		nl := &v1alpha1.NodeLease{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.NodeLeaseName("p", "n1")}, Spec: v1alpha1.NodeLeaseSpec{Pool: "p", Node: "n1", Epoch: 1}}
 		for _, u := range units {
-			nl.Spec.Units = append(nl.Spec.Units, v1alpha1.LeasedUnit{IPv4: u, State: v1alpha1.UnitWarm})
+			nl.Spec.Units = append(nl.Spec.Units, v1alpha1.LeasedUnit{IPv4: u})
 		}
 		return nl
 	}

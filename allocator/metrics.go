@@ -24,7 +24,7 @@ func newMetrics(a *Allocator) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "warmpool_allocator_lease_writes_total", Help: "NodeLease writes, by result (ok, error)."}, []string{"result"}),
+			Name: "warmpool_allocator_lease_writes_total", Help: "NodeLease writes, by cause (grant, miss, revoke, retry, node-lost, takeover) and result (ok; conflict: not at the version written, a lost answer or a takeover; error)."}, []string{"cause", "result"}),
 		writeTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "warmpool_allocator_lease_write_duration_seconds", Help: "One NodeLease write to the Kubernetes API.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12)}),
@@ -44,7 +44,7 @@ func newMetrics(a *Allocator) *metrics {
 			Name: "warmpool_allocator_adds_total", Help: "ADDs reported by the agents, by pool, node and result: hit (served from the node's warm cache) or miss."},
 			[]string{"pool", "node", "result"}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "warmpool_allocator_conflicts_total", Help: "Events or leases naming a unit another node holds: invariant violations, expected to stay 0."}),
+			Name: "warmpool_allocator_conflicts_total", Help: "Stored leases listing a unit another node's lease lists, or one not in their pool: invariant violations, expected to stay 0."}),
 		epochMetric: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "warmpool_allocator_epoch", Help: "The leader epoch this allocator serves with."}),
 	}
@@ -66,7 +66,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	c.a.mu.Lock()
 	defer c.a.mu.Unlock()
 	for name, ps := range c.a.ledger.pools {
-		free, warm, assigned := ps.countsLocked()
+		free, warm, assigned := c.a.countsLocked(ps)
 		ch <- prometheus.MustNewConstMetric(poolUnitsDesc, prometheus.GaugeValue, float64(free), name, "free")
 		ch <- prometheus.MustNewConstMetric(poolUnitsDesc, prometheus.GaugeValue, float64(warm), name, "warm")
 		ch <- prometheus.MustNewConstMetric(poolUnitsDesc, prometheus.GaugeValue, float64(assigned), name, "assigned")

@@ -17,6 +17,9 @@ type nodeDemand struct {
 	// bound is how many pods bound to the node need an address of the
 	// pool and have none yet: demand now.
 	bound int
+	// recent is about how many ADDs of the pool the node served in the
+	// last Config.DemandWindow: the headroom a stream of them needs.
+	recent int
 }
 
 type nodeStatus int
@@ -56,18 +59,21 @@ type nodeStep struct {
 // (free units plus every node's warm units) and the moves that bring each
 // node to its share.
 //
-// A node's target is max(minWarm, bound + warmTarget + its part of the
-// unbound pods), capped by maxWarm. When the supply covers every target,
+// A node's target is max(minWarm, bound + headroom + its part of the
+// unbound pods), capped by maxWarm, where the headroom is warmTarget or
+// the node's recent ADDs if more. When the supply covers every target,
 // each node's share is its target. Otherwise the supply is divided in two
 // tiers, each max-min fair: first the pods bound now (up to maxWarm per
 // node), then the rest of the targets. So no node keeps a speculative
 // buffer while another has a pod waiting, and with as many addresses as
 // pods every waiting pod is covered.
 //
-// Moves: deficits are filled from free units first, then by revoking the
+// Moves: a node below its share is topped up in batches (see below), and
+// deficits are filled from free units first, then by revoking the
 // surplus of nodes above their share, largest surplus first. Surplus that
 // nobody needs stays where it is (the next burst there is a hit), except
-// on excluded nodes, which give everything back, and above maxWarm.
+// on excluded nodes, which give everything back, and above maxWarm (down
+// to three quarters of it).
 func plan(p poolDemand) []nodeStep {
 	k := p.knobs
 	minWarm, warmTarget, maxWarm := int(k.MinWarm), int(k.WarmTarget), int(k.MaxWarm)
@@ -84,10 +90,12 @@ func plan(p poolDemand) []nodeStep {
 	spread := spreadUnbound(p.unbound, eligible, p.nodes)
 	need1 := make([]int, len(p.nodes)) // pods bound now
 	need2 := make([]int, len(p.nodes)) // the rest of the target
+	known := make([]int, len(p.nodes)) // pods that exist: bound, and the node's part of the unbound
 	total := 0
 	for j, i := range eligible {
 		n := p.nodes[i]
-		t := min(max(minWarm, n.bound+warmTarget+spread[j]), maxWarm)
+		t := min(max(minWarm, n.bound+max(warmTarget, n.recent)+spread[j]), maxWarm)
+		known[i] = n.bound + spread[j]
 		steps[i].target = t
 		need1[i] = min(n.bound, t)
 		need2[i] = t - need1[i]
@@ -116,10 +124,19 @@ func plan(p poolDemand) []nodeStep {
 		}
 	}
 
-	// Deficits, and what free units cannot cover of them.
+	// Deficits, and what free units cannot cover of them. A grant is a
+	// lease write, so a node is topped up in batches: one that covers the
+	// pods that exist for it and minWarm waits until it is down to half
+	// its share, then gets all it lacks at once. So known pods are warm
+	// before their ADD when the share holds them all (bound pods when the
+	// share holds those), and a node with more pods bound than its share
+	// holds (a burst above maxWarm, scarcity) or serving a stream costs a
+	// write per half share, not one per round.
 	deficit := 0
 	for i, n := range p.nodes {
-		if d := steps[i].share - n.warm; d > 0 {
+		d := steps[i].share - n.warm
+		uncovered := known[i] <= steps[i].share && n.warm < known[i] || n.bound <= steps[i].share && n.warm < n.bound
+		if d > 0 && (uncovered || n.warm < minWarm || 2*d >= steps[i].share) {
 			steps[i].grant = d
 			deficit += d
 		}
@@ -133,13 +150,16 @@ func plan(p poolDemand) []nodeStep {
 			continue
 		}
 		// Forced returns come first and do not count against the need:
-		// an excluded node empties, a node above maxWarm comes down to it.
+		// an excluded node empties, a node above maxWarm comes down below it.
 		forced := 0
 		switch {
 		case n.status == nodeExcluded:
 			forced = surplus
 		case n.warm > maxWarm:
-			forced = n.warm - max(maxWarm, steps[i].share)
+			// A return is a revoke and a write: come down a quarter
+			// below the cap (not below the share), so that the DELs
+			// that follow do not cost one each.
+			forced = n.warm - max(maxWarm-maxWarm/4, steps[i].share)
 		}
 		steps[i].revoke = forced
 		if surplus > forced {

@@ -47,14 +47,23 @@ func offline(b *testing.B, nodes, pods int) *Allocator {
 	}
 	ps := a.ledger.pools["p"]
 	next := 0
-	hold := func(node string, u v1alpha1.LeasedUnit) {
-		ls := ps.leases[node]
-		if ls == nil {
-			ls = &leaseState{units: map[string]v1alpha1.LeasedUnit{}}
-			ps.leases[node] = ls
+	// hold leases the next unit to node; pod, if set, is assigned it
+	// (the agent's report says so).
+	hold := func(node string, pod *podInfo) {
+		ls := ps.leaseLocked(node)
+		ps.updateLocked(node, ls, func() { ls.observed[next], ls.desired[next] = true, true })
+		if pod != nil {
+			st := a.agents[node]
+			if st == nil {
+				st = agentState{}
+				a.agents[node] = st
+			}
+			if st["p"] == nil {
+				st["p"] = &heldByAgent{pods: map[string]bool{}}
+			}
+			st["p"].assigned++
+			st["p"].pods[string(pod.uid)] = true
 		}
-		ps.holder[next] = node
-		ls.units[u.ID()] = u
 		next++
 	}
 	for i := range pods {
@@ -64,16 +73,14 @@ func offline(b *testing.B, nodes, pods int) *Allocator {
 			p.node = names[i%nodes]
 		}
 		if i%2 == 0 {
-			u := leasedUnit(ps.units[next])
-			u.State, u.Pod = v1alpha1.UnitAssigned, &v1alpha1.PodRef{Namespace: "default", Name: p.name, UID: string(uid)}
-			hold(p.node, u)
+			hold(p.node, p)
 		}
 		a.watch.pods[uid] = p
 	}
 	for _, n := range names {
 		for range 4 {
 			if next < len(ps.units) {
-				hold(n, leasedUnit(ps.units[next]))
+				hold(n, nil)
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package allocator
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,6 +51,17 @@ func TestPlanBoundPodsAreDemandNow(t *testing.T) {
 	})})
 	if steps[0].grant != 20 || steps[1].grant != 60 { // 24-4, and 64 (maxWarm) - 4
 		t.Fatalf("steps %+v: want grants 20 and 60", steps)
+	}
+}
+
+// A node's recent ADDs raise its headroom above warmTarget, capped by
+// maxWarm.
+func TestPlanRecentADDsAreHeadroom(t *testing.T) {
+	steps := plan(poolDemand{knobs: defaultKnobs, free: 500, nodes: nodesOf(3, func(i int) nodeDemand {
+		return nodeDemand{bound: 5, recent: []int{2, 30, 100}[i]}
+	})})
+	if got := [3]int{steps[0].target, steps[1].target, steps[2].target}; got != [3]int{9, 35, 64} {
+		t.Fatalf("targets %v, want [9 35 64]: 5 bound + max(warmTarget 4, recent), capped by maxWarm", got)
 	}
 }
 
@@ -108,18 +120,70 @@ func TestPlanExcludedNodeGivesEverythingBack(t *testing.T) {
 	}
 }
 
+// A node tops up in batches: a grant is a lease write.
+func TestPlanTopsUpInBatches(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		warm, bound int
+		want        int
+	}{
+		{"above half its share: waits", 40, 0, 0},
+		{"down to half: gets all it lacks", 32, 0, 32},
+		{"pods bound beyond what it holds: gets all it lacks", 40, 50, 24},
+		{"its bound pods covered: waits", 40, 35, 0},
+		{"more pods bound than its share holds: streams, by half shares", 40, 100, 0},
+		{"more pods bound than its share holds, down to half: gets all it lacks", 32, 100, 32},
+		{"pods bound within its share, more known with the unbound: gets all it lacks", 40, 50, 24},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			unbound := 0
+			if strings.Contains(c.name, "unbound") {
+				unbound = 20
+			}
+			s := plan(poolDemand{knobs: defaultKnobs, free: 1000, unbound: unbound, nodes: nodesOf(1, func(int) nodeDemand {
+				return nodeDemand{warm: c.warm, bound: c.bound, recent: 100}
+			})})
+			if s[0].share != 64 || s[0].grant != c.want {
+				t.Fatalf("step %+v: want share 64 (maxWarm), grant %d", s[0], c.want)
+			}
+		})
+	}
+	// Unbound pods are known demand too: 30 spread over 3 nodes, 10 each
+	// on top of warmTarget 4; a node holding 8 of its 14 gets 6.
+	nodes := nodesOf(3, func(i int) nodeDemand { return nodeDemand{warm: []int{8, 10, 14}[i]} })
+	if s := plan(poolDemand{knobs: defaultKnobs, free: 100, unbound: 30, nodes: nodes}); s[0].grant != 6 || s[1].grant != 0 || s[2].grant != 0 {
+		t.Fatalf("steps %+v: want 6 to the node holding 8 of its 14, nothing to the node covering its 10 pods", s)
+	}
+	// Below minWarm a node is topped up whatever its share.
+	knobs := v1alpha1.WarmKnobs{MinWarm: 2, WarmTarget: 0, MaxWarm: 64}
+	if s := plan(poolDemand{knobs: knobs, free: 10, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 1} })}); s[0].grant != 1 {
+		t.Fatalf("step %+v: want 1 granted (minWarm 2, 1 warm)", s[0])
+	}
+	// Under scarcity the same: 30 units for 60 pods bound, 15 each; the
+	// node holding 10 streams, the one holding none gets its 15.
+	nodes = nodesOf(2, func(i int) nodeDemand { return nodeDemand{warm: []int{10, 0}[i], bound: []int{30, 30}[i]} })
+	if s := plan(poolDemand{knobs: defaultKnobs, free: 20, nodes: nodes}); s[0].share != 15 || s[0].grant != 0 || s[1].grant != 15 {
+		t.Fatalf("steps %+v: want shares of 15, grants 0 and 15", s)
+	}
+}
+
 func TestPlanAboveMaxWarmReturnsTheExcess(t *testing.T) {
 	s := plan(poolDemand{knobs: defaultKnobs, free: 0, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 100} })})
+	if s[0].revoke != 52 {
+		t.Fatalf("step %+v: want 52 back (100 held, maxWarm 64: down to 48, so that the next DELs do not cost a revoke each)", s[0])
+	}
+	s = plan(poolDemand{knobs: defaultKnobs, free: 0, unbound: 100, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 100} })})
 	if s[0].revoke != 36 {
-		t.Fatalf("step %+v: want 36 back (100 held, maxWarm 64)", s[0])
+		t.Fatalf("step %+v: want 36 back (100 held, maxWarm 64, its share 64)", s[0])
 	}
 }
 
 // The plan's invariants over random inputs: shares never exceed the
 // supply, a node gets or gives but not both, grants are covered by free
 // and revoked units, and when the supply covers the pods bound now (each
-// capped by maxWarm), every one of them is covered: no deadlock where
-// the pool is spread as buffers while pods wait.
+// capped by maxWarm), every one of them is within its node's share and
+// every node can serve: no deadlock where the pool is spread as buffers
+// while pods wait.
 func TestPlanInvariantsRandom(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for iter := range 5000 {
@@ -127,7 +191,7 @@ func TestPlanInvariantsRandom(t *testing.T) {
 		knobs.MaxWarm = knobs.MinWarm + int32(r.IntN(64))
 		p := poolDemand{knobs: knobs, free: r.IntN(50), unbound: r.IntN(40)}
 		p.nodes = nodesOf(1+r.IntN(12), func(int) nodeDemand {
-			return nodeDemand{status: nodeStatus(r.IntN(3)), warm: r.IntN(30), bound: r.IntN(30)}
+			return nodeDemand{status: nodeStatus(r.IntN(3)), warm: r.IntN(30), bound: r.IntN(30), recent: r.IntN(80)}
 		})
 		steps := plan(p)
 		supply, shares, grants, revokes, boundNeed := p.free, 0, 0, 0, 0
@@ -154,10 +218,18 @@ func TestPlanInvariantsRandom(t *testing.T) {
 			t.Fatalf("iter %d: shares %d, grants %d for supply %d (free %d, revoked %d)", iter, shares, grants, supply, p.free, revokes)
 		}
 		if boundNeed <= supply {
+			// Every bound pod is within its node's share, and covered
+			// when the share holds every pod known there; the rest is
+			// topped up in batches: a node ends with at least half its
+			// share, so a node with pods waiting can serve them.
 			for i, s := range steps {
 				n := p.nodes[i]
-				if n.status == nodeEligible && n.warm-s.revoke+s.grant < min(n.bound, int(knobs.MaxWarm)) {
-					t.Fatalf("iter %d: node %s has %d bound pods but ends with %d (supply %d covers %d): %+v", iter, s.node, n.bound, n.warm-s.revoke+s.grant, supply, boundNeed, s)
+				need, end := min(n.bound, int(knobs.MaxWarm)), n.warm-s.revoke+s.grant
+				if n.status != nodeEligible {
+					continue
+				}
+				if s.share < need || n.bound <= s.share && end < n.bound || 2*end < s.share {
+					t.Fatalf("iter %d: node %s has %d bound pods, held %d and ends with %d (supply %d covers %d): %+v", iter, s.node, n.bound, n.warm, end, supply, boundNeed, s)
 				}
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -58,8 +59,7 @@ func (a *Allocator) runPlanner(ctx context.Context) {
 // round plans every pool once and carries the plans out. It reports
 // whether everything planned was done.
 func (a *Allocator) round(ctx context.Context) bool {
-	complete := a.settleAll(ctx)
-	complete = a.flushOrphans(ctx) && complete
+	complete := a.syncDirty(ctx)
 	for pool, d := range a.demand() {
 		steps := plan(d)
 		if !a.execute(ctx, pool, steps) {
@@ -95,33 +95,22 @@ func (a *Allocator) demand() map[string]poolDemand {
 	a.mu.Lock()
 	out := make(map[string]poolDemand, len(a.ledger.pools))
 	pools := make([]*v1alpha1.IPPool, 0, len(a.ledger.pools))
-	assigned := map[string]map[string]bool{} // pool -> addressedKey
-	warm := map[poolNode]int{}
+	addressed := map[string]map[string]bool{} // pool -> addressedKey of the pods with an address
+	warm, recent := map[poolNode]int{}, map[poolNode]int{}
 	candidates := map[string]map[string]bool{} // pool -> nodes to plan for
 	for name, ps := range a.ledger.pools {
 		pools = append(pools, &v1alpha1.IPPool{Spec: ps.spec})
 		pools[len(pools)-1].Name = name
-		free := 0
-		for i := range ps.holder {
-			if ps.holder[i] == "" && !ps.reserved[i] {
-				free++
-			}
-		}
-		out[name] = poolDemand{knobs: ps.spec.Warm.Resolved(), free: free}
-		held := 0
-		for _, ls := range ps.leases {
-			held += len(ls.units)
-		}
-		assigned[name] = make(map[string]bool, held)
+		out[name] = poolDemand{knobs: ps.spec.Warm.Resolved(), free: ps.freeLocked()}
+		addressed[name] = map[string]bool{}
 		candidates[name] = make(map[string]bool, len(ps.leases))
-		for node, ls := range ps.leases {
+		for node := range ps.leases {
 			candidates[name][node] = true
-			for _, u := range ls.units {
-				if u.State == v1alpha1.UnitAssigned && u.Pod != nil {
-					assigned[name][addressedKey(u.Pod.Namespace, u.Pod.Name, u.Pod.UID)] = true
-				}
+			warm[poolNode{name, node}] = a.warmLocked(ps, node)
+			recent[poolNode{name, node}] = a.recentLocked(name, node, now)
+			if st := a.agents[node][name]; st != nil {
+				maps.Copy(addressed[name], st.pods)
 			}
-			warm[poolNode{name, node}] = a.warmHeldLocked(ps, node, ls)
 		}
 	}
 	synced := make([]string, 0, len(a.lastSeq))
@@ -151,7 +140,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 			}
 		}
 		choice, err := v1alpha1.SelectPool(p.annotations, p.labels, ns.Annotations, ns.Labels, nodeLabels, p.namespace, pools)
-		if err != nil || assigned[choice.Name] == nil || assigned[choice.Name][string(p.uid)] || assigned[choice.Name][addressedKey(p.namespace, p.name, "")] {
+		if err != nil || addressed[choice.Name] == nil || addressed[choice.Name][string(p.uid)] || addressed[choice.Name][addressedKey(p.namespace, p.name, "")] {
 			continue
 		}
 		if p.node == "" {
@@ -197,7 +186,8 @@ func (a *Allocator) demand() map[string]poolDemand {
 			if a.watch != nil {
 				st = a.nodeStatus(nodes[n], notReady, pool.Spec.NodeSelector, now)
 			}
-			nd := nodeDemand{node: n, status: st, warm: warm[poolNode{pool.Name, n}], bound: bound[poolNode{pool.Name, n}]}
+			k := poolNode{pool.Name, n}
+			nd := nodeDemand{node: n, status: st, warm: warm[k], bound: bound[k], recent: recent[k]}
 			if st != nodeEligible && nd.warm == 0 {
 				continue
 			}
@@ -234,8 +224,8 @@ func (a *Allocator) nodeStatus(n *corev1.Node, notReady map[string]time.Time, se
 // execute carries out one pool's steps: the revokes first, in parallel,
 // each one bus round trip to the donor and one write of its lease; then
 // the grants, in parallel, each one write of the taker's lease (free
-// units and revoked ones together) and a push. It reports whether every
-// step did all it planned.
+// units, the revoked ones among them) and a push. It reports whether
+// every step did all it planned.
 func (a *Allocator) execute(ctx context.Context, pool string, steps []nodeStep) bool {
 	a.mu.Lock()
 	ps := a.ledger.pools[pool]
@@ -245,10 +235,15 @@ func (a *Allocator) execute(ctx context.Context, pool string, steps []nodeStep) 
 	}
 	var (
 		mu       sync.Mutex
-		moved    []int
+		moved    int
 		complete = true
 		wg       sync.WaitGroup
 	)
+	incomplete := func() {
+		mu.Lock()
+		complete = false
+		mu.Unlock()
+	}
 	for _, s := range steps {
 		if s.revoke == 0 {
 			continue
@@ -257,15 +252,15 @@ func (a *Allocator) execute(ctx context.Context, pool string, steps []nodeStep) 
 		a.writers <- struct{}{}
 		go func() {
 			defer func() { <-a.writers; wg.Done() }()
-			idx, err := a.takeFrom(ctx, ps, s.node, s.revoke)
+			freed, err := a.takeFrom(ctx, ps, s.node, s.revoke)
 			mu.Lock()
-			defer mu.Unlock()
-			moved = append(moved, idx...)
-			if err != nil || len(idx) < s.revoke {
-				complete = false
+			moved += freed
+			mu.Unlock()
+			if err != nil || freed < s.revoke {
+				incomplete()
 			}
 			if err != nil {
-				a.log.Warn("revoke", "pool", pool, "node", s.node, "asked", s.revoke, "got", len(idx), "err", err)
+				a.log.Warn("revoke", "pool", pool, "node", s.node, "asked", s.revoke, "got", freed, "err", err)
 				if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) {
 					a.markUnreachable(s.node)
 				}
@@ -273,57 +268,81 @@ func (a *Allocator) execute(ctx context.Context, pool string, steps []nodeStep) 
 		}()
 	}
 	wg.Wait()
-	if len(moved) > 0 {
-		a.metrics.moved.Add(float64(len(moved)))
+	if moved > 0 {
+		a.metrics.moved.Add(float64(moved))
 	}
-
-	// Hand out: free units first, then the revoked ones.
-	type grant struct {
-		node string
-		idx  []int
-	}
-	var grants []grant
-	a.mu.Lock()
 	for _, s := range steps {
 		if s.grant == 0 {
 			continue
 		}
-		idx := ps.reserveLocked(s.grant)
-		if short := s.grant - len(idx); short > 0 {
-			n := min(short, len(moved))
-			idx = append(idx, moved[:n]...)
-			moved = moved[n:]
-		}
-		if len(idx) < s.grant {
-			complete = false
-		}
-		if len(idx) > 0 {
-			grants = append(grants, grant{s.node, idx})
-		}
-	}
-	ps.unreserveLocked(moved) // revoked beyond what was handed out: free
-	a.mu.Unlock()
-
-	for _, g := range grants {
 		wg.Add(1)
 		a.writers <- struct{}{}
 		go func() {
 			defer func() { <-a.writers; wg.Done() }()
-			unlock := a.lockLease(pool, g.node)
-			units, _, gen, err := a.grantReservedHeld(ctx, pool, g.node, g.idx)
-			unlock()
-			if err != nil {
-				a.log.Warn("grant", "pool", pool, "node", g.node, "units", len(g.idx), "err", err)
-				mu.Lock()
-				complete = false
-				mu.Unlock()
-				return
+			unlock := a.lockLease(pool, s.node)
+			a.mu.Lock()
+			claimed := ps.claimLocked(s.node, s.grant)
+			a.mu.Unlock()
+			gained, err := a.syncLeaseHeld(ctx, pool, s.node, causeGrant)
+			a.mu.Lock()
+			if err != nil && !errors.Is(err, errUnknownOutcome) {
+				ps.unclaimLocked(s.node, ps.leases[s.node].unstored(claimed))
 			}
-			a.pushLater(ctx, g.node, pool, gen, units)
+			units, gen := ps.brokerUnits(gained), ps.leases[s.node].gen
+			a.mu.Unlock()
+			unlock()
+			if len(claimed) < s.grant || err != nil {
+				incomplete()
+			}
+			if err != nil {
+				a.log.Warn("grant", "pool", pool, "node", s.node, "units", len(claimed), "err", err)
+			}
+			if len(units) > 0 {
+				a.pushLater(ctx, s.node, pool, gen, units)
+			}
 		}()
 	}
 	wg.Wait()
 	return complete
+}
+
+// syncDirty writes the leases that are not as wanted (a write that failed
+// or whose outcome is unknown, units a donor gave back), Writers at a
+// time, and pushes what they gained. It reports whether all are settled.
+func (a *Allocator) syncDirty(ctx context.Context) bool {
+	a.mu.Lock()
+	var todo []poolNode
+	for name, ps := range a.ledger.pools {
+		for node := range ps.dirty {
+			todo = append(todo, poolNode{name, node})
+		}
+	}
+	a.mu.Unlock()
+	var wg sync.WaitGroup
+	var failed atomic.Bool
+	for _, k := range todo {
+		wg.Add(1)
+		a.writers <- struct{}{}
+		go func() {
+			defer func() { <-a.writers; wg.Done() }()
+			unlock := a.lockLease(k.pool, k.node)
+			gained, err := a.syncLeaseHeld(ctx, k.pool, k.node, causeRetry)
+			a.mu.Lock()
+			ps := a.ledger.pools[k.pool]
+			units, gen := ps.brokerUnits(gained), ps.leases[k.node].gen
+			a.mu.Unlock()
+			unlock()
+			if err != nil {
+				failed.Store(true)
+				a.log.Warn("lease not yet as wanted", "pool", k.pool, "node", k.node, "err", err)
+			}
+			if len(units) > 0 {
+				a.pushLater(ctx, k.node, k.pool, gen, units)
+			}
+		}()
+	}
+	wg.Wait()
+	return !failed.Load()
 }
 
 // markUnreachable leaves a node out of planning for a while after its
@@ -343,73 +362,4 @@ func (a *Allocator) pushLater(ctx context.Context, node, pool string, gen int64,
 		defer a.wg.Done()
 		a.push(ctx, node, pool, gen, units)
 	}()
-}
-
-// orphanLocked records a unit its donor gave back but whose lease still
-// lists it.
-func (a *Allocator) orphanLocked(pool, node, id string) {
-	pn := poolNode{pool, node}
-	a.orphans[pn] = append(a.orphans[pn], id)
-}
-
-// flushOrphans rewrites the leases that still list units their node gave
-// back (leaseCopyLocked leaves them out, commitLeaseLocked frees them). It
-// reports whether every one was written.
-func (a *Allocator) flushOrphans(ctx context.Context) bool {
-	a.mu.Lock()
-	todo := slices.Collect(maps.Keys(a.orphans))
-	a.mu.Unlock()
-	ok := true
-	for _, pn := range todo {
-		if _, err := a.dropFromLease(ctx, pn.pool, pn.node, nil); err != nil {
-			a.log.Warn("lease still lists units its node gave back", "pool", pn.pool, "node", pn.node, "err", err)
-			ok = false
-		}
-	}
-	return ok
-}
-
-// dropFromLease rewrites a node's lease without the units drop selects (nil
-// selects none) and without its orphans, and frees them once written. It
-// returns the units drop selected.
-func (a *Allocator) dropFromLease(ctx context.Context, pool, node string, drop func(id string, u v1alpha1.LeasedUnit) bool) ([]v1alpha1.LeasedUnit, error) {
-	unlock := a.lockLease(pool, node)
-	defer unlock()
-	return a.dropFromLeaseHeld(ctx, pool, node, drop)
-}
-
-// dropFromLeaseHeld is dropFromLease; the caller holds the lease lock.
-func (a *Allocator) dropFromLeaseHeld(ctx context.Context, pool, node string, drop func(id string, u v1alpha1.LeasedUnit) bool) ([]v1alpha1.LeasedUnit, error) {
-	a.mu.Lock()
-	ps := a.ledger.pools[pool]
-	if ps == nil || ps.leases[node] == nil {
-		a.mu.Unlock()
-		return nil, nil
-	}
-	next, name, rv := a.leaseCopyLocked(ps, node)
-	var dropped []v1alpha1.LeasedUnit
-	for id, u := range next {
-		if drop != nil && drop(id, u) {
-			delete(next, id)
-			dropped = append(dropped, u)
-		}
-	}
-	orphans := len(a.orphans[poolNode{pool, node}]) > 0
-	a.mu.Unlock()
-	if len(dropped) == 0 && !orphans {
-		return nil, nil
-	}
-	newRV, gen, err := a.writeLease(ctx, pool, node, name, rv, next)
-	if err != nil {
-		return nil, err
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, u := range dropped {
-		if i, ok := ps.byID[u.ID()]; ok && ps.holder[i] == node {
-			ps.holder[i] = ""
-		}
-	}
-	a.commitLeaseLocked(ps, node, &leaseState{name: name, resourceVersion: newRV, generation: gen, units: next})
-	return dropped, nil
 }

@@ -13,6 +13,63 @@ import (
 	"github.com/warmpool/warmpool/broker"
 )
 
+// agentState is a node agent's last report, per pool: soft state for
+// planning (a pod with an address is not demand), the pools' status and
+// metrics, never written to the API. It lags the agent by a report.
+type agentState map[string]*heldByAgent
+
+type heldByAgent struct {
+	assigned int
+	// pods are the addressedKey of the pods with an address of the pool.
+	pods map[string]bool
+}
+
+// agentStateOf summarises the units of a report or sync.
+func agentStateOf(units []broker.HeldUnit) agentState {
+	st := agentState{}
+	for _, h := range units {
+		p := st[h.Pool]
+		if p == nil {
+			p = &heldByAgent{pods: map[string]bool{}}
+			st[h.Pool] = p
+		}
+		if h.Assigned {
+			p.assigned++
+			p.pods[addressedKey(h.Pod.Namespace, h.Pod.Name, h.Pod.UID)] = true
+		}
+	}
+	return st
+}
+
+// warmLocked estimates node's warm units of the pool: what its lease is
+// to list, less what its agent last reported assigned (a report may lag
+// an ADD; a revoke's answer says what the agent really gives back).
+func (a *Allocator) warmLocked(ps *poolState, node string) int {
+	ls := ps.leases[node]
+	if ls == nil {
+		return 0
+	}
+	n := len(ls.desired)
+	if st := a.agents[node][ps.name]; st != nil {
+		n -= st.assigned
+	}
+	return max(n, 0)
+}
+
+// countsLocked returns the pool's free, warm and assigned units: the
+// units on leases (or on their way) are not free; the agents' reports
+// split them into assigned and warm.
+func (a *Allocator) countsLocked(ps *poolState) (free, warm, assigned int64) {
+	leased := int64(len(ps.owner)) - int64(ps.freeLocked())
+	for node := range ps.leases {
+		if st := a.agents[node][ps.name]; st != nil {
+			assigned += int64(st.assigned)
+		}
+	}
+	assigned = min(assigned, leased)
+	return ps.total - leased, leased - assigned, assigned
+}
+
 // countServedLocked adds to the pools' hit and miss counts what a node's
 // agent run served since the last message of the run this allocator
 // applied, and returns the counts to remember for the run. The counts are
@@ -38,6 +95,9 @@ func (a *Allocator) countServedLocked(node string, prev map[string]broker.Served
 		if ps := a.ledger.pools[pool]; ps != nil {
 			ps.hits += hits
 			ps.misses += misses
+			if ps.leases[node] != nil { // its pace is read, and forgotten, with its lease
+				a.addPaceLocked(pool, node, int(hits+misses))
+			}
 		}
 		a.metrics.adds.WithLabelValues(pool, node, "hit").Add(float64(hits))
 		a.metrics.adds.WithLabelValues(pool, node, "miss").Add(float64(misses))
@@ -74,7 +134,7 @@ func (a *Allocator) writeStatus(ctx context.Context, written map[string]v1alpha1
 	var todo []entry
 	a.mu.Lock()
 	for name, ps := range a.ledger.pools {
-		free, warm, assigned := ps.countsLocked()
+		free, warm, assigned := a.countsLocked(ps)
 		st := v1alpha1.IPPoolStatus{Total: ps.total, Free: free, Warm: warm, Assigned: assigned,
 			Pending: int64(ps.pending), Hits: ps.hits, Misses: ps.misses}
 		if old, ok := written[name]; ok && sameCounts(old, st) {

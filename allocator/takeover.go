@@ -63,6 +63,7 @@ func (a *Allocator) fenceOne(ctx context.Context, name string, nl *v1alpha1.Node
 		next := nl.DeepCopy()
 		next.Spec.Epoch = int64(a.cfg.Epoch)
 		_, err := api.Update(ctx, next, metav1.UpdateOptions{})
+		a.countWrite(causeTakeover, err)
 		if err != nil {
 			nl = nil // re-read before trying again
 		}
@@ -134,6 +135,7 @@ func (a *Allocator) claim(ctx context.Context, pools []v1alpha1.IPPool, leases [
 			g.Go(func() error {
 				err := retryTransient(gctx, func() error {
 					_, err := a.cfg.Leases.Create(gctx, nl, metav1.CreateOptions{})
+					a.countWrite(causeTakeover, err)
 					if apierrors.IsAlreadyExists(err) {
 						// Created since the list (by a deposed leader, or by
 						// our own create whose answer was lost): fence it.

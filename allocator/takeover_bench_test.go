@@ -80,7 +80,7 @@ func benchTakeover(b *testing.B, nodes int) {
 			units := make([]v1alpha1.LeasedUnit, takeoverUnitsPerNode)
 			for u := range units {
 				n := 1 + i*takeoverUnitsPerNode + u
-				units[u] = v1alpha1.LeasedUnit{IPv4: netip.AddrFrom4([4]byte{10, byte(p), byte(n >> 8), byte(n)}).String(), State: v1alpha1.UnitWarm}
+				units[u] = v1alpha1.LeasedUnit{IPv4: netip.AddrFrom4([4]byte{10, byte(p), byte(n >> 8), byte(n)}).String()}
 			}
 			if _, err := setupCS.NodeLeases().Create(ctx, &v1alpha1.NodeLease{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.NodeLeaseName(pool, node)},
 				Spec: v1alpha1.NodeLeaseSpec{Pool: pool, Node: node, Epoch: 1, Units: units}}, metav1.CreateOptions{}); err != nil {

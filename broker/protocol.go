@@ -8,12 +8,15 @@ import (
 )
 
 // ProtocolVersion is the version of the bus messages. A message of another
-// version is refused with ErrVersion, never guessed at. Version 2: a lost
-// node's units return once its pods are gone whatever the agent reported,
-// so agents no longer wait for reports before answering an ADD, and the
-// leak GC is the agents' (no reclaim); either half of version 1 with the
-// other of version 2 would be unsafe or leak.
-const ProtocolVersion = 2
+// version is refused with ErrVersion, never guessed at. Version 3: a
+// NodeLease lists units only and the agent's assignments are its own
+// (reports carry the agent's state, never written to the API); a sync
+// reply lists every unit the node may hold, assigned ones included, and
+// the agent voids what it does not list; a revoke asks for a count.
+// Version 2's agent would take a version 3 sync reply as granting the
+// units it assigned and version 3's would void what a version 2 reply
+// leaves out: either half with the other is unsafe.
+const ProtocolVersion = 3
 
 // Subjects. Every exchange is a request with a reply: core NATS may drop a
 // message, so each sender retries until answered, and every message is
@@ -29,7 +32,8 @@ const (
 	// SubjectMissAll: agent -> allocator, MissRequest / MissReply; the
 	// allocator's subscription to every node's SubjectMissFrom.
 	SubjectMissAll = "warmpool.v1.agent.*.miss"
-	// SubjectReportAll: agent -> allocator, Report / ReportReply.
+	// SubjectReportAll: agent -> allocator, Report / ReportReply: the
+	// agent's state, soft (never an API write).
 	SubjectReportAll = "warmpool.v1.agent.*.report"
 	// SubjectSyncAll: agent -> allocator, SyncRequest / SyncReply.
 	SubjectSyncAll = "warmpool.v1.agent.*.sync"
@@ -44,8 +48,8 @@ func NodeToken(node string) string { return strings.ReplaceAll(node, ".", "_") }
 // cache miss.
 func SubjectMissFrom(node string) string { return agentPrefix + NodeToken(node) + ".miss" }
 
-// SubjectReportFrom is where node's agent reports its assignments and
-// releases.
+// SubjectReportFrom is where node's agent reports its state (what it holds
+// warm and assigned, and to which pods).
 func SubjectReportFrom(node string) string { return agentPrefix + NodeToken(node) + ".report" }
 
 // SubjectSyncFrom is where node's agent sends its whole record.
@@ -137,15 +141,18 @@ type Ack struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Revoke asks a node to give back warm units of a pool.
+// Revoke asks a node to give back up to Count warm units of a pool,
+// chosen among IDs (the units its lease lists: the allocator does not
+// know which of them are warm, the agent does).
 type Revoke struct {
 	V     int    `json:"v"`
 	Epoch uint64 `json:"epoch"`
 	Pool  string `json:"pool"`
 	// Gen is the node's lease generation when the revoke was sent; any
 	// message listing the units at a generation up to Gen is stale.
-	Gen int64    `json:"gen"`
-	IDs []string `json:"ids"`
+	Gen   int64    `json:"gen"`
+	IDs   []string `json:"ids"`
+	Count int      `json:"count"`
 }
 
 // Revoked lists the units the node gave back: removed from its cache and
@@ -179,12 +186,6 @@ type MissReply struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Event kinds of a Report.
-const (
-	EventAssigned = "assigned"
-	EventReleased = "released"
-)
-
 // Pod identifies a pod.
 type Pod struct {
 	Namespace string `json:"namespace"`
@@ -192,26 +193,19 @@ type Pod struct {
 	UID       string `json:"uid,omitempty"`
 }
 
-// Event is one assignment or release made by an agent.
-type Event struct {
-	Kind       string `json:"kind"`
-	Pool       string `json:"pool"`
-	UnitID     string `json:"unitID"`
-	Attachment string `json:"attachment"`
-	Pod        Pod    `json:"pod,omitzero"`
-}
-
-// Report carries an agent's assignments and releases since its last
-// acknowledged report, in order. Run identifies the agent process and Seq
-// numbers its reports and syncs: the allocator ignores one older than the
-// newest it applied from that run (a retried request overtaken by a later
-// one).
+// Report is an agent's state: every unit it holds, warm or assigned and to
+// which pod, and what its run served. It is soft state: the allocator
+// keeps the newest in memory for planning (a pod with an address is not
+// demand), the pools' status and metrics, and never writes it to the API,
+// so a lost report costs nothing but freshness. Run identifies the agent
+// process and Seq numbers its reports and syncs: the allocator ignores
+// one older than the newest it applied from that run.
 type Report struct {
 	V      int               `json:"v"`
 	Node   string            `json:"node"`
 	Run    string            `json:"run"`
 	Seq    uint64            `json:"seq"`
-	Events []Event           `json:"events"`
+	Units  []HeldUnit        `json:"units"`
 	Served map[string]Served `json:"served,omitempty"`
 }
 
@@ -226,7 +220,7 @@ type Served struct {
 	Misses int64 `json:"misses,omitempty"`
 }
 
-// ReportReply acknowledges a Report once its events are persisted.
+// ReportReply acknowledges a Report.
 type ReportReply struct {
 	V     int    `json:"v"`
 	Epoch uint64 `json:"epoch"`
@@ -243,8 +237,8 @@ type HeldUnit struct {
 	Pod        Pod    `json:"pod,omitzero"`
 }
 
-// SyncRequest is an agent's full record, sent on start and on every
-// reconnection to the bus.
+// SyncRequest asks for the node's leases, with the agent's state (as a
+// Report's), on start, on every reconnection and periodically.
 type SyncRequest struct {
 	V     int        `json:"v"`
 	Node  string     `json:"node"`
@@ -255,10 +249,9 @@ type SyncRequest struct {
 	Served map[string]Served `json:"served,omitempty"`
 }
 
-// Lease is what the node holds warm of one pool, as the allocator's record
-// has it after reconciliation, at lease generation Gen. Assigned units are
-// not listed: the agent keeps the ones it assigned, and must never hand
-// out one it does not know (its record was lost).
+// Lease is every unit of one pool the node may hold, warm or assigned, as
+// its NodeLease lists them at generation Gen (less those the allocator is
+// taking back).
 type Lease struct {
 	Pool  PoolInfo `json:"pool"`
 	Gen   int64    `json:"gen"`
@@ -266,7 +259,9 @@ type Lease struct {
 }
 
 // SyncReply is the allocator's record of the node: the agent keeps these
-// units and drops the warm ones that are not listed.
+// units and drops every other one it held at the reply's generation,
+// voiding an assigned one (only a lost node's, its pods gone, can be
+// one).
 type SyncReply struct {
 	V      int     `json:"v"`
 	Epoch  uint64  `json:"epoch"`
@@ -275,18 +270,8 @@ type SyncReply struct {
 	// an answer from the allocator: less than the node-loss grace period,
 	// after which the allocator may reclaim them without the agent's
 	// confirmation.
-	WarmTTLMillis int64 `json:"warmTTLms,omitempty"`
-	// Foreign are units the agent's record holds that another node holds
-	// now (reclaimed while this node was lost, their pods gone): the agent
-	// forgets them, assigned ones included.
-	Foreign []ForeignUnit `json:"foreign,omitempty"`
-	Error   string        `json:"error,omitempty"`
-}
-
-// ForeignUnit names a unit of a pool.
-type ForeignUnit struct {
-	Pool string `json:"pool"`
-	ID   string `json:"id"`
+	WarmTTLMillis int64  `json:"warmTTLms,omitempty"`
+	Error         string `json:"error,omitempty"`
 }
 
 // Encode marshals a message. Messages are plain structs: this cannot fail

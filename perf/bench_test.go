@@ -14,8 +14,8 @@ import (
 // baselines, through real namespaces and macvlan. It asserts correctness,
 // not speed: every phase completes (the harness itself fails a phase in
 // which two Running pods share an address or a pod lacks a dual-stack
-// pair, and for warmpool one whose NodeLeases do not settle to exactly the
-// pods' assignments), and warmpool's hit rate is reported.
+// pair, and for warmpool one whose agents' records do not settle to
+// exactly the pods' assignments), and warmpool's hit rate is reported.
 func TestBenchmarkReduced(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testenv.Missing(t, "the benchmark needs root for network namespaces")

@@ -3,6 +3,7 @@ package perf
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,15 +17,17 @@ import (
 	"github.com/prometheus/common/model"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/internal/rig/child"
 )
 
 // process is one of warmpool's components, run from its real binary as
 // it would run on a node: the harness measures its memory and reads its
-// /metrics.
+// /metrics (and an agent's /state).
 type process struct {
 	*child.Process
-	metrics string // http://127.0.0.1:<port>/metrics
+	base    string // http://127.0.0.1:<port>, its --metrics-addr
+	metrics string // base + /metrics
 }
 
 // startProcess runs bin with args, its output in logDir/<name>.log, its
@@ -38,7 +41,7 @@ func startProcess(name, bin, logDir string, args ...string) (*process, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &process{Process: p, metrics: "http://" + addr + "/metrics"}, nil
+	return &process{Process: p, base: "http://" + addr, metrics: "http://" + addr + "/metrics"}, nil
 }
 
 func (p *process) stop() { p.Stop(10 * time.Second) }
@@ -90,6 +93,28 @@ func (p *process) scrape(ctx context.Context) (map[string]*dto.MetricFamily, err
 		return nil, fmt.Errorf("metrics of %s: %w", p.Name, err)
 	}
 	return fams, nil
+}
+
+// state reads an agent's record from its /state endpoint, served on its
+// metrics address.
+func (p *process) state(ctx context.Context) (*agent.State, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base+agent.StatePath, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := scrapeClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("state of %s: %w", p.Name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("state of %s: %s", p.Name, resp.Status)
+	}
+	var st agent.State
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("state of %s: %w", p.Name, err)
+	}
+	return &st, nil
 }
 
 // waitServing waits until the process serves its metrics: the allocator

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/warmpool/warmpool/allocator"
 )
 
 // String returns the shape as the benchmark names it: "1x1000" for one
@@ -65,6 +67,10 @@ type PhaseSummary struct {
 	// writes of their writes per pod; APIWriteRuns is how many did.
 	APIWritesPerPod float64
 	APIWriteRuns    int
+	// LeaseWritesPerPod is, by cause, the median over the same runs of
+	// the allocator's NodeLease writes per pod, and under writesOther of
+	// the rest of the API writes.
+	LeaseWritesPerPod map[string]float64
 	// BusMessagesPerPod is the median over the runs of bus messages per
 	// pod.
 	BusMessagesPerPod float64
@@ -162,6 +168,10 @@ func summarisePeak(peaks map[string]RSSPeak, run Run) {
 	peaks[run.IPAM] = p
 }
 
+// writesOther keys the API writes that are not NodeLease writes: the
+// election Lease's renewals and the pools' status.
+const writesOther = "other"
+
 func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, bool) {
 	ps := PhaseSummary{Shape: shape, IPAM: ipam, Phase: phase}
 	type timed struct {
@@ -172,6 +182,7 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 		durations               []timed
 		p50, p90, p99, pmax     []time.Duration
 		writesPerPod, busPerPod []float64
+		leasePerPod             = map[string][]float64{}
 	)
 	for i, run := range r.Runs {
 		if run.Shape != shape || run.IPAM != ipam {
@@ -193,6 +204,12 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 		if ph.Pods > 0 {
 			if ph.APIWrites >= 0 {
 				writesPerPod = append(writesPerPod, float64(ph.APIWrites)/float64(ph.Pods))
+				other := ph.APIWrites
+				for _, cause := range allocator.LeaseWriteCauses {
+					leasePerPod[cause] = append(leasePerPod[cause], float64(ph.LeaseWrites[cause])/float64(ph.Pods))
+					other -= ph.LeaseWrites[cause]
+				}
+				leasePerPod[writesOther] = append(leasePerPod[writesOther], float64(max(other, 0))/float64(ph.Pods))
 			}
 			busPerPod = append(busPerPod, float64(ph.BusMessages)/float64(ph.Pods))
 		}
@@ -222,6 +239,12 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 	}
 	ps.APIWriteRuns = len(writesPerPod)
 	ps.APIWritesPerPod = medianOfFloats(writesPerPod)
+	if len(writesPerPod) > 0 {
+		ps.LeaseWritesPerPod = map[string]float64{}
+		for cause, v := range leasePerPod {
+			ps.LeaseWritesPerPod[cause] = medianOfFloats(v)
+		}
+	}
 	ps.BusMessagesPerPod = medianOfFloats(busPerPod)
 	return ps, true
 }
@@ -563,6 +586,25 @@ func WriteTable(w io.Writer, r *Result) error {
 		}
 	}
 	table(rows)
+
+	rows = [][]string{append(append([]string{"shape", "phase", "all"}, allocator.LeaseWriteCauses...), writesOther)}
+	for _, shape := range s.Shapes {
+		for _, phase := range s.Phases {
+			ps, ok := s.Phase(shape, IPAMWarmpool, phase)
+			if !ok || ps.APIWriteRuns == 0 {
+				continue
+			}
+			row := []string{shape.String(), phase, fmt.Sprintf("%.3f", ps.APIWritesPerPod)}
+			for _, cause := range append(allocator.LeaseWriteCauses, writesOther) {
+				row = append(row, fmt.Sprintf("%.3f", ps.LeaseWritesPerPod[cause]))
+			}
+			rows = append(rows, row)
+		}
+	}
+	if len(rows) > 1 {
+		b.WriteString("warmpool's API writes per pod, by cause (medians over runs of each column: the allocator's NodeLease writes by cause, and the other writes: the election Lease's renewals and the pools' status):\n\n")
+		table(rows)
+	}
 
 	if len(s.Peaks) > 0 {
 		b.WriteString("Peak RSS over all runs, MiB:\n\n")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"image/color"
 	"image/png"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -104,6 +105,7 @@ func reportResult() *Result {
 		case run.IPAM == "warmpool" && run.Shape == shape100x10:
 			create := &run.Phases[0]
 			create.APIWrites = []int{300, 200, -1}[n] // median of 0.3 and 0.2
+			create.LeaseWrites = []map[string]int{{"grant": 200, "revoke": 40}, {"grant": 100, "miss": 20}, nil}[n]
 			create.Hits, create.Misses = 980, 20
 			if n == 1 {
 				create.ADDFailures = 3
@@ -177,6 +179,10 @@ func TestSummariseMedians(t *testing.T) {
 	if ps.APIWritesPerPod != 0.25 || ps.APIWriteRuns != 2 || ps.ADDFailures != 3 {
 		t.Errorf("warmpool 100x10 create: %v writes/pod over %d runs, %d ADD failures; want 0.25 over 2, 3",
 			ps.APIWritesPerPod, ps.APIWriteRuns, ps.ADDFailures)
+	}
+	wantCauses := map[string]float64{"grant": 0.15, "miss": 0.01, "revoke": 0.02, "retry": 0, "node-lost": 0, "takeover": 0, "other": 0.07}
+	if !maps.EqualFunc(ps.LeaseWritesPerPod, wantCauses, func(x, y float64) bool { return math.Abs(x-y) < 1e-12 }) {
+		t.Errorf("warmpool 100x10 create writes per pod by cause: %v, want %v", ps.LeaseWritesPerPod, wantCauses)
 	}
 	ps, _ = s.Phase(shape100x10, "static", PhaseCreate)
 	if rate, ok := ps.HitRate(); ok || ps.APIWriteRuns != 0 {
@@ -329,6 +335,8 @@ func TestReportTable(t *testing.T) {
 	line("| warmpool ", "| 1x1000 ", "| create ", "| 3 ", "| 1m02s ", "| 20.0s ", "| 50.0s ", "| 1m00s ",
 		"| 100.0 % ", "| 0.100 ", "| 2.00 ")
 	line("| warmpool ", "| 100x10 ", "| create ", "| 98.0 % ", "| 0.250 ", "| 3 ")
+	// Writes by cause: all, grant, miss, revoke, retry, node-lost, takeover, other.
+	line("| 100x10 ", "| create ", "| 0.250 ", "| 0.150 ", "| 0.010 ", "| 0.020 ", "| 0.000 ", "| 0.070 |")
 	line("| warmpool ", "| 52.0 ", "| 35.0 (agent-node-2) ")
 	line("Targets: 10 of 16 met.")
 	if l := line("| 1x1000 re-create: warmpool/host-local ", "| 1.224 "); !strings.Contains(l, "| MISSED ") {
@@ -352,8 +360,8 @@ func TestReportTable(t *testing.T) {
 			seps++
 		}
 	}
-	if seps != 5 {
-		t.Errorf("%d table separators, want 5 (medians, ratios, details, peak RSS, targets)", seps)
+	if seps != 6 {
+		t.Errorf("%d table separators, want 6 (medians, ratios, details, writes by cause, peak RSS, targets)", seps)
 	}
 }
 

@@ -99,6 +99,11 @@ type Phase struct {
 	// APIWrites is the number of Kubernetes API writes warmpool's
 	// components made (warmpool only; -1 when not measured).
 	APIWrites int `json:"apiWrites"`
+	// LeaseWrites are the allocator's NodeLease writes among them, by
+	// cause (grant, miss, revoke, retry, node-lost, takeover); the rest
+	// of APIWrites is the election Lease's renewals and the pools' status
+	// (warmpool only).
+	LeaseWrites map[string]int `json:"leaseWrites,omitempty"`
 	// BusMessages is the number of messages published on the bus
 	// (warmpool only).
 	BusMessages int `json:"busMessages"`

@@ -137,6 +137,12 @@ func (b *bench) phase(ctx context.Context, run *Run, ns, name string, act func(c
 		}
 		ph.Hits, ph.Misses, ph.APIWrites = int(after.hits-wp.hits), int(after.misses-wp.misses), int(after.writes-wp.writes)
 		ph.CoolingWaits = int(after.cooled - wp.cooled)
+		ph.LeaseWrites = map[string]int{}
+		for cause, n := range after.leaseWrites {
+			if d := int(n - wp.leaseWrites[cause]); d > 0 {
+				ph.LeaseWrites[cause] = d
+			}
+		}
 		now, err := b.nats.Published()
 		if err != nil {
 			return &ph, err

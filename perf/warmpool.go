@@ -11,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/warmpool/warmpool/api/client"
-	"github.com/warmpool/warmpool/api/v1alpha1"
 )
 
 // warmpoolDeployment is warmpool as it runs in a cluster: the allocator
@@ -115,10 +114,11 @@ func (d *warmpoolDeployment) peakRSS() map[string]uint64 {
 // warmpoolCounts are warmpool's own counters at one moment.
 type warmpoolCounts struct {
 	hits, misses, cooled, writes float64
+	leaseWrites                  map[string]float64 // by cause
 }
 
 func (d *warmpoolDeployment) counts(ctx context.Context) (warmpoolCounts, error) {
-	var c warmpoolCounts
+	c := warmpoolCounts{leaseWrites: map[string]float64{}}
 	for _, p := range d.processes() {
 		if err := p.alive(); err != nil {
 			return c, err
@@ -137,24 +137,39 @@ func (d *warmpoolDeployment) counts(ctx context.Context) (warmpoolCounts, error)
 			}
 			return false
 		})
+		if f := fams["warmpool_allocator_lease_writes_total"]; f != nil {
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "cause" {
+						c.leaseWrites[l.GetValue()] += m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
 	}
 	return c, nil
 }
 
-// settle waits until the NodeLeases record exactly want assignments to
-// pods of ns: the allocator persisted what the agents did. The API writes
-// a phase caused are counted after it.
+// settle waits until the agents' records hold exactly want assignments
+// to pods of ns: the agents did what the phase asked. The API writes a
+// phase caused are counted after it. (The NodeLeases do not record
+// assignments: they list which node holds which unit, and an ADD or a DEL
+// does not write them; which unit is assigned to which pod is the agent's
+// record, read from its /state.)
 func (d *warmpoolDeployment) settle(ctx context.Context, ns string, want int) error {
 	var have int
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		leases, err := d.client.NodeLeases().List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, err
-		}
 		have = 0
-		for _, l := range leases.Items {
-			for _, u := range l.Spec.Units {
-				if u.State == v1alpha1.UnitAssigned && u.Pod != nil && u.Pod.Namespace == ns {
+		for _, p := range d.agents {
+			if err := p.alive(); err != nil {
+				return false, err
+			}
+			st, err := p.state(ctx)
+			if err != nil {
+				return false, err
+			}
+			for _, as := range st.Assignments {
+				if as.Pool == d.pool && as.Pod.Namespace == ns {
 					have++
 				}
 			}
@@ -162,7 +177,7 @@ func (d *warmpoolDeployment) settle(ctx context.Context, ns string, want int) er
 		return have == want, nil
 	})
 	if err != nil {
-		return fmt.Errorf("NodeLeases record %d assignments in %s, want %d: %w", have, ns, want, err)
+		return fmt.Errorf("the agents' records hold %d assignments in %s, want %d: %w", have, ns, want, err)
 	}
 	return nil
 }

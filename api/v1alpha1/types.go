@@ -190,7 +190,9 @@ type Warm struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=4096
 	MinWarm *int32 `json:"minWarm,omitempty"`
-	// WarmTarget is the headroom kept on top of the node's current demand.
+	// WarmTarget is the least headroom kept on top of the node's current
+	// demand; a node serving a stream of ADDs keeps about those of its last
+	// 30 s instead, when more.
 	// +optional
 	// +kubebuilder:default=4
 	// +kubebuilder:validation:Minimum=0
@@ -291,10 +293,11 @@ type IPPoolList struct {
 	Items           []IPPool `json:"items"`
 }
 
-// NodeLease is the allocator's durable record of the units of one pool held
-// by one node: warm ones and the ones assigned to pods. It is written only by
-// the leader allocator, one write per node and pool per planning round, so a
-// burst of pods costs a few writes per node rather than one per pod. Its name
+// NodeLease is the allocator's durable record of the units of one pool
+// leased to one node. It is written only by the leader allocator, and only
+// when units move (grants and returns, batched per node and pool per
+// planning round): an ADD or a DEL never writes it, since which unit is
+// assigned to which pod is the node agent's fact, kept in its own store. Its name
 // is NodeLeaseName(pool, node); spec.pool and spec.node are authoritative.
 //
 // +genclient
@@ -331,9 +334,10 @@ type NodeLeaseSpec struct {
 	// agents ignore messages from a lower epoch than the highest they saw.
 	// +kubebuilder:validation:Minimum=0
 	Epoch int64 `json:"epoch"`
-	// Units are the units the node holds. At most 4096: an assigned
-	// dual-stack unit takes ~270 bytes of JSON, and the object must stay well
-	// inside etcd's 1.5 MiB request limit.
+	// Units are the units leased to the node, warm or assigned there (its
+	// agent knows which). The allocator writes the lease only when units
+	// move: a grant, a return under scarcity, a lost node's units coming
+	// back. At most 4096 (a dual-stack unit is ~60 bytes of JSON).
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=4096
@@ -341,11 +345,11 @@ type NodeLeaseSpec struct {
 }
 
 // LeasedUnit is one allocation unit (an address, or an IPv4/IPv6 pair in a
-// dual-stack pool) held by a node.
+// dual-stack pool) leased to a node. The lease says only which units the
+// node holds: whether one is warm or assigned, and to which pod, is the
+// node agent's record (its /state endpoint), never written to the API.
 //
 // +kubebuilder:validation:XValidation:rule="has(self.ipv4) || has(self.ipv6)",message="a unit needs ipv4, ipv6 or both"
-// +kubebuilder:validation:XValidation:rule="(self.state == 'Assigned') == has(self.pod)",message="pod is set exactly when state is Assigned"
-// +kubebuilder:validation:XValidation:rule="(self.state == 'Revoking') == has(self.deadline)",message="deadline is set exactly when state is Revoking"
 type LeasedUnit struct {
 	// IPv4 is the unit's IPv4 address, in a pool with ipv4.
 	// +optional
@@ -355,18 +359,6 @@ type LeasedUnit struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=45
 	IPv6 string `json:"ipv6,omitempty"`
-	// State is Warm (cached on the node, free for its next pod), Assigned
-	// (given to Pod) or Revoking (the allocator asked the node to give it back;
-	// until the node confirms or Deadline passes, the node still holds it).
-	// +required
-	State UnitState `json:"state"`
-	// Pod is the pod the unit is assigned to, when State is Assigned.
-	// +optional
-	Pod *PodRef `json:"pod,omitempty"`
-	// Deadline bounds a Revoking state: past it, the revoke is aborted and the
-	// unit is Warm again on the same node.
-	// +optional
-	Deadline *metav1.Time `json:"deadline,omitempty"`
 }
 
 // ID is the unit's key within its pool, the one the allocator's ledger
@@ -378,42 +370,6 @@ func (u LeasedUnit) ID() string {
 	}
 	return u.IPv6
 }
-
-// UnitState is the state of a leased unit.
-// +kubebuilder:validation:Enum=Warm;Assigned;Revoking
-type UnitState string
-
-// States of a leased unit.
-const (
-	UnitWarm     UnitState = "Warm"
-	UnitAssigned UnitState = "Assigned"
-	UnitRevoking UnitState = "Revoking"
-)
-
-// PodRef identifies the pod and interface a unit is assigned to.
-type PodRef struct {
-	// +required
-	// +kubebuilder:validation:MaxLength=63
-	Namespace string `json:"namespace"`
-	// +required
-	// +kubebuilder:validation:MaxLength=253
-	Name string `json:"name"`
-	// +required
-	// +kubebuilder:validation:MaxLength=128
-	UID string `json:"uid"`
-	// ContainerID is the sandbox the CNI ADD was for.
-	// +optional
-	// +kubebuilder:validation:MaxLength=256
-	ContainerID string `json:"containerID,omitempty"`
-	// Interface is the CNI ifname inside the sandbox.
-	// +optional
-	// +kubebuilder:validation:MaxLength=15
-	Interface string `json:"interface,omitempty"`
-}
-
-// Attachment is the key the agent records the assignment under,
-// "<containerID>/<ifname>" (wire.Attachment, broker.SplitAttachment).
-func (p PodRef) Attachment() string { return p.ContainerID + "/" + p.Interface }
 
 // NodeLeaseList is a list of NodeLeases.
 //

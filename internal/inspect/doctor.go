@@ -70,8 +70,6 @@ const (
 	KindAgentMissing         = "agent-missing"
 	KindAgentUnitNotLeased   = "agent-unit-not-leased"
 	KindLeaseUnitNotHeld     = "lease-unit-not-held"
-	KindStateMismatch        = "state-mismatch"
-	KindAssignmentMismatch   = "assignment-mismatch"
 	KindLeakPodGone          = "leak-pod-gone"
 	KindLeakPodReplaced      = "leak-pod-replaced"
 	KindLeakPodFinished      = "leak-pod-finished"
@@ -90,7 +88,7 @@ type kindInfo struct {
 // kinds says what each finding means and what to do. %[1]s in an
 // action (the leaks') is the GC window.
 var kinds = map[string]kindInfo{
-	KindLeaderMissing: {Error, "no allocator has ever taken the election Lease here (or it was deleted): nothing grants, serves misses, records assignments or reclaims leaks; agents serve only what they hold",
+	KindLeaderMissing: {Error, "no allocator has ever taken the election Lease here (or it was deleted): nothing grants, serves misses or moves units between nodes; agents serve only what they hold",
 		"check the warmpool-allocator Deployment's pods and logs; the namespace and name are the allocator's --namespace and --lease-name (this CLI's -n and --election-lease)"},
 	KindLeaderStale: {Error, "the election Lease has no holder or was not renewed within its duration: no allocator leads now (a takeover may be under way)",
 		"run again in a lease duration; if it stays, check the allocator pods (crash-looping, unable to reach the apiserver) and their logs"},
@@ -102,13 +100,13 @@ var kinds = map[string]kindInfo{
 		"find who edited the lease (audit log); `kubectl warmpool where` says which pod holds it; pools' addresses are immutable, so recreate the pod after fixing the lease"},
 	KindUnknownPool: {Warning, "a NodeLease names a pool that does not exist (deleted with units still leased): its units are no longer managed",
 		"drain the pods using those addresses, then delete the NodeLease; or recreate the pool with the same addresses"},
-	KindLeaseOfMissingNode: {Warning, "a NodeLease belongs to a node that no longer exists: its warm units come back once the node is lost for the allocator's node-loss grace; assigned ones once their pods are gone",
+	KindLeaseOfMissingNode: {Warning, "a NodeLease belongs to a node that no longer exists: its units come back once the node is lost for the allocator's node-loss grace and its pods are gone (which units were assigned is its agent's record, likely gone with it)",
 		"wait for the node-loss grace (allocator --node-loss-grace) and for the node's pods to be deleted; if it stays, check the allocator's log"},
 	KindLeaseEpochAhead: {Warning, "a NodeLease was written at an epoch above the leader's (as the election Lease and the pools' Ready conditions record it): another allocator wrote after the current one took over, or the current one's records are not written yet",
 		"run again in a few seconds; if it stays, check that one allocator leads (warmpool_allocator_epoch on each replica) and the allocators' logs for 'deposed'"},
-	KindStatusDisagrees: {Warning, "the pool's status counts differ from its NodeLeases': the status is written every 5 s when a count changes, and counts grants in flight as warm",
+	KindStatusDisagrees: {Warning, "the pool's status counts differ from its NodeLeases' (units held: warm + assigned) or, when every holder's agent was read, from the agents' records (warm, counting cooling, and assigned): the status is written every 5 s when a count changes, and counts grants in flight as warm",
 		"run again in a few seconds; if it stays, check the allocator's log for 'pool status' errors"},
-	KindAgentUnreachable: {Error, "the node's agent could not be read: it may be down (the node's ADDs fail with code 11) or only unreachable from here (pod proxy, RBAC, --agent URL)",
+	KindAgentUnreachable: {Error, "the node's agent could not be read: it may be down (the node's ADDs fail with code 11) or only unreachable from here (pod proxy, RBAC, --agent URL); its record is the only one of which units are assigned there, so its units and its pods' addresses are not checked",
 		"kubectl -n kube-system get pods -l app.kubernetes.io/name=warmpool-agent -o wide; its logs; that the CLI may get pods/proxy in that namespace"},
 	KindAgentFenced: {Warning, "the agent uses none of its warm units until it resynchronises with the allocator (just started, or silent on the bus past its warm TTL): ADDs on the node are misses",
 		"normal for a moment after a restart; if it stays, check the agent's bus connection (its log, the allocator's NATS service)"},
@@ -118,21 +116,17 @@ var kinds = map[string]kindInfo{
 		"run again; if it stays, capture the agent's /state and the NodeLease and file a bug; the agent's next sync (every 30 s) should make it drop a warm one"},
 	KindLeaseUnitNotHeld: {Warning, "the NodeLease lists a unit its agent does not hold: normal while a grant is in flight (the lease is written before the push); otherwise the unit is lost to the node until the agent's next sync",
 		"run again in 30 s (an agent's sync period); if it stays, check the agent's bus connection and log"},
-	KindStateMismatch: {Warning, "the NodeLease and the agent disagree whether the unit is assigned: normal while the agent's report is in flight (the agent records first)",
-		"run again in a few seconds; if it stays, check the agent's log for report errors"},
-	KindAssignmentMismatch: {Warning, "the NodeLease and the agent assign the unit to different pods or sandboxes",
-		"run again in a few seconds; if it stays, the agent's record wins at its next sync: check its log"},
 	KindLeakPodGone: {Warning, "a leak: the pod the unit is assigned to is gone without a CNI DEL (force-deleted, or its node died), so the address is unusable until reclaimed",
 		"the node's agent's leak GC releases it within about %[1]s; if it stays longer, check the agent's log ('leak GC') and warmpool_agent_reclaimed_total"},
 	KindLeakPodReplaced: {Warning, "a leak: a pod of that name exists with another UID, or, when the record has none, on another node (re-created), and the old pod's sandbox got no DEL",
 		"the node's agent's leak GC releases it within about %[1]s; if it stays, check the agent's log ('leak GC')"},
 	KindLeakPodFinished: {Warning, "a leak: the pod has finished (Succeeded or Failed) and still holds the unit",
 		"the node's agent's leak GC releases it within about %[1]s; if it stays, check the agent's log and whether the runtime DELs finished sandboxes"},
-	KindPodOnOtherNode: {Error, "the unit is assigned to a pod that is bound to another node than the one holding it: the records and the API disagree about where the pod runs",
-		"capture the NodeLease, the agent's /state and the pod; delete the pod so its address is released and reassigned"},
-	KindUnrecordedPodAddress: {Error, "a live pod reports one of a pool's units, which no record assigns to it: warmpool may hand it to another pod (invariant 1)",
+	KindPodOnOtherNode: {Error, "an agent's record assigns the unit to a pod that is bound to another node than the agent's: the record and the API disagree about where the pod runs",
+		"capture the agent's /state, the NodeLease and the pod; delete the pod so its address is released and reassigned"},
+	KindUnrecordedPodAddress: {Error, "a live pod reports one of a pool's units, which no agent's record assigns to it (its node's agent was read): warmpool may hand it to another pod (invariant 1)",
 		"check how the pod got it (`kubectl warmpool where`; a static address or another IPAM inside a pool's range?); exclude it from the pool or recreate the pod"},
-	KindAddressOfOtherPod: {Error, "a live pod reports an address the records assign to another pod",
+	KindAddressOfOtherPod: {Error, "a live pod reports an address an agent's record assigns to another pod",
 		"`kubectl warmpool where ADDRESS`; recreate the pod that should not have it"},
 	KindAddressOnTwoPods: {Error, "invariant 1 is broken: two live pods report the same address",
 		"`kubectl warmpool where ADDRESS`; recreate one of the pods; capture both nodes' agents' /state and file a bug"},
@@ -372,8 +366,7 @@ func (d *doctor) leases() {
 		d.checked.LeasedUnits += len(l.Spec.Units)
 		f := Finding{Pool: l.Spec.Pool, Node: l.Spec.Node}
 		if d.s.node(l.Spec.Node) == nil {
-			c := countLease(l)
-			d.add(KindLeaseOfMissingNode, f, "NodeLease %s is node %s's, which does not exist; it lists %d warm, %d assigned, %d revoking", l.Name, l.Spec.Node, c.Warm, c.Assigned, c.Revoking)
+			d.add(KindLeaseOfMissingNode, f, "NodeLease %s is node %s's, which does not exist; it lists %d units, %s", l.Name, l.Spec.Node, len(l.Spec.Units), d.splitOf(l))
 		}
 		p := d.ix.get(l.Spec.Pool)
 		if p == nil {
@@ -392,17 +385,64 @@ func (d *doctor) leases() {
 	}
 }
 
+// splitOf says how a lease's units split into warm and assigned, by its
+// node's agent's record: the lease cannot say.
+func (d *doctor) splitOf(l v1alpha1.NodeLease) string {
+	r := d.s.agentOf(l.Spec.Node)
+	if r == nil || r.State == nil {
+		return "which of them are assigned is unknown (its agent was not read)"
+	}
+	c := countAgent(r.State, l.Spec.Pool)
+	return fmt.Sprintf("its agent's record: %d warm, %d cooling, %d assigned", c.Warm, c.Cooling, c.Assigned)
+}
+
+// status compares each pool's status with the records: what it counts
+// held (warm + assigned) with its leases' units, and its split into warm
+// and assigned with the agents' records when all of them could be read.
 func (d *doctor) status() {
 	for _, row := range Pools(d.s) {
 		if row.Ready == "-" {
 			continue // not served yet: no status to compare
 		}
-		free := row.Total - row.Leases.Held()
-		if row.Warm != row.Leases.Warm+row.Leases.Revoking || row.Assigned != row.Leases.Assigned || row.Free != free {
-			d.add(KindStatusDisagrees, Finding{Pool: row.Name}, "pool %s's status says free %d, warm %d, assigned %d; its NodeLeases: free %d, warm %d (%d revoking), assigned %d",
-				row.Name, row.Free, row.Warm, row.Assigned, free, row.Leases.Warm+row.Leases.Revoking, row.Leases.Revoking, row.Leases.Assigned)
+		differs := row.Free != row.Total-row.Leased || row.Warm+row.Assigned != row.Leased
+		agents, known := d.agentsSplit(row.Name)
+		var split string
+		switch {
+		case known:
+			differs = differs || row.Warm != agents.Warm+agents.Cooling || row.Assigned != agents.Assigned
+			split = fmt.Sprintf("its agents' records: warm %d (%d cooling), assigned %d", agents.Warm+agents.Cooling, agents.Cooling, agents.Assigned)
+		default:
+			split = "its agents' split is unknown (not every holder's agent was read)"
+		}
+		if differs {
+			d.add(KindStatusDisagrees, Finding{Pool: row.Name}, "pool %s's status says free %d, warm %d, assigned %d; its NodeLeases list %d units (free %d); %s",
+				row.Name, row.Free, row.Warm, row.Assigned, row.Leased, row.Total-row.Leased, split)
 		}
 	}
+}
+
+// agentsSplit sums the pool's units by state over the agents' records;
+// false when an agent of a node whose lease lists units of the pool was
+// not read (or the agents were not read at all), since its part of the
+// split is then unknown.
+func (d *doctor) agentsSplit(pool string) (AgentCounts, bool) {
+	if d.s.Agents == nil {
+		return AgentCounts{}, false
+	}
+	for _, l := range d.s.Leases {
+		if r := d.s.agentOf(l.Spec.Node); l.Spec.Pool == pool && len(l.Spec.Units) > 0 && (r == nil || r.State == nil) {
+			return AgentCounts{}, false
+		}
+	}
+	var sum AgentCounts
+	for _, r := range d.s.Agents {
+		if r.State == nil {
+			continue
+		}
+		c := countAgent(r.State, pool)
+		sum.Warm, sum.Assigned, sum.Cooling = sum.Warm+c.Warm, sum.Assigned+c.Assigned, sum.Cooling+c.Cooling
+	}
+	return sum, true
 }
 
 func (d *doctor) agents() {
@@ -427,7 +467,7 @@ func (d *doctor) agents() {
 	}
 	for _, l := range d.s.Leases {
 		if d.s.agentOf(l.Spec.Node) == nil && len(l.Spec.Units) > 0 && d.s.node(l.Spec.Node) != nil {
-			d.add(KindAgentMissing, Finding{Node: l.Spec.Node, Pool: l.Spec.Pool}, "node %s holds %d units of pool %s but no agent was found for it", l.Spec.Node, len(l.Spec.Units), l.Spec.Pool)
+			d.add(KindAgentMissing, Finding{Node: l.Spec.Node, Pool: l.Spec.Pool}, "node %s's NodeLease lists %d units of pool %s but no agent was found for it", l.Spec.Node, len(l.Spec.Units), l.Spec.Pool)
 		}
 	}
 	shared := SharedAgentUnits(read)
@@ -456,90 +496,36 @@ func describeHolders(states map[string]*agent.State, nodes []string, id string) 
 	return out
 }
 
-// holdings compares one reachable, unfenced agent with its node's leases.
+// holdings compares one reachable, unfenced agent with its node's leases:
+// units only, since a lease says nothing of a unit's state or pod.
 func (d *doctor) holdings(node string, st *agent.State) {
-	leases := d.s.leasesOf(node)
-	for _, m := range CompareHoldings(leases, st) {
+	for _, m := range CompareHoldings(d.s.leasesOf(node), st) {
 		f := Finding{Node: node, Pool: m.Pool, Unit: m.Unit}
 		switch m.Kind {
 		case NotLeased:
 			d.add(KindAgentUnitNotLeased, f, "node %s's agent holds %s of pool %s (%s), which the node's NodeLease does not list", node, m.Unit, m.Pool,
 				strings.TrimSpace(string(m.Agent.State)+" "+m.Agent.Attachment))
 		case NotHeld:
-			d.add(KindLeaseUnitNotHeld, f, "node %s's NodeLease lists %s of pool %s (%s%s), which its agent does not hold", node, m.Unit, m.Pool, m.Lease.State, assignedTo(m.Lease.Pod))
-		case StateDiffers:
-			d.add(KindStateMismatch, f, "%s of pool %s on node %s: the NodeLease says %s, the agent %s", m.Unit, m.Pool, node, m.Lease.State, m.Agent.State)
-		}
-	}
-	// Both assigned: to the same sandbox and pod?
-	byAttachment := map[string]store.Assignment{}
-	for _, as := range st.Assignments {
-		byAttachment[as.Attachment] = as
-	}
-	for _, l := range leases {
-		for _, u := range l.Spec.Units {
-			if u.State != v1alpha1.UnitAssigned || u.Pod == nil {
-				continue
-			}
-			id := u.ID()
-			for _, au := range st.Units {
-				if au.Pool != l.Spec.Pool || au.ID != id || au.State != store.Assigned {
-					continue
-				}
-				as, recorded := byAttachment[au.Attachment]
-				if au.Attachment != u.Pod.Attachment() || recorded && !as.Pod.Same(refPod(u.Pod)) {
-					d.add(KindAssignmentMismatch, Finding{Node: node, Pool: l.Spec.Pool, Unit: id}, "%s of pool %s on node %s: the NodeLease assigns it%s, the agent to %s (pod %s/%s, uid %s)",
-						id, l.Spec.Pool, node, assignedTo(u.Pod), au.Attachment, as.Pod.Namespace, as.Pod.Name, as.Pod.UID)
-				}
-			}
+			d.add(KindLeaseUnitNotHeld, f, "node %s's NodeLease lists %s of pool %s, which its agent does not hold", node, m.Unit, m.Pool)
 		}
 	}
 }
 
-func assignedTo(p *v1alpha1.PodRef) string {
-	if p == nil {
-		return ""
-	}
-	return fmt.Sprintf(" to %s/%s uid %s, %s/%s", p.Namespace, p.Name, p.UID, p.ContainerID, p.Interface)
-}
-
-// assignment is one record of a unit assigned to a pod, from a lease or
-// an agent.
+// assignment is one agent's record of a unit assigned to a pod: the only
+// record of assignments, a NodeLease listing units only.
 type assignment struct {
-	node, pool, unit string
-	ns, name, uid    string
-	attachment       string
-	from             string
+	node string
+	store.Assignment
 }
-
-func (a assignment) pod() store.Pod { return store.Pod{Namespace: a.ns, Name: a.name, UID: a.uid} }
 
 func (d *doctor) assignments() []assignment {
 	var out []assignment
-	seen := map[string]bool{}
-	add := func(a assignment) {
-		k := a.node + "\x00" + a.pool + "\x00" + a.unit + "\x00" + a.ns + "/" + a.name + "\x00" + a.uid
-		if seen[k] {
-			return
-		}
-		seen[k] = true
-		out = append(out, a)
-	}
-	for _, l := range d.s.Leases {
-		for _, u := range l.Spec.Units {
-			if u.State == v1alpha1.UnitAssigned && u.Pod != nil {
-				add(assignment{node: l.Spec.Node, pool: l.Spec.Pool, unit: u.ID(), ns: u.Pod.Namespace, name: u.Pod.Name, uid: u.Pod.UID,
-					attachment: u.Pod.Attachment(), from: "NodeLease " + l.Name})
-			}
-		}
-	}
 	for _, r := range d.s.Agents {
 		if r.State == nil {
 			continue
 		}
 		for _, as := range r.State.Assignments {
-			add(assignment{node: r.Node, pool: as.Pool, unit: as.UnitID, ns: as.Pod.Namespace, name: as.Pod.Name, uid: as.Pod.UID,
-				attachment: as.Attachment, from: "node " + r.Node + "'s agent"})
+			out = append(out, assignment{node: r.Node, Assignment: as})
 		}
 	}
 	return out
@@ -556,10 +542,10 @@ func (d *doctor) pods() {
 	// Each assignment's pod must exist, with that UID, unfinished, on
 	// that node.
 	for _, a := range assignments {
-		f := Finding{Node: a.node, Pool: a.pool, Unit: a.unit, Pod: a.ns + "/" + a.name}
-		p := byName[a.ns+"/"+a.name]
-		what := fmt.Sprintf("%s of pool %s on node %s, assigned (%s) to pod %s/%s uid %s, sandbox %s", a.unit, a.pool, a.node, a.from, a.ns, a.name, a.uid, a.attachment)
-		if kind, why := leakOf(p, a.pod(), a.node); kind != "" {
+		f := Finding{Node: a.node, Pool: a.Pool, Unit: a.UnitID, Pod: a.Pod.Namespace + "/" + a.Pod.Name}
+		p := byName[a.Pod.Namespace+"/"+a.Pod.Name]
+		what := fmt.Sprintf("%s of pool %s on node %s, assigned by the agent to pod %s/%s uid %s, sandbox %s", a.UnitID, a.Pool, a.node, a.Pod.Namespace, a.Pod.Name, a.Pod.UID, a.Attachment)
+		if kind, why := leakOf(p, a.Pod, a.node); kind != "" {
 			d.add(kind, f, "%s: the pod %s", what, why)
 		} else if p.Spec.NodeName != a.node {
 			d.add(KindPodOnOtherNode, f, "%s: the pod is bound to node %q", what, p.Spec.NodeName)
@@ -568,10 +554,10 @@ func (d *doctor) pods() {
 	// Each address warmpool may have handed out that a live pod reports
 	// must be assigned to it.
 	type owner struct {
-		pool string
-		pod  store.Pod
+		node, pool string
+		pod        store.Pod
 	}
-	recorded := map[netip.Addr][]owner{} // address -> pods the records assign it to
+	recorded := map[netip.Addr][]owner{} // address -> pods the agents' records assign it to
 	addrsOf := func(pool, unit string) []netip.Addr {
 		var out []netip.Addr
 		if a, err := netip.ParseAddr(unit); err == nil {
@@ -589,11 +575,12 @@ func (d *doctor) pods() {
 		return out
 	}
 	for _, a := range assignments {
-		for _, x := range addrsOf(a.pool, a.unit) {
-			recorded[x] = append(recorded[x], owner{a.pool, a.pod()})
+		for _, x := range addrsOf(a.Pool, a.UnitID) {
+			recorded[x] = append(recorded[x], owner{a.node, a.Pool, a.Pod})
 		}
 	}
 	reporters := map[netip.Addr][]string{}
+	unchecked := map[string]int{} // node -> its pods' addresses its unread agent may record
 	for i := range d.s.Pods {
 		p := &d.s.Pods[i]
 		addrs, err := podAddresses(p)
@@ -604,12 +591,12 @@ func (d *doctor) pods() {
 			continue
 		}
 		for _, pa := range addrs {
-			// Only what warmpool hands out, a pool's unit, or what a
-			// record says it handed out (a lease edited by hand, which
-			// address-outside-pool reports too): a pool's subnet also
-			// holds its gateway, the nodes' own addresses and others'
-			// static ones, excluded or outside its ranges, which no
-			// warmpool record can conflict with.
+			// Only what warmpool hands out, a pool's unit, or what an
+			// agent's record says it handed out (a unit of a lease
+			// edited by hand, which address-outside-pool reports too):
+			// a pool's subnet also holds its gateway, the nodes' own
+			// addresses and others' static ones, excluded or outside
+			// its ranges, which no warmpool record can conflict with.
 			pools, owners := d.ix.allocating(pa.Addr), recorded[pa.Addr]
 			if len(pools) == 0 && len(owners) == 0 {
 				continue
@@ -628,18 +615,16 @@ func (d *doctor) pods() {
 			})
 			switch {
 			case mine:
+			case len(owners) == 0 && d.s.agentUnread(p.Spec.NodeName):
+				// The agents are the only record of assignments: the
+				// node's, unread, may well have this one. Said once on
+				// the agent's finding, not once per address of its pods.
+				unchecked[p.Spec.NodeName]++
 			case len(owners) == 0:
-				d.add(KindUnrecordedPodAddress, f, "pod %s/%s on node %s reports %s (%s), which no record assigns", p.Namespace, p.Name, p.Spec.NodeName, pa.Addr, pa.Source)
-				if r := d.s.agentOf(p.Spec.NodeName); r != nil && r.State == nil {
-					// The agent records an assignment before its lease
-					// does: unread, it may well have this one.
-					last := &d.findings[len(d.findings)-1]
-					last.Severity = Warning
-					last.Message += " (but its node's agent could not be read, and its record may have it)"
-				}
+				d.add(KindUnrecordedPodAddress, f, "pod %s/%s on node %s reports %s (%s), which no agent's record assigns", p.Namespace, p.Name, p.Spec.NodeName, pa.Addr, pa.Source)
 			default:
-				d.add(KindAddressOfOtherPod, f, "pod %s/%s on node %s reports %s (%s), which the records assign to %s/%s uid %s", p.Namespace, p.Name, p.Spec.NodeName, pa.Addr, pa.Source,
-					owners[0].pod.Namespace, owners[0].pod.Name, owners[0].pod.UID)
+				d.add(KindAddressOfOtherPod, f, "pod %s/%s on node %s reports %s (%s), which node %s's agent assigns to %s/%s uid %s", p.Namespace, p.Name, p.Spec.NodeName, pa.Addr, pa.Source,
+					owners[0].node, owners[0].pod.Namespace, owners[0].pod.Name, owners[0].pod.UID)
 			}
 		}
 	}
@@ -647,6 +632,19 @@ func (d *doctor) pods() {
 		if len(pods) > 1 {
 			slices.Sort(pods)
 			d.add(KindAddressOnTwoPods, Finding{Unit: a.String()}, "%s is reported by live pods %v", a, pods)
+		}
+	}
+	d.noteUnchecked(unchecked)
+}
+
+// noteUnchecked tells, on each agent-unreachable finding, how many
+// addresses the node's pods report that no read record assigns: they
+// could not be checked.
+func (d *doctor) noteUnchecked(unchecked map[string]int) {
+	for i := range d.findings {
+		f := &d.findings[i]
+		if n := unchecked[f.Node]; n > 0 && f.Kind == KindAgentUnreachable {
+			f.Message += fmt.Sprintf("; the addresses its pods report are not checked (%d), its record being the only one of their assignments", n)
 		}
 	}
 }

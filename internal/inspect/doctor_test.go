@@ -69,7 +69,7 @@ func TestDoctorFindsEachDiscrepancy(t *testing.T) {
 	}{
 		{"unit in two leases", func(s *Snapshot) {
 			l := leaseOf(s, "n2")
-			l.Spec.Units = append(l.Spec.Units, warmUnit("10.20.0.10"))
+			l.Spec.Units = append(l.Spec.Units, leasedUnit("10.20.0.10"))
 		}, KindUnitInTwoLeases, Error},
 		{"unit held by two agents", func(s *Snapshot) {
 			st := stateOf(s, "n2")
@@ -77,24 +77,27 @@ func TestDoctorFindsEachDiscrepancy(t *testing.T) {
 		}, KindUnitInTwoAgents, Error},
 		{"address outside the pool", func(s *Snapshot) {
 			l := leaseOf(s, "n1")
-			l.Spec.Units = append(l.Spec.Units, v1alpha1.LeasedUnit{IPv4: "10.20.1.5", IPv6: "fd00:20::99", State: v1alpha1.UnitWarm})
+			l.Spec.Units = append(l.Spec.Units, v1alpha1.LeasedUnit{IPv4: "10.20.1.5", IPv6: "fd00:20::99"})
 		}, KindOutsidePool, Error},
 		{"excluded address", func(s *Snapshot) {
 			l := leaseOf(s, "n1")
-			l.Spec.Units = append(l.Spec.Units, v1alpha1.LeasedUnit{IPv4: "10.20.0.20", State: v1alpha1.UnitWarm})
+			l.Spec.Units = append(l.Spec.Units, v1alpha1.LeasedUnit{IPv4: "10.20.0.20"})
 		}, KindOutsidePool, Error},
 		{"pair the pool does not make", func(s *Snapshot) {
 			l := leaseOf(s, "n1")
 			l.Spec.Units[0].IPv6 = pair("10.20.0.14")
 		}, KindOutsidePool, Error},
 		{"lease of a deleted pool", func(s *Snapshot) {
-			s.Leases = append(s.Leases, lease("gone", "n1", 1, warmUnit("10.20.0.15")))
+			s.Leases = append(s.Leases, lease("gone", "n1", 1, leasedUnit("10.20.0.15")))
 		}, KindUnknownPool, Warning},
 		{"lease of a deleted node", func(s *Snapshot) {
 			s.Nodes = s.Nodes[:1]
 		}, KindLeaseOfMissingNode, Warning},
 		{"lease epoch ahead of the leader", func(s *Snapshot) { leaseOf(s, "n2").Spec.Epoch = 5 }, KindLeaseEpochAhead, Warning},
-		{"status counts differ", func(s *Snapshot) { s.Pools[0].Status.Warm = 7 }, KindStatusDisagrees, Warning},
+		{"status counts more held units than the leases list", func(s *Snapshot) { s.Pools[0].Status.Warm = 7 }, KindStatusDisagrees, Warning},
+		{"status splits the held units otherwise than the agents", func(s *Snapshot) {
+			s.Pools[0].Status.Warm, s.Pools[0].Status.Assigned = 2, 2
+		}, KindStatusDisagrees, Warning},
 		{"agent unreachable", func(s *Snapshot) {
 			a := s.agentOf("n2")
 			a.State, a.StateError = nil, "GET /state: 500 Internal Server Error"
@@ -107,15 +110,8 @@ func TestDoctorFindsEachDiscrepancy(t *testing.T) {
 		}, KindAgentUnitNotLeased, Error},
 		{"lease lists what the agent does not hold", func(s *Snapshot) {
 			l := leaseOf(s, "n1")
-			l.Spec.Units = append(l.Spec.Units, warmUnit("10.20.0.14"))
+			l.Spec.Units = append(l.Spec.Units, leasedUnit("10.20.0.14"))
 		}, KindLeaseUnitNotHeld, Warning},
-		{"assigned in the agent, warm in the lease", func(s *Snapshot) {
-			st := stateOf(s, "n1")
-			st.Units[0] = agentUnit("10.20.0.10", store.Assigned, "ctr-x/net1")
-		}, KindStateMismatch, Warning},
-		{"assigned to another sandbox", func(s *Snapshot) {
-			leaseOf(s, "n1").Spec.Units[1].Pod.ContainerID = "ctr-old"
-		}, KindAssignmentMismatch, Warning},
 		{"pod gone (leak)", func(s *Snapshot) { s.Pods = []corev1.Pod{} }, KindLeakPodGone, Warning},
 		{"pod re-created (leak)", func(s *Snapshot) { s.Pods[0].UID = "uid-a2" }, KindLeakPodReplaced, Warning},
 		{"pod finished (leak)", func(s *Snapshot) { s.Pods[0].Status.Phase = corev1.PodFailed }, KindLeakPodFinished, Warning},
@@ -162,14 +158,13 @@ func TestDoctorFindsEachDiscrepancy(t *testing.T) {
 }
 
 // TestDoctorAndWhereAgree: one situation of the assigned unit .11, and
-// what each command must make of it. Both follow the agent on which pod
-// a record names (by UID when both records have one, else by namespace
-// and name) and the allocator's GC on what is a leak.
+// what each command must make of it. Both take the assignment from the
+// agent's record (a lease lists units only), match pods as the agent does
+// (by UID when both have one, else by namespace and name), and follow the
+// agent's leak GC on what is a leak.
 func TestDoctorAndWhereAgree(t *testing.T) {
-	leased := func(s *Snapshot) *v1alpha1.PodRef { return s.Leases[0].Spec.Units[1].Pod }
 	held := func(s *Snapshot) *store.Pod { return &s.agentOf("n1").State.Assignments[0].Pod }
 	deleting := metav1.NewTime(now)
-	nl := "NodeLease " + v1alpha1.NodeLeaseName("dual", "n1")
 	cases := []struct {
 		name   string
 		breakF func(s *Snapshot)
@@ -178,28 +173,25 @@ func TestDoctorAndWhereAgree(t *testing.T) {
 		kinds []string
 		where []string
 	}{
-		{"the lease has no UID", func(s *Snapshot) { leased(s).UID = "" }, nil, nil},
 		{"the agent has no UID", func(s *Snapshot) { held(s).UID = "" }, nil, nil},
-		{"neither has a UID", func(s *Snapshot) { leased(s).UID, held(s).UID = "", "" }, nil, nil},
-		{"no UID on one side, another pod's name on the other", func(s *Snapshot) { leased(s).UID, leased(s).Name = "", "b" },
-			[]string{KindAssignmentMismatch, KindLeakPodGone},
-			[]string{"the NodeLease assigns it to default/b", nl + " assigns it to pod default/b, which is gone: a leak"}},
+		{"no UID, another pod's name", func(s *Snapshot) { held(s).UID, held(s).Name = "", "b" },
+			[]string{KindAddressOfOtherPod, KindAddressOfOtherPod, KindLeakPodGone}, // pod a reports both addresses of the unit
+			[]string{"pod default/a reports it, but no agent's record assigns it to that pod", "node n1's agent assigns it to pod default/b, which is gone: a leak"}},
 		{"a pod being deleted, still running", func(s *Snapshot) { s.Pods[0].DeletionTimestamp = &deleting }, nil, nil},
 		{"a finished pod", func(s *Snapshot) { s.Pods[0].Status.Phase = corev1.PodSucceeded },
-			[]string{KindLeakPodFinished}, []string{nl + " assigns it to pod default/a, which has Succeeded: a leak",
-				"node n1's agent assigns it to pod default/a, which has Succeeded: a leak"}},
+			[]string{KindLeakPodFinished}, []string{"node n1's agent assigns it to pod default/a, which has Succeeded: a leak"}},
 		{"a finished pod being deleted", func(s *Snapshot) {
 			s.Pods[0].Status.Phase, s.Pods[0].DeletionTimestamp = corev1.PodFailed, &deleting
-		}, []string{KindLeakPodFinished}, []string{nl + " assigns it to pod default/a, which has Failed and is being deleted: a leak",
-			"node n1's agent assigns it to pod default/a, which has Failed and is being deleted: a leak"}},
+		}, []string{KindLeakPodFinished}, []string{"node n1's agent assigns it to pod default/a, which has Failed and is being deleted: a leak"}},
 		{"no UID, the pod re-created on another node", func(s *Snapshot) {
-			leased(s).UID, held(s).UID = "", ""
+			held(s).UID = ""
 			s.Pods[0].UID, s.Pods[0].Spec.NodeName, s.Pods[0].Status.PodIPs = "uid-a2", "n2", nil
-		}, []string{KindLeakPodReplaced}, []string{nl + " assigns it to pod default/a, which is bound to node \"n2\"",
-			"node n1's agent assigns it to pod default/a, which is bound to node \"n2\""}},
+		}, []string{KindLeakPodReplaced}, []string{"node n1's agent assigns it to pod default/a, which is bound to node \"n2\""}},
 		{"with its UID, the pod on another node", func(s *Snapshot) {
 			s.Pods[0].Spec.NodeName, s.Pods[0].Status.PodIPs = "n2", nil
 		}, []string{KindPodOnOtherNode}, nil},
+		{"with its UID, the pod on another node, reporting it", func(s *Snapshot) { s.Pods[0].Spec.NodeName = "n2" },
+			[]string{KindPodOnOtherNode}, []string{"pod default/a is on node n2, the agent assigning it is node n1's"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -229,7 +221,7 @@ func TestLeakActionSaysWhenTheGCReclaimsIt(t *testing.T) {
 	if a := r.Findings[i].Action; !strings.Contains(a, "1m30s") || !strings.Contains(a, "45s") {
 		t.Errorf("action %q does not give the window (2 × 45s)", a)
 	}
-	// The lease's and the agent's record of one assignment are one leak.
+	// One assignment is one leak.
 	n := 0
 	for _, f := range r.Findings {
 		if f.Kind == KindLeakPodGone {
@@ -262,7 +254,7 @@ func TestMultusAddressesAreChecked(t *testing.T) {
 func TestDoctorDoesNotCheckWhatWasNotRead(t *testing.T) {
 	s := clean()
 	s.Agents, s.Pods = nil, nil
-	s.Leases = append(s.Leases, lease("dual", "n1", 1, warmUnit("10.20.0.14")))
+	s.Leases = append(s.Leases, lease("dual", "n1", 1, leasedUnit("10.20.0.14")))
 	r := Doctor(s)
 	for _, f := range r.Findings {
 		if strings.HasPrefix(f.Kind, "agent-") || strings.HasPrefix(f.Kind, "leak-") {
@@ -273,8 +265,8 @@ func TestDoctorDoesNotCheckWhatWasNotRead(t *testing.T) {
 
 func TestConfirmKeepsWhatBothReadingsFound(t *testing.T) {
 	s1 := clean()
-	s1.Pods = []corev1.Pod{}                                                          // a leak, in both
-	s1.Leases[0].Spec.Units = append(s1.Leases[0].Spec.Units, warmUnit("10.20.0.14")) // a grant in flight, first only
+	s1.Pods = []corev1.Pod{}                                                            // a leak, in both
+	s1.Leases[0].Spec.Units = append(s1.Leases[0].Spec.Units, leasedUnit("10.20.0.14")) // a grant in flight, first only
 	s1.Normalize()
 	s2 := clean()
 	s2.Pods = []corev1.Pod{}
@@ -322,7 +314,7 @@ func TestPoolsAndNodes(t *testing.T) {
 		t.Fatalf("rows %v", rows)
 	}
 	p := rows[0]
-	if p.Total != 20 || p.Free != 16 || p.Leases != (LeaseCounts{Warm: 2, Assigned: 1, Revoking: 1}) || p.LeaseNodes != 2 || p.Ready != "True" || p.Exhausted != "False" ||
+	if p.Total != 20 || p.Free != 16 || p.Leased != 4 || p.LeaseNodes != 2 || p.Ready != "True" || p.Exhausted != "False" ||
 		FormatRate(p.HitRate) != "90.0%" {
 		t.Errorf("pool row %+v", p)
 	}
@@ -330,26 +322,144 @@ func TestPoolsAndNodes(t *testing.T) {
 	if err := RenderPools(&wide, Pools(s), true); err != nil {
 		t.Fatal(err)
 	}
-	if lines := strings.Split(wide.String(), "\n"); !strings.Contains(lines[0], "LEASE-REVOKING") || !strings.Contains(lines[1], "epoch") {
+	if lines := strings.Split(wide.String(), "\n"); !strings.Contains(lines[0], "LEASED") || !strings.Contains(lines[1], "epoch") {
 		t.Errorf("pools -o wide:\n%s", wide.String())
 	}
 	s.agentOf("n2").State.Fenced = "no sync yet"
 	s.Nodes[1].Status.Conditions[0].Status = corev1.ConditionUnknown
+	// The split is the record's, not the metrics' gauge.
+	s.agentOf("n1").Metrics.Units["dual"]["warm"] = 5
 	nodes := Nodes(s, "")
 	if len(nodes) != 2 {
 		t.Fatalf("node rows %+v", nodes)
 	}
 	n1, n2 := nodes[0], nodes[1]
-	if n1.Node != "n1" || *n1.Lease != (LeaseCounts{Warm: 1, Assigned: 1}) || *n1.Agent != (AgentCounts{Warm: 1, Assigned: 1}) ||
+	if n1.Node != "n1" || n1.Leased == nil || *n1.Leased != 2 || *n1.Agent != (AgentCounts{Warm: 1, Assigned: 1}) ||
 		FormatRate(n1.HitRate) != "90.0%" || n1.AgentStatus != "ok" || n1.NodeReady != "True" {
 		t.Errorf("n1 %+v", n1)
 	}
-	// n2's agent gave no metrics: its counts come from its record.
 	if *n2.Agent != (AgentCounts{Warm: 2}) || n2.AgentStatus != "fenced" || n2.NodeReady != "Unknown" || n2.HitRate != nil {
 		t.Errorf("n2 %+v", n2)
 	}
 	if got := Nodes(s, "other"); len(got) != 0 {
 		t.Errorf("--pool other: %+v", got)
+	}
+}
+
+// TestNodesDoNotInventASplit: a node whose agent was not read shows the
+// units its lease lists and no warm / assigned split, which only the
+// agent's record has.
+func TestNodesDoNotInventASplit(t *testing.T) {
+	s := clean()
+	a := s.agentOf("n1")
+	a.State, a.Metrics, a.StateError = nil, nil, "GET /state: timeout"
+	rows := Nodes(s, "")
+	n1 := rows[0]
+	if n1.Node != "n1" || n1.Leased == nil || *n1.Leased != 2 || n1.Agent != nil || n1.AgentStatus != "unreachable" {
+		t.Fatalf("n1 %+v", n1)
+	}
+	var out strings.Builder
+	if err := RenderNodes(&out, rows, false); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out.String(), "\n")
+	if h := strings.Fields(lines[0]); !slices.Equal(h[:6], []string{"NODE", "POOL", "LEASED", "WARM", "ASSIGNED", "COOLING"}) {
+		t.Fatalf("header %v", h)
+	}
+	if f := strings.Fields(lines[1]); !slices.Equal(f[:6], []string{"n1", "dual", "2", "?", "?", "?"}) {
+		t.Errorf("n1's row %v, want 2 leased and an unknown split", f)
+	}
+	if f := strings.Fields(lines[2]); !slices.Equal(f[:6], []string{"n2", "dual", "2", "2", "0", "0"}) {
+		t.Errorf("n2's row %v", f)
+	}
+}
+
+// TestStatusIsComparedWithTheAgentsSplit: the pool's warm / assigned
+// split is compared with the agents' records when every holder's agent
+// was read, and not judged when one was not.
+func TestStatusIsComparedWithTheAgentsSplit(t *testing.T) {
+	s := clean()
+	s.Pools[0].Status.Warm, s.Pools[0].Status.Assigned = 2, 2 // 4 held, as the leases list
+	r := Doctor(s)
+	i := slices.IndexFunc(r.Findings, func(f Finding) bool { return f.Kind == KindStatusDisagrees })
+	if i < 0 {
+		t.Fatalf("no %s among %v", KindStatusDisagrees, kindsOf(r))
+	}
+	if m := r.Findings[i].Message; !strings.Contains(m, "its NodeLeases list 4 units (free 16); its agents' records: warm 3 (0 cooling), assigned 1") {
+		t.Errorf("message %q", m)
+	}
+	// Cooling units are warm for the status.
+	s = clean()
+	u := &s.agentOf("n2").State.Units[0]
+	u.State, u.Since = store.Cooling, now
+	if r := Doctor(s); len(r.Findings) != 0 {
+		t.Errorf("a cooling unit: %v", kindsOf(r))
+	}
+	// n2's agent unread: its part of the split is unknown, so only the
+	// held count is judged.
+	s = clean()
+	s.Pools[0].Status.Warm, s.Pools[0].Status.Assigned = 2, 2
+	a := s.agentOf("n2")
+	a.State, a.StateError = nil, "GET /state: timeout"
+	if got := kindsOf(Doctor(s)); !slices.Equal(got, []string{KindAgentUnreachable}) {
+		t.Errorf("with n2's agent unread: %v, want only %s", got, KindAgentUnreachable)
+	}
+}
+
+// TestLeaseOfMissingNodeSaysTheAgentsSplit: the lease gives the count,
+// the agent's record (when read) the split.
+func TestLeaseOfMissingNodeSaysTheAgentsSplit(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		unread bool
+		want   string
+	}{
+		{"agent read", false, "it lists 2 units, its agent's record: 2 warm, 0 cooling, 0 assigned"},
+		{"agent unread", true, "it lists 2 units, which of them are assigned is unknown (its agent was not read)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := clean()
+			s.Nodes = s.Nodes[:1]
+			if c.unread {
+				a := s.agentOf("n2")
+				a.State, a.StateError = nil, "no route"
+			}
+			r := Doctor(s)
+			i := slices.IndexFunc(r.Findings, func(f Finding) bool { return f.Kind == KindLeaseOfMissingNode })
+			if i < 0 {
+				t.Fatalf("no %s among %v", KindLeaseOfMissingNode, kindsOf(r))
+			}
+			if m := r.Findings[i].Message; !strings.Contains(m, c.want) {
+				t.Errorf("message %q, want %q", m, c.want)
+			}
+		})
+	}
+}
+
+// TestUnrecordedAddressOnAnUnreadNode: the agents are the only record of
+// assignments, so an address a pod reports on a node whose agent was not
+// read is not judged (its record may have it): the agent-unreachable
+// finding says how many were left unchecked. On a node whose agent was
+// read, it is an error.
+func TestUnrecordedAddressOnAnUnreadNode(t *testing.T) {
+	s := clean()
+	s.Pods = append(s.Pods, pod("default", "c", "uid-c", "n2", "10.20.0.25"))
+	s.Normalize()
+	if got := kindsOf(Doctor(s)); !slices.Equal(got, []string{KindUnrecordedPodAddress}) {
+		t.Fatalf("agent read: %v, want %s", got, KindUnrecordedPodAddress)
+	}
+	a := s.agentOf("n2")
+	a.State, a.StateError = nil, "no route"
+	r := Doctor(s)
+	if got := kindsOf(r); !slices.Equal(got, []string{KindAgentUnreachable}) {
+		t.Fatalf("agent unread: %v, want only %s", got, KindAgentUnreachable)
+	}
+	if m := r.Findings[0].Message; !strings.HasSuffix(m, "; the addresses its pods report are not checked (1), its record being the only one of their assignments") {
+		t.Errorf("message %q", m)
+	}
+	// Pod a's addresses, on n1 whose agent was read, are still checked.
+	if r.Checked.PodAddresses != 3 {
+		t.Errorf("checked %d pod addresses, want 3", r.Checked.PodAddresses)
 	}
 }
 
@@ -413,8 +523,11 @@ func TestDoctorIgnoresAddressesWarmpoolNeverHandsOut(t *testing.T) {
 // NodeLease edited by hand): warmpool did hand it out.
 func TestDoctorChecksRecordedAddressesOutsideTheUnits(t *testing.T) {
 	s := clean()
-	s.Leases[0].Spec.Units = append(s.Leases[0].Spec.Units, v1alpha1.LeasedUnit{IPv4: "10.20.0.20", State: v1alpha1.UnitAssigned,
-		Pod: &v1alpha1.PodRef{Namespace: "default", Name: "x", UID: "uid-x", ContainerID: "ctr-x", Interface: "net1"}})
+	s.Leases[0].Spec.Units = append(s.Leases[0].Spec.Units, v1alpha1.LeasedUnit{IPv4: "10.20.0.20"})
+	st := s.agentOf("n1").State
+	st.Units = append(st.Units, store.Unit{Pool: "dual", ID: "10.20.0.20", IPv4: "10.20.0.20", State: store.Assigned, Attachment: "ctr-x/net1"})
+	st.Assignments = append(st.Assignments, store.Assignment{Attachment: "ctr-x/net1", Pool: "dual", UnitID: "10.20.0.20",
+		Pod: store.Pod{Namespace: "default", Name: "x", UID: "uid-x"}, At: now})
 	s.Pods = append(s.Pods, pod("default", "x", "uid-x", "n1", "10.20.0.20"), pod("default", "c", "uid-c", "n2", "10.20.0.20"))
 	s.Normalize()
 	r := Doctor(s)

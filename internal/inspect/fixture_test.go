@@ -49,13 +49,10 @@ func pair(v4 string) string {
 	panic("no unit " + v4)
 }
 
-func warmUnit(v4 string) v1alpha1.LeasedUnit {
-	return v1alpha1.LeasedUnit{IPv4: v4, IPv6: pair(v4), State: v1alpha1.UnitWarm}
-}
-
-func assignedUnit(v4, ns, name, uid, ctr string) v1alpha1.LeasedUnit {
-	return v1alpha1.LeasedUnit{IPv4: v4, IPv6: pair(v4), State: v1alpha1.UnitAssigned,
-		Pod: &v1alpha1.PodRef{Namespace: ns, Name: name, UID: uid, ContainerID: ctr, Interface: "net1"}}
+// leasedUnit is the pool's unit of v4 as a lease lists it: addresses
+// only, warm or assigned being the agent's record.
+func leasedUnit(v4 string) v1alpha1.LeasedUnit {
+	return v1alpha1.LeasedUnit{IPv4: v4, IPv6: pair(v4)}
 }
 
 func lease(pool, node string, epoch int64, units ...v1alpha1.LeasedUnit) v1alpha1.NodeLease {
@@ -81,21 +78,19 @@ func agentUnit(v4 string, st store.State, attachment string) store.Unit {
 	return store.Unit{Pool: "dual", ID: v4, IPv4: v4, IPv6: pair(v4), State: st, Attachment: attachment}
 }
 
-// clean is a consistent cluster: node n1 holds .10 warm and .11 assigned
-// to pod default/a; n2 holds .12 warm and .13 being revoked; both agents
-// agree; the leader is epoch 1.
+// clean is a consistent cluster: n1's lease lists .10 and .11, its
+// agent's record has .10 warm and .11 assigned to pod default/a; n2's
+// lease lists .12 and .13, both warm in its agent's record; the pool's
+// status counts 3 warm and 1 assigned; the leader is epoch 1.
 func clean() *Snapshot {
 	holder, transitions, dur := "alloc-1", int32(0), int32(15)
 	renew := metav1.NewMicroTime(now.Add(-2 * time.Second))
-	deadline := metav1.NewTime(now.Add(time.Minute))
-	revoking := warmUnit("10.20.0.13")
-	revoking.State, revoking.Deadline = v1alpha1.UnitRevoking, &deadline
 	s := &Snapshot{
 		Now:   now,
 		Pools: []v1alpha1.IPPool{testPool()},
 		Leases: []v1alpha1.NodeLease{
-			lease("dual", "n1", 1, warmUnit("10.20.0.10"), assignedUnit("10.20.0.11", "default", "a", "uid-a", "ctr-a")),
-			lease("dual", "n2", 1, warmUnit("10.20.0.12"), revoking),
+			lease("dual", "n1", 1, leasedUnit("10.20.0.10"), leasedUnit("10.20.0.11")),
+			lease("dual", "n2", 1, leasedUnit("10.20.0.12"), leasedUnit("10.20.0.13")),
 		},
 		Nodes: []corev1.Node{node("n1", corev1.ConditionTrue), node("n2", corev1.ConditionTrue)},
 		Pods:  []corev1.Pod{pod("default", "a", "uid-a", "n1", "10.20.0.11", pair("10.20.0.11"))},

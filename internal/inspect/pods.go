@@ -7,18 +7,13 @@ import (
 
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
-	"github.com/warmpool/warmpool/api/v1alpha1"
 )
 
-// refPod and podOf give records the form store.Pod.Same compares: the
-// commands compare pods as the agent does. A runtime that does not pass
+// podOf gives a pod the form store.Pod.Same compares: the commands
+// compare pods as the agent does. A runtime that does not pass
 // K8S_POD_UID leaves a record without one, and the agent still takes it
 // for that pod's; so must the commands, or they report a mismatch the
 // agent never sees (or miss one it would).
-func refPod(p *v1alpha1.PodRef) store.Pod {
-	return store.Pod{Namespace: p.Namespace, Name: p.Name, UID: p.UID}
-}
-
 func podOf(p *corev1.Pod) store.Pod {
 	return store.Pod{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)}
 }

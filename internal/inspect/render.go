@@ -63,7 +63,7 @@ func ftoa(v float64) string { return fmt.Sprintf("%.0f", v) }
 func RenderPools(w io.Writer, rows []PoolRow, wide bool) error {
 	h := []string{"POOL", "IPV4", "IPV6", "TOTAL", "FREE", "WARM", "ASSIGNED", "PENDING", "HITS", "MISSES", "HIT-RATE", "READY", "EXHAUSTED"}
 	if wide {
-		h = append(h, "VLAN", "NODES", "LEASE-WARM", "LEASE-ASSIGNED", "LEASE-REVOKING", "READY-MESSAGE")
+		h = append(h, "VLAN", "NODES", "LEASED", "READY-MESSAGE")
 	}
 	t := newTable(w, h...)
 	for _, r := range rows {
@@ -74,36 +74,42 @@ func RenderPools(w io.Writer, rows []PoolRow, wide bool) error {
 			if r.VLAN != nil {
 				vlan = itoa(*r.VLAN)
 			}
-			c = append(c, vlan, itoa(r.LeaseNodes), itoa(r.Leases.Warm), itoa(r.Leases.Assigned), itoa(r.Leases.Revoking), r.ReadyMessage)
+			c = append(c, vlan, itoa(r.LeaseNodes), itoa(r.Leased), r.ReadyMessage)
 		}
 		t.row(c...)
 	}
 	return t.flush()
 }
 
-// RenderNodes writes `nodes` as a table.
+// unknown is what a table shows for a count no record read can give: the
+// warm / assigned split of a node whose agent was not read.
+const unknown = "?"
+
+// RenderNodes writes `nodes` as a table: LEASED from the node's lease,
+// WARM, ASSIGNED and COOLING from its agent's record, unknown ("?") when the
+// agent was not read (the lease cannot say).
 func RenderNodes(w io.Writer, rows []NodeRow, wide bool) error {
-	h := []string{"NODE", "POOL", "WARM", "ASSIGNED", "REVOKING", "AGENT-WARM", "AGENT-ASSIGNED", "AGENT-COOLING", "HITS", "MISSES", "HIT-RATE", "AGENT", "NODE-READY"}
+	h := []string{"NODE", "POOL", "LEASED", "WARM", "ASSIGNED", "COOLING", "HITS", "MISSES", "HIT-RATE", "AGENT", "NODE-READY"}
 	if wide {
 		h = append(h, "EPOCH", "SOURCE", "DETAIL")
 	}
 	t := newTable(w, h...)
 	for _, r := range rows {
-		lw, la, lr := "", "", ""
-		if r.Lease != nil {
-			lw, la, lr = itoa(r.Lease.Warm), itoa(r.Lease.Assigned), itoa(r.Lease.Revoking)
+		leased := ""
+		if r.Leased != nil {
+			leased = itoa(*r.Leased)
 		}
-		aw, aa, ac, hits, misses := "", "", "", "", ""
+		aw, aa, ac, hits, misses := unknown, unknown, unknown, "", ""
 		if r.Agent != nil {
 			aw, aa, ac = itoa(r.Agent.Warm), itoa(r.Agent.Assigned), itoa(r.Agent.Cooling)
 		}
 		if r.AgentStatus != "unreachable" && r.AgentStatus != "none" {
 			hits, misses = ftoa(r.Hits), ftoa(r.Misses)
 		}
-		c := []string{r.Node, r.Pool, lw, la, lr, aw, aa, ac, hits, misses, FormatRate(r.HitRate), r.AgentStatus, r.NodeReady}
+		c := []string{r.Node, r.Pool, leased, aw, aa, ac, hits, misses, FormatRate(r.HitRate), r.AgentStatus, r.NodeReady}
 		if wide {
 			epoch := ""
-			if r.Lease != nil {
+			if r.Leased != nil {
 				epoch = itoa(r.Epoch)
 			}
 			c = append(c, epoch, r.AgentSource, oneLine(r.AgentDetail))
@@ -136,12 +142,9 @@ func RenderWhere(w io.Writer, loc Location, wide bool) error {
 	fmt.Fprintln(w)
 	t := newTable(w, "RECORD", "NODE", "POOL", "STATE", "POD", "DETAIL")
 	for _, l := range loc.Leases {
-		pod, detail := "", "epoch "+itoa(l.Epoch)
-		if l.Pod != nil {
-			pod = l.Pod.Namespace + "/" + l.Pod.Name
-			detail += ", uid " + l.Pod.UID + ", " + l.Pod.Attachment()
-		}
-		t.row("NodeLease "+l.Lease, l.Node, l.Pool, string(l.State), pod, detail)
+		// A lease says only that the node holds the unit: its state and
+		// pod are the agent's row's.
+		t.row("NodeLease "+l.Lease, l.Node, l.Pool, "leased", "", "epoch "+itoa(l.Epoch))
 	}
 	for _, a := range loc.Agents {
 		pod, detail := "", a.Attachment
@@ -182,13 +185,13 @@ func RenderLeases(w io.Writer, r LeasesReport, wide bool) error {
 		return err
 	}
 	fmt.Fprintln(w)
-	h := []string{"NODELEASE", "POOL", "NODE", "EPOCH", "WARM", "ASSIGNED", "REVOKING", "FLAGS"}
+	h := []string{"NODELEASE", "POOL", "NODE", "EPOCH", "UNITS", "FLAGS"}
 	if wide {
 		h = append(h, "GENERATION")
 	}
 	t = newTable(w, h...)
 	for _, l := range r.NodeLeases {
-		c := []string{l.Name, l.Pool, l.Node, itoa(l.Epoch), itoa(l.Counts.Warm), itoa(l.Counts.Assigned), itoa(l.Counts.Revoking), strings.Join(l.Flags, ",")}
+		c := []string{l.Name, l.Pool, l.Node, itoa(l.Epoch), itoa(l.Units), strings.Join(l.Flags, ",")}
 		if wide {
 			c = append(c, itoa(l.Generation))
 		}

@@ -10,6 +10,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 
+	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 )
@@ -35,40 +36,13 @@ type PoolRow struct {
 	Exhausted string   `json:"exhausted"`
 	// ReadyMessage says which allocator epoch serves the pool.
 	ReadyMessage string `json:"readyMessage,omitempty"`
-	// Leases counts the pool's NodeLeases' units, to compare with the
-	// status (wide output).
-	Leases LeaseCounts `json:"leases"`
+	// Leased is how many units the pool's NodeLeases list, to compare
+	// with the status's Warm + Assigned (wide output). A lease says only
+	// which node holds a unit: the split into warm and assigned is the
+	// agents' (Nodes).
+	Leased int64 `json:"leased"`
 	// LeaseNodes is how many nodes hold units of the pool.
 	LeaseNodes int `json:"leaseNodes"`
-}
-
-// LeaseCounts counts units by lease state.
-type LeaseCounts struct {
-	Warm     int64 `json:"warm"`
-	Assigned int64 `json:"assigned"`
-	Revoking int64 `json:"revoking"`
-}
-
-// Held is every unit counted: what a node holds, whatever its state.
-func (c LeaseCounts) Held() int64 { return c.Warm + c.Assigned + c.Revoking }
-
-func (c *LeaseCounts) add(u v1alpha1.LeasedUnit) {
-	switch u.State {
-	case v1alpha1.UnitAssigned:
-		c.Assigned++
-	case v1alpha1.UnitRevoking:
-		c.Revoking++
-	default:
-		c.Warm++
-	}
-}
-
-func countLease(l v1alpha1.NodeLease) LeaseCounts {
-	var c LeaseCounts
-	for _, u := range l.Spec.Units {
-		c.add(u)
-	}
-	return c
 }
 
 func rate(hits, misses float64) *float64 {
@@ -107,11 +81,8 @@ func Pools(s *Snapshot) []PoolRow {
 			if l.Spec.Pool != p.Name {
 				continue
 			}
-			c := countLease(l)
-			row.Leases.Warm += c.Warm
-			row.Leases.Assigned += c.Assigned
-			row.Leases.Revoking += c.Revoking
-			if c.Held() > 0 {
+			row.Leased += int64(len(l.Spec.Units))
+			if len(l.Spec.Units) > 0 {
 				row.LeaseNodes++
 			}
 		}
@@ -124,12 +95,14 @@ func Pools(s *Snapshot) []PoolRow {
 type NodeRow struct {
 	Node string `json:"node"`
 	Pool string `json:"pool"`
-	// Lease counts the node's NodeLease of the pool (the allocator's
-	// record); absent when it has none.
-	Lease *LeaseCounts `json:"lease,omitempty"`
-	Epoch int64        `json:"epoch,omitempty"`
-	// Agent counts the agent's own units of the pool: from its /metrics
-	// when read, else from its /state; nil when it was not reached.
+	// Leased is how many units the node's NodeLease of the pool lists
+	// (the allocator's record: that the node holds them, not whether
+	// they are warm or assigned); absent when it has none.
+	Leased *int64 `json:"leased,omitempty"`
+	Epoch  int64  `json:"epoch,omitempty"`
+	// Agent splits the node's units of the pool by the agent's record
+	// (its /state), the only record of which are assigned; nil when the
+	// agent was not read, and the split is then unknown.
 	Agent *AgentCounts `json:"agent,omitempty"`
 	// Hits and Misses are the agent's since its process started.
 	Hits    float64  `json:"hits"`
@@ -151,9 +124,30 @@ type AgentCounts struct {
 	Cooling  int64 `json:"cooling"`
 }
 
-// Nodes lists, per node and pool (only pool when it is not empty), what
-// the node's lease and its agent hold, the agent's hit rate and whether
-// it is fenced. A node appears when a lease or its agent mentions it.
+// countAgent counts the units of pool in an agent's record.
+func countAgent(st *agent.State, pool string) AgentCounts {
+	var c AgentCounts
+	for _, u := range st.Units {
+		if u.Pool != pool {
+			continue
+		}
+		switch u.State {
+		case store.Warm:
+			c.Warm++
+		case store.Assigned:
+			c.Assigned++
+		case store.Cooling:
+			c.Cooling++
+		}
+	}
+	return c
+}
+
+// Nodes lists, per node and pool (only pool when it is not empty), how
+// many units the node's lease lists, how its agent's record splits them
+// (unknown when the agent was not read), the agent's hit rate and
+// whether it is fenced. A node appears when a lease or its agent
+// mentions it.
 func Nodes(s *Snapshot, pool string) []NodeRow {
 	type key struct{ node, pool string }
 	rows := map[key]*NodeRow{}
@@ -173,8 +167,8 @@ func Nodes(s *Snapshot, pool string) []NodeRow {
 			continue
 		}
 		r := get(l.Spec.Node, l.Spec.Pool)
-		c := countLease(l)
-		r.Lease, r.Epoch = &c, l.Spec.Epoch
+		n := int64(len(l.Spec.Units))
+		r.Leased, r.Epoch = &n, l.Spec.Epoch
 	}
 	for _, a := range s.Agents {
 		pools := map[string]bool{}
@@ -216,27 +210,16 @@ func fillAgent(r *NodeRow, a *AgentReading) {
 	default:
 		r.AgentStatus = "ok"
 	}
+	// The split comes from the record, not the metrics' unit gauge: it
+	// is what doctor and where compare with the leases, so the columns
+	// of one row add up the way CompareHoldings judges them.
+	if a.State != nil {
+		c := countAgent(a.State, r.Pool)
+		r.Agent = &c
+	}
 	if m := a.Metrics; m != nil {
-		u := m.Units[r.Pool]
-		r.Agent = &AgentCounts{Warm: int64(u[string(store.Warm)]), Assigned: int64(u[string(store.Assigned)]), Cooling: int64(u[string(store.Cooling)])}
 		r.Hits, r.Misses = m.Hits[r.Pool], m.Misses[r.Pool]
 		r.HitRate = rate(r.Hits, r.Misses)
-	} else if a.State != nil {
-		c := &AgentCounts{}
-		for _, u := range a.State.Units {
-			if u.Pool != r.Pool {
-				continue
-			}
-			switch u.State {
-			case store.Warm:
-				c.Warm++
-			case store.Assigned:
-				c.Assigned++
-			case store.Cooling:
-				c.Cooling++
-			}
-		}
-		r.Agent = c
 	}
 	if a.MetricsError != "" && r.AgentDetail == "" {
 		r.AgentDetail = "metrics: " + a.MetricsError
@@ -277,11 +260,12 @@ func (e ElectionReport) LeaderEpoch() int64 { return max(e.DerivedEpoch, e.Serve
 
 // NodeLeaseRow is one NodeLease in `kubectl warmpool leases`.
 type NodeLeaseRow struct {
-	Name   string      `json:"name"`
-	Pool   string      `json:"pool"`
-	Node   string      `json:"node"`
-	Epoch  int64       `json:"epoch"`
-	Counts LeaseCounts `json:"counts"`
+	Name  string `json:"name"`
+	Pool  string `json:"pool"`
+	Node  string `json:"node"`
+	Epoch int64  `json:"epoch"`
+	// Units is how many units it lists: all a lease says of them.
+	Units int `json:"units"`
 	// Generation is the lease's metadata.generation (grants carry it).
 	Generation int64 `json:"generation"`
 	// Flags: "epoch-ahead" (written at an epoch above the leader's),
@@ -358,7 +342,7 @@ func Leases(s *Snapshot) LeasesReport {
 	r := LeasesReport{Election: Election(s), NodeLeases: []NodeLeaseRow{}}
 	leader := r.Election.LeaderEpoch()
 	for _, l := range s.Leases {
-		row := NodeLeaseRow{Name: l.Name, Pool: l.Spec.Pool, Node: l.Spec.Node, Epoch: l.Spec.Epoch, Counts: countLease(l), Generation: l.Generation}
+		row := NodeLeaseRow{Name: l.Name, Pool: l.Spec.Pool, Node: l.Spec.Node, Epoch: l.Spec.Epoch, Units: len(l.Spec.Units), Generation: l.Generation}
 		if r.Election.Found && l.Spec.Epoch > leader {
 			row.Flags = append(row.Flags, "epoch-ahead")
 		}

@@ -83,14 +83,14 @@ func SharedAgentUnits(states map[string]*agent.State) map[string][]string {
 // a unit.
 type MismatchKind string
 
-// Kinds of mismatch.
+// Kinds of mismatch. There is no kind for "assigned in one, warm in the
+// other": a lease lists units only, whether one is assigned (and to
+// which pod) is the agent's record alone.
 const (
 	// NotLeased: the agent holds a unit its node's lease does not list.
 	NotLeased MismatchKind = "not-leased"
 	// NotHeld: the lease lists a unit the agent does not hold.
 	NotHeld MismatchKind = "not-held"
-	// StateDiffers: one says assigned, the other does not.
-	StateDiffers MismatchKind = "state-differs"
 )
 
 // Mismatch is one unit on which a node's leases and its agent disagree.
@@ -98,17 +98,16 @@ type Mismatch struct {
 	Kind MismatchKind `json:"kind"`
 	Pool string       `json:"pool"`
 	Unit string       `json:"unit"`
-	// Agent is the agent's unit (NotLeased, StateDiffers), Lease the
-	// lease's (NotHeld, StateDiffers).
+	// Agent is the agent's unit (NotLeased), with its state and
+	// attachment; Lease the lease's (NotHeld), its addresses only.
 	Agent *store.Unit          `json:"agent,omitempty"`
 	Lease *v1alpha1.LeasedUnit `json:"lease,omitempty"`
 }
 
 // CompareHoldings compares what one node's NodeLeases list with what its
 // agent's record holds, unit by unit: every unit in one must be in the
-// other, and assigned in both or in neither (warm, revoking and cooling
-// are all "held, not assigned": the agent knows no revoking, the lease no
-// cooling). It returns the agent's units first, in the record's order,
+// other, whatever its state in the agent (warm, cooling and assigned are
+// all held). It returns the agent's units first, in the record's order,
 // then the lease's units the agent lacks, sorted by pool and unit.
 func CompareHoldings(leases []v1alpha1.NodeLease, st *agent.State) []Mismatch {
 	leased := map[store.Key]v1alpha1.LeasedUnit{}
@@ -122,12 +121,8 @@ func CompareHoldings(leases []v1alpha1.NodeLease, st *agent.State) []Mismatch {
 	for _, u := range st.Units {
 		k := store.Key{Pool: u.Pool, ID: u.ID}
 		held[k] = true
-		e, ok := leased[k]
-		switch {
-		case !ok:
+		if _, ok := leased[k]; !ok {
 			out = append(out, Mismatch{Kind: NotLeased, Pool: u.Pool, Unit: u.ID, Agent: &u})
-		case (u.State == store.Assigned) != (e.State == v1alpha1.UnitAssigned):
-			out = append(out, Mismatch{Kind: StateDiffers, Pool: u.Pool, Unit: u.ID, Agent: &u, Lease: &e})
 		}
 	}
 	var missing []Mismatch

@@ -11,13 +11,13 @@ import (
 
 func TestSharedLeaseUnits(t *testing.T) {
 	ls := []v1alpha1.NodeLease{
-		lease("dual", "n1", 1, warmUnit("10.20.0.10"), warmUnit("10.20.0.11")),
-		lease("dual", "n2", 1, warmUnit("10.20.0.12")),
+		lease("dual", "n1", 1, leasedUnit("10.20.0.10"), leasedUnit("10.20.0.11")),
+		lease("dual", "n2", 1, leasedUnit("10.20.0.12")),
 	}
 	if got := SharedLeaseUnits(ls); len(got) != 0 {
 		t.Fatalf("shared %v", got)
 	}
-	ls = append(ls, lease("dual", "n3", 1, warmUnit("10.20.0.11"), warmUnit("10.20.0.10")))
+	ls = append(ls, lease("dual", "n3", 1, leasedUnit("10.20.0.11"), leasedUnit("10.20.0.10")))
 	got := SharedLeaseUnits(ls)
 	if len(got) != 2 || got[0].Unit != "10.20.0.10" || got[1].Unit != "10.20.0.11" ||
 		got[0].Leases[0].Node != "n1" || got[0].Leases[1].Node != "n3" {
@@ -25,8 +25,8 @@ func TestSharedLeaseUnits(t *testing.T) {
 	}
 	// IPv6-only units are keyed by their IPv6 address.
 	v6 := []v1alpha1.NodeLease{
-		lease("v6", "n1", 1, v1alpha1.LeasedUnit{IPv6: "fd00::10", State: v1alpha1.UnitWarm}),
-		lease("v6", "n2", 1, v1alpha1.LeasedUnit{IPv6: "fd00::11", State: v1alpha1.UnitWarm}),
+		lease("v6", "n1", 1, v1alpha1.LeasedUnit{IPv6: "fd00::10"}),
+		lease("v6", "n2", 1, v1alpha1.LeasedUnit{IPv6: "fd00::11"}),
 	}
 	if got := SharedLeaseUnits(v6); len(got) != 0 {
 		t.Errorf("distinct IPv6 units shared: %+v", got)
@@ -45,29 +45,42 @@ func TestSharedAgentUnits(t *testing.T) {
 	}
 }
 
+// TestCompareHoldings: units only. Whatever state the agent's record
+// gives a leased unit (warm, cooling, assigned), it is held; what
+// differs is a unit in one record and not the other.
 func TestCompareHoldings(t *testing.T) {
-	leases := []v1alpha1.NodeLease{lease("dual", "n1", 1, warmUnit("10.20.0.10"), assignedUnit("10.20.0.11", "default", "a", "u", "c"),
-		warmUnit("10.20.0.14"), warmUnit("10.20.0.12"))}
+	leases := []v1alpha1.NodeLease{lease("dual", "n1", 1, leasedUnit("10.20.0.10"), leasedUnit("10.20.0.11"),
+		leasedUnit("10.20.0.14"), leasedUnit("10.20.0.12"), leasedUnit("10.20.0.15"))}
 	st := &agent.State{Node: "n1", Units: []store.Unit{
-		agentUnit("10.20.0.10", store.Cooling, ""),  // warm in the lease: agrees
-		agentUnit("10.20.0.11", store.Warm, ""),     // assigned in the lease
-		agentUnit("10.20.0.13", store.Assigned, ""), // not leased
+		agentUnit("10.20.0.10", store.Cooling, ""),         // leased: agrees
+		agentUnit("10.20.0.11", store.Assigned, "c1/net1"), // leased: agrees
+		agentUnit("10.20.0.15", store.Warm, ""),            // leased: agrees
+		agentUnit("10.20.0.13", store.Assigned, "c3/net1"), // not leased
 	}}
 	got := CompareHoldings(leases, st)
 	var kinds []string
 	for _, m := range got {
 		kinds = append(kinds, string(m.Kind)+" "+m.Unit)
 	}
-	want := []string{"state-differs 10.20.0.11", "not-leased 10.20.0.13", "not-held 10.20.0.12", "not-held 10.20.0.14"}
+	want := []string{"not-leased 10.20.0.13", "not-held 10.20.0.12", "not-held 10.20.0.14"}
 	if !reflect.DeepEqual(kinds, want) {
-		t.Errorf("mismatches %v, want %v", kinds, want)
+		t.Fatalf("mismatches %v, want %v", kinds, want)
 	}
-	if got[0].Agent == nil || got[0].Lease == nil || got[1].Agent.ID != "10.20.0.13" || got[2].Lease.IPv4 != "10.20.0.12" {
+	if got[0].Agent == nil || got[0].Agent.ID != "10.20.0.13" || got[0].Agent.State != store.Assigned || got[0].Lease != nil ||
+		got[1].Lease == nil || got[1].Lease.IPv4 != "10.20.0.12" || got[1].Lease.IPv6 != pair("10.20.0.12") || got[1].Agent != nil {
 		t.Errorf("mismatch details %+v", got)
 	}
 	// A unit of another pool with the same address is another unit.
 	other := &agent.State{Node: "n1", Units: []store.Unit{{Pool: "other", ID: "10.20.0.10", State: store.Warm}}}
 	if got := CompareHoldings(leases[:1], other); got[0].Kind != NotLeased {
 		t.Errorf("another pool's unit: %+v", got[0])
+	}
+	// The same units, in any state: nothing to report.
+	same := &agent.State{Node: "n1"}
+	for _, u := range leases[0].Spec.Units {
+		same.Units = append(same.Units, agentUnit(u.IPv4, store.Assigned, "c/"+u.IPv4))
+	}
+	if got := CompareHoldings(leases, same); len(got) != 0 {
+		t.Errorf("the same units, all assigned in the agent: %+v", got)
 	}
 }

@@ -76,6 +76,19 @@ func (s *Snapshot) agentOf(node string) *AgentReading {
 	return &s.Agents[i]
 }
 
+// agentUnread reports whether the record of node's agent, the only one
+// of the assignments of the node's pods, is missing from the snapshot
+// although the agent exists: found but not read, or the agents not read
+// at all. A node with no agent found is not unread: nothing there can
+// have assigned an address.
+func (s *Snapshot) agentUnread(node string) bool {
+	if s.Agents == nil {
+		return true
+	}
+	r := s.agentOf(node)
+	return r != nil && r.State == nil
+}
+
 // node returns the named Node, or nil when it does not exist.
 func (s *Snapshot) node(name string) *corev1.Node {
 	for i := range s.Nodes {

@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/warmpool/warmpool/agent/store"
-	"github.com/warmpool/warmpool/api/v1alpha1"
 )
 
 // Location is what every record says about one address
@@ -20,9 +19,10 @@ type Location struct {
 	// Pools are the pools whose subnets contain it.
 	Pools []PoolPlace `json:"pools"`
 	// Leases are the NodeLeases that list its unit (more than one is an
-	// invariant violation).
+	// invariant violation): which node holds it, nothing more.
 	Leases []LeasePlace `json:"leases"`
-	// Agents are the agents' records that hold its unit.
+	// Agents are the agents' records that hold its unit: whether it is
+	// warm, cooling or assigned, and to which pod, is theirs alone.
 	Agents []AgentPlace `json:"agents"`
 	// Pods are the pods that report it; not host-network pods, whose
 	// addresses are their node's (the summary names the node).
@@ -46,15 +46,14 @@ type PoolPlace struct {
 	Why         string `json:"why,omitempty"`
 }
 
-// LeasePlace is a NodeLease entry of the address's unit.
+// LeasePlace is a NodeLease entry of the address's unit: the node it is
+// leased to. The lease says nothing of its state or pod (the holder's
+// AgentPlace does).
 type LeasePlace struct {
-	Lease    string             `json:"lease"`
-	Pool     string             `json:"pool"`
-	Node     string             `json:"node"`
-	Epoch    int64              `json:"epoch"`
-	State    v1alpha1.UnitState `json:"state"`
-	Pod      *v1alpha1.PodRef   `json:"pod,omitempty"`
-	Deadline *time.Time         `json:"deadline,omitempty"`
+	Lease string `json:"lease"`
+	Pool  string `json:"pool"`
+	Node  string `json:"node"`
+	Epoch int64  `json:"epoch"`
 }
 
 // AgentPlace is an agent's unit of the address, with its assignment.
@@ -118,20 +117,8 @@ func Where(s *Snapshot, a netip.Addr) Location {
 			if !sameAddr(u.IPv4, a) && !sameAddr(u.IPv6, a) {
 				continue
 			}
-			lp := LeasePlace{Lease: l.Name, Pool: l.Spec.Pool, Node: l.Spec.Node, Epoch: l.Spec.Epoch, State: u.State, Pod: u.Pod}
-			if u.Deadline != nil {
-				t := u.Deadline.Time
-				lp.Deadline = &t
-			}
-			loc.Leases = append(loc.Leases, lp)
-			switch u.State {
-			case v1alpha1.UnitAssigned:
-				say("the allocator's record (NodeLease %s): assigned to pod %s on node %s", l.Name, podRefString(u.Pod), l.Spec.Node)
-			case v1alpha1.UnitRevoking:
-				say("the allocator's record (NodeLease %s): warm on node %s, being revoked (deadline %s)", l.Name, l.Spec.Node, lp.Deadline.UTC().Format(time.RFC3339))
-			default:
-				say("the allocator's record (NodeLease %s): warm on node %s", l.Name, l.Spec.Node)
-			}
+			loc.Leases = append(loc.Leases, LeasePlace{Lease: l.Name, Pool: l.Spec.Pool, Node: l.Spec.Node, Epoch: l.Spec.Epoch})
+			say("the allocator's record (NodeLease %s): leased to node %s", l.Name, l.Spec.Node)
 		}
 	}
 	if len(loc.Leases) == 0 {
@@ -187,7 +174,12 @@ func Where(s *Snapshot, a netip.Addr) Location {
 		differ("%d agents hold it: a unit is held by at most one node (invariant 2)", len(loc.Agents))
 	}
 	if s.Agents != nil {
-		compareLeaseAndAgents(&loc, differ)
+		compareLeaseAndAgents(s, &loc, differ)
+		for _, lp := range loc.Leases {
+			if s.agentOf(lp.Node) == nil {
+				say("no agent was found for node %s: whether it is warm or assigned there, and to which pod, is unknown", lp.Node)
+			}
+		}
 	}
 	for _, n := range loc.Unreachable {
 		say("node %s's agent could not be read: what it holds is unknown", n)
@@ -225,7 +217,7 @@ func Where(s *Snapshot, a netip.Addr) Location {
 		handedOut := len(loc.Leases) > 0 || len(loc.Agents) > 0 || slices.ContainsFunc(loc.Pools, func(p PoolPlace) bool { return p.Allocatable })
 		switch {
 		case handedOut:
-			comparePods(&loc, differ)
+			comparePods(s, &loc, say, differ)
 		case len(loc.Pods) > 0:
 			say("no pool hands it out: the pods that report it did not get it from warmpool")
 		}
@@ -234,65 +226,50 @@ func Where(s *Snapshot, a netip.Addr) Location {
 	return loc
 }
 
-// assignedToGonePods: the assignments the allocator's GC reclaims as
-// leaks (the doctor's leak-* findings).
+// assignedToGonePods: the agents' assignments their leak GC reclaims
+// (the doctor's leak-* findings).
 func assignedToGonePods(s *Snapshot, loc *Location, differ func(string, ...any)) {
-	check := func(record string, ref store.Pod, node string) {
+	for _, ap := range loc.Agents {
+		if ap.Pod == nil {
+			continue
+		}
+		ref := *ap.Pod
 		var p *corev1.Pod
 		if i := slices.IndexFunc(s.Pods, func(x corev1.Pod) bool { return x.Namespace == ref.Namespace && x.Name == ref.Name }); i >= 0 {
 			p = &s.Pods[i]
 		}
-		if kind, why := leakOf(p, ref, node); kind != "" {
-			differ("%s assigns it to pod %s/%s, which %s: a leak the allocator's GC reclaims", record, ref.Namespace, ref.Name, why)
-		}
-	}
-	for _, lp := range loc.Leases {
-		if lp.Pod != nil {
-			check("NodeLease "+lp.Lease, refPod(lp.Pod), lp.Node)
-		}
-	}
-	for _, ap := range loc.Agents {
-		if ap.Pod != nil {
-			check("node "+ap.Node+"'s agent", *ap.Pod, ap.Node)
+		if kind, why := leakOf(p, ref, ap.Node); kind != "" {
+			differ("node %s's agent assigns it to pod %s/%s, which %s: a leak the agent's GC reclaims", ap.Node, ref.Namespace, ref.Name, why)
 		}
 	}
 }
 
-// compareLeaseAndAgents: the lease's holder and the agents' records must
-// name the same node, and agree whether (and to whom) it is assigned.
-func compareLeaseAndAgents(loc *Location, differ func(string, ...any)) {
+// compareLeaseAndAgents: the nodes whose leases list the unit and the
+// nodes whose agents hold it must be the same, CompareHoldings' rule for
+// one unit. A lease says nothing of the unit's state or pod, so that is
+// all there is to compare; a node whose agent was not read (unreachable,
+// or none found) is not judged.
+func compareLeaseAndAgents(s *Snapshot, loc *Location, differ func(string, ...any)) {
 	for _, lp := range loc.Leases {
-		var found *AgentPlace
-		for i := range loc.Agents {
-			if loc.Agents[i].Node == lp.Node {
-				found = &loc.Agents[i]
-			}
-		}
-		switch {
-		case found == nil && !slices.Contains(loc.Unreachable, lp.Node):
-			differ("NodeLease %s lists it (%s) on node %s, whose agent does not hold it", lp.Lease, lp.State, lp.Node)
-		case found == nil:
-		case (found.State == store.Assigned) != (lp.State == v1alpha1.UnitAssigned):
-			differ("node %s: the NodeLease says %s, the agent %s", lp.Node, lp.State, found.State)
-		case lp.Pod != nil && found.Pod != nil && (!refPod(lp.Pod).Same(*found.Pod) || lp.Pod.Attachment() != found.Attachment):
-			differ("node %s: the NodeLease assigns it to %s, the agent to %s (%s)", lp.Node, podRefString(lp.Pod), storePodString(found.Pod), found.Attachment)
+		held := slices.ContainsFunc(loc.Agents, func(ap AgentPlace) bool { return ap.Node == lp.Node })
+		if r := s.agentOf(lp.Node); !held && r != nil && r.State != nil {
+			differ("NodeLease %s lists it on node %s, whose agent does not hold it", lp.Lease, lp.Node)
 		}
 	}
 	for _, ap := range loc.Agents {
-		leased := false
-		for _, lp := range loc.Leases {
-			leased = leased || lp.Node == ap.Node
-		}
-		if !leased {
+		if !slices.ContainsFunc(loc.Leases, func(lp LeasePlace) bool { return lp.Node == ap.Node }) {
 			differ("node %s's agent holds it (%s) but node %s's NodeLease does not list it", ap.Node, ap.State, ap.Node)
 		}
 	}
 }
 
-// comparePods: a live pod reporting the address must be the one it is
-// assigned to, on that node; an assignment's pod must report it (when
-// pods report addresses at all: with Multus, in network-status).
-func comparePods(loc *Location, differ func(string, ...any)) {
+// comparePods: a live pod reporting the address must be the one an
+// agent's record assigns it to, on that agent's node; an assignment's
+// pod must report it (when pods report addresses at all: with Multus, in
+// network-status). The agents are the only record of assignments, so a
+// pod on a node whose agent was not read is not judged: its record may
+// well have it.
+func comparePods(s *Snapshot, loc *Location, say, differ func(string, ...any)) {
 	live := 0
 	for _, pp := range loc.Pods {
 		if pp.Deleting || pp.Phase == "Succeeded" || pp.Phase == "Failed" {
@@ -300,21 +277,21 @@ func comparePods(loc *Location, differ func(string, ...any)) {
 		}
 		live++
 		assigned := false
-		for _, lp := range loc.Leases {
-			if lp.Pod != nil && refPod(lp.Pod).Same(pp.pod()) {
-				assigned = true
-				if lp.Node != pp.Node {
-					differ("pod %s/%s is on node %s, the NodeLease assigning it is node %s's", pp.Namespace, pp.Name, pp.Node, lp.Node)
-				}
-			}
-		}
 		for _, ap := range loc.Agents {
-			if ap.Pod != nil && ap.Pod.Same(pp.pod()) {
-				assigned = true
+			if ap.Pod == nil || !ap.Pod.Same(pp.pod()) {
+				continue
+			}
+			assigned = true
+			if ap.Node != pp.Node {
+				differ("pod %s/%s is on node %s, the agent assigning it is node %s's", pp.Namespace, pp.Name, pp.Node, ap.Node)
 			}
 		}
-		if !assigned {
-			differ("pod %s/%s reports it, but no record assigns it to that pod", pp.Namespace, pp.Name)
+		switch {
+		case assigned:
+		case s.agentUnread(pp.Node):
+			say("node %s's agent, which would record pod %s/%s's assignment, was not read", pp.Node, pp.Namespace, pp.Name)
+		default:
+			differ("pod %s/%s reports it, but no agent's record assigns it to that pod", pp.Namespace, pp.Name)
 		}
 	}
 	if live > 1 {
@@ -327,13 +304,6 @@ func addrString(a netip.Addr) string {
 		return ""
 	}
 	return a.String()
-}
-
-func podRefString(p *v1alpha1.PodRef) string {
-	if p == nil {
-		return "(none)"
-	}
-	return fmt.Sprintf("%s/%s (uid %s, container %s, interface %s)", p.Namespace, p.Name, p.UID, p.ContainerID, p.Interface)
 }
 
 func storePodString(p *store.Pod) string {

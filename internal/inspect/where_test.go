@@ -55,22 +55,20 @@ func TestWhere(t *testing.T) {
 	})
 	t.Run("warm", func(t *testing.T) {
 		loc := where(t, s, "10.20.0.10")
-		saysAll(t, loc, "warm on node n1", "node n1's agent: warm")
+		saysAll(t, loc, "(NodeLease "+s.Leases[0].Name+"): leased to node n1", "node n1's agent: warm")
 		if len(loc.Disagreements) != 0 {
 			t.Errorf("disagreements %v", loc.Disagreements)
 		}
 	})
 	t.Run("assigned, by its IPv6 address", func(t *testing.T) {
 		loc := where(t, s, pair("10.20.0.11"))
-		saysAll(t, loc, "assigned to pod default/a (uid uid-a, container ctr-a, interface net1) on node n1",
+		saysAll(t, loc, "leased to node n1",
 			"node n1's agent: assigned to attachment ctr-a/net1 (pod default/a (uid uid-a))",
 			"reported by pod default/a (uid uid-a) on node n1, Running, in status.podIPs")
-		if len(loc.Disagreements) != 0 || len(loc.Pods) != 1 {
+		if len(loc.Disagreements) != 0 || len(loc.Pods) != 1 || len(loc.Leases) != 1 || loc.Leases[0].Node != "n1" ||
+			len(loc.Agents) != 1 || loc.Agents[0].Pod == nil || loc.Agents[0].Pod.Name != "a" {
 			t.Errorf("%+v", loc)
 		}
-	})
-	t.Run("revoking", func(t *testing.T) {
-		saysAll(t, where(t, s, "10.20.0.13"), "warm on node n2, being revoked (deadline")
 	})
 	t.Run("cooling", func(t *testing.T) {
 		s := clean()
@@ -85,28 +83,58 @@ func TestWhere(t *testing.T) {
 		st.Units = append(st.Units, agentUnit("10.20.0.10", store.Warm, ""))
 		loc := where(t, s, "10.20.0.10")
 		got := strings.Join(loc.Disagreements, "\n")
-		for _, w := range []string{"lists it (Warm) on node n1, whose agent does not hold it", "node n2's agent holds it (warm) but node n2's NodeLease does not list it"} {
+		for _, w := range []string{"lists it on node n1, whose agent does not hold it", "node n2's agent holds it (warm) but node n2's NodeLease does not list it"} {
 			if !strings.Contains(got, w) {
 				t.Errorf("disagreements lack %q:\n%s", w, got)
 			}
+		}
+	})
+	t.Run("the agent's state is not compared with the lease", func(t *testing.T) {
+		s := clean()
+		u := &s.agentOf("n2").State.Units[0]
+		u.State, u.Attachment = store.Assigned, "ctr-x/net1"
+		loc := where(t, s, "10.20.0.12")
+		saysAll(t, loc, "leased to node n2", "node n2's agent: assigned to attachment ctr-x/net1")
+		if len(loc.Disagreements) != 0 {
+			t.Errorf("disagreements %v", loc.Disagreements)
 		}
 	})
 	t.Run("an unreachable agent", func(t *testing.T) {
 		s := clean()
 		a := s.agentOf("n1")
 		a.State, a.StateError = nil, "timeout"
+		for _, addr := range []string{"10.20.0.10", "10.20.0.11"} {
+			loc := where(t, s, addr)
+			saysAll(t, loc, "leased to node n1", "node n1's agent could not be read")
+			if len(loc.Disagreements) != 0 {
+				t.Errorf("%s: an unread agent is not a disagreement: %v", addr, loc.Disagreements)
+			}
+		}
+		// Pod a reports .11: the record that would assign it is unread.
+		saysAll(t, where(t, s, "10.20.0.11"), "node n1's agent, which would record pod default/a's assignment, was not read")
+	})
+	t.Run("no agent found for the holder", func(t *testing.T) {
+		s := clean()
+		s.Agents = s.Agents[1:]
 		loc := where(t, s, "10.20.0.10")
-		saysAll(t, loc, "node n1's agent could not be read")
+		saysAll(t, loc, "no agent was found for node n1: whether it is warm or assigned there, and to which pod, is unknown")
 		if len(loc.Disagreements) != 0 {
-			t.Errorf("an unread agent is not a disagreement: %v", loc.Disagreements)
+			t.Errorf("an agent not found is not a disagreement: %v", loc.Disagreements)
 		}
 	})
 	t.Run("assigned to a pod that is gone", func(t *testing.T) {
 		s := clean()
 		s.Pods = []corev1.Pod{}
 		loc := where(t, s, "10.20.0.11")
-		got := strings.Join(loc.Disagreements, "\n")
-		if len(loc.Disagreements) != 2 || !strings.Contains(got, "assigns it to pod default/a, which is gone: a leak") {
+		if len(loc.Disagreements) != 1 || !strings.Contains(loc.Disagreements[0], "node n1's agent assigns it to pod default/a, which is gone: a leak") {
+			t.Errorf("disagreements %v", loc.Disagreements)
+		}
+	})
+	t.Run("the pod on another node than the agent assigning it", func(t *testing.T) {
+		s := clean()
+		s.Pods[0].Spec.NodeName = "n2"
+		loc := where(t, s, "10.20.0.11")
+		if len(loc.Disagreements) != 1 || !strings.Contains(loc.Disagreements[0], "pod default/a is on node n2, the agent assigning it is node n1's") {
 			t.Errorf("disagreements %v", loc.Disagreements)
 		}
 	})
@@ -119,7 +147,7 @@ func TestWhere(t *testing.T) {
 		s.Normalize()
 		loc := where(t, s, "10.20.0.25")
 		saysAll(t, loc, "in network-status default/underlay net1")
-		if len(loc.Disagreements) != 1 || !strings.Contains(loc.Disagreements[0], "pod default/stray reports it, but no record assigns it") {
+		if len(loc.Disagreements) != 1 || !strings.Contains(loc.Disagreements[0], "pod default/stray reports it, but no agent's record assigns it") {
 			t.Errorf("disagreements %v", loc.Disagreements)
 		}
 	})

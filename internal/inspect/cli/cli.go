@@ -103,7 +103,7 @@ the agents' namespace), or at URLs given with --agent NODE=URL.`,
 			rows := inspect.Pools(s)
 			return show(c, rows, inspect.RenderPools)
 		}}
-	nodes := &cobra.Command{Use: "nodes", Short: "Per node and pool: the lease's units, the agent's own counts and hit rate, fenced, Ready", Args: cobra.NoArgs,
+	nodes := &cobra.Command{Use: "nodes", Short: "Per node and pool: the units its lease lists, its agent's warm/assigned split and hit rate, fenced, Ready", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := c.gather(cmd.Context(), inspect.Need{Agents: true, Metrics: true})
 			if err != nil {

@@ -4,8 +4,10 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -259,11 +261,23 @@ func (n *node) del(ctx context.Context, ctr string, pod *netsim.Pod) error {
 // waitWarm waits until the node's agent holds want warm units.
 func (n *node) waitWarm(t *testing.T, want int) {
 	t.Helper()
+	n.waitWarmWhere(t, fmt.Sprint(want), func(warm int) bool { return warm == want })
+}
+
+// waitWarmAtLeast waits until the node holds at least min warm units of
+// the pool: the headroom above known pods is topped up in batches.
+func (n *node) waitWarmAtLeast(t *testing.T, min int) {
+	t.Helper()
+	n.waitWarmWhere(t, fmt.Sprintf("at least %d", min), func(warm int) bool { return warm >= min })
+}
+
+func (n *node) waitWarmWhere(t *testing.T, want string, ok func(warm int) bool) {
+	t.Helper()
 	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
-		return n.agent.WarmCount("dual") == want, nil
+		return ok(n.agent.WarmCount("dual")), nil
 	})
 	if err != nil {
-		t.Fatalf("node %s: %d warm, want %d", n.name, n.agent.WarmCount("dual"), want)
+		t.Fatalf("node %s: %d warm, want %s", n.name, n.agent.WarmCount("dual"), want)
 	}
 }
 
@@ -292,12 +306,23 @@ func (c *cluster) leases(ctx context.Context) (map[string]*v1alpha1.NodeLease, e
 	return out, nil
 }
 
-// checkLedger checks the persisted record: no unit in two leases, and the
-// assignments of each node's lease are exactly its agent's.
+// waitAgree waits until the allocator's persisted record and the agents'
+// agree (agree). A lease may list a unit whose grant the agent never got
+// (the answer to a miss it had stopped waiting for): its next sync brings
+// it, and waitAgree asks the agents for one every second rather than
+// wait for their periodic sync.
 func (c *cluster) waitAgree(t *testing.T, nodes ...*node) {
 	t.Helper()
 	var last error
+	polls := 0
 	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		if polls++; polls%20 == 0 {
+			for _, n := range nodes {
+				if n.bus != nil {
+					n.bus.Resync()
+				}
+			}
+		}
 		last = c.agree(ctx, nodes...)
 		return last == nil, nil
 	})
@@ -306,6 +331,12 @@ func (c *cluster) waitAgree(t *testing.T, nodes ...*node) {
 	}
 }
 
+// agree checks the persisted record against the agents': no unit in two
+// leases; each node's lease lists exactly the units its agent holds
+// (warm, cooling or assigned: the lease says only which node holds a
+// unit); and in each agent's record, the assigned units are exactly
+// those of its assignments, to the same attachments (which unit is
+// assigned to which pod is the agent's fact alone).
 func (c *cluster) agree(ctx context.Context, nodes ...*node) error {
 	leases, err := c.leases(ctx)
 	if err != nil {
@@ -314,39 +345,99 @@ func (c *cluster) agree(ctx context.Context, nodes ...*node) error {
 	holder := map[string]string{}
 	for node, l := range leases {
 		for _, u := range l.Spec.Units {
-			if h, ok := holder[u.IPv4]; ok {
-				return fmt.Errorf("unit %s in the leases of %s and %s", u.IPv4, h, node)
+			if h, ok := holder[u.ID()]; ok {
+				return fmt.Errorf("unit %s in the leases of %s and %s", u.ID(), h, node)
 			}
-			holder[u.IPv4] = node
+			holder[u.ID()] = node
 		}
 	}
 	for _, n := range nodes {
-		snap, err := n.store.Load()
+		st, err := n.record()
 		if err != nil {
 			return err
 		}
-		leased := map[string]string{} // unit -> attachment, assigned ones
+		leased := map[string]bool{}
 		if l := leases[n.name]; l != nil {
 			for _, u := range l.Spec.Units {
-				if u.State == v1alpha1.UnitAssigned {
-					leased[u.IPv4] = u.Pod.ContainerID + "/" + u.Pod.Interface
-				}
+				leased[u.ID()] = true
 			}
 		}
-		held := map[string]string{}
-		for _, a := range snap.Assignments {
-			held[a.UnitID] = a.Attachment
-		}
-		if fmt.Sprint(leased) != fmt.Sprint(held) {
-			return fmt.Errorf("node %s: lease has assigned %v, agent has %v", n.name, leased, held)
-		}
-		for k, u := range snap.Units {
-			if holder[k.ID] != n.name {
-				return fmt.Errorf("node %s holds %s (%s) that its lease does not list", n.name, k.ID, u.State)
+		assignedTo := map[string]string{} // unit -> attachment, assigned ones
+		for _, u := range st.Units {
+			if !leased[u.ID] {
+				return fmt.Errorf("node %s holds %s (%s %s) that its lease does not list", n.name, u.ID, u.State, u.Attachment)
 			}
+			delete(leased, u.ID)
+			if u.State == store.Assigned {
+				assignedTo[u.ID] = u.Attachment
+			}
+		}
+		if len(leased) > 0 {
+			return fmt.Errorf("the lease of node %s lists %v, which its agent does not hold", n.name, slices.Sorted(maps.Keys(leased)))
+		}
+		assignments := map[string]string{}
+		for _, a := range st.Assignments {
+			assignments[a.UnitID] = a.Attachment
+		}
+		if !maps.Equal(assignedTo, assignments) {
+			return fmt.Errorf("node %s: its record has units assigned %v, assignments %v", n.name, assignedTo, assignments)
 		}
 	}
 	return nil
+}
+
+// record is the node agent's record, as it serves it on /state.
+func (n *node) record() (*agent.State, error) {
+	return n.agent.State(n.bus.Fencing)
+}
+
+// recordCounts counts the units the node's agent holds, by its record:
+// the assigned ones and the others (warm or cooling).
+func (n *node) recordCounts() (unassigned, assigned int, err error) {
+	st, err := n.record()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, u := range st.Units {
+		if u.State == store.Assigned {
+			assigned++
+		} else {
+			unassigned++
+		}
+	}
+	return unassigned, assigned, nil
+}
+
+// assignment returns an agent record's assignment of an attachment
+// ("<containerID>/<ifname>").
+func assignment(st *agent.State, attachment string) (store.Assignment, bool) {
+	i := slices.IndexFunc(st.Assignments, func(a store.Assignment) bool { return a.Attachment == attachment })
+	if i < 0 {
+		return store.Assignment{}, false
+	}
+	return st.Assignments[i], true
+}
+
+// leasedIDs returns the units a node's NodeLease lists, sorted; none when
+// it has no lease.
+func (c *cluster) leasedIDs(ctx context.Context, node string) ([]string, error) {
+	leases, err := c.leases(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	if l := leases[node]; l != nil {
+		for _, u := range l.Spec.Units {
+			ids = append(ids, u.ID())
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// lists says whether a NodeLease (nil: none) lists the unit id.
+func lists(l *v1alpha1.NodeLease, id string) bool {
+	return l != nil && slices.ContainsFunc(l.Spec.Units, func(u v1alpha1.LeasedUnit) bool { return u.ID() == id })
 }
 
 // metric returns the value of a counter or gauge in a registry, summed

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/internal/rig/testenv"
@@ -28,19 +31,22 @@ import (
 type agentProc struct {
 	cmd  *exec.Cmd
 	done chan error
+	// metrics is the address it serves /metrics and /state on.
+	metrics string
 }
 
 func startAgent(t *testing.T, bin string, c *cluster, node, dir string, env ...string) *agentProc {
 	t.Helper()
+	metrics := freeLoopbackAddr(t)
 	cmd := exec.Command(bin, "--node", node, "--socket", filepath.Join(dir, "agent.sock"), "--state", filepath.Join(dir, "agent.db"),
-		"--nats-url", c.nats.ClientURL(), "--kubeconfig", c.cp.Kubeconfig(), "--log-level", "debug", "--metrics-addr", "127.0.0.1:0")
+		"--nats-url", c.nats.ClientURL(), "--kubeconfig", c.cp.Kubeconfig(), "--log-level", "debug", "--metrics-addr", metrics)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &agentProc{cmd: cmd, done: make(chan error, 1)}
+	p := &agentProc{cmd: cmd, done: make(chan error, 1), metrics: metrics}
 	go func() { p.done <- cmd.Wait() }()
 	t.Cleanup(func() { p.stop() })
 	// Ready once the socket accepts: a crashed predecessor's socket file
@@ -56,6 +62,27 @@ func startAgent(t *testing.T, bin string, c *cluster, node, dir string, env ...s
 		t.Fatalf("agent never listened: %v", err)
 	}
 	return p
+}
+
+// state reads the agent's record from its /state endpoint.
+func (p *agentProc) state(ctx context.Context) (*agent.State, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.metrics+agent.StatePath, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", agent.StatePath, resp.Status)
+	}
+	var st agent.State
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, err
+	}
+	return &st, nil
 }
 
 func (p *agentProc) stop() {
@@ -74,8 +101,8 @@ func (p *agentProc) stop() {
 // TestAgentKilledBetweenPersistAndReply kills the real agent process with
 // SIGKILL after it committed an assignment and before it answered. The ADD
 // fails; after a restart the retried ADD of the same container gets the
-// same address, the agent's record holds it once, and the allocator's
-// lease records it assigned to that pod.
+// same address, the agent's record holds it once, assigned to that pod,
+// and the allocator's lease lists its unit as the node's.
 func TestAgentKilledBetweenPersistAndReply(t *testing.T) {
 	c := newCluster(t, dualPool(20, &v1alpha1.Warm{MinWarm: i32(2), WarmTarget: i32(4), MaxWarm: i32(16)}))
 	bin := testenv.Binary(t, "warmpool-agent")
@@ -131,7 +158,24 @@ func TestAgentKilledBetweenPersistAndReply(t *testing.T) {
 		t.Fatalf("retried ADD after the restart: %v", err)
 	}
 	v4 := res.IPs[0].Address.IP.String()
-	// The allocator hears of the assignment (a report, or the restart's sync).
+	// The restarted agent serves the assignment from its record (which
+	// pod a unit is assigned to is the agent's fact: the lease says only
+	// which node holds the unit).
+	var st *agent.State
+	var last error
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		st, last = restarted.state(ctx)
+		if last != nil {
+			return false, nil // not serving yet
+		}
+		as, ok := assignment(st, "sandbox-1/net1")
+		return ok && as.UnitID == v4 && as.Pod.Name == "web-0" && as.Pod.UID == string(pod.UID), nil
+	}); err != nil {
+		t.Fatalf("the agent's record never held %s assigned to web-0's sandbox-1/net1: %+v (last read: %v)", v4, st, last)
+	}
+	// The lease lists the unit as node-crash's (the crash lost no grant),
+	// and the allocator hears of the assignment (a report, or the
+	// restart's sync): it counts the pool's one assigned unit.
 	var lease *v1alpha1.NodeLease
 	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
 		leases, err := c.leases(ctx)
@@ -139,14 +183,10 @@ func TestAgentKilledBetweenPersistAndReply(t *testing.T) {
 			return false, err
 		}
 		lease = leases["node-crash"]
-		for _, u := range lease.Spec.Units {
-			if u.IPv4 == v4 && u.State == v1alpha1.UnitAssigned && u.Pod.Name == "web-0" && u.Pod.ContainerID == "sandbox-1" {
-				return true, nil
-			}
-		}
-		return false, nil
+		return lists(lease, v4) &&
+			metric(t, c.alloc.Registry(), "warmpool_allocator_pool_units", map[string]string{"pool": "dual", "state": "assigned"}) == 1, nil
 	}); err != nil {
-		t.Fatalf("the lease never recorded %s assigned to web-0: %+v", v4, lease)
+		t.Fatalf("the NodeLease of node-crash never listed %s with the allocator counting it assigned: %+v", v4, lease)
 	}
 	// Stop the agent and read its record: the unit is assigned once, to
 	// this attachment.

@@ -92,7 +92,7 @@ func TestOperatorCLI(t *testing.T) {
 	created, owner := c.burst(t, ctx, "op", pods, func(i int) *node { return nodes[i%nodesN] })
 	reportAddresses(t, ctx, c, created, owner)
 	c.waitAgree(t, nodes...)
-	waitStatusMatchesLeases(t, ctx, c, pods)
+	waitStatusMatchesRecords(t, ctx, c, nodes, pods)
 
 	// pools
 	out, code := cli("pools")
@@ -104,8 +104,11 @@ func TestOperatorCLI(t *testing.T) {
 	if code != 0 || len(poolRows) != 1 {
 		t.Fatalf("pools: exit %d, rows %+v", code, poolRows)
 	}
+	// The leases say which units the nodes hold, not which are assigned:
+	// of those, the status's assigned are the agents' (pods, as
+	// waitStatusMatchesRecords saw), the rest warm.
 	p := poolRows[0]
-	if p.Assigned != pods || p.Pending != 0 || p.Leases.Assigned != pods || p.Warm != p.Leases.Warm+p.Leases.Revoking || p.Free != p.Total-p.Leases.Held() ||
+	if p.Assigned != pods || p.Pending != 0 || p.Warm != p.Leased-pods || p.Free != p.Total-p.Leased ||
 		p.Total != 160 || p.Ready != "True" || p.LeaseNodes != nodesN || p.HitRate == nil {
 		t.Errorf("pools: %+v", p)
 	}
@@ -121,9 +124,11 @@ func TestOperatorCLI(t *testing.T) {
 		t.Fatalf("nodes: exit %d, rows %+v", code, nodeRows)
 	}
 	for _, r := range nodeRows {
-		if r.Lease == nil || r.Agent == nil || r.AgentStatus != "ok" || r.NodeReady != "True" ||
-			r.Agent.Assigned != r.Lease.Assigned || r.Agent.Warm+r.Agent.Cooling != r.Lease.Warm+r.Lease.Revoking || r.Lease.Assigned != pods/nodesN {
-			t.Errorf("nodes: %+v (lease %+v, agent %+v)", r, r.Lease, r.Agent)
+		// The lease lists the node's units, the agent says which are
+		// assigned.
+		if r.Leased == nil || r.Agent == nil || r.AgentStatus != "ok" || r.NodeReady != "True" ||
+			r.Agent.Warm+r.Agent.Assigned+r.Agent.Cooling != *r.Leased || r.Agent.Assigned != pods/nodesN {
+			t.Errorf("nodes: %+v (agent %+v)", r, r.Agent)
 		}
 		if r.Node == proxied.name && !strings.HasPrefix(r.AgentSource, "pod kube-system/warmpool-agent-") {
 			t.Errorf("%s's agent read from %q, not through its pod", r.Node, r.AgentSource)
@@ -142,7 +147,9 @@ func TestOperatorCLI(t *testing.T) {
 		if multus(i) {
 			src = "network-status"
 		}
-		if code != 0 || len(loc.Leases) != 1 || loc.Leases[0].Pod == nil || loc.Leases[0].Pod.Name != pod.Name || len(loc.Agents) != 1 ||
+		// The pod is the agent's record's; the lease is its node's.
+		if code != 0 || len(loc.Leases) != 1 || loc.Leases[0].Node != pod.Spec.NodeName || len(loc.Agents) != 1 ||
+			loc.Agents[0].Node != pod.Spec.NodeName || loc.Agents[0].Pod == nil || loc.Agents[0].Pod.Name != pod.Name ||
 			len(loc.Pods) != 1 || loc.Pods[0].Name != pod.Name || !strings.Contains(loc.Pods[0].Source, src) || len(loc.Disagreements) != 0 {
 			t.Errorf("where %s (pod %s): exit %d, %+v", addr, pod.Name, code, loc)
 		}
@@ -209,7 +216,7 @@ func TestOperatorCLI(t *testing.T) {
 	free := freeUnits(t, ctx, c, 2)
 	victim := nodes[1]
 	if err := editLease(ctx, c, victim.name, func(l *v1alpha1.NodeLease) {
-		l.Spec.Units = append(l.Spec.Units, v1alpha1.LeasedUnit{IPv4: free[0][0], IPv6: free[0][1], State: v1alpha1.UnitWarm})
+		l.Spec.Units = append(l.Spec.Units, v1alpha1.LeasedUnit{IPv4: free[0][0], IPv6: free[0][1]})
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -398,9 +405,11 @@ func reportAddresses(t *testing.T, ctx context.Context, c *cluster, created []*c
 	wg.Wait()
 }
 
-// waitStatusMatchesLeases waits until the pool's status (written every
-// 5 s when a count changed) has caught up with its leases.
-func waitStatusMatchesLeases(t *testing.T, ctx context.Context, c *cluster, assigned int64) {
+// waitStatusMatchesRecords waits until the pool's status (written every
+// 5 s when a count changed) has caught up with the records: the leases
+// for the units the nodes hold, the agents' records for which of those
+// are assigned (want of them).
+func waitStatusMatchesRecords(t *testing.T, ctx context.Context, c *cluster, nodes []*node, want int64) {
 	t.Helper()
 	var last string
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -412,21 +421,23 @@ func waitStatusMatchesLeases(t *testing.T, ctx context.Context, c *cluster, assi
 		if err != nil {
 			return false, nil
 		}
-		var warm, held int64
+		var held, assigned int64
 		for _, l := range leases {
-			for _, u := range l.Spec.Units {
-				held++
-				if u.State != v1alpha1.UnitAssigned {
-					warm++
-				}
+			held += int64(len(l.Spec.Units))
+		}
+		for _, n := range nodes {
+			_, a, err := n.recordCounts()
+			if err != nil {
+				return false, nil
 			}
+			assigned += int64(a)
 		}
 		st := p.Status
-		last = fmt.Sprintf("status %+v; leases warm %d held %d", st, warm, held)
-		return st.Assigned == assigned && st.Warm == warm && st.Free == st.Total-held, nil
+		last = fmt.Sprintf("status %+v; leases hold %d, agents assign %d (want %d)", st, held, assigned, want)
+		return assigned == want && st.Assigned == assigned && st.Warm == held-assigned && st.Free == st.Total-held, nil
 	})
 	if err != nil {
-		t.Fatalf("pool status never matched the leases: %s", last)
+		t.Fatalf("pool status never matched the records: %s", last)
 	}
 }
 

@@ -331,7 +331,9 @@ func TestUnboundPodsWarmEligibleNodes(t *testing.T) {
 		pods = append(pods, p)
 	}
 	for _, n := range nodes {
-		n.waitWarm(t, 14) // minWarm 2, warmTarget 4 + 30 unbound / 3 nodes
+		// Target 14 (warmTarget 4 + 30 unbound / 3 nodes): the 10 pods
+		// are warm, the headroom above them is topped up in batches.
+		n.waitWarmAtLeast(t, 10)
 	}
 	h0, m0 := hits(t, nodes)
 	var wg sync.WaitGroup

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -10,26 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/warmpool/warmpool/allocator"
-	"github.com/warmpool/warmpool/api/v1alpha1"
 )
-
-// leaseCounts returns the warm and assigned units of a node's lease.
-func (c *cluster) leaseCounts(ctx context.Context, node string) (warm, assigned int, err error) {
-	leases, err := c.leases(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
-	if l := leases[node]; l != nil {
-		for _, u := range l.Spec.Units {
-			if u.State == v1alpha1.UnitAssigned {
-				assigned++
-			} else {
-				warm++
-			}
-		}
-	}
-	return warm, assigned, nil
-}
 
 // TestLeakedAssignmentsAreReclaimed: pods removed from the API without a
 // CNI DEL leave their addresses assigned on the node; the node's agent's
@@ -51,13 +33,15 @@ func TestLeakedAssignmentsAreReclaimed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The agent's record is where assignments are kept (the lease only
+	// lists the node's units, and an ADD or a release does not change it).
 	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		_, assigned, err := c.leaseCounts(ctx, n.name)
+		_, assigned, err := n.recordCounts()
 		return err == nil && assigned == 1 && len(n.agent.Held()) > 0 && assignedOn(n) == 1, nil
 	})
 	if err != nil {
-		_, assigned, _ := c.leaseCounts(ctx, n.name)
-		t.Fatalf("leaks not reclaimed: lease has %d assigned, agent %d; want 1", assigned, assignedOn(n))
+		_, assigned, _ := n.recordCounts()
+		t.Fatalf("leaks not reclaimed: the agent's record has %d assigned (its memory %d); want 1", assigned, assignedOn(n))
 	}
 	took := time.Since(start)
 	t.Logf("10 leaked assignments reclaimed in %s (GC interval %s)", took.Round(time.Millisecond), gc)
@@ -121,9 +105,15 @@ func testNodeLoss(t *testing.T, lose func(ctx context.Context, c *cluster, node 
 	defer cancel()
 	pods, _ := c.burst(t, ctx, "old", 3, func(int) *node { return dying })
 	c.waitAgree(t, dying, survivor)
-	warm, assigned, err := c.leaseCounts(ctx, dying.name)
+	// Which of its units are warm and which assigned is its agent's
+	// record; its lease lists them all (waitAgree).
+	warm, assigned, err := dying.recordCounts()
 	if err != nil || assigned != 3 || warm == 0 {
 		t.Fatalf("before the loss: %d warm, %d assigned (%v); want some warm and 3 assigned", warm, assigned, err)
+	}
+	leased, err := c.leasedIDs(ctx, dying.name)
+	if err != nil || len(leased) != warm+assigned {
+		t.Fatalf("before the loss: the lease lists %v (%v), want the agent's %d units", leased, err, warm+assigned)
 	}
 
 	dying.stop()
@@ -131,22 +121,12 @@ func testNodeLoss(t *testing.T, lose func(ctx context.Context, c *cluster, node 
 	if err := lose(ctx, c, dying.name); err != nil {
 		t.Fatal(err)
 	}
-	poll := func(what string, limit time.Duration, cond func(warm, assigned int) bool) {
-		t.Helper()
-		err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, limit, true, func(ctx context.Context) (bool, error) {
-			w, a, err := c.leaseCounts(ctx, dying.name)
-			return err == nil && cond(w, a), nil
-		})
-		if err != nil {
-			w, a, _ := c.leaseCounts(ctx, dying.name)
-			t.Fatalf("%s: lease of the lost node has %d warm, %d assigned after %s", what, w, a, limit)
-		}
-	}
 	// Its pods still exist, and any of them may hold any of its units:
-	// none moves, past the grace and several GC passes.
+	// none moves, past the grace and several GC passes. (Its agent is
+	// gone: the lease is what says the units are still the node's.)
 	time.Sleep(3 * grace)
-	if w, a, _ := c.leaseCounts(ctx, dying.name); w != warm || a != 3 {
-		t.Fatalf("lost node with its pods left: lease has %d warm, %d assigned; want %d and 3, untouched", w, a, warm)
+	if ids, err := c.leasedIDs(ctx, dying.name); err != nil || !slices.Equal(ids, leased) {
+		t.Fatalf("lost node with its pods left: lease lists %v (%v); want %v, untouched", ids, err, leased)
 	}
 	// The pods are deleted (the taint manager would evict them); the
 	// replacements go to the survivor.
@@ -156,7 +136,13 @@ func testNodeLoss(t *testing.T, lose func(ctx context.Context, c *cluster, node 
 		}
 	}
 	start = time.Now()
-	poll("all units returned", 10*time.Second, func(w, a int) bool { return w == 0 && a == 0 })
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		ids, err := c.leasedIDs(ctx, dying.name)
+		return err == nil && len(ids) == 0, nil
+	}); err != nil {
+		ids, _ := c.leasedIDs(ctx, dying.name)
+		t.Fatalf("all units returned: lease of the lost node still lists %v after %s", ids, 10*time.Second)
+	}
 	t.Logf("lost node's %d warm and 3 assigned units returned %s after its pods were deleted", warm, time.Since(start).Round(time.Millisecond))
 	h0, m0 := hits(t, []*node{survivor})
 	_, owner := c.burst(t, ctx, "new", 3, func(int) *node { return survivor })

@@ -204,9 +204,11 @@ func (c *checker) notServing(ctx context.Context) map[string]string {
 
 // converged is invariant 3 once the faults have stopped: every unit of
 // the pool is free (in no lease), or held by exactly the node whose lease
-// lists it; every assignment, in the leases and the agents' stores, is a
-// live sandbox's; every pod Running with its address. It returns nil or
-// what still disagrees.
+// lists it (the lease says only which node holds a unit; warm or assigned,
+// and to which pod, is the agent's record); every assignment in the
+// agents' stores is a live sandbox's, and every live sandbox's address is
+// recorded by its node's agent; every pod Running with its address. It
+// returns nil or what still disagrees.
 func (c *checker) converged(ctx context.Context) error {
 	if ok, why := c.r.quiet(); !ok {
 		return errors.New(why)
@@ -237,16 +239,18 @@ func (c *checker) converged(ctx context.Context) error {
 		for _, l := range leased[a.node] {
 			inLeases += len(l.Spec.Units)
 		}
-		// The same rule as kubectl-warmpool doctor's: the agent's units
-		// first, then the lease's the agent lacks.
+		// The same rule as kubectl-warmpool doctor's: the same units in
+		// the node's leases and its agent's record (states are the
+		// agent's alone); the agent's units first, then the lease's the
+		// agent lacks.
 		if ms := inspect.CompareHoldings(leased[a.node], st); len(ms) > 0 {
-			switch m := ms[0]; m.Kind {
-			case inspect.NotLeased:
-				return fmt.Errorf("%s holds %s (%s), which its NodeLease does not list", a.name, m.Unit, m.Agent.State)
-			case inspect.StateDiffers:
-				return fmt.Errorf("%s: %s is %s in the agent and %s in the NodeLease", a.name, m.Unit, m.Agent.State, m.Lease.State)
+			switch m := ms[0]; {
+			case m.Lease == nil && m.Agent != nil:
+				return fmt.Errorf("%s holds %s (%s), which its NodeLease does not list", a.name, m.Unit, agentUnit(m.Agent))
+			case m.Agent == nil:
+				return fmt.Errorf("the NodeLease of %s lists %s, which its agent does not hold", a.node, m.Unit)
 			default:
-				return fmt.Errorf("the NodeLease of %s lists %s (%s %s), which its agent does not hold", a.node, m.Unit, m.Lease.State, podRef(m.Lease.Pod))
+				return fmt.Errorf("%s and its NodeLease disagree on %s (agent: %s)", a.name, m.Unit, agentUnit(m.Agent))
 			}
 		}
 		for _, as := range st.Assignments {
@@ -270,9 +274,11 @@ func (c *checker) converged(ctx context.Context) error {
 	return nil
 }
 
-func podRef(p *v1alpha1.PodRef) string {
-	if p == nil {
-		return ""
+// agentUnit describes an agent's unit: its state, and the attachment it
+// is assigned to if any.
+func agentUnit(u *store.Unit) string {
+	if u.Attachment == "" {
+		return string(u.State)
 	}
-	return fmt.Sprintf("to %s/%s %s/%s", p.Namespace, p.Name, p.ContainerID, p.Interface)
+	return fmt.Sprintf("%s to %s", u.State, u.Attachment)
 }
