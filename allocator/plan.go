@@ -61,7 +61,8 @@ type nodeStep struct {
 //
 // A node's target is max(minWarm, bound + headroom + its part of the
 // unbound pods), capped by maxWarm, where the headroom is warmTarget or
-// the node's recent ADDs if more. When the supply covers every target,
+// the node's recent ADDs if more (while the supply covers every such
+// target: the recent ADDs are speculation). When the supply covers every target,
 // each node's share is its target. Otherwise the supply is divided in two
 // tiers, each max-min fair: first the pods bound now (up to maxWarm per
 // node), then the rest of the targets. So no node keeps a speculative
@@ -92,14 +93,28 @@ func plan(p poolDemand) []nodeStep {
 	need2 := make([]int, len(p.nodes)) // the rest of the target
 	known := make([]int, len(p.nodes)) // pods that exist: bound, and the node's part of the unbound
 	total := 0
-	for j, i := range eligible {
-		n := p.nodes[i]
-		t := min(max(minWarm, n.bound+max(warmTarget, n.recent)+spread[j]), maxWarm)
-		known[i] = n.bound + spread[j]
-		steps[i].target = t
-		need1[i] = min(n.bound, t)
-		need2[i] = t - need1[i]
-		total += t
+	targets := func(paced bool) {
+		total = 0
+		for j, i := range eligible {
+			n := p.nodes[i]
+			headroom := warmTarget
+			if paced {
+				headroom = max(warmTarget, n.recent)
+			}
+			t := min(max(minWarm, n.bound+headroom+spread[j]), maxWarm)
+			known[i] = n.bound + spread[j]
+			steps[i].target = t
+			need1[i] = min(n.bound, t)
+			need2[i] = t - need1[i]
+			total += t
+		}
+	}
+	// A headroom of recent ADDs is speculation: only while the pool can
+	// afford every node's; else each keeps warmTarget, and the supply is
+	// shared as below (a small pool is not parked on the nodes of the
+	// last burst).
+	if targets(true); total > supply {
+		targets(false)
 	}
 	if total <= supply {
 		for i := range steps {

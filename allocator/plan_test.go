@@ -63,6 +63,15 @@ func TestPlanRecentADDsAreHeadroom(t *testing.T) {
 	if got := [3]int{steps[0].target, steps[1].target, steps[2].target}; got != [3]int{9, 35, 64} {
 		t.Fatalf("targets %v, want [9 35 64]: 5 bound + max(warmTarget 4, recent), capped by maxWarm", got)
 	}
+	// A pool that cannot afford every node's recent ADDs keeps warmTarget
+	// on each: 60 spare units, 4 nodes that each served 25.
+	nodes := nodesOf(4, func(int) nodeDemand { return nodeDemand{warm: 4, recent: 25} })
+	steps = plan(poolDemand{knobs: defaultKnobs, free: 44, nodes: nodes})
+	for _, s := range steps {
+		if s.target != 4 || s.grant != 0 {
+			t.Fatalf("steps %+v: want targets of warmTarget 4 and nothing granted", steps)
+		}
+	}
 }
 
 // Unbound pods spread over the eligible nodes only.

@@ -192,7 +192,7 @@ type Warm struct {
 	MinWarm *int32 `json:"minWarm,omitempty"`
 	// WarmTarget is the least headroom kept on top of the node's current
 	// demand; a node serving a stream of ADDs keeps about those of its last
-	// 30 s instead, when more.
+	// 30 s instead, when more and the pool can afford it on every node.
 	// +optional
 	// +kubebuilder:default=4
 	// +kubebuilder:validation:Minimum=0
