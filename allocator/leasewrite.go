@@ -142,7 +142,7 @@ func (a *Allocator) syncLeaseHeld(ctx context.Context, pool, node, cause string)
 			a.log.Warn("lease write outcome unknown: its units stay out of the free set until the lease is read at another version",
 				"lease", ls.name, "pool", pool, "node", node, "err", err)
 			return out, fmt.Errorf("write lease %s: %w: %w", ls.name, errUnknownOutcome, err)
-		case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err):
+		case conflicted(err):
 			a.mu.Unlock()
 			if rerr := a.observe(ctx, ps, node, ls); rerr != nil {
 				a.markDirty(ps, node)
@@ -195,7 +195,7 @@ func (a *Allocator) writeLease(ctx context.Context, nl *v1alpha1.NodeLease, caus
 func (a *Allocator) countWrite(cause string, err error) {
 	result := "ok"
 	switch {
-	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err):
+	case conflicted(err):
 		result = "conflict"
 	case err != nil:
 		result = "error"
@@ -249,6 +249,12 @@ func (a *Allocator) conflictsLocked(pool, node string, errs []error) {
 		a.log.Error("inconsistent lease", "pool", pool, "node", node, "err", err)
 		a.metrics.conflicts.Inc()
 	}
+}
+
+// conflicted tells a write refused because the lease was not at the
+// version written: changed, deleted, or already created.
+func conflicted(err error) bool {
+	return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err)
 }
 
 // outcomeUnknown tells a failed write that may have been applied from one

@@ -114,14 +114,7 @@ func TestAReturnWhoseAnswerIsLostListsNothing(t *testing.T) {
 	if err != nil || len(units) != 3 {
 		t.Fatalf("grant: %v %v", units, err)
 	}
-	lose := 2
-	leases.fault = func(string, string) writeFault {
-		if lose > 0 {
-			lose--
-			return writeLost
-		}
-		return writeOK
-	}
+	leases.fault = inTurn(writeLost, writeLost)
 	unlock := a.lockLease("p", "n1")
 	a.mu.Lock()
 	ps := a.ledger.pools["p"]
@@ -162,15 +155,7 @@ func TestAWriteThatChangesNothingStillSettlesOneInFlight(t *testing.T) {
 	leases := newMemLeases()
 	storeLeases(t, ctx, leases, map[string][]string{"n1": nil})
 	a, _ := memAllocatorOn(t, ctx, leases, "10.0.0.0/30", Config{Epoch: 1})
-	faults := []writeFault{writeLate, writeDown}
-	leases.fault = func(string, string) writeFault {
-		if len(faults) > 0 {
-			f := faults[0]
-			faults = faults[1:]
-			return f
-		}
-		return writeOK
-	}
+	leases.fault = inTurn(writeLate, writeDown)
 	if _, _, _, err := a.grant(ctx, "p", "n1", 2); !errors.Is(err, errUnknownOutcome) || freeUnits(a) != 0 {
 		t.Fatalf("grant: %v, %d free; want errUnknownOutcome and nothing free", err, freeUnits(a))
 	}
@@ -203,15 +188,7 @@ func TestAGrantThatLandedIsNotTakenBack(t *testing.T) {
 	if _, _, _, err := a.grant(ctx, "p", "n1", 1); err != nil { // the lease exists
 		t.Fatal(err)
 	}
-	faults := []writeFault{writeConflict, writeConflict, writeLost, writeConflict}
-	leases.fault = func(string, string) writeFault {
-		if len(faults) > 0 {
-			f := faults[0]
-			faults = faults[1:]
-			return f
-		}
-		return writeOK
-	}
+	leases.fault = inTurn(writeConflict, writeConflict, writeLost, writeConflict)
 	got, _, _, err := a.grant(ctx, "p", "n1", 2)
 	if err != nil || len(got) != 2 {
 		t.Fatalf("grant whose write landed among conflicts: %v %v, want its 2 units", got, err)

@@ -110,6 +110,19 @@ func every(f writeFault) func(verb, name string) writeFault {
 	return func(string, string) writeFault { return f }
 }
 
+// inTurn is a fault that does fs to the next writes, one each, and lets
+// the writes after them through.
+func inTurn(fs ...writeFault) func(verb, name string) writeFault {
+	return func(string, string) writeFault {
+		if len(fs) == 0 {
+			return writeOK
+		}
+		f := fs[0]
+		fs = fs[1:]
+		return f
+	}
+}
+
 // write waits for hold, applies the fault, then stores nl if the rules
 // allow it.
 func (m *memLeases) write(verb string, nl *v1alpha1.NodeLease) (*v1alpha1.NodeLease, error) {

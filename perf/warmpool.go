@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/warmpool/warmpool/allocator"
 	"github.com/warmpool/warmpool/api/client"
 )
 
@@ -137,14 +138,8 @@ func (d *warmpoolDeployment) counts(ctx context.Context) (warmpoolCounts, error)
 			}
 			return false
 		})
-		if f := fams["warmpool_allocator_lease_writes_total"]; f != nil {
-			for _, m := range f.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() == "cause" {
-						c.leaseWrites[l.GetValue()] += m.GetCounter().GetValue()
-					}
-				}
-			}
+		for _, cause := range allocator.LeaseWriteCauses {
+			c.leaseWrites[cause] += sum(fams, "warmpool_allocator_lease_writes_total", func(l map[string]string) bool { return l["cause"] == cause })
 		}
 	}
 	return c, nil
