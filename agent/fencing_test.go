@@ -383,10 +383,12 @@ func runBus(t *testing.T, ctx context.Context, f *fixture, url string, configure
 }
 
 // waitForSync waits until the allocator side answered n syncs and the
-// agent's cache is usable.
+// agent's cache is usable. It asks with Fencing, which has no effect:
+// Fenced would queue a sync each time it saw the cache fenced, and that
+// sync, sent later, could cross the steps of the test.
 func waitForSync(t *testing.T, ctx context.Context, bus *Bus, syncs *atomic.Int32, n int32) {
 	t.Helper()
-	for syncs.Load() < n || bus.Fenced() != nil {
+	for syncs.Load() < n || bus.Fencing() != nil {
 		if ctx.Err() != nil {
 			t.Fatalf("no sync #%d", n)
 		}
