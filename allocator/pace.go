@@ -15,12 +15,36 @@ import (
 type pace struct {
 	value float64
 	at    time.Time
+	// since is when the stream began: the first ADD after the count had
+	// decayed to nothing.
+	since time.Time
 }
 
 // add counts n ADDs at now.
 func (p *pace) add(now time.Time, window time.Duration, n int) {
-	p.value = p.valueAt(now, window) + float64(n)
+	v := p.valueAt(now, window)
+	if v < 0.5 { // decayed to nothing, as recentLocked forgets it
+		v, p.since = 0, now
+	}
+	p.value = v + float64(n)
 	p.at = now
+}
+
+// perWindow estimates the ADDs of the next window at the stream's rate.
+// A stream younger than the window has a count biased low by the decay
+// of what it never had (a steady rate r for a time a counts
+// r·W·(1-e^(-a/W))): corrected, a burst's first ADDs predict the rest of
+// it, and the node is topped up for it at once, not by doublings. The
+// first ADD only starts the stream (one ADD is no rate: it predicts
+// itself), and the age is taken as at least a thirtieth of the window,
+// so each ADD that follows at once predicts at most 30 more.
+func (p *pace) perWindow(now time.Time, window time.Duration) float64 {
+	v := p.valueAt(now, window)
+	if v <= 1 {
+		return v
+	}
+	age := max(now.Sub(p.since), window/30)
+	return 1 + (v-1)/-math.Expm1(-age.Seconds()/window.Seconds())
 }
 
 // valueAt is the decayed count at now.
@@ -45,18 +69,18 @@ func (a *Allocator) addPaceLocked(pool, node string, n int) {
 	p.add(a.cfg.Clock.Now(), a.cfg.DemandWindow, n)
 }
 
-// recentLocked returns node's recent ADDs of pool, rounded, and forgets
-// a pace that has decayed to nothing.
+// recentLocked returns node's ADDs of pool expected in the next window
+// at its recent rate, rounded, and forgets a pace that has decayed to
+// nothing.
 func (a *Allocator) recentLocked(pool, node string, now time.Time) int {
 	k := poolNode{pool, node}
 	p := a.pace[k]
 	if p == nil {
 		return 0
 	}
-	v := p.valueAt(now, a.cfg.DemandWindow)
-	if v < 0.5 {
+	if p.valueAt(now, a.cfg.DemandWindow) < 0.5 {
 		delete(a.pace, k)
 		return 0
 	}
-	return int(math.Round(v))
+	return int(math.Round(p.perWindow(now, a.cfg.DemandWindow)))
 }

@@ -34,6 +34,39 @@ func TestPaceCountsTheLastWindow(t *testing.T) {
 	if v := p.valueAt(now.Add(-time.Second), window); v > 31 {
 		t.Fatalf("a read before the last add (a clock step back): %v, want no growth", v)
 	}
+	if v := p.perWindow(now, window); math.Abs(v-30) > 1 {
+		t.Fatalf("a stream of 1 ADD/s for 10 windows expects %v in the next, want about 30", v)
+	}
+}
+
+// TestPaceExpectsAYoungStreamToGoOn: a stream younger than the window
+// predicts the next window at its rate, not at the count it had time to
+// build; one ADD after a silence is no stream.
+func TestPaceExpectsAYoungStreamToGoOn(t *testing.T) {
+	const window = 30 * time.Second
+	now := time.Unix(1000, 0)
+	var p pace
+	p.add(now, window, 1)
+	if v := p.perWindow(now, window); v != 1 {
+		t.Fatalf("one ADD after a silence expects %v, want 1 (itself)", v)
+	}
+	p.add(now, window, 1)
+	if v := p.perWindow(now, window); math.Abs(v-31.5) > 0.5 {
+		t.Fatalf("a second ADD at once expects %v, want about 31 (the first, and one per thirtieth of the window)", v)
+	}
+	for range 29 { // 10 ADDs a second for 3 s
+		now = now.Add(100 * time.Millisecond)
+		p.add(now, window, 1)
+	}
+	if v := p.perWindow(now, window); v < 280 || v > 320 {
+		t.Fatalf("a stream of 10 ADDs/s for 3 s expects %v in the next window, want about 300", v)
+	}
+	// Once it decayed to nothing a new stream starts afresh.
+	now = now.Add(10 * window)
+	p.add(now, window, 1)
+	if v := p.perWindow(now, window); math.Abs(v-1) > 0.01 {
+		t.Fatalf("one ADD after a long silence expects %v, want 1", v)
+	}
 }
 
 // TestReportsRaiseTheHeadroom: the ADDs a node's reports count raise its
@@ -67,9 +100,9 @@ func TestReportsRaiseTheHeadroom(t *testing.T) {
 			t.Fatal(r.Error)
 		}
 	}
-	// 40 ADDs in 20 s, decayed over 30 s: about 29.
-	if got := target(); got < 25 || got > 35 {
-		t.Fatalf("target after 2 ADDs/s for 20 s: %d, want about 29", got)
+	// 2 ADDs a second: about 60 in the next 30 s (maxWarm is 64).
+	if got := target(); got < 55 || got > 64 {
+		t.Fatalf("target after 2 ADDs/s for 20 s: %d, want about 60", got)
 	}
 	clk.Step(5 * time.Minute)
 	if got := target(); got != 4 {

@@ -17,8 +17,9 @@ type nodeDemand struct {
 	// bound is how many pods bound to the node need an address of the
 	// pool and have none yet: demand now.
 	bound int
-	// recent is about how many ADDs of the pool the node served in the
-	// last Config.DemandWindow: the headroom a stream of them needs.
+	// recent is about how many ADDs of the pool the node will serve in
+	// the next Config.DemandWindow at the rate of its recent ones (see
+	// pace): the headroom a stream of them needs.
 	recent int
 }
 
@@ -111,8 +112,9 @@ func plan(p poolDemand) []nodeStep {
 	}
 	// A headroom of recent ADDs is speculation: only while the pool can
 	// afford every node's; else each keeps warmTarget, and the supply is
-	// shared as below (a small pool is not parked on the nodes of the
-	// last burst).
+	// shared as below (a small pool is not parked on the nodes of a
+	// burst it cannot afford; what a node was granted while it could
+	// stays there until another node needs it, or it is above maxWarm).
 	if targets(true); total > supply {
 		targets(false)
 	}

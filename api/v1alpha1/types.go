@@ -191,8 +191,9 @@ type Warm struct {
 	// +kubebuilder:validation:Maximum=4096
 	MinWarm *int32 `json:"minWarm,omitempty"`
 	// WarmTarget is the least headroom kept on top of the node's current
-	// demand; a node serving a stream of ADDs keeps about those of its last
-	// 30 s instead, when more and the pool can afford it on every node.
+	// demand; a node serving a stream of ADDs keeps about those its rate
+	// predicts for the next 30 s instead, when more and the pool can
+	// afford it on every node.
 	// +optional
 	// +kubebuilder:default=4
 	// +kubebuilder:validation:Minimum=0

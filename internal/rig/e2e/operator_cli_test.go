@@ -48,7 +48,10 @@ func TestOperatorCLI(t *testing.T) {
 	const pods, nodesN = 100, 4
 	bin := testenv.Binary(t, "kubectl-warmpool")
 	// The leak must stay until doctor sees it: no GC pass in the test.
-	c := newCluster(t, dualPool(160, nil), func(cfg *allocator.Config) { cfg.GCInterval = time.Hour })
+	// maxWarm 12 on 4 nodes leaves units free after the 100 pods (the
+	// test edits a lease to list one): with the default 64, the burst's
+	// pace could park the whole pool on the nodes as headroom.
+	c := newCluster(t, dualPool(160, &v1alpha1.Warm{MinWarm: i32(2), WarmTarget: i32(4), MaxWarm: i32(12)}), func(cfg *allocator.Config) { cfg.GCInterval = time.Hour })
 	var nodes []*node
 	for i := range nodesN {
 		nodes = append(nodes, c.addNode(fmt.Sprintf("op-%d", i)))
