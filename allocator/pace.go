@@ -23,7 +23,7 @@ type pace struct {
 // add counts n ADDs at now.
 func (p *pace) add(now time.Time, window time.Duration, n int) {
 	v := p.valueAt(now, window)
-	if v < 0.5 { // decayed to nothing, as recentLocked forgets it
+	if p.gone(now, window) {
 		v, p.since = 0, now
 	}
 	p.value = v + float64(n)
@@ -45,6 +45,21 @@ func (p *pace) perWindow(now time.Time, window time.Duration) float64 {
 	}
 	age := max(now.Sub(p.since), window/30)
 	return 1 + (v-1)/-math.Expm1(-age.Seconds()/window.Seconds())
+}
+
+// gone tells a pace decayed to nothing: a new ADD starts a new stream,
+// and the allocator forgets it.
+func (p *pace) gone(now time.Time, window time.Duration) bool {
+	return p.valueAt(now, window) < 0.5
+}
+
+// expected is perWindow rounded, 0 once the pace is gone: a node's
+// recent ADDs as plan reads them.
+func (p *pace) expected(now time.Time, window time.Duration) int {
+	if p.gone(now, window) {
+		return 0
+	}
+	return int(math.Round(p.perWindow(now, window)))
 }
 
 // valueAt is the decayed count at now.
@@ -78,9 +93,9 @@ func (a *Allocator) recentLocked(pool, node string, now time.Time) int {
 	if p == nil {
 		return 0
 	}
-	if p.valueAt(now, a.cfg.DemandWindow) < 0.5 {
+	if p.gone(now, a.cfg.DemandWindow) {
 		delete(a.pace, k)
 		return 0
 	}
-	return int(math.Round(p.perWindow(now, a.cfg.DemandWindow)))
+	return p.expected(now, a.cfg.DemandWindow)
 }

@@ -1,7 +1,6 @@
 package allocator
 
 import (
-	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -52,11 +51,7 @@ func simulate(b burst, knobs v1alpha1.WarmKnobs, seed uint64) burstResult {
 	round := func(count bool) {
 		d := poolDemand{knobs: knobs, free: free, unbound: int(created) - bound}
 		for i, n := range nodes {
-			recent := 0
-			if n.pace.valueAt(now, window) >= 0.5 {
-				recent = int(math.Round(n.pace.perWindow(now, window)))
-			}
-			d.nodes = append(d.nodes, nodeDemand{node: string(rune('a' + i)), warm: n.warm, bound: n.bound, recent: recent})
+			d.nodes = append(d.nodes, nodeDemand{node: string(rune('a' + i)), warm: n.warm, bound: n.bound, recent: n.pace.expected(now, window)})
 		}
 		steps := plan(d)
 		for i, s := range steps {
