@@ -33,3 +33,18 @@ func TestConflictAndRefusalLogTheirFields(t *testing.T) {
 	logs.Want(t, "request refused: its body names another node than its subject", map[string]any{
 		"level": "WARN", "epoch": float64(7), "node": "node-a.example", "body_node": "node-b"})
 }
+
+// TestARoundLogsWhyItWrites: at debug level, each node a round grants
+// to or revokes from is logged with what the plan saw, so that an
+// operator can tell why a lease was written.
+func TestARoundLogsWhyItWrites(t *testing.T) {
+	var logs testenv.JSONLogs
+	ctx := context.Background()
+	a, _, _ := memAllocator(t, ctx, "10.0.0.0/24", Config{Epoch: 1, Logger: logs.Logger()})
+	if _, _, _, err := a.grant(ctx, "p", "n1", 1); err != nil {
+		t.Fatal(err)
+	}
+	a.round(ctx)
+	logs.Want(t, "plan step", map[string]any{"level": "DEBUG", "pool": "p", "node": "n1", "grant": float64(3), "revoke": float64(0),
+		"share": float64(4), "target": float64(4), "warm": float64(1), "bound": float64(0), "recent": float64(0), "free": float64(253), "unbound": float64(0)})
+}

@@ -3,6 +3,7 @@ package allocator
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"maps"
 	"slices"
 	"sync"
@@ -62,6 +63,15 @@ func (a *Allocator) round(ctx context.Context) bool {
 	complete := a.syncDirty(ctx)
 	for pool, d := range a.demand() {
 		steps := plan(d)
+		if a.log.Enabled(ctx, slog.LevelDebug) {
+			for i, st := range steps {
+				if st.grant > 0 || st.revoke > 0 {
+					n := d.nodes[i]
+					a.log.Debug("plan step", "pool", pool, "node", st.node, "grant", st.grant, "revoke", st.revoke,
+						"share", st.share, "target", st.target, "warm", n.warm, "bound", n.bound, "recent", n.recent, "free", d.free, "unbound", d.unbound)
+				}
+			}
+		}
 		if !a.execute(ctx, pool, steps) {
 			complete = false
 		}
