@@ -728,3 +728,17 @@ func WriteJSON(path string, r *Result) error {
 	}
 	return nil
 }
+
+// ReadJSON reads a result WriteJSON wrote, so that a report can be
+// written again from it (warmpool-perf report).
+func ReadJSON(path string) (*Result, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read result: %w", err)
+	}
+	var r Result
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("decode result %s: %w", path, err)
+	}
+	return &r, nil
+}

@@ -2,7 +2,6 @@ package perf
 
 import (
 	"bytes"
-	"encoding/json"
 	"image/color"
 	"image/png"
 	"maps"
@@ -498,17 +497,27 @@ func TestReportJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got Result
-	if err := json.Unmarshal(data, &got); err != nil {
+	got, err := ReadJSON(path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(&got, r) {
-		t.Errorf("round trip:\n got %+v\nwant %+v", got, *r)
+	if !reflect.DeepEqual(got, r) {
+		t.Errorf("round trip:\n got %+v\nwant %+v", *got, *r)
 	}
 	if !bytes.Contains(data, []byte("\n  \"settings\": {")) {
 		t.Errorf("not indented:\n%.200s", data)
 	}
 	if err := WriteJSON(filepath.Join(t.TempDir(), "missing", "result.json"), r); err == nil {
 		t.Error("WriteJSON into a missing directory: no error")
+	}
+	if _, err := ReadJSON(filepath.Join(t.TempDir(), "result.json")); err == nil {
+		t.Error("ReadJSON of a missing file: no error")
+	}
+	bad := filepath.Join(t.TempDir(), "result.json")
+	if err := os.WriteFile(bad, data[:len(data)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadJSON(bad); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("ReadJSON of a cut file: %v, want an error naming it", err)
 	}
 }

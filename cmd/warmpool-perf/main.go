@@ -23,8 +23,21 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "report" {
+		// Writes report.txt and the plots again from a run's result.json
+		// (say, after the report's targets changed).
+		res, err := perf.ReadJSON(filepath.Join(os.Args[2], "result.json"))
+		if err == nil {
+			err = report(os.Args[2], res)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) < 2 || (os.Args[1] != "bench" && os.Args[1] != "demo") {
-		fmt.Fprintln(os.Stderr, "usage: warmpool-perf bench [flags]   (warmpool-perf bench -h lists them)")
+		fmt.Fprintln(os.Stderr, "usage: warmpool-perf bench [flags]   (warmpool-perf bench -h lists them)\n       warmpool-perf report DIR       (report.txt and plots again from DIR/result.json)")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("bench", flag.ExitOnError)
