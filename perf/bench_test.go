@@ -82,3 +82,23 @@ func TestBenchmarkReduced(t *testing.T) {
 		t.Logf("%s: warmpool create %s, hit rate %.1f %%", shape, ph.Median, 100*rate)
 	}
 }
+
+// TestEstimateMatchesTheMeasuredDemo: the printed estimate of the full
+// scenario, three repetitions, is within a tenth of the 71 min measured
+// on a 2-core machine, and the default demo's (300 pods, one run) within
+// the 10 min issue 18 allows.
+func TestEstimateMatchesTheMeasuredDemo(t *testing.T) {
+	full := Options{Nodes: 10, Pods: 1000, Runs: 3}
+	small := Options{Nodes: 10, Pods: 300}
+	for _, o := range []*Options{&full, &small} {
+		if err := o.defaults(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := full.estimate(), 71*time.Minute; got < want*9/10 || got > want*11/10 {
+		t.Errorf("full scenario, 3 runs: estimate %s, measured %s", got, want)
+	}
+	if got := small.estimate(); got > 10*time.Minute {
+		t.Errorf("the default demo: estimate %s, want at most 10 min", got)
+	}
+}
