@@ -61,7 +61,8 @@ FUZZTIME ?= 60s
 FUZZERS := ./cni:FuzzParseConfig ./cni:FuzzParseArgs ./agent/wire:FuzzRead \
 	./broker:FuzzDecode ./broker:FuzzSplitAttachment ./allocator:FuzzEnumerate \
 	./api/v1alpha1:FuzzNodeLeaseName ./api/v1alpha1:FuzzSelectPool \
-	./internal/inspect:FuzzParseState ./internal/inspect:FuzzParseMetrics ./internal/inspect:FuzzParseNetworkStatus
+	./internal/inspect:FuzzParseState ./internal/inspect:FuzzParseMetrics ./internal/inspect:FuzzParseNetworkStatus \
+	./perf:FuzzParseShape
 fuzz:
 	@for f in $(FUZZERS); do \
 		echo "fuzz $${f%%:*} $${f##*:} for $(FUZZTIME)"; \

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +41,9 @@ const (
 	nodeLabel  = "warmpool.io/bench-node"
 	ipamLabel  = "warmpool.io/bench-ipam"
 	benchTaint = "warmpool.io/bench"
+	// indexLabel numbers the simulated nodes from 0, for the pinned
+	// Deployments' node affinity.
+	indexLabel = "warmpool.io/bench-node-index"
 )
 
 // Options configure a benchmark.
@@ -84,8 +88,11 @@ func (o *Options) defaults() error {
 		}
 	}
 	for _, s := range o.Shapes {
-		if s.Deployments*s.Replicas != o.Pods {
+		if s.Pods() != o.Pods {
 			return fmt.Errorf("shape %s does not make %d pods", s, o.Pods)
+		}
+		if s.Pinned > 0 && (s.PinnedNodes <= 0 || s.PinnedNodes >= o.Nodes) {
+			return fmt.Errorf("shape %s: its pinned pods need between 1 and %d of the %d nodes", s, o.Nodes-1, o.Nodes)
 		}
 	}
 	if len(o.IPAMs) == 0 {
@@ -176,6 +183,23 @@ func Benchmark(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	return res, nil
 }
+
+// mostPodsOnANode is about the most pods of a shape one node runs: the
+// pinned pods crowd their nodes, and after the swap the others do.
+func (o Options) mostPodsOnANode() int {
+	most := (o.Pods + o.Nodes - 1) / o.Nodes
+	for _, s := range o.Shapes {
+		if s.Pinned == 0 {
+			continue
+		}
+		others := s.Pods() - s.Pinned
+		most = max(most, ceilDiv(s.Pinned, s.PinnedNodes), ceilDiv(s.Pinned, o.Nodes-s.PinnedNodes),
+			ceilDiv(others, s.PinnedNodes), ceilDiv(others, o.Nodes-s.PinnedNodes))
+	}
+	return most
+}
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
 // Measured on a 2-core machine (2026-12-06): the local cluster starts in
 // about a minute, and a pod's phase (created, re-created or deleted,
@@ -308,7 +332,7 @@ func (b *bench) usesWarmpool() bool {
 // creates their host namespaces.
 func (b *bench) registerNodes(ctx context.Context) error {
 	done := b.step("registering %d simulated nodes", b.opts.Nodes)
-	perNode := (b.opts.Pods + b.opts.Nodes - 1) / b.opts.Nodes
+	perNode := b.opts.mostPodsOnANode()
 	hctx, stop := context.WithCancel(context.Background())
 	var beats sync.WaitGroup
 	// Cleanups run last first: heartbeats stop before the nodes go, or a
@@ -323,7 +347,7 @@ func (b *bench) registerNodes(ctx context.Context) error {
 	for i := range b.opts.Nodes {
 		name := fmt.Sprintf("bench-node-%02d", i)
 		b.nodes = append(b.nodes, name) // before Register: a half-made node is deleted too
-		err := controlplane.Register(ctx, b.kube, controlplane.Node{Name: name, Labels: map[string]string{nodeLabel: "true"},
+		err := controlplane.Register(ctx, b.kube, controlplane.Node{Name: name, Labels: map[string]string{nodeLabel: "true", indexLabel: strconv.Itoa(i)},
 			Taints: []corev1.Taint{{Key: benchTaint, Value: "true", Effect: corev1.TaintEffectNoSchedule}}, MaxPods: max(110, 2*perNode+10)})
 		if err != nil {
 			return err

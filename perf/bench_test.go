@@ -102,3 +102,52 @@ func TestEstimateMatchesTheMeasuredDemo(t *testing.T) {
 		t.Errorf("the default demo: estimate %s, want at most 10 min", got)
 	}
 }
+
+// TestBenchmarkPinnedShape runs warmpool alone through a pinned shape at
+// 1:1: 28 pods on node 0 and 12 on the other two, then swapped, so that
+// the re-create must move units from node 0 to the others.
+func TestBenchmarkPinnedShape(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Missing(t, "the benchmark needs root for network namespaces")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	shape := Shape{Deployments: 1, Replicas: 12, Pinned: 28, PinnedNodes: 1}
+	res, err := Benchmark(ctx, Options{Nodes: 3, Pods: 40, Shapes: []Shape{shape}, IPAMs: []string{IPAMWarmpool}, Log: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Runs) != 1 || res.Runs[0].Error != "" || len(res.Runs[0].Phases) != 3 {
+		t.Fatalf("runs %+v, want one of three phases", res.Runs)
+	}
+	for _, ph := range res.Runs[0].Phases {
+		if last := ph.Curve[len(ph.Curve)-1].Count; (ph.Name == PhaseDelete) != (last == 0) || ph.Pods != 40 {
+			t.Errorf("%s: ended at %d of %d pods", ph.Name, last, ph.Pods)
+		}
+	}
+	recreate := res.Runs[0].Phases[1]
+	t.Logf("re-create: %s, lease writes %v, %d hits, %d misses", recreate.Duration, recreate.LeaseWrites, recreate.Hits, recreate.Misses)
+	if recreate.LeaseWrites["revoke"] == 0 {
+		t.Errorf("re-create: lease writes %v, want revokes: 16 units had to leave node 0", recreate.LeaseWrites)
+	}
+}
+
+func TestOptionsPinnedShapes(t *testing.T) {
+	o := Options{Nodes: 10, Pods: 1000, Shapes: []Shape{{Deployments: 1, Replicas: 1000}, {Deployments: 1, Replicas: 300, Pinned: 700, PinnedNodes: 3}}}
+	if err := o.defaults(); err != nil {
+		t.Fatal(err)
+	}
+	// 700 on 3 nodes: 234 on one.
+	if got := o.mostPodsOnANode(); got != 234 {
+		t.Errorf("most pods on a node: %d, want 234", got)
+	}
+	for _, bad := range []Shape{
+		{Deployments: 1, Replicas: 300, Pinned: 600, PinnedNodes: 3},  // 900 pods
+		{Deployments: 1, Replicas: 300, Pinned: 700, PinnedNodes: 10}, // no node left for the others
+	} {
+		o := Options{Nodes: 10, Pods: 1000, Shapes: []Shape{bad}}
+		if err := o.defaults(); err == nil {
+			t.Errorf("shape %s on 10 nodes, 1000 pods: no error", bad)
+		}
+	}
+}

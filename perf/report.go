@@ -17,9 +17,19 @@ import (
 )
 
 // String returns the shape as the benchmark names it: "1x1000" for one
-// Deployment of 1000 replicas.
+// Deployment of 1000 replicas, "700@3+1x300" with 700 more pinned to 3
+// nodes.
 func (s Shape) String() string {
-	return fmt.Sprintf("%dx%d", s.Deployments, s.Replicas)
+	base := fmt.Sprintf("%dx%d", s.Deployments, s.Replicas)
+	if s.Pinned > 0 {
+		return fmt.Sprintf("%d@%d+%s", s.Pinned, s.PinnedNodes, base)
+	}
+	return base
+}
+
+// slug is String in the characters of a namespace's name.
+func (s Shape) slug() string {
+	return strings.NewReplacer("@", "at", "+", "-").Replace(s.String())
 }
 
 // Summary is a Result reduced to one figure per (shape, IPAM, phase), the

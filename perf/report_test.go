@@ -143,7 +143,7 @@ func TestSummariseMedians(t *testing.T) {
 			t.Errorf("%s %s %s: median %v of %d runs (ok %v), want %v of %d", c.shape, c.ipam, c.phase, got, ps.Runs, ok, c.want, c.runs)
 		}
 	}
-	if d, ok := s.Median(Shape{2, 500}, "warmpool", PhaseCreate); ok {
+	if d, ok := s.Median(Shape{Deployments: 2, Replicas: 500}, "warmpool", PhaseCreate); ok {
 		t.Errorf("median of a shape not run: %v, want none", d)
 	}
 
@@ -520,4 +520,48 @@ func TestReportJSON(t *testing.T) {
 	if _, err := ReadJSON(bad); err == nil || !strings.Contains(err.Error(), bad) {
 		t.Errorf("ReadJSON of a cut file: %v, want an error naming it", err)
 	}
+}
+
+func TestParseShape(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want Shape
+	}{
+		{"1x1000", Shape{Deployments: 1, Replicas: 1000}},
+		{"100x10", Shape{Deployments: 100, Replicas: 10}},
+		{"700@3+1x300", Shape{Deployments: 1, Replicas: 300, Pinned: 700, PinnedNodes: 3}},
+	} {
+		got, err := ParseShape(c.in)
+		if err != nil || got != c.want || got.String() != c.in || got.slug() == "" {
+			t.Errorf("%q: %+v, %v (back %q), want %+v", c.in, got, err, got.String(), c.want)
+		}
+	}
+	if got := (Shape{Deployments: 1, Replicas: 300, Pinned: 700, PinnedNodes: 3}).slug(); got != "700at3-1x300" {
+		t.Errorf("slug %q, want 700at3-1x300 (a namespace's characters)", got)
+	}
+	for _, bad := range []string{"", "x", "1x", "x10", "0x10", "1x0", "-1x10", "1x10+2x3", "700@3", "700@+1x300", "@3+1x300", "0@3+1x300", "700@0+1x300", "700@3+", "a@b+cxd"} {
+		if s, err := ParseShape(bad); err == nil {
+			t.Errorf("%q parsed as %+v", bad, s)
+		}
+	}
+}
+
+// FuzzParseShape: whatever parses, prints back to what parses the same.
+func FuzzParseShape(f *testing.F) {
+	for _, s := range []string{"1x1000", "100x10", "700@3+1x300", "1x10+2x3", "@+x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		s, err := ParseShape(in)
+		if err != nil {
+			return
+		}
+		if s.Deployments <= 0 || s.Replicas <= 0 || s.Pinned < 0 || (s.Pinned > 0) != (s.PinnedNodes > 0) {
+			t.Fatalf("%q parsed as %+v", in, s)
+		}
+		back, err := ParseShape(s.String())
+		if err != nil || back != s {
+			t.Fatalf("%q: %+v prints %q, which parses as %+v, %v", in, s, s.String(), back, err)
+		}
+	})
 }

@@ -1,6 +1,11 @@
 package perf
 
-import "time"
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
 
 // Result is everything one benchmark invocation measured: the settings,
 // every run, and the summary across runs. It is what the JSON report holds.
@@ -43,10 +48,44 @@ type Settings struct {
 	CPUs    int    `json:"cpus"`
 }
 
-// Shape is a workload: Deployments of Replicas pods each.
+// Shape is a workload: Deployments of Replicas pods each and, when
+// Pinned is set, one more Deployment of Pinned pods kept on the first
+// PinnedNodes nodes while the others are kept off them; its re-create
+// swaps the two groups of nodes, so that at 1:1 units must move between
+// nodes ("700@3+1x300": 700 pods on 3 nodes, 300 on the other 7).
 type Shape struct {
 	Deployments int `json:"deployments"`
 	Replicas    int `json:"replicas"`
+	Pinned      int `json:"pinned,omitempty"`
+	PinnedNodes int `json:"pinnedNodes,omitempty"`
+}
+
+// Pods is the number of pods the shape makes.
+func (s Shape) Pods() int { return s.Pinned + s.Deployments*s.Replicas }
+
+// ParseShape reads a shape as String writes it: "DxR" or "P@N+DxR".
+func ParseShape(text string) (Shape, error) {
+	var s Shape
+	rest := text
+	if pinned, others, ok := strings.Cut(text, "+"); ok {
+		if s.Pinned, s.PinnedNodes, ok = positivePair(pinned, "@"); !ok {
+			return Shape{}, fmt.Errorf("shape %q: want PODS@NODES+DEPLOYMENTSxREPLICAS", text)
+		}
+		rest = others
+	}
+	var ok bool
+	if s.Deployments, s.Replicas, ok = positivePair(rest, "x"); !ok {
+		return Shape{}, fmt.Errorf("shape %q: want DEPLOYMENTSxREPLICAS or PODS@NODES+DEPLOYMENTSxREPLICAS", text)
+	}
+	return s, nil
+}
+
+// positivePair reads "AsepB" of two positive integers.
+func positivePair(text, sep string) (a, b int, ok bool) {
+	x, y, found := strings.Cut(text, sep)
+	a, errA := strconv.Atoi(x)
+	b, errB := strconv.Atoi(y)
+	return a, b, found && errA == nil && errB == nil && a > 0 && b > 0
 }
 
 // Phase names, in the order a run goes through them.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/util/retry"
 )
 
 // phaseTimeout bounds one phase: an IPAM that has not finished by then
@@ -25,7 +27,7 @@ func (b *bench) phaseTimeout() time.Duration {
 // of its own.
 func (b *bench) run(ctx context.Context, ipam string, shape Shape, rep int) Run {
 	run := Run{IPAM: ipam, Shape: shape, Index: rep}
-	ns := fmt.Sprintf("bench-%d-%s-%s", rep, shape, ipam)
+	ns := fmt.Sprintf("bench-%d-%s-%s", rep, shape.slug(), ipam)
 	err := b.phases(ctx, &run, ns)
 	if b.warmpool != nil && ipam == IPAMWarmpool {
 		run.PeakRSS = b.warmpool.peakRSS()
@@ -60,7 +62,12 @@ func (b *bench) phases(ctx context.Context, run *Run, ns string) error {
 		act  func(context.Context) error
 	}{
 		{PhaseCreate, func(ctx context.Context) error { return b.createDeployments(ctx, ns, run.Shape) }},
-		{PhaseRecreate, func(ctx context.Context) error { return b.deletePods(ctx, ns) }},
+		{PhaseRecreate, func(ctx context.Context) error {
+			if run.Shape.Pinned > 0 {
+				return b.swapGroups(ctx, ns, run.Shape)
+			}
+			return b.deletePods(ctx, ns)
+		}},
 		{PhaseDelete, func(ctx context.Context) error {
 			bg := metav1.DeletePropagationBackground
 			return b.kube.AppsV1().Deployments(ns).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{})
@@ -176,12 +183,61 @@ func (b *bench) wait(ctx context.Context, w *phaseWatch, bar *phaseBar) error {
 	}
 }
 
+// pinnedDeployment names a pinned shape's Deployment of Pinned pods.
+const pinnedDeployment = "pinned"
+
 // createDeployments creates a shape's Deployments, ten at a time, as a
 // kubectl apply of many objects would, a little faster.
 func (b *bench) createDeployments(ctx context.Context, ns string, shape Shape) error {
-	return inParallel(shape.Deployments, 10, func(i int) error {
-		_, err := b.kube.AppsV1().Deployments(ns).Create(ctx, deployment(fmt.Sprintf("app-%03d", i), shape.Replicas), metav1.CreateOptions{})
+	var ds []*appsv1.Deployment
+	if shape.Pinned > 0 {
+		ds = append(ds, deployment(pinnedDeployment, shape.Pinned, b.nodeGroup(shape, true)))
+	}
+	for i := range shape.Deployments {
+		ds = append(ds, deployment(fmt.Sprintf("app-%03d", i), shape.Replicas, b.nodeGroup(shape, shape.Pinned == 0)))
+	}
+	return inParallel(len(ds), 10, func(i int) error {
+		_, err := b.kube.AppsV1().Deployments(ns).Create(ctx, ds[i], metav1.CreateOptions{})
 		return err
+	})
+}
+
+// nodeGroup returns the index labels of a pinned shape's first
+// PinnedNodes nodes (first) or of the others; nil for a shape with
+// nothing pinned.
+func (b *bench) nodeGroup(shape Shape, first bool) []string {
+	if shape.Pinned == 0 {
+		return nil
+	}
+	var out []string
+	for i := range b.opts.Nodes {
+		if (i < shape.PinnedNodes) == first {
+			out = append(out, strconv.Itoa(i))
+		}
+	}
+	return out
+}
+
+// swapGroups is a pinned shape's re-create: the pinned Deployment moves
+// to the other nodes and the others to its nodes. Their Recreate
+// strategy deletes every old pod before it creates a new one, so at 1:1
+// the units of the deleted pods must move to the other group.
+func (b *bench) swapGroups(ctx context.Context, ns string, shape Shape) error {
+	list, err := b.kube.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list deployments: %w", err)
+	}
+	return inParallel(len(list.Items), 10, func(i int) error {
+		name := list.Items[i].Name
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			d, err := b.kube.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			d.Spec.Template.Spec.Affinity = onNodes(b.nodeGroup(shape, name != pinnedDeployment))
+			_, err = b.kube.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{})
+			return err
+		})
 	})
 }
 
@@ -238,12 +294,13 @@ func (b *bench) deletePods(ctx context.Context, ns string) error {
 }
 
 // deployment is one of the shape's Deployments: pods that go only to the
-// simulated nodes.
-func deployment(name string, replicas int) *appsv1.Deployment {
+// simulated nodes, and of those only to nodes when it is not nil (then
+// it is replaced by the Recreate strategy: see swapGroups).
+func deployment(name string, replicas int, nodes []string) *appsv1.Deployment {
 	n := int32(replicas)
 	labels := map[string]string{"app": name}
 	no := false
-	return &appsv1.Deployment{
+	d := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: &n,
@@ -255,8 +312,26 @@ func deployment(name string, replicas int) *appsv1.Deployment {
 					NodeSelector:       map[string]string{nodeLabel: "true"},
 					Tolerations:        []corev1.Toleration{{Key: benchTaint, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}},
 					EnableServiceLinks: &no,
+					Affinity:           onNodes(nodes),
 				},
 			},
 		},
 	}
+	if nodes != nil {
+		d.Spec.Strategy.Type = appsv1.RecreateDeploymentStrategyType
+	}
+	return d
+}
+
+// onNodes is a node affinity to the simulated nodes of the given index
+// labels; nil for none.
+func onNodes(nodes []string) *corev1.Affinity {
+	if nodes == nil {
+		return nil
+	}
+	return &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+		RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
+			MatchExpressions: []corev1.NodeSelectorRequirement{{Key: indexLabel, Operator: corev1.NodeSelectorOpIn, Values: nodes}},
+		}}},
+	}}
 }

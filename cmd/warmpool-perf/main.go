@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -44,7 +43,7 @@ func main() {
 	var o perf.Options
 	fs.IntVar(&o.Nodes, "nodes", 10, "simulated nodes")
 	fs.IntVar(&o.Pods, "pods", 1000, "pods per shape")
-	shapes := fs.String("shapes", "", `comma-separated DEPLOYMENTSxREPLICAS, e.g. "1x1000,100x10" (default: 1xPODS and PODS/10x10)`)
+	shapes := fs.String("shapes", "", `comma-separated DEPLOYMENTSxREPLICAS, or PINNED@NODES+DEPLOYMENTSxREPLICAS for pods pinned to the first NODES nodes and swapped to the others on re-create, e.g. "1x1000,100x10,700@3+1x300" (default: 1xPODS and PODS/10x10)`)
 	ipams := fs.String("ipams", "warmpool,static,host-local", "IPAMs to compare")
 	fs.IntVar(&o.Runs, "runs", 1, "repetitions; the report quotes medians")
 	fs.IntVar(&o.PoolSize, "pool-size", 0, "address pairs in warmpool's pool (default: one per pod, 1:1)")
@@ -131,13 +130,11 @@ func parseShapes(s string) ([]perf.Shape, error) {
 		if f = strings.TrimSpace(f); f == "" {
 			continue
 		}
-		d, r, ok := strings.Cut(f, "x")
-		nd, err1 := strconv.Atoi(d)
-		nr, err2 := strconv.Atoi(r)
-		if !ok || err1 != nil || err2 != nil || nd <= 0 || nr <= 0 {
-			return nil, fmt.Errorf("--shapes: %q is not DEPLOYMENTSxREPLICAS", f)
+		shape, err := perf.ParseShape(f)
+		if err != nil {
+			return nil, fmt.Errorf("--shapes: %w", err)
 		}
-		shapes = append(shapes, perf.Shape{Deployments: nd, Replicas: nr})
+		shapes = append(shapes, shape)
 	}
 	return shapes, nil
 }
