@@ -88,7 +88,7 @@ test-faults: bins
 ## kube-apiserver, controller-manager, scheduler), embedded NATS, warmpool's
 ## allocator and agents, simulated kubelets running the real CNI chain;
 ## warmpool and the static and host-local baselines. By default 300 pods
-## in each shape (about 8 min on 2 cores); DEMOFLAGS replaces that
+## in each shape (about 7 min on 2 cores); DEMOFLAGS replaces that
 ## default, so make demo DEMOFLAGS='--runs 3' runs the full 1000-pod
 ## scenario three times (about 73 min). Prints the table and ratios;
 ## writes JSON and plots to perf-results/. Needs root (network namespaces).

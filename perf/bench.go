@@ -165,8 +165,8 @@ func Benchmark(ctx context.Context, o Options) (res *Result, err error) {
 	if o.ControllerQPS > 0 && o.Kubeconfig == "" {
 		res.Settings.ControllerQPS, res.Settings.ControllerBurst = o.ControllerQPS, o.ControllerBurst
 	}
-	b.bar.say("==> %d runs (%d IPAMs x %d shapes x %d repetitions) of %d pods: about %s on a 2-core machine, up to four times that on a slower one",
-		len(o.IPAMs)*len(o.Shapes)*o.Runs, len(o.IPAMs), len(o.Shapes), o.Runs, o.Pods, o.estimate().Round(time.Minute))
+	b.bar.say("==> %d runs (%d IPAMs x %d shapes x %d repetitions) of %d pods: about %.0f min on a 2-core machine, up to four times that on a slower one",
+		len(o.IPAMs)*len(o.Shapes)*o.Runs, len(o.IPAMs), len(o.Shapes), o.Runs, o.Pods, o.estimate().Minutes())
 	if res.Settings.Cluster, err = b.up(ctx); err != nil {
 		return nil, err
 	}
