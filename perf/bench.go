@@ -437,7 +437,7 @@ func (b *bench) networksUp(ctx context.Context) (err error) {
 		case IPAMHostLocal:
 			// Room for a node's pods twice over (old and new during a
 			// re-create) and then some: host-local is never short.
-			perNode := 2*((b.opts.Pods+b.opts.Nodes-1)/b.opts.Nodes) + 16
+			perNode := 2*b.opts.mostPodsOnANode() + 16
 			n, err = hostLocalNetwork(b.opts.Nodes, perNode, filepath.Join(b.dir, "host-local"), netns)
 		}
 		if err != nil {

@@ -220,8 +220,8 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 			continue
 		}
 		ph, ok := phaseNamed(run, phase)
-		if !ok {
-			continue // a failed run that did not get this far
+		if !ok || ph.Error != "" {
+			continue // a failed run that did not get this far, or failed here
 		}
 		durations = append(durations, timed{ph.Duration, i})
 		if ps.ByRun == nil {

@@ -146,6 +146,10 @@ type Phase struct {
 	// BusMessages is the number of messages published on the bus
 	// (warmpool only).
 	BusMessages int `json:"busMessages"`
+	// Error is set when the phase failed: it timed out, or what it handed
+	// out failed a check. Its figures are kept for a look, and left out
+	// of every median and target.
+	Error string `json:"error,omitempty"`
 }
 
 // Point is one step of a curve.

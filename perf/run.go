@@ -76,6 +76,9 @@ func (b *bench) phases(ctx context.Context, run *Run, ns string) error {
 	for _, a := range actions {
 		ph, err := b.phase(ctx, run, ns, a.name, a.act)
 		if ph != nil {
+			if err != nil {
+				ph.Error = err.Error()
+			}
 			run.Phases = append(run.Phases, *ph)
 		}
 		if err != nil {
