@@ -187,7 +187,7 @@ func Benchmark(ctx context.Context, o Options) (res *Result, err error) {
 // mostPodsOnANode is about the most pods of a shape one node runs: the
 // pinned pods crowd their nodes, and after the swap the others do.
 func (o Options) mostPodsOnANode() int {
-	most := (o.Pods + o.Nodes - 1) / o.Nodes
+	most := ceilDiv(o.Pods, o.Nodes)
 	for _, s := range o.Shapes {
 		if s.Pinned == 0 {
 			continue

@@ -127,13 +127,16 @@ type Ratio struct {
 	Pairs    int
 }
 
-// String is the ratio to two decimals, with its spread when more than
-// one repetition measured it: "1.21 (1.15-1.30)".
-func (r Ratio) String() string {
+// String is the ratio to two decimals, with its spread: "1.21 (1.15-1.30)".
+func (r Ratio) String() string { return fmt.Sprintf("%.2f", r.Value) + r.spread() }
+
+// spread is " (min-max)" when more than one repetition measured the
+// ratio, else nothing.
+func (r Ratio) spread() string {
 	if r.Pairs < 2 {
-		return fmt.Sprintf("%.2f", r.Value)
+		return ""
 	}
-	return fmt.Sprintf("%.2f (%.2f-%.2f)", r.Value, r.Min, r.Max)
+	return fmt.Sprintf(" (%.2f-%.2f)", r.Min, r.Max)
 }
 
 // Target is one of the benchmark's goals, with the measured value.
@@ -414,11 +417,7 @@ func (s Summary) Targets() []Target {
 				limit float64
 			}{{IPAMStatic, maxRatioStatic}, {IPAMHostLocal, maxRatioHostLocal}} {
 				if r, ok := s.Ratio(shape, phase, c.base); ok {
-					value := fmt.Sprintf("%.3f", r.Value)
-					if r.Pairs > 1 {
-						value += fmt.Sprintf(" (%.2f-%.2f)", r.Min, r.Max)
-					}
-					add(at+"/"+c.base, value, fmt.Sprintf("≤ %.2f", c.limit), r.Value <= c.limit)
+					add(at+"/"+c.base, fmt.Sprintf("%.3f", r.Value)+r.spread(), fmt.Sprintf("≤ %.2f", c.limit), r.Value <= c.limit)
 				}
 			}
 			ps, ok := s.Phase(shape, IPAMWarmpool, phase)

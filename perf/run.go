@@ -197,7 +197,7 @@ func (b *bench) createDeployments(ctx context.Context, ns string, shape Shape) e
 		ds = append(ds, deployment(pinnedDeployment, shape.Pinned, b.nodeGroup(shape, true)))
 	}
 	for i := range shape.Deployments {
-		ds = append(ds, deployment(fmt.Sprintf("app-%03d", i), shape.Replicas, b.nodeGroup(shape, shape.Pinned == 0)))
+		ds = append(ds, deployment(fmt.Sprintf("app-%03d", i), shape.Replicas, b.nodeGroup(shape, false)))
 	}
 	return inParallel(len(ds), 10, func(i int) error {
 		_, err := b.kube.AppsV1().Deployments(ns).Create(ctx, ds[i], metav1.CreateOptions{})
