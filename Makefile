@@ -19,9 +19,11 @@ all: build
 bins:
 	bash $(TOOLCHAIN)
 
-## build: build warmpool's binaries into ./bin.
+## build: build warmpool's binaries into ./bin, as the images ship them
+## (internal/rig/gobuild): static, so the plugin a runtime execs per ADD
+## needs no dynamic loader.
 build:
-	$(GO) build -o bin/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o bin/ ./cmd/...
 
 ## generate: regenerate deepcopy functions and CRD manifests from api/.
 generate:

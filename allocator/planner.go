@@ -137,6 +137,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 
 	bound := make(map[poolNode]int, len(nodes))
 	unbound := map[string]int{}
+	selectors := v1alpha1.CompileSelectors(pools)
 	for _, p := range pods {
 		ns, err := a.watch.namespaces.Get(p.namespace)
 		if err != nil {
@@ -149,7 +150,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 				nodeLabels = n.Labels
 			}
 		}
-		choice, err := v1alpha1.SelectPool(p.annotations, p.labels, ns.Annotations, ns.Labels, nodeLabels, p.namespace, pools)
+		choice, err := selectors.Select(p.annotations, p.labels, ns.Annotations, ns.Labels, nodeLabels, p.namespace)
 		if err != nil || addressed[choice.Name] == nil || addressed[choice.Name][string(p.uid)] || addressed[choice.Name][addressedKey(p.namespace, p.name, "")] {
 			continue
 		}

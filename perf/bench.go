@@ -2,12 +2,10 @@ package perf
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -29,6 +27,7 @@ import (
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/broker"
 	"github.com/warmpool/warmpool/internal/rig/controlplane"
+	"github.com/warmpool/warmpool/internal/rig/gobuild"
 	"github.com/warmpool/warmpool/internal/rig/netsim"
 	"github.com/warmpool/warmpool/internal/rig/toolchain"
 	"github.com/warmpool/warmpool/manifests"
@@ -72,6 +71,11 @@ type Options struct {
 	// BinDir holds warmpool, warmpool-agent and warmpool-allocator; empty
 	// builds them from this module.
 	BinDir string
+	// LogDir keeps the logs of warmpool's allocator and agents; empty
+	// writes them to the temporary directory removed at the end.
+	LogDir string
+	// WarmpoolLogLevel is their --log-level; default warn.
+	WarmpoolLogLevel string
 	// Progress, if set, shows a progress bar.
 	Progress io.Writer
 	Log      *slog.Logger
@@ -146,6 +150,7 @@ type bench struct {
 	// are left; idempotent.
 	stopKubelets func()
 	cleanup      []func()
+	logDir       string // warmpool's processes' logs
 }
 
 // Benchmark brings up the cluster and everything the IPAMs need, runs every
@@ -230,8 +235,12 @@ func (b *bench) up(ctx context.Context) (where string, err error) {
 		return "", err
 	}
 	b.cleanup = append(b.cleanup, func() { os.RemoveAll(b.dir) })
-	for _, d := range []string{"logs", "run", "host-local"} {
-		if err := os.MkdirAll(filepath.Join(b.dir, d), 0o755); err != nil {
+	b.logDir = o.LogDir
+	if b.logDir == "" {
+		b.logDir = filepath.Join(b.dir, "logs")
+	}
+	for _, d := range []string{b.logDir, filepath.Join(b.dir, "run"), filepath.Join(b.dir, "host-local")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
 			return "", err
 		}
 	}
@@ -283,40 +292,29 @@ func (b *bench) up(ctx context.Context) (where string, err error) {
 	return where, b.networksUp(ctx)
 }
 
-// binaries finds or builds warmpool's binaries.
+// binaries finds or builds warmpool's binaries, as shipped: the plugin
+// is exec'd for every ADD and DEL, and a dynamically linked one would add
+// the dynamic loader's cost to warmpool's times.
 func (b *bench) binaries(ctx context.Context) error {
 	if b.opts.BinDir != "" {
 		b.bins = b.opts.BinDir
+		if !b.usesWarmpool() {
+			return nil
+		}
 		for _, name := range []string{"warmpool", "warmpool-agent", "warmpool-allocator"} {
-			if _, err := os.Stat(filepath.Join(b.bins, name)); err != nil && b.usesWarmpool() {
+			if _, err := os.Stat(filepath.Join(b.bins, name)); err != nil {
 				return fmt.Errorf("warmpool binaries: %w (run make build)", err)
 			}
 		}
-		return nil
+		return gobuild.CheckStatic(filepath.Join(b.bins, "warmpool"))
 	}
 	done := b.step("building warmpool's binaries")
 	b.bins = filepath.Join(b.dir, "bin")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", b.bins+"/", "./cmd/warmpool", "./cmd/warmpool-agent", "./cmd/warmpool-allocator")
-	if root, err := moduleRoot(); err == nil {
-		cmd.Dir = root
-	}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build warmpool: %w\n%s", err, out)
+	if err := gobuild.Build(ctx, b.bins, "./cmd/warmpool", "./cmd/warmpool-agent", "./cmd/warmpool-allocator"); err != nil {
+		return fmt.Errorf("build warmpool: %w", err)
 	}
 	done()
 	return nil
-}
-
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", err
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("not inside warmpool's module")
-	}
-	return filepath.Dir(gomod), nil
 }
 
 func (b *bench) usesWarmpool() bool {

@@ -1,6 +1,7 @@
 package perf
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -36,10 +37,10 @@ func deployWarmpool(ctx context.Context, b *bench) (d *warmpoolDeployment, err e
 	if _, err := b.wp.IPPools().Create(ctx, benchPool(d.pool, b.opts.PoolSize), metav1.CreateOptions{}); err != nil {
 		return d, fmt.Errorf("create pool %s (on a cluster that ran the harness before, delete the pool and its NodeLeases): %w", d.pool, err)
 	}
-	logDir := filepath.Join(b.dir, "logs")
+	logDir, level := b.logDir, "--log-level="+cmp.Or(b.opts.WarmpoolLogLevel, "warn")
 	if d.alloc, err = startProcess("allocator", filepath.Join(b.bins, "warmpool-allocator"), logDir,
 		"--kubeconfig="+b.kubeconfig, "--nats-url="+b.nats.ClientURL(), "--namespace=kube-system",
-		"--lease-name=warmpool-bench-allocator", "--log-level=warn", "--pprof"); err != nil {
+		"--lease-name=warmpool-bench-allocator", level, "--pprof"); err != nil {
 		return d, err
 	}
 	if err := d.alloc.waitServing(ctx, time.Minute); err != nil {
@@ -49,7 +50,7 @@ func deployWarmpool(ctx context.Context, b *bench) (d *warmpoolDeployment, err e
 		sock := filepath.Join(b.dir, "run", fmt.Sprintf("agent-%d.sock", i))
 		p, err := startProcess("agent-"+node, filepath.Join(b.bins, "warmpool-agent"), logDir,
 			"--node="+node, "--socket="+sock, "--state="+filepath.Join(b.dir, "run", fmt.Sprintf("agent-%d.db", i)),
-			"--nats-url="+b.nats.ClientURL(), "--kubeconfig="+b.kubeconfig, "--log-level=warn", "--pprof")
+			"--nats-url="+b.nats.ClientURL(), "--kubeconfig="+b.kubeconfig, level, "--pprof")
 		if err != nil {
 			return d, err
 		}

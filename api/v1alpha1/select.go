@@ -40,6 +40,36 @@ type PoolChoice struct {
 // (an unbound pod): nodeSelectors are then not applied. The named pool is
 // not checked to exist.
 func SelectPool(podAnnotations, podLabels, nsAnnotations, nsLabels, nodeLabels map[string]string, namespace string, pools []*IPPool) (PoolChoice, error) {
+	return CompileSelectors(pools).Select(podAnnotations, podLabels, nsAnnotations, nsLabels, nodeLabels, namespace)
+}
+
+// Selectors are pools' selectors, parsed once: matching a pod against
+// them is SelectPool without parsing (and validating) every selector
+// again, for the allocator's rounds, which match every pod.
+//
+// +kubebuilder:object:generate=false
+type Selectors []PoolSelectors
+
+// PoolSelectors are one pool's parsed selectors.
+//
+// +kubebuilder:object:generate=false
+type PoolSelectors struct {
+	Pool                 string
+	Namespace, Pod, Node labels.Selector
+}
+
+// CompileSelectors parses the pools' selectors.
+func CompileSelectors(pools []*IPPool) Selectors {
+	out := make(Selectors, 0, len(pools))
+	for _, p := range pools {
+		out = append(out, PoolSelectors{Pool: p.Name, Namespace: selector(p.Spec.NamespaceSelector),
+			Pod: selector(p.Spec.PodSelector), Node: selector(p.Spec.NodeSelector)})
+	}
+	return out
+}
+
+// Select is SelectPool over parsed selectors.
+func (s Selectors) Select(podAnnotations, podLabels, nsAnnotations, nsLabels, nodeLabels map[string]string, namespace string) (PoolChoice, error) {
 	if name := podAnnotations[PoolAnnotation]; name != "" {
 		return PoolChoice{Name: name, Source: "the pod's " + PoolAnnotation + " annotation"}, nil
 	}
@@ -47,10 +77,10 @@ func SelectPool(podAnnotations, podLabels, nsAnnotations, nsLabels, nodeLabels m
 		return PoolChoice{Name: name, Source: "namespace " + namespace + "'s " + PoolAnnotation + " annotation"}, nil
 	}
 	var matches []string
-	for _, p := range pools {
-		if Selects(p.Spec.NamespaceSelector, nsLabels) && Selects(p.Spec.PodSelector, podLabels) &&
-			(nodeLabels == nil || Selects(p.Spec.NodeSelector, nodeLabels)) {
-			matches = append(matches, p.Name)
+	for _, p := range s {
+		if p.Namespace.Matches(labels.Set(nsLabels)) && p.Pod.Matches(labels.Set(podLabels)) &&
+			(nodeLabels == nil || p.Node.Matches(labels.Set(nodeLabels))) {
+			matches = append(matches, p.Pool)
 		}
 	}
 	slices.Sort(matches)
@@ -67,12 +97,16 @@ func SelectPool(podAnnotations, podLabels, nsAnnotations, nsLabels, nodeLabels m
 // Selects reports whether a label selector matches a label set; a nil
 // selector matches everything, an invalid one nothing.
 func Selects(sel *metav1.LabelSelector, set map[string]string) bool {
+	return selector(sel).Matches(labels.Set(set))
+}
+
+func selector(sel *metav1.LabelSelector) labels.Selector {
 	if sel == nil {
-		return true
+		return labels.Everything()
 	}
 	s, err := metav1.LabelSelectorAsSelector(sel)
 	if err != nil {
-		return false
+		return labels.Nothing()
 	}
-	return s.Matches(labels.Set(set))
+	return s
 }

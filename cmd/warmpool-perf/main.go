@@ -58,6 +58,7 @@ func main() {
 	out := fs.String("out", "", "directory for report.txt, result.json and the plots (default perf-results/<time>)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	logLevel := fs.String("log-level", "warn", "harness log level on stderr")
+	fs.StringVar(&o.WarmpoolLogLevel, "warmpool-log-level", "warn", "log level of warmpool's allocator and agents (their logs are in the output directory's logs/)")
 	_ = fs.Parse(os.Args[2:])
 	o.NoNetNS = !*netns
 	if *upstream {
@@ -86,6 +87,7 @@ func main() {
 	if *out == "" {
 		*out = filepath.Join("perf-results", time.Now().Format("20060102-150405"))
 	}
+	o.LogDir = filepath.Join(*out, "logs")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -28,6 +27,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/warmpool/warmpool/internal/rig/controlplane"
+	"github.com/warmpool/warmpool/internal/rig/gobuild"
 	"github.com/warmpool/warmpool/internal/rig/netsim"
 	"github.com/warmpool/warmpool/internal/rig/toolchain"
 	"github.com/warmpool/warmpool/manifests"
@@ -137,23 +137,16 @@ func PluginDir(t testing.TB) string {
 	return filepath.Dir(Binary(t, "warmpool"))
 }
 
-// Binary builds ./cmd/<name> of this module into a new directory of the
-// test's and returns its path. The Go build cache makes every build after
-// the first a link.
+// Binary builds ./cmd/<name> of this module, as shipped (gobuild), into
+// a new directory of the test's and returns its path. The Go build cache
+// makes every build after the first a link.
 func Binary(t testing.TB, name string) string {
 	t.Helper()
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
+	dir := t.TempDir()
+	if err := gobuild.Build(context.Background(), dir, "./cmd/"+name); err != nil {
+		t.Fatal(err)
 	}
-	root := filepath.Dir(strings.TrimSpace(string(out)))
-	bin := filepath.Join(t.TempDir(), name)
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./cmd/"+name)
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build %s: %v\n%s", name, err, out)
-	}
-	return bin
+	return filepath.Join(dir, name)
 }
 
 // CNI returns a libcni runtime that execs plugins from paths, with a result

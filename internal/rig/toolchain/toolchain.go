@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+
+	"github.com/warmpool/warmpool/internal/rig/gobuild"
 )
 
 // Components that build.sh knows.
@@ -58,12 +60,21 @@ func Binary(component, name string) (string, error) {
 	return filepath.Join(dir, name), nil
 }
 
+// buildScript finds build.sh beside this file's source, or, in a binary
+// built with -trimpath (as make build builds them), in the module of the
+// working directory.
 func buildScript() (string, error) {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "", errors.New("source location unknown")
+	if _, file, _, ok := runtime.Caller(0); ok {
+		script := filepath.Join(filepath.Dir(file), "build.sh")
+		if _, err := os.Stat(script); err == nil {
+			return script, nil
+		}
 	}
-	script := filepath.Join(filepath.Dir(file), "build.sh")
+	root, err := gobuild.ModuleRoot()
+	if err != nil {
+		return "", fmt.Errorf("build script: run inside warmpool's source tree: %w", err)
+	}
+	script := filepath.Join(root, "internal", "rig", "toolchain", "build.sh")
 	if _, err := os.Stat(script); err != nil {
 		return "", fmt.Errorf("build script: %w", err)
 	}
