@@ -57,6 +57,8 @@ type Bus struct {
 	heard    atomic.Int64
 	warmTTL  atomic.Int64
 	unsynced atomic.Bool
+	// syncedEpoch is the epoch of the allocator that answered the last sync.
+	syncedEpoch atomic.Uint64
 
 	// NodeReady, if set, reads the node's Ready condition live from the
 	// API (nil error: Ready). While the allocator is silent the agent asks
@@ -440,8 +442,14 @@ func (b *Bus) sync(ctx context.Context) error {
 		b.warmTTL.Store(int64(time.Duration(r.WarmTTLMillis) * time.Millisecond))
 	}
 	b.heardFrom(sent)
-	b.unsynced.Store(false)
-	b.log.Info("synced with the allocator", "epoch", r.Epoch, "pools", len(r.Leases))
+	// The periodic sync of a node in step is not news: Info only when the
+	// node was out of step (its first sync, a fence) or the allocator is
+	// a new one.
+	level := slog.LevelDebug
+	if b.unsynced.Swap(false) || b.syncedEpoch.Swap(r.Epoch) != r.Epoch {
+		level = slog.LevelInfo
+	}
+	b.log.Log(ctx, level, "synced with the allocator", "epoch", r.Epoch, "pools", len(r.Leases))
 	return nil
 }
 

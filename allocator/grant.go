@@ -7,7 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/warmpool/warmpool/broker"
 )
@@ -23,7 +26,14 @@ func (a *Allocator) push(ctx context.Context, node, pool string, gen int64, unit
 	defer cancel()
 	resp, err := a.cfg.Bus.Request(rctx, broker.SubjectGrant(node), msg)
 	if err != nil {
-		a.log.Warn("push grant", "node", node, "pool", pool, "units", len(units), "err", err)
+		// No responders: the node's agent is not on the bus (starting, or
+		// gone); its sync lists the units when it comes. Not worth a Warn
+		// on every grant to a node whose agent starts after the allocator.
+		level := slog.LevelWarn
+		if errors.Is(err, nats.ErrNoResponders) {
+			level = slog.LevelDebug
+		}
+		a.log.Log(ctx, level, "push grant", "node", node, "pool", pool, "units", len(units), "err", err)
 		return
 	}
 	var ack broker.Ack

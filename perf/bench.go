@@ -265,7 +265,8 @@ func (b *bench) up(ctx context.Context) (where string, err error) {
 		cfg.QPS = -1
 		b.kubeconfig, where = o.Kubeconfig, cfg.Host
 	}
-	if b.kube, err = kubernetes.NewForConfig(cfg); err != nil {
+	// In protobuf, as a kubelet reads its pods.
+	if b.kube, err = kubernetes.NewForConfig(client.KubeConfig(cfg)); err != nil {
 		return "", err
 	}
 	if b.wp, err = client.New(cfg); err != nil {

@@ -95,7 +95,7 @@ func Clients(path string, qps float32, burst int) (kubernetes.Interface, *Client
 		return nil, nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
 	cfg.QPS, cfg.Burst = qps, burst
-	kube, err := kubernetes.NewForConfig(cfg)
+	kube, err := kubernetes.NewForConfig(KubeConfig(cfg))
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
 	}
@@ -104,6 +104,19 @@ func Clients(path string, qps float32, burst int) (kubernetes.Interface, *Client
 		return nil, nil, err
 	}
 	return kube, wp, nil
+}
+
+// KubeConfig is cfg (copied) for Kubernetes' own types, in protobuf as
+// the control plane's components speak it: the agents watch their node's
+// pods and the allocator every pod, and JSON would cost the apiserver an
+// encoding per event per watcher that protobuf makes several times
+// cheaper. warmpool's custom resources have no protobuf form: New keeps
+// JSON.
+func KubeConfig(cfg *rest.Config) *rest.Config {
+	c := rest.CopyConfig(cfg)
+	c.ContentType = runtime.ContentTypeProtobuf
+	c.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	return c
 }
 
 // PoolInformer returns an informer on every IPPool; the caller runs it.

@@ -196,7 +196,7 @@ func (c *cli) gatherer() (*inspect.Gatherer, error) {
 	// A handful of requests per command; client-go's default limiter (5
 	// per second) would only slow the pod pages down.
 	cfg.QPS, cfg.Burst = 50, 100
-	kube, err := kubernetes.NewForConfig(cfg)
+	kube, err := kubernetes.NewForConfig(client.KubeConfig(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
