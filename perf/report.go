@@ -87,6 +87,12 @@ type PhaseSummary struct {
 	// the allocator's NodeLease writes per pod, and under writesOther of
 	// the rest of the API writes.
 	LeaseWritesPerPod map[string]float64
+	// OtherWritesPerSecond is the median over the same runs of the other
+	// writes per second of the phase: they come with time, not with pods
+	// (the election Lease every 2 s, each pool's status every 5 s while it
+	// changes), so their share per pod grows with the phase's length, on
+	// a slower machine too.
+	OtherWritesPerSecond float64
 	// BusMessagesPerPod is the median over the runs of bus messages per
 	// pod.
 	BusMessagesPerPod float64
@@ -216,6 +222,7 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 		durations               []timed
 		p50, p90, p99, pmax     []time.Duration
 		writesPerPod, busPerPod []float64
+		otherPerSecond          []float64
 		leasePerPod             = map[string][]float64{}
 	)
 	for i, run := range r.Runs {
@@ -248,6 +255,9 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 					other -= ph.LeaseWrites[cause]
 				}
 				leasePerPod[writesOther] = append(leasePerPod[writesOther], float64(max(other, 0))/float64(ph.Pods))
+				if ph.Duration > 0 {
+					otherPerSecond = append(otherPerSecond, float64(max(other, 0))/ph.Duration.Seconds())
+				}
 			}
 			busPerPod = append(busPerPod, float64(ph.BusMessages)/float64(ph.Pods))
 		}
@@ -283,6 +293,7 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 		for cause, v := range leasePerPod {
 			ps.LeaseWritesPerPod[cause] = medianOfFloats(v)
 		}
+		ps.OtherWritesPerSecond = medianOfFloats(otherPerSecond)
 	}
 	ps.BusMessagesPerPod = medianOfFloats(busPerPod)
 	return ps, true
@@ -650,7 +661,7 @@ func WriteTable(w io.Writer, r *Result) error {
 	}
 	table(rows)
 
-	rows = [][]string{append(append([]string{"shape", "phase", "all"}, allocator.LeaseWriteCauses...), writesOther)}
+	rows = [][]string{append(append([]string{"shape", "phase", "all"}, allocator.LeaseWriteCauses...), writesOther, "other per second")}
 	for _, shape := range s.Shapes {
 		for _, phase := range s.Phases {
 			ps, ok := s.Phase(shape, IPAMWarmpool, phase)
@@ -661,11 +672,11 @@ func WriteTable(w io.Writer, r *Result) error {
 			for _, cause := range append(allocator.LeaseWriteCauses, writesOther) {
 				row = append(row, fmt.Sprintf("%.3f", ps.LeaseWritesPerPod[cause]))
 			}
-			rows = append(rows, row)
+			rows = append(rows, append(row, fmt.Sprintf("%.2f", ps.OtherWritesPerSecond)))
 		}
 	}
 	if len(rows) > 1 {
-		b.WriteString("warmpool's API writes per pod, by cause (medians over runs of each column: the allocator's NodeLease writes by cause, and the other writes: the election Lease's renewals and the pools' status):\n\n")
+		b.WriteString("warmpool's API writes per pod, by cause (medians over runs of each column: the allocator's NodeLease writes by cause, and the other writes: the election Lease's renewals and the pools' status, which come with time, not pods: also per second of the phase):\n\n")
 		table(rows)
 	}
 

@@ -188,6 +188,10 @@ func TestSummariseMedians(t *testing.T) {
 	if !maps.EqualFunc(ps.LeaseWritesPerPod, wantCauses, func(x, y float64) bool { return math.Abs(x-y) < 1e-12 }) {
 		t.Errorf("warmpool 100x10 create writes per pod by cause: %v, want %v", ps.LeaseWritesPerPod, wantCauses)
 	}
+	// The other writes: 60 in 40 s, 80 in 41 s.
+	if want := (60.0/40 + 80.0/41) / 2; math.Abs(ps.OtherWritesPerSecond-want) > 1e-12 {
+		t.Errorf("warmpool 100x10 create other writes per second: %v, want %v", ps.OtherWritesPerSecond, want)
+	}
 	ps, _ = s.Phase(shape100x10, "static", PhaseCreate)
 	if rate, ok := ps.HitRate(); ok || ps.APIWriteRuns != 0 {
 		t.Errorf("static has a hit rate (%v, %v) or API writes over %d runs; want neither", rate, ok, ps.APIWriteRuns)
@@ -372,8 +376,8 @@ func TestReportTable(t *testing.T) {
 	line("| warmpool ", "| 1x1000 ", "| create ", "| 3 ", "| 1m02s ", "| 20.0s ", "| 50.0s ", "| 1m15s ",
 		"| 100.0 % ", "| 0.100 ", "| 2.00 ")
 	line("| warmpool ", "| 100x10 ", "| create ", "| 98.0 % ", "| 0.250 ", "| 3 ")
-	// Writes by cause: all, grant, miss, revoke, retry, node-lost, takeover, other.
-	line("| 100x10 ", "| create ", "| 0.250 ", "| 0.150 ", "| 0.010 ", "| 0.020 ", "| 0.000 ", "| 0.070 |")
+	// Writes by cause: all, grant, miss, revoke, retry, node-lost, takeover, other, other per second.
+	line("| 100x10 ", "| create ", "| 0.250 ", "| 0.150 ", "| 0.010 ", "| 0.020 ", "| 0.000 ", "| 0.070 ", "| 1.73 ")
 	line("| warmpool ", "| 52.0 ", "| 35.0 (agent-node-2) ")
 	line("Targets: 17 of 26 met.")
 	if l := line("| 1x1000 re-create: warmpool/host-local ", "| 1.224 "); !strings.Contains(l, "| MISSED ") {
