@@ -260,7 +260,8 @@ func TestNodeStatus(t *testing.T) {
 		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: labels},
 			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: st}}}}
 	}
-	sel := &metav1.LabelSelector{MatchLabels: map[string]string{"vlan": "20"}}
+	sel := v1alpha1.CompileSelectors([]*v1alpha1.IPPool{{Spec: v1alpha1.IPPoolSpec{
+		NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"vlan": "20"}}}}})[0].Node
 	for name, tc := range map[string]struct {
 		n        *corev1.Node
 		notReady map[string]time.Time

@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/warmpool/warmpool/api/v1alpha1"
@@ -170,7 +169,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 		ps.pending = pending[name] + unbound[name]
 	}
 	a.mu.Unlock()
-	for _, pool := range pools {
+	for i, pool := range pools {
 		d := out[pool.Name]
 		d.unbound = unbound[pool.Name]
 		cand := candidates[pool.Name]
@@ -195,7 +194,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 			}
 			st := nodeEligible
 			if a.watch != nil {
-				st = a.nodeStatus(nodes[n], notReady, pool.Spec.NodeSelector, now)
+				st = a.nodeStatus(nodes[n], notReady, selectors[i].Node, now)
 			}
 			k := poolNode{pool.Name, n}
 			nd := nodeDemand{node: n, status: st, warm: warm[k], bound: bound[k], recent: recent[k]}
@@ -219,8 +218,8 @@ func addressedKey(namespace, name, uid string) string {
 }
 
 // nodeStatus classifies a node for a pool.
-func (a *Allocator) nodeStatus(n *corev1.Node, notReady map[string]time.Time, sel *metav1.LabelSelector, now time.Time) nodeStatus {
-	if n == nil || !v1alpha1.Selects(sel, n.Labels) {
+func (a *Allocator) nodeStatus(n *corev1.Node, notReady map[string]time.Time, sel labels.Selector, now time.Time) nodeStatus {
+	if n == nil || !sel.Matches(labels.Set(n.Labels)) {
 		return nodeExcluded
 	}
 	if !ready(n) {
