@@ -445,8 +445,9 @@ func (b *Bus) sync(ctx context.Context) error {
 	// The periodic sync of a node in step is not news: Info only when the
 	// node was out of step (its first sync, a fence) or the allocator is
 	// a new one.
+	wasUnsynced, lastEpoch := b.unsynced.Swap(false), b.syncedEpoch.Swap(r.Epoch)
 	level := slog.LevelDebug
-	if b.unsynced.Swap(false) || b.syncedEpoch.Swap(r.Epoch) != r.Epoch {
+	if wasUnsynced || lastEpoch != r.Epoch {
 		level = slog.LevelInfo
 	}
 	b.log.Log(ctx, level, "synced with the allocator", "epoch", r.Epoch, "pools", len(r.Leases))

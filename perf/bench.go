@@ -121,6 +121,9 @@ func (o *Options) defaults() error {
 	if o.Parallel <= 0 {
 		o.Parallel = 8
 	}
+	if o.WarmpoolLogLevel == "" {
+		o.WarmpoolLogLevel = "warn"
+	}
 	if o.ControllerQPS == 0 {
 		o.ControllerQPS, o.ControllerBurst = 500, 1000
 	}

@@ -1,7 +1,6 @@
 package perf
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -37,7 +36,7 @@ func deployWarmpool(ctx context.Context, b *bench) (d *warmpoolDeployment, err e
 	if _, err := b.wp.IPPools().Create(ctx, benchPool(d.pool, b.opts.PoolSize), metav1.CreateOptions{}); err != nil {
 		return d, fmt.Errorf("create pool %s (on a cluster that ran the harness before, delete the pool and its NodeLeases): %w", d.pool, err)
 	}
-	logDir, level := b.logDir, "--log-level="+cmp.Or(b.opts.WarmpoolLogLevel, "warn")
+	logDir, level := b.logDir, "--log-level="+b.opts.WarmpoolLogLevel
 	if d.alloc, err = startProcess("allocator", filepath.Join(b.bins, "warmpool-allocator"), logDir,
 		"--kubeconfig="+b.kubeconfig, "--nats-url="+b.nats.ClientURL(), "--namespace=kube-system",
 		"--lease-name=warmpool-bench-allocator", level, "--pprof"); err != nil {
