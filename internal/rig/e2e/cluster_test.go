@@ -25,6 +25,7 @@ import (
 
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/allocator"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
@@ -252,6 +253,54 @@ func (n *node) add(ctx context.Context, ctr string) (*types100.Result, *netsim.P
 		return err
 	})
 	return res, pod, err
+}
+
+// addAsRuntime is add as a container runtime does it: an ADD the runtime
+// retries (asRuntime) has its sandbox torn down, DEL and namespace, and
+// is tried again. It returns how many times it was.
+func (n *node) addAsRuntime(ctx context.Context, ctr string) (*types100.Result, int, error) {
+	var res *types100.Result
+	var pod *netsim.Pod
+	retries, err := asRuntime(ctx, func() (err error) {
+		res, pod, err = n.add(ctx, ctr)
+		return err
+	}, func() error {
+		if pod == nil {
+			return nil
+		}
+		if err := n.del(ctx, ctr, pod); err != nil {
+			return err
+		}
+		return n.host.RemovePod(pod)
+	})
+	return res, retries, err
+}
+
+// asRuntime runs add until it succeeds, fails for good or ctx ends, as a
+// kubelet retries a sandbox: an ADD told to try again (11), or that the
+// allocator did not answer in time (104: a slow machine, a round trip
+// queued behind others), is undone (undo may be nil) and tried again.
+// It returns how many times add was tried again. A test asserts what
+// the ADDs got, not how soon: that is the benchmark's.
+func asRuntime(ctx context.Context, add, undo func() error) (int, error) {
+	retries := 0
+	for {
+		err := add()
+		if err == nil || ctx.Err() != nil || !slices.Contains([]uint{wire.CodeTryAgainLater, wire.CodeMissTimeout}, testenv.CNICode(err)) {
+			return retries, err
+		}
+		if undo != nil {
+			if uerr := undo(); uerr != nil {
+				return retries, fmt.Errorf("undo the failed ADD (%v): %w", err, uerr)
+			}
+		}
+		retries++
+		select {
+		case <-ctx.Done():
+			return retries, err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 func (n *node) del(ctx context.Context, ctr string, pod *netsim.Pod) error {

@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	types100 "github.com/containernetworking/cni/pkg/types/100"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,7 +18,6 @@ import (
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/v1alpha1"
-	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
 // watchdog checks the records continuously while a test runs: no unit in
@@ -184,16 +183,12 @@ func (c *cluster) burst(t *testing.T, ctx context.Context, prefix string, count 
 			}
 			pods[i] = p
 			time.Sleep(sandboxDelay)
-			res, err := n.addPod(ctx, p)
-			// As a kubelet does, an ADD told to try again (11) or that
-			// the allocator did not answer in time (104: a slow machine,
-			// a round trip queued behind others) is tried again until
-			// the test's deadline; how many were is logged.
-			for err != nil && ctx.Err() == nil && slices.Contains([]uint{wire.CodeTryAgainLater, wire.CodeMissTimeout}, testenv.CNICode(err)) {
-				retried.Add(1)
-				time.Sleep(500 * time.Millisecond)
+			var res *types100.Result
+			tries, err := asRuntime(ctx, func() (err error) {
 				res, err = n.addPod(ctx, p)
-			}
+				return err
+			}, nil)
+			retried.Add(int64(tries))
 			if err != nil {
 				t.Errorf("ADD %s on %s: %v", p.Name, n.name, err)
 				return
