@@ -106,14 +106,22 @@ func testNodeLoss(t *testing.T, lose func(ctx context.Context, c *cluster, node 
 	pods, _ := c.burst(t, ctx, "old", 3, func(int) *node { return dying })
 	c.waitAgree(t, dying, survivor)
 	// Which of its units are warm and which assigned is its agent's
-	// record; its lease lists them all (waitAgree).
-	warm, assigned, err := dying.recordCounts()
+	// record; its lease lists them all. The node's top-up after the burst
+	// may land between two reads: read both until they agree.
+	var warm, assigned int
+	var leased []string
+	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		var err error
+		if warm, assigned, err = dying.recordCounts(); err != nil {
+			return false, err
+		}
+		if leased, err = c.leasedIDs(ctx, dying.name); err != nil {
+			return false, err
+		}
+		return len(leased) == warm+assigned, nil
+	})
 	if err != nil || assigned != 3 || warm == 0 {
-		t.Fatalf("before the loss: %d warm, %d assigned (%v); want some warm and 3 assigned", warm, assigned, err)
-	}
-	leased, err := c.leasedIDs(ctx, dying.name)
-	if err != nil || len(leased) != warm+assigned {
-		t.Fatalf("before the loss: the lease lists %v (%v), want the agent's %d units", leased, err, warm+assigned)
+		t.Fatalf("before the loss: %d warm, %d assigned, the lease lists %v (%v); want some warm and 3 assigned, all listed", warm, assigned, leased, err)
 	}
 
 	dying.stop()
