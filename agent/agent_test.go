@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -359,6 +360,41 @@ func TestStaleListingsCannotResurrectARevokedUnit(t *testing.T) {
 	}
 	if f.agent.WarmCount("dual") != 2 {
 		t.Fatalf("a grant at a newer generation was refused: warm %d", f.agent.WarmCount("dual"))
+	}
+}
+
+// TestWhatWasGivenBackIsSaidUntilListedAnew: a unit dropped for a revoke
+// at generation 5 is in the agent's sync (GaveBack) while the allocator
+// may not have had the answer: also after a listing at 5 that still names
+// it (refused: the answer was lost). A listing at a newer generation
+// means the lease was written since, and it is said no more.
+func TestWhatWasGivenBackIsSaidUntilListedAnew(t *testing.T) {
+	f := newFixture(t, 0)
+	us := dualUnits(2)
+	if err := f.agent.Grant(dualPool, us, 5); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.agent.GaveBack(); len(got) != 0 {
+		t.Fatalf("nothing given back yet, the sync says %v", got)
+	}
+	if got, err := f.agent.Revoke("dual", []string{us[0].ID}, 1, 5); err != nil || len(got) != 1 {
+		t.Fatalf("revoke: %v %v", got, err)
+	}
+	want := []broker.GaveBack{{Pool: "dual", ID: us[0].ID, Gen: 5}}
+	if got := f.agent.GaveBack(); !slices.Equal(got, want) {
+		t.Fatalf("after the revoke, the sync says %v given back, want %v", got, want)
+	}
+	if err := f.agent.Reconcile(dualListing(5, us[0], us[1])); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.agent.GaveBack(); !slices.Equal(got, want) || f.agent.WarmCount("dual") != 1 {
+		t.Fatalf("after a listing at the revoke's generation (the answer lost): given back %v, warm %d; want %v and 1", got, f.agent.WarmCount("dual"), want)
+	}
+	if err := f.agent.Reconcile(dualListing(6, us[1])); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.agent.GaveBack(); len(got) != 0 {
+		t.Fatalf("after a listing at a newer generation, the sync still says %v given back", got)
 	}
 }
 

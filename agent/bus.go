@@ -423,10 +423,10 @@ func (b *Bus) report(ctx context.Context) error {
 func (b *Bus) sync(ctx context.Context) error {
 	var r broker.SyncReply
 	seq := b.nextSeq()
-	held, served := b.agent.Held(), b.agent.Served()
+	held, served, gaveBack := b.agent.Held(), b.agent.Served(), b.agent.GaveBack()
 	sent := b.agent.cfg.Now()
 	if err := b.request(ctx, broker.SubjectSyncFrom(b.node), &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Units: held,
-		Served: served}, &r); err != nil {
+		Served: served, GaveBack: gaveBack}, &r); err != nil {
 		return err
 	}
 	if r.Error != "" {

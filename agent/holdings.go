@@ -5,6 +5,7 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"time"
@@ -106,6 +107,27 @@ func (a *Agent) Held() []broker.HeldUnit {
 		}
 		out = append(out, h)
 	}
+	return out
+}
+
+// GaveBack lists the units the node gave back to a revoke and does not
+// hold again, whose pool's last listing was not newer than the revoke:
+// for all this agent knows, the allocator never had the revoke's answer
+// and still lists them to this node, which refuses them at that
+// generation. The sync carries them, so that the answer is not lost with
+// the reply (a listing at a newer generation means the allocator wrote
+// the lease since: without them, or with them to be taken back).
+func (a *Agent) GaveBack() []broker.GaveBack {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []broker.GaveBack
+	for k, gen := range a.revokedAt {
+		if _, held := a.units[k]; held || gen < a.listedAt[k.Pool] {
+			continue
+		}
+		out = append(out, broker.GaveBack{Pool: k.Pool, ID: k.ID, Gen: gen})
+	}
+	slices.SortFunc(out, func(x, y broker.GaveBack) int { return cmp.Compare(x.Pool+"/"+x.ID, y.Pool+"/"+y.ID) })
 	return out
 }
 

@@ -102,6 +102,10 @@ type Allocator struct {
 
 	// unreachableUntil: nodes left out of planning, and until when.
 	unreachableUntil map[string]time.Time
+	// gaveBack: per node, the units its last sync says its agent gave
+	// back to revokes, for the next round to take out of its lease
+	// (applyGaveBack).
+	gaveBack map[string][]broker.GaveBack
 	// lastContact: when each node's agent last sent a request; started:
 	// when this allocator started (the contact assumed before any).
 	lastContact map[string]time.Time
@@ -187,7 +191,7 @@ func newAllocator(cfg Config) *Allocator {
 		cfg.Logger = slog.Default()
 	}
 	a := &Allocator{cfg: cfg, log: cfg.Logger.With("epoch", cfg.Epoch), ledger: newLedger(), lastSeq: map[string]runSeq{},
-		unreachableUntil: map[string]time.Time{}, lastContact: map[string]time.Time{}, agents: map[string]agentState{}, pace: map[poolNode]*pace{}, kicks: make(chan struct{}, 1), deposed: make(chan struct{}), writers: make(chan struct{}, cfg.Writers),
+		unreachableUntil: map[string]time.Time{}, gaveBack: map[string][]broker.GaveBack{}, lastContact: map[string]time.Time{}, agents: map[string]agentState{}, pace: map[poolNode]*pace{}, kicks: make(chan struct{}, 1), deposed: make(chan struct{}), writers: make(chan struct{}, cfg.Writers),
 		sem: make(chan struct{}, cfg.Handlers)}
 	a.metrics = newMetrics(a)
 	return a

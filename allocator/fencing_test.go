@@ -854,3 +854,60 @@ func TestNoSyncIsRefused(t *testing.T) {
 		t.Fatalf("(c) node-a's sync after its grant landed lists %v, want %s and the 2 granted", got, ofA.ID)
 	}
 }
+
+// TestAGiveBackWhoseAnswerWasLostLeavesTheLease: node-a's agent dropped a
+// unit for a revoke whose answer never arrived (lost, or past the
+// allocator's timeout; the fault suite's seed 1046 left it listed to a
+// node that refused it, for good). Its next sync says so, and the next
+// round takes the unit out of node-a's lease: free again. The same report
+// at an older generation than the lease's (the lease written since, and
+// listed to the agent anew) changes nothing.
+func TestAGiveBackWhoseAnswerWasLostLeavesTheLease(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, leases, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1, PlanInterval: time.Hour})
+	got, _, gen, err := a.grant(ctx, "p", "node-a", 2)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("grant: %v %v", got, err)
+	}
+	sync := func(seq uint64, gaveBack []broker.GaveBack) {
+		t.Helper()
+		held := []broker.HeldUnit{{Pool: "p", Unit: got[1]}}
+		m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held, GaveBack: gaveBack})}
+		if reply := a.handleSync(ctx, m).(*broker.SyncReply); reply.Error != "" {
+			t.Fatal(reply.Error)
+		}
+		// A round's first steps: no planning, whose grants would write
+		// the lease at a newer generation.
+		a.applyGaveBack()
+		a.syncDirty(ctx)
+	}
+	listed := func() []string {
+		t.Helper()
+		nl, err := leases.Get(ctx, v1alpha1.NodeLeaseName("p", "node-a"), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, u := range nl.Spec.Units {
+			ids = append(ids, u.ID())
+		}
+		return ids
+	}
+
+	sync(1, []broker.GaveBack{{Pool: "p", ID: got[0].ID, Gen: gen - 1}})
+	if ids := listed(); !slices.Contains(ids, got[0].ID) {
+		t.Fatalf("a give-back older than the lease took %s out of it: %v", got[0].ID, ids)
+	}
+	sync(2, []broker.GaveBack{{Pool: "p", ID: got[0].ID, Gen: gen}})
+	if ids := listed(); slices.Contains(ids, got[0].ID) || !slices.Contains(ids, got[1].ID) {
+		t.Fatalf("node-a's lease lists %v after its agent said it gave %s back; want only %s", ids, got[0].ID, got[1].ID)
+	}
+	a.mu.Lock()
+	ps := a.ledger.pools["p"]
+	owner := ps.owner[ps.byID[got[0].ID]]
+	a.mu.Unlock()
+	if owner != "" {
+		t.Fatalf("the unit given back is %q's, want free", owner)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 
 	"github.com/nats-io/nats.go"
@@ -212,4 +213,45 @@ func (a *Allocator) revoke(ctx context.Context, node, pool string, gen int64, id
 		return r.IDs, fmt.Errorf("revoke from %s: %s", node, r.Error)
 	}
 	return r.IDs, nil
+}
+
+// applyGaveBack takes out of each node's lease the units its agent's sync
+// says it gave back to a revoke, as the revoke's answer would have (takeFrom)
+// had it arrived: those its lease still lists at the revoke's generation or
+// below. A lease written since has been, or will be, listed to the agent at
+// a newer generation, and the agent takes back what that listing holds; so
+// a unit is never taken out of a lease twice, nor from a node that holds it.
+func (a *Allocator) applyGaveBack() {
+	a.mu.Lock()
+	pending := a.gaveBack
+	a.gaveBack = map[string][]broker.GaveBack{}
+	a.mu.Unlock()
+	for _, node := range slices.Sorted(maps.Keys(pending)) {
+		byPool := map[string][]broker.GaveBack{}
+		for _, u := range pending[node] {
+			byPool[u.Pool] = append(byPool[u.Pool], u)
+		}
+		for _, pool := range slices.Sorted(maps.Keys(byPool)) {
+			unlock := a.lockLease(pool, node)
+			a.mu.Lock()
+			var idx []int
+			if ps := a.ledger.pools[pool]; ps != nil {
+				if ls := ps.leases[node]; ls != nil {
+					for _, u := range byPool[pool] {
+						if i, ok := ps.byID[u.ID]; ok && ls.desired[i] && ls.gen <= u.Gen {
+							idx = append(idx, i)
+						}
+					}
+					if len(idx) > 0 {
+						ps.unclaimLocked(node, idx)
+					}
+				}
+			}
+			a.mu.Unlock()
+			unlock()
+			if len(idx) > 0 {
+				a.log.Info("units its agent gave back to a revoke whose answer was lost leave the node's lease", "pool", pool, "node", node, "units", len(idx))
+			}
+		}
+	}
 }

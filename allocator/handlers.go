@@ -127,6 +127,9 @@ func (a *Allocator) handleSync(ctx context.Context, m broker.Msg) any {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if len(req.GaveBack) > 0 {
+		a.gaveBack[req.Node] = req.GaveBack
+	}
 	for _, ps := range a.ledger.pools {
 		ls, ok := ps.leases[req.Node]
 		if !ok {

@@ -59,6 +59,7 @@ func (a *Allocator) runPlanner(ctx context.Context) {
 // round plans every pool once and carries the plans out. It reports
 // whether everything planned was done.
 func (a *Allocator) round(ctx context.Context) bool {
+	a.applyGaveBack()
 	complete := a.syncDirty(ctx)
 	for pool, d := range a.demand() {
 		steps := plan(d)

@@ -247,6 +247,18 @@ type SyncRequest struct {
 	Units []HeldUnit `json:"units"`
 	// Served: as Report's.
 	Served map[string]Served `json:"served,omitempty"`
+	// GaveBack are the units the agent gave back to a revoke and has not
+	// seen listed at a newer generation since: the revoke's answer may
+	// never have reached the allocator (lost, or past its timeout).
+	GaveBack []GaveBack `json:"gaveBack,omitempty"`
+}
+
+// GaveBack is a unit an agent dropped for a revoke, and the generation the
+// revoke carried.
+type GaveBack struct {
+	Pool string `json:"pool"`
+	ID   string `json:"id"`
+	Gen  int64  `json:"gen"`
 }
 
 // Lease is every unit of one pool the node may hold, warm or assigned, as
