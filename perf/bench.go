@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -180,7 +181,7 @@ func Benchmark(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	for rep := range o.Runs {
 		for _, shape := range o.Shapes {
-			for _, ipam := range o.IPAMs {
+			for _, ipam := range runOrder(o.IPAMs, rep) {
 				run := b.run(ctx, ipam, shape, rep)
 				res.Runs = append(res.Runs, run)
 				if ctx.Err() != nil {
@@ -190,6 +191,19 @@ func Benchmark(ctx context.Context, o Options) (res *Result, err error) {
 		}
 	}
 	return res, nil
+}
+
+// runOrder is the order of the IPAMs' runs in a repetition: rotated by
+// one each time, so that over len(ipams) repetitions each IPAM runs once
+// in each position. In a fixed order the first IPAM of a shape always ran
+// right after the last shape's clean-up, and the others right after one
+// another's: a difference of position, measured as one of IPAMs.
+func runOrder(ipams []string, rep int) []string {
+	if len(ipams) == 0 {
+		return nil
+	}
+	r := rep % len(ipams)
+	return append(slices.Clone(ipams[r:]), ipams[:r]...)
 }
 
 // mostPodsOnANode is about the most pods of a shape one node runs: the

@@ -3,6 +3,7 @@ package perf
 import (
 	"context"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -149,5 +150,38 @@ func TestOptionsPinnedShapes(t *testing.T) {
 		if err := o.defaults(); err == nil {
 			t.Errorf("shape %s on 10 nodes, 1000 pods: no error", bad)
 		}
+	}
+}
+
+// TestRunOrderRotates: over as many repetitions as IPAMs, each IPAM runs
+// once in each position.
+func TestRunOrderRotates(t *testing.T) {
+	ipams := []string{IPAMWarmpool, IPAMStatic, IPAMHostLocal}
+	pos := map[string]map[int]bool{}
+	for rep := range len(ipams) {
+		order := runOrder(ipams, rep)
+		if len(order) != len(ipams) {
+			t.Fatalf("repetition %d: order %v", rep, order)
+		}
+		for i, ipam := range order {
+			if pos[ipam] == nil {
+				pos[ipam] = map[int]bool{}
+			}
+			pos[ipam][i] = true
+		}
+	}
+	for _, ipam := range ipams {
+		if len(pos[ipam]) != len(ipams) {
+			t.Errorf("%s ran in positions %v over %d repetitions, want each once", ipam, pos[ipam], len(ipams))
+		}
+	}
+	if got := runOrder(ipams, 3); !slices.Equal(got, ipams) {
+		t.Errorf("repetition 3: %v, want the first order again", got)
+	}
+	if got := runOrder([]string{IPAMStatic}, 5); !slices.Equal(got, []string{IPAMStatic}) {
+		t.Errorf("one IPAM: %v", got)
+	}
+	if !slices.Equal(ipams, []string{IPAMWarmpool, IPAMStatic, IPAMHostLocal}) {
+		t.Errorf("runOrder changed its argument: %v", ipams)
 	}
 }

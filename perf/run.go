@@ -41,12 +41,33 @@ func (b *bench) run(ctx context.Context, ipam string, shape Shape, rep int) Run 
 			b.opts.Log.Warn("drain a failed run", "namespace", ns, "err", err)
 		}
 	}
-	dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := b.kube.CoreV1().Namespaces().Delete(dctx, ns, metav1.DeleteOptions{}); err != nil {
+	if err := b.deleteNamespace(ctx, ns); err != nil {
 		b.opts.Log.Warn("delete namespace", "namespace", ns, "err", err)
 	}
 	return run
+}
+
+// deleteNamespace deletes a run's namespace and waits until it is gone:
+// the namespace controller deletes what the run left (ReplicaSets, and
+// thousands of Events), and that work would otherwise land on the next
+// run's clock.
+func (b *bench) deleteNamespace(ctx context.Context, ns string) error {
+	// Deleted even when the benchmark is interrupted (on a cluster of
+	// the user's, nothing else would); waited for only while it runs.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := b.kube.CoreV1().Namespaces().Delete(dctx, ns, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := b.kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		return fmt.Errorf("namespace %s still there: %w", ns, err)
+	}
+	return nil
 }
 
 func (b *bench) phases(ctx context.Context, run *Run, ns string) error {
