@@ -62,7 +62,8 @@ type Options struct {
 	NoNetNS bool
 	// DAD keeps IPv6 duplicate address detection on in pod namespaces.
 	DAD bool
-	// Parallel pods per simulated kubelet; default 8.
+	// Parallel set-ups per simulated kubelet, and as many teardowns;
+	// default 8.
 	Parallel int
 	// ControllerQPS and ControllerBurst for the controller-manager and the
 	// scheduler of the local cluster; negative keeps the upstream defaults.

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/warmpool/warmpool/internal/keyed"
 	"github.com/warmpool/warmpool/internal/rig/netsim"
 )
 
@@ -62,7 +63,14 @@ type kubelet struct {
 	name  string
 	index int
 	host  *netsim.Host // nil without network namespaces
-	queue workqueue.TypedRateLimitingInterface[string]
+	// setups and teardowns queue pod keys: a live pod's to set up, a
+	// deleted pod's to tear down. A kubelet works on each pod apart (a
+	// pod worker each), so a sandbox whose ADD waits does not hold up
+	// another pod's DEL: with one queue, ADDs waiting for an address that
+	// only a DEL queued behind them frees took every worker.
+	setups, teardowns workqueue.TypedRateLimitingInterface[string]
+	// syncing serialises one pod key's work across the two queues.
+	syncing keyed.Mutex
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox // by pod key, namespace/name
@@ -93,19 +101,22 @@ const noNetNS = "/var/run/netns/none"
 func newKubelets(kube kubernetes.Interface, cni *libcni.CNIConfig, informer cache.SharedIndexInformer, nodes []string, hosts []*netsim.Host, netns, dad bool, log *slog.Logger) (*kubelets, error) {
 	ks := &kubelets{kube: kube, cni: cni, pods: informer.GetIndexer(), nodes: map[string]*kubelet{}, netns: netns, dad: dad, log: log}
 	for i, name := range nodes {
-		k := &kubelet{ks: ks, name: name, index: i, sandboxes: map[string]*sandbox{},
-			queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+		queue := func(kind string) workqueue.TypedRateLimitingInterface[string] {
+			return workqueue.NewTypedRateLimitingQueueWithConfig(
 				workqueue.NewTypedItemExponentialFailureRateLimiter[string](retryBase, retryCap),
-				workqueue.TypedRateLimitingQueueConfig[string]{Name: "kubelet-" + name})}
+				workqueue.TypedRateLimitingQueueConfig[string]{Name: "kubelet-" + name + "-" + kind})
+		}
+		k := &kubelet{ks: ks, name: name, index: i, sandboxes: map[string]*sandbox{},
+			setups: queue("setups"), teardowns: queue("teardowns")}
 		if netns {
 			k.host = hosts[i]
 		}
 		ks.nodes[name] = k
 	}
 	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    ks.enqueue,
-		UpdateFunc: func(_, obj any) { ks.enqueue(obj) },
-		DeleteFunc: ks.enqueue,
+		AddFunc:    func(obj any) { ks.enqueue(obj, false) },
+		UpdateFunc: func(_, obj any) { ks.enqueue(obj, false) },
+		DeleteFunc: func(obj any) { ks.enqueue(obj, true) },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pod handler: %w", err)
@@ -113,7 +124,7 @@ func newKubelets(kube kubernetes.Interface, cni *libcni.CNIConfig, informer cach
 	return ks, nil
 }
 
-func (ks *kubelets) enqueue(obj any) {
+func (ks *kubelets) enqueue(obj any, deleted bool) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
@@ -128,20 +139,27 @@ func (ks *kubelets) enqueue(obj any) {
 	if _, ours := ks.nets.Load(pod.Namespace); !ours {
 		return
 	}
-	k.queue.Add(pod.Namespace + "/" + pod.Name)
+	key := pod.Namespace + "/" + pod.Name
+	if deleted || pod.DeletionTimestamp != nil {
+		k.teardowns.Add(key)
+		return
+	}
+	k.setups.Add(key)
 }
 
-// run starts parallel workers per node; they stop when ctx ends and stop
-// is called.
+// run starts parallel workers per node for set-ups, and as many for
+// teardowns; they stop when ctx ends and stop is called.
 func (ks *kubelets) run(ctx context.Context, parallel int) {
 	for _, k := range ks.nodes {
-		for range parallel {
-			ks.wg.Add(1)
-			go func() {
-				defer ks.wg.Done()
-				for k.work(ctx) {
-				}
-			}()
+		for _, q := range []workqueue.TypedRateLimitingInterface[string]{k.setups, k.teardowns} {
+			for range parallel {
+				ks.wg.Add(1)
+				go func() {
+					defer ks.wg.Done()
+					for k.work(ctx, q) {
+					}
+				}()
+			}
 		}
 	}
 }
@@ -150,7 +168,8 @@ func (ks *kubelets) run(ctx context.Context, parallel int) {
 // failed midway), so that no namespace or address outlives the harness.
 func (ks *kubelets) stop(ctx context.Context) {
 	for _, k := range ks.nodes {
-		k.queue.ShutDown()
+		k.setups.ShutDown()
+		k.teardowns.ShutDown()
 	}
 	ks.wg.Wait()
 	for _, k := range ks.nodes {
@@ -166,18 +185,21 @@ func (ks *kubelets) stop(ctx context.Context) {
 	}
 }
 
-func (k *kubelet) work(ctx context.Context) bool {
-	key, quit := k.queue.Get()
+func (k *kubelet) work(ctx context.Context, q workqueue.TypedRateLimitingInterface[string]) bool {
+	key, quit := q.Get()
 	if quit {
 		return false
 	}
-	defer k.queue.Done(key)
-	if err := k.sync(ctx, key); err != nil && ctx.Err() == nil {
+	defer q.Done(key)
+	unlock := k.syncing.Lock(key)
+	err := k.sync(ctx, key)
+	unlock()
+	if err != nil && ctx.Err() == nil {
 		k.ks.log.Debug("pod sync failed, retrying", "node", k.name, "pod", key, "err", err)
-		k.queue.AddRateLimited(key)
+		q.AddRateLimited(key)
 		return true
 	}
-	k.queue.Forget(key)
+	q.Forget(key)
 	return true
 }
 
@@ -224,7 +246,7 @@ func (k *kubelet) sync(ctx context.Context, key string) error {
 	if err := k.reportRunning(ctx, pod, sb); err != nil {
 		return err
 	}
-	sb.reported = true // only this key's worker touches sb
+	sb.reported = true // only the worker holding this key's lock touches sb
 	return nil
 }
 

@@ -49,7 +49,7 @@ func main() {
 	fs.IntVar(&o.PoolSize, "pool-size", 0, "address pairs in warmpool's pool (default: one per pod, 1:1)")
 	netns := fs.Bool("netns", true, "give each pod a network namespace and a macvlan interface; false runs the IPAM alone")
 	fs.BoolVar(&o.DAD, "dad", false, "keep IPv6 duplicate address detection on in pod namespaces (each dual-stack ADD then waits ~1.5-2 s)")
-	fs.IntVar(&o.Parallel, "parallel", 8, "pods each simulated kubelet sets up or tears down at once")
+	fs.IntVar(&o.Parallel, "parallel", 8, "pods each simulated kubelet sets up at once (and tears down at once, apart)")
 	fs.IntVar(&o.ControllerQPS, "controller-qps", 500, "controller-manager and scheduler API QPS")
 	fs.IntVar(&o.ControllerBurst, "controller-burst", 1000, "controller-manager and scheduler API burst")
 	upstream := fs.Bool("upstream-qps", false, "keep the controller-manager's and scheduler's upstream client limits (20/30 and 50/100)")
