@@ -127,7 +127,7 @@ func (a *Agent) GaveBack() []broker.GaveBack {
 		}
 		out = append(out, broker.GaveBack{Pool: k.Pool, ID: k.ID, Gen: gen})
 	}
-	slices.SortFunc(out, func(x, y broker.GaveBack) int { return cmp.Compare(x.Pool+"/"+x.ID, y.Pool+"/"+y.ID) })
+	slices.SortFunc(out, func(x, y broker.GaveBack) int { return cmp.Or(cmp.Compare(x.Pool, y.Pool), cmp.Compare(x.ID, y.ID)) })
 	return out
 }
 
