@@ -411,7 +411,10 @@ func reportAddresses(t *testing.T, ctx context.Context, c *cluster, created []*c
 // waitStatusMatchesRecords waits until the pool's status (written every
 // 5 s when a count changed) has caught up with the records: the leases
 // for the units the nodes hold, the agents' records for which of those
-// are assigned (want of them).
+// are assigned (want of them, every pod's), and no pod pending. A round
+// planned before the agents' last reports counts the pods they had not
+// reported yet as pending, and the status can carry that count for up to
+// 5 s after the other counts are right.
 func waitStatusMatchesRecords(t *testing.T, ctx context.Context, c *cluster, nodes []*node, want int64) {
 	t.Helper()
 	var last string
@@ -437,7 +440,7 @@ func waitStatusMatchesRecords(t *testing.T, ctx context.Context, c *cluster, nod
 		}
 		st := p.Status
 		last = fmt.Sprintf("status %+v; leases hold %d, agents assign %d (want %d)", st, held, assigned, want)
-		return assigned == want && st.Assigned == assigned && st.Warm == held-assigned && st.Free == st.Total-held, nil
+		return assigned == want && st.Assigned == assigned && st.Warm == held-assigned && st.Free == st.Total-held && st.Pending == 0, nil
 	})
 	if err != nil {
 		t.Fatalf("pool status never matched the records: %s", last)
