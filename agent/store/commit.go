@@ -47,21 +47,25 @@ func (c *committer) do(fn func(*bolt.Tx) error) error {
 	return <-op.done
 }
 
-// loop commits batches until nothing is pending. It runs in the goroutine
-// of the caller that found no commit in flight.
+// loop commits what is pending in one transaction. Operations that came
+// during it are committed next by a goroutine of their own: the caller
+// that led this commit has its answer, and must not wait on other
+// callers' writes (under a steady stream of ADDs, a leader kept
+// committing for the others, and a DEL that led waited past its
+// plugin's timeout).
 func (c *committer) loop() {
-	for {
-		c.mu.Lock()
-		batch := c.pending
-		c.pending = nil
-		if len(batch) == 0 {
-			c.running = false
-			c.mu.Unlock()
-			return
-		}
-		c.mu.Unlock()
-		c.commit(batch)
+	c.mu.Lock()
+	batch := c.pending
+	c.pending = nil
+	c.mu.Unlock()
+	c.commit(batch)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.pending) == 0 {
+		c.running = false
+		return
 	}
+	go c.loop()
 }
 
 // commit runs batch in one transaction. When an operation fails, the whole

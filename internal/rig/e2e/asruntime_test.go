@@ -13,8 +13,9 @@ import (
 )
 
 // TestAsRuntimeRetriesWhatTheRuntimeRetries: the tests' stand-in for a
-// kubelet undoes and retries an ADD that failed with 11 or 104, and
-// returns at once on success or on any other failure.
+// kubelet undoes and retries an ADD that failed with 11 or 104 (retrying
+// a failed undo as a teardown), and returns at once on success or on any
+// other failure.
 func TestAsRuntimeRetriesWhatTheRuntimeRetries(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -42,9 +43,28 @@ func TestAsRuntimeRetriesWhatTheRuntimeRetries(t *testing.T) {
 	}
 
 	undoErr := errors.New("DEL failed")
-	tries, err = asRuntime(ctx, func() error { return fails[0] }, func() error { return undoErr })
+	adds, undos = 0, 0
+	tries, err = asRuntime(ctx, func() error {
+		adds++
+		if adds == 1 {
+			return fails[0]
+		}
+		return nil
+	}, func() error {
+		undos++
+		if undos <= 2 {
+			return undoErr
+		}
+		return nil
+	})
+	if err != nil || tries != 1 || adds != 2 || undos != 3 {
+		t.Fatalf("an undo that fails twice: err %v, %d tries, %d ADDs, %d undos; want the undo retried, then the ADD", err, tries, adds, undos)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 2*time.Second)
+	defer cancelShort()
+	tries, err = asRuntime(short, func() error { return fails[0] }, func() error { return undoErr })
 	if !errors.Is(err, undoErr) || tries != 0 {
-		t.Fatalf("an undo that fails: err %v, %d tries; want the undo's error", err, tries)
+		t.Fatalf("an undo that always fails: err %v, %d tries; want the undo's error once the context ends", err, tries)
 	}
 
 	cctx, ccancel := context.WithCancel(ctx)

@@ -279,26 +279,39 @@ func (n *node) addAsRuntime(ctx context.Context, ctr string) (*types100.Result, 
 // asRuntime runs add until it succeeds, fails for good or ctx ends, as a
 // kubelet retries a sandbox: an ADD told to try again (11), or that the
 // allocator did not answer in time (104: a slow machine, a round trip
-// queued behind others), is undone (undo may be nil) and tried again.
+// queued behind others), is undone (undo may be nil; an undo that fails
+// is tried again, as a kubelet retries a teardown) and tried again.
 // It returns how many times add was tried again. A test asserts what
 // the ADDs got, not how soon: that is the benchmark's.
 func asRuntime(ctx context.Context, add, undo func() error) (int, error) {
 	retries := 0
+	pause := func() bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(500 * time.Millisecond):
+			return true
+		}
+	}
 	for {
 		err := add()
 		if err == nil || ctx.Err() != nil || !slices.Contains([]uint{wire.CodeTryAgainLater, wire.CodeMissTimeout}, testenv.CNICode(err)) {
 			return retries, err
 		}
-		if undo != nil {
-			if uerr := undo(); uerr != nil {
+		// A kubelet retries a teardown that failed (a DEL that timed out
+		// on a starved machine) until it succeeds, before a new sandbox.
+		for undo != nil {
+			uerr := undo()
+			if uerr == nil {
+				break
+			}
+			if !pause() {
 				return retries, fmt.Errorf("undo the failed ADD (%v): %w", err, uerr)
 			}
 		}
 		retries++
-		select {
-		case <-ctx.Done():
+		if !pause() {
 			return retries, err
-		case <-time.After(500 * time.Millisecond):
 		}
 	}
 }
