@@ -8,7 +8,7 @@ CONTROLLER_GEN = $$(bash $(TOOLCHAIN) --print-dir controller-gen)/controller-gen
 # Test flags; e.g. make test GOTESTFLAGS='-run TestPoolValidation -v'.
 GOTESTFLAGS ?=
 
-.PHONY: all bins build generate verify-generated lint test test-faults fuzz demo images clean
+.PHONY: all bins build generate verify-generated lint test test-faults fuzz demo images docker-images clean
 
 all: build
 
@@ -100,13 +100,20 @@ DEMOFLAGS ?= --pods 300
 demo: bins build
 	./bin/warmpool-perf bench --bin-dir bin $(DEMOFLAGS)
 
-## images: build the allocator and agent images (manifests/images/) with
-## docker, named as manifests/deploy/base/kustomization.yaml names them
+## images: build the allocator and agent images from ./bin without docker
+## (manifests/images), as tarballs in bin/images that docker, podman and
+## containerd load (docker load -i, ctr -n k8s.io images import) and crane
+## pushes, named as manifests/deploy/base/kustomization.yaml names them
 ## (manifests/deploy_test.go checks that the two agree).
 IMAGE_REPO ?= ghcr.io/warmpool
 IMAGE_TAG ?= v0.1.0
+images: build
+	$(GO) run ./manifests/images/build --bin-dir bin --repo $(IMAGE_REPO) --tag $(IMAGE_TAG) --out bin/images
+
+## docker-images: the same images built by docker from the Dockerfiles in
+## manifests/images, on distroless.
 DOCKER ?= docker
-images:
+docker-images:
 	$(DOCKER) build -f manifests/images/allocator.Dockerfile -t $(IMAGE_REPO)/warmpool-allocator:$(IMAGE_TAG) .
 	$(DOCKER) build -f manifests/images/agent.Dockerfile -t $(IMAGE_REPO)/warmpool-agent:$(IMAGE_TAG) .
 

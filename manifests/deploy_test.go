@@ -47,6 +47,7 @@ import (
 	"github.com/warmpool/warmpool/internal/metrics"
 	"github.com/warmpool/warmpool/internal/rig/testenv"
 	"github.com/warmpool/warmpool/manifests"
+	"github.com/warmpool/warmpool/manifests/images"
 )
 
 // builds runs kustomize (krusty, in memory, over the embedded tree) on
@@ -694,6 +695,45 @@ func ourImage(image string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// TestImagesAgreeWithDockerfiles: `make images` (package images, no
+// docker) and `make docker-images` (the Dockerfiles) build images of the
+// same names that install the same binaries and run the same entrypoint
+// as the same user.
+func TestImagesAgreeWithDockerfiles(t *testing.T) {
+	mk, err := os.ReadFile("../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(mk, []byte("./manifests/images/build --bin-dir bin --repo $(IMAGE_REPO) --tag $(IMAGE_TAG) ")) {
+		t.Errorf("make images does not name the images $(IMAGE_REPO)/<name>:$(IMAGE_TAG)")
+	}
+	var names []string
+	for _, s := range images.Specs {
+		names = append(names, s.Name)
+		installed := dockerfile(t, s.Name)
+		var want []string
+		for _, b := range s.Binaries {
+			want = append(want, "/"+b)
+		}
+		if !slices.Equal(installed, want) {
+			t.Errorf("%s: the Dockerfile installs %v, make images %v", s.Name, installed, want)
+		}
+		b, err := os.ReadFile("images/" + strings.TrimPrefix(s.Name, "warmpool-") + ".Dockerfile")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(b, []byte("\nUSER "+s.User+"\n")) {
+			t.Errorf("%s: the Dockerfile does not say USER %s", s.Name, s.User)
+		}
+		if !bytes.Contains(b, []byte(`ENTRYPOINT ["/`+s.Name+`"]`)) {
+			t.Errorf("%s: the Dockerfile's entrypoint is not /%s", s.Name, s.Name)
+		}
+	}
+	if want := []string{"warmpool-agent", "warmpool-allocator"}; !slices.Equal(slices.Sorted(slices.Values(names)), want) {
+		t.Errorf("make images builds %v, the manifests run %v", names, want)
+	}
 }
 
 // makeVar returns the default of `NAME ?= value` in the Makefile.
