@@ -22,6 +22,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/warmpool/warmpool/internal/rig/gobuild"
 )
 
 // Spec is what one image holds.
@@ -107,19 +109,16 @@ var goarch = map[elf.Machine]string{
 func (s Spec) arch(binDir string) (string, error) {
 	var arch string
 	for _, b := range s.Binaries {
-		f, err := elf.Open(filepath.Join(binDir, b))
-		if err != nil {
+		path := filepath.Join(binDir, b)
+		if err := gobuild.CheckStatic(path); err != nil {
 			return "", fmt.Errorf("binary %s (make build writes it): %w", b, err)
 		}
+		f, err := elf.Open(path)
+		if err != nil {
+			return "", fmt.Errorf("binary %s: %w", b, err)
+		}
 		machine := f.Machine
-		var dynamic bool
-		for _, p := range f.Progs {
-			dynamic = dynamic || p.Type == elf.PT_INTERP
-		}
 		f.Close()
-		if dynamic {
-			return "", fmt.Errorf("binary %s is dynamically linked; build it with CGO_ENABLED=0 (make build)", b)
-		}
 		a, ok := goarch[machine]
 		if !ok {
 			return "", fmt.Errorf("binary %s: machine %v is not one Go builds for", b, machine)
