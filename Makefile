@@ -8,7 +8,7 @@ CONTROLLER_GEN = $$(bash $(TOOLCHAIN) --print-dir controller-gen)/controller-gen
 # Test flags; e.g. make test GOTESTFLAGS='-run TestPoolValidation -v'.
 GOTESTFLAGS ?=
 
-.PHONY: all bins build generate verify-generated lint test test-faults fuzz demo images docker-images clean
+.PHONY: all bins build generate verify-generated lint test test-faults test-node fuzz demo images docker-images clean
 
 all: build
 
@@ -87,6 +87,14 @@ FAULTSEED ?= 1
 test-faults: bins
 	$(GO) test -count=1 -timeout 0 ./internal/rig/faults -run 'TestFaults$$' -v \
 		-faults.scenarios=$(FAULTS) -faults.seed=$(FAULTSEED) $(GOTESTFLAGS)
+
+## test-node: the tests on a real node (internal/rig/node): kubelet,
+## containerd, runc, kube-proxy, CoreDNS and Multus on this machine, built
+## into the binary cache like the other components. They change the
+## machine's network and host paths while they run, and undo it.
+test-node: bins
+	bash $(TOOLCHAIN) node
+	$(GO) test -count=1 -timeout 30m ./internal/rig/node -node -v $(GOTESTFLAGS)
 
 ## demo: the benchmark (docs/benchmark.md): a local cluster (etcd,
 ## kube-apiserver, controller-manager, scheduler), embedded NATS, warmpool's

@@ -193,11 +193,15 @@ func (s Spec) layer(o Options) (v1.Layer, error) {
 	})
 }
 
-// Write writes img as a tarball at path, tagged ref; a failed write
-// leaves no file there.
-func Write(path string, ref name.Tag, img v1.Image) error {
+// Write writes img as a tarball at path, under each of tags; a failed
+// write leaves no file there.
+func Write(path string, img v1.Image, tags ...name.Tag) error {
+	refs := map[name.Reference]v1.Image{}
+	for _, t := range tags {
+		refs[t] = img
+	}
 	tmp := path + ".tmp"
-	if err := tarball.WriteToFile(tmp, ref, img); err != nil {
+	if err := tarball.MultiRefWriteToFile(tmp, refs); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", path, err)
 	}

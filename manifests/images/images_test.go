@@ -78,7 +78,7 @@ func TestImagesHoldTheirBinaries(t *testing.T) {
 				t.Fatal(err)
 			}
 			path := filepath.Join(out, s.Name+".tar")
-			if err := Write(path, ref, img); err != nil {
+			if err := Write(path, img, ref); err != nil {
 				t.Fatal(err)
 			}
 			// Read back what a runtime imports: the tarball, by its tag.

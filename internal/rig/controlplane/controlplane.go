@@ -16,9 +16,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,6 +66,22 @@ type Options struct {
 
 	// ReadyTimeout bounds the wait for all components; default 90 s.
 	ReadyTimeout time.Duration
+
+	// Address is where kube-apiserver listens and what it advertises;
+	// default 127.0.0.1. Real nodes' pods reach it through the kubernetes
+	// Service, which needs an address that is not loopback.
+	Address string
+	// RealNodes sets the cluster up for real kubelets: the Node
+	// authorizer and NodeRestriction beside RBAC, ServiceAccount admission
+	// (pods get tokens), the kubernetes Service's endpoints reconciled, a
+	// kubelet dialled at its InternalIP (never by a name the machine's
+	// resolver would look up), and the root CA published to every
+	// namespace. It needs the controller-manager.
+	RealNodes bool
+	// Users are token users besides the admin (a kubelet's
+	// system:node:<name>, kube-proxy's, CoreDNS's), each with its groups;
+	// Kubeconfig(user) writes one for a user.
+	Users map[string][]string
 }
 
 // ControlPlane is a running control plane. Its methods are safe for
@@ -78,6 +97,8 @@ type ControlPlane struct {
 
 	mu    sync.Mutex
 	procs []*child.Process // in start order; stopped in reverse
+
+	tokens map[string]string // user -> token, the admin's and Options.Users'
 
 	// What RestartAPIServer needs to start kube-apiserver again.
 	api                      *child.Process
@@ -102,6 +123,12 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 90 * time.Second
+	}
+	if opts.Address == "" {
+		opts.Address = "127.0.0.1"
+	}
+	if opts.RealNodes && !opts.ControllerManager {
+		return nil, errors.New("control plane: real nodes need the controller-manager (service-account tokens, the root CA)")
 	}
 	if opts.EtcdBinary == "" {
 		if opts.EtcdBinary, err = toolchain.Binary(toolchain.Etcd, "etcd"); err != nil {
@@ -137,7 +164,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 			return cp, fmt.Errorf("control plane dir: %w", err)
 		}
 	}
-	saKey, err := cp.writeCredentials()
+	saKey, err := cp.writeCredentials(opts.Users)
 	if err != nil {
 		return cp, err
 	}
@@ -169,26 +196,36 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		return cp, classify(etcd, err)
 	}
 
-	cp.server = "https://" + hostPort(apiPort)
+	cp.server = "https://" + net.JoinHostPort(opts.Address, strconv.Itoa(apiPort))
 	certDir := filepath.Join(cp.dir, "certs")
 	apiArgs := []string{
 		"kube-apiserver",
 		"--etcd-servers=" + cp.etcdURL,
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
+		"--bind-address=" + opts.Address,
+		"--advertise-address=" + opts.Address,
 		"--secure-port=" + strconv.Itoa(apiPort),
 		"--cert-dir=" + certDir,
 		"--service-account-key-file=" + saKey,
 		"--service-account-signing-key-file=" + saKey,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--token-auth-file=" + filepath.Join(certDir, "tokens.csv"),
-		"--authorization-mode=RBAC",
-		"--service-cluster-ip-range=10.96.0.0/16",
-		// The default reconciler refuses a loopback advertise address.
-		"--endpoint-reconciler-type=none",
-		// No kubelet mounts service-account tokens here, and without the
-		// controller-manager no default ServiceAccount exists to admit pods.
-		"--disable-admission-plugins=ServiceAccount",
+		"--service-cluster-ip-range=" + ServiceCIDR,
+	}
+	if opts.RealNodes {
+		apiArgs = append(apiArgs,
+			"--authorization-mode=Node,RBAC",
+			"--enable-admission-plugins=NodeRestriction",
+			"--kubelet-preferred-address-types=InternalIP",
+		)
+	} else {
+		apiArgs = append(apiArgs,
+			"--authorization-mode=RBAC",
+			// The default reconciler refuses a loopback advertise address.
+			"--endpoint-reconciler-type=none",
+			// No kubelet mounts service-account tokens here, and without the
+			// controller-manager no default ServiceAccount exists to admit pods.
+			"--disable-admission-plugins=ServiceAccount",
+		)
 	}
 	cp.apiBin, cp.apiLogs, cp.apiArgs, cp.apiPort = opts.KubeBinary, logs, append(apiArgs, opts.APIServerArgs...), apiPort
 	api, err := cp.launch("kube-apiserver", logs, opts.KubeBinary, cp.apiArgs...)
@@ -225,11 +262,11 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		port  int
 		extra []string
 	}{
-		{opts.ControllerManager, "kube-controller-manager", cmPort, append([]string{
+		{opts.ControllerManager, "kube-controller-manager", cmPort, append(append([]string{
 			"--controllers=*",
 			"--service-account-private-key-file=" + saKey,
 			"--use-service-account-credentials=false",
-		}, opts.ControllerManagerArgs...)},
+		}, cp.rootCAArgs(opts)...), opts.ControllerManagerArgs...)},
 		{opts.Scheduler, "kube-scheduler", schedPort, opts.SchedulerArgs},
 	}
 	for _, c := range clients {
@@ -253,6 +290,20 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		}
 	}
 	return cp, nil
+}
+
+// ServiceCIDR is the Services' range; the kubernetes Service is its
+// first address.
+const ServiceCIDR = "10.96.0.0/16"
+
+// rootCAArgs publishes the serving certificate (self-signed: its own CA)
+// as every namespace's kube-root-ca.crt, which pods' service-account
+// volumes carry: real nodes' pods verify the apiserver with it.
+func (cp *ControlPlane) rootCAArgs(opts Options) []string {
+	if !opts.RealNodes {
+		return nil
+	}
+	return []string{"--root-ca-file=" + cp.caFile}
 }
 
 func qpsArgs(opts Options) []string {
@@ -307,17 +358,28 @@ func httpCheck(client *http.Client, url, token string) func(context.Context) err
 	}
 }
 
-// writeCredentials writes the admin token file and the service-account
-// signing key, and returns the key's path.
-func (cp *ControlPlane) writeCredentials() (string, error) {
-	tok := make([]byte, 24)
-	if _, err := rand.Read(tok); err != nil {
-		return "", fmt.Errorf("admin token: %w", err)
+// writeCredentials writes the token file (the admin and users, each
+// with their groups) and the service-account signing key, and returns
+// the key's path.
+func (cp *ControlPlane) writeCredentials(users map[string][]string) (string, error) {
+	cp.tokens = map[string]string{}
+	var lines strings.Builder
+	all := maps.Clone(users)
+	if all == nil {
+		all = map[string][]string{}
 	}
-	cp.token = hex.EncodeToString(tok)
+	all[adminUser] = []string{"system:masters"}
+	for _, user := range slices.Sorted(maps.Keys(all)) {
+		tok := make([]byte, 24)
+		if _, err := rand.Read(tok); err != nil {
+			return "", fmt.Errorf("token of %s: %w", user, err)
+		}
+		cp.tokens[user] = hex.EncodeToString(tok)
+		fmt.Fprintf(&lines, "%s,%s,%s,\"%s\"\n", cp.tokens[user], user, user, strings.Join(all[user], ","))
+	}
+	cp.token = cp.tokens[adminUser]
 	certDir := filepath.Join(cp.dir, "certs")
-	line := fmt.Sprintf("%s,%s,%s,\"system:masters\"\n", cp.token, adminUser, adminUser)
-	if err := os.WriteFile(filepath.Join(certDir, "tokens.csv"), []byte(line), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(certDir, "tokens.csv"), []byte(lines.String()), 0o600); err != nil {
 		return "", fmt.Errorf("token file: %w", err)
 	}
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -333,17 +395,33 @@ func (cp *ControlPlane) writeCredentials() (string, error) {
 }
 
 func (cp *ControlPlane) writeKubeconfig() error {
+	cp.kubecfg = filepath.Join(cp.dir, "kubeconfig")
+	return cp.writeKubeconfigOf(adminUser, cp.kubecfg)
+}
+
+func (cp *ControlPlane) writeKubeconfigOf(user, path string) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["warmpool"] = &clientcmdapi.Cluster{Server: cp.server, CertificateAuthority: cp.caFile}
-	cfg.AuthInfos[adminUser] = &clientcmdapi.AuthInfo{Token: cp.token}
-	cfg.Contexts["warmpool"] = &clientcmdapi.Context{Cluster: "warmpool", AuthInfo: adminUser}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: cp.tokens[user]}
+	cfg.Contexts["warmpool"] = &clientcmdapi.Context{Cluster: "warmpool", AuthInfo: user}
 	cfg.CurrentContext = "warmpool"
-	cp.kubecfg = filepath.Join(cp.dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, cp.kubecfg); err != nil {
-		return fmt.Errorf("kubeconfig: %w", err)
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		return fmt.Errorf("kubeconfig of %s: %w", user, err)
 	}
 	return nil
 }
+
+// UserKubeconfig writes a kubeconfig for one of Options.Users at path.
+func (cp *ControlPlane) UserKubeconfig(user, path string) error {
+	if _, ok := cp.tokens[user]; !ok || user == adminUser {
+		return fmt.Errorf("kubeconfig: %q is not one of the control plane's users", user)
+	}
+	return cp.writeKubeconfigOf(user, path)
+}
+
+// CAFile is the PEM file of the CA that signed kube-apiserver's serving
+// certificate (the certificate itself: it is self-signed).
+func (cp *ControlPlane) CAFile() string { return cp.caFile }
 
 // RESTConfig returns a new client config for the cluster admin
 // (system:masters). Callers may modify the copy they get.

@@ -22,6 +22,11 @@ const (
 	Kube          = "kube"
 	CNIPlugins    = "cniplugins"
 	ControllerGen = "controller-gen"
+	// A real node's, beside Kube's kubelet, kube-proxy and kubectl.
+	Containerd = "containerd"
+	Runc       = "runc"
+	CoreDNS    = "coredns"
+	Multus     = "multus"
 )
 
 // ErrNotBuilt means a component's cache directory holds no complete build.

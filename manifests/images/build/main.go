@@ -44,7 +44,7 @@ func run(binDir, repo, tag, out, ca string) error {
 			return err
 		}
 		path := filepath.Join(out, s.Name+".tar")
-		if err := images.Write(path, ref, img); err != nil {
+		if err := images.Write(path, img, ref); err != nil {
 			return err
 		}
 		digest, err := img.Digest()
