@@ -162,11 +162,17 @@ func splitRule(s string) []string {
 	return out
 }
 
-// hostPaths are the host directories the shipped manifests and the
-// runtime write (the agent's socket and record, the CNI binaries and
-// configs). A node removes the ones it created, and in the others the
-// files it added.
-var hostPaths = []string{"/opt/cni/bin", "/etc/cni/multus/net.d", "/run/warmpool", "/var/lib/warmpool"}
+// hostPaths are the host directories the shipped manifests, the runtime
+// and the kubelet write whatever their configured roots: the agent's
+// socket and record, the CNI binaries and configs, the CNI plugins'
+// state and results cache, containerd's opt directory and runc state and
+// shim sockets, the kubelet's device-plugin directory and pod logs. A
+// node removes the ones it created, and in the others the files it
+// added (the first run without the last five left them behind).
+var hostPaths = []string{
+	"/opt/cni/bin", "/etc/cni/multus/net.d", "/run/warmpool", "/var/lib/warmpool",
+	"/var/lib/cni", "/opt/containerd", "/run/containerd", "/var/lib/kubelet", "/var/log/pods", "/var/log/containers",
+}
 
 // claimHostPaths records, for each host path, whether it existed and
 // what it held, and undoes the node's additions at Stop.
