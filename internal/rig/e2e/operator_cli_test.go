@@ -1,15 +1,12 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -89,7 +86,7 @@ func TestOperatorCLI(t *testing.T) {
 		for node, u := range agentURLs {
 			full = append(full, "--agent", node+"="+u)
 		}
-		return runCLI(t, ctx, bin, full...)
+		return testenv.RunCLI(t, ctx, bin, full...)
 	}
 
 	created, owner := c.burst(t, ctx, "op", pods, func(i int) *node { return nodes[i%nodesN] })
@@ -503,30 +500,6 @@ func addressOf(t *testing.T, owner map[netip.Addr]string, pod string) string {
 	}
 	t.Fatalf("no IPv4 address of %s", pod)
 	return ""
-}
-
-// runCLI runs the binary and returns its standard output (its standard
-// error too when it failed) and exit code.
-func runCLI(t *testing.T, ctx context.Context, bin string, args ...string) (string, int) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-		return stdout.String(), 0
-	case errors.As(err, &exit):
-		if exit.ExitCode() == inspect.ExitFailed {
-			t.Fatalf("kubectl-warmpool %s failed: %s%s", strings.Join(args, " "), stdout.String(), stderr.String())
-		}
-		return stdout.String(), exit.ExitCode()
-	}
-	t.Fatalf("run kubectl-warmpool: %v", err)
-	return "", 0
 }
 
 func jsonOut(t *testing.T, cli func(...string) (string, int), v any, args ...string) {

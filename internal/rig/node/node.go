@@ -23,6 +23,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -358,17 +359,41 @@ func (n *Node) startCoreDNS(ctx context.Context) error {
 	return p.WaitReady(ctx, httpOK("http://127.0.0.1:"+strconv.Itoa(ports[0])+"/ready"))
 }
 
-// removePods deletes every pod on the node and waits for the kubelet to
-// tear their sandboxes down (the runtime's CNI DELs run then), before
-// the kubelet stops.
+// removePods deletes the node's workloads before the kubelet stops: the
+// controllers first, so that nothing comes back; then the pods on the
+// pod network, whose teardown (the runtime's CNI DELs) may need a
+// host-network pod (warmpool's agent serves the DELs of its addresses);
+// then the rest. It waits until the runtime has no container left.
 func (n *Node) removePods(ctx context.Context) error {
-	pods, err := n.kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.opts.Name})
-	if err != nil {
+	if _, err := n.Kubectl(ctx, nil, "delete", "daemonsets,deployments,replicasets,statefulsets,jobs", "--all", "--all-namespaces", "--cascade=orphan", "--wait=false"); err != nil {
 		return err
 	}
-	zero := int64(0)
-	for _, p := range pods.Items {
-		_ = n.kube.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	grace := int64(1)
+	for _, hostNetwork := range []bool{false, true} {
+		pods, err := n.kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.opts.Name})
+		if err != nil {
+			return err
+		}
+		var left []corev1.Pod
+		for _, p := range pods.Items {
+			if p.Spec.HostNetwork == hostNetwork {
+				_ = n.kube.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &grace})
+				left = append(left, p)
+			}
+		}
+		// The kubelet deletes a pod once it is torn down.
+		err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+			for _, p := range left {
+				got, err := n.kube.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
+				if !apierrors.IsNotFound(err) && (err != nil || got.UID == p.UID) {
+					return false, nil
+				}
+			}
+			return true, nil
+		})
+		if err != nil {
+			n.opts.Log.Warn("node stop: pods not torn down", "hostNetwork", hostNetwork, "err", err)
+		}
 	}
 	ctr, err := n.binary(toolchain.Containerd, "ctr")
 	if err != nil {

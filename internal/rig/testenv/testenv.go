@@ -9,11 +9,13 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,6 +28,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"k8s.io/client-go/rest"
 
+	"github.com/warmpool/warmpool/internal/inspect"
 	"github.com/warmpool/warmpool/internal/rig/controlplane"
 	"github.com/warmpool/warmpool/internal/rig/gobuild"
 	"github.com/warmpool/warmpool/internal/rig/netsim"
@@ -147,6 +150,29 @@ func Binary(t testing.TB, name string) string {
 		t.Fatal(err)
 	}
 	return filepath.Join(dir, name)
+}
+
+// RunCLI runs kubectl-warmpool (bin) and returns its standard output and
+// exit code: a code it gives a finding is the test's to judge, but one
+// that says it could not run (inspect.ExitFailed) fails the test, with
+// its output.
+func RunCLI(t testing.TB, ctx context.Context, bin string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return stdout.String(), 0
+	case errors.As(err, &exit) && exit.ExitCode() != inspect.ExitFailed:
+		return stdout.String(), exit.ExitCode()
+	}
+	t.Fatalf("kubectl-warmpool %s: %v: %s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	return "", 0
 }
 
 // CNI returns a libcni runtime that execs plugins from paths, with a result
