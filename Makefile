@@ -49,12 +49,14 @@ lint:
 	$(GO) vet ./...
 
 ## test: the whole suite against real components, with the race detector,
-## then every fuzzer for a few seconds beyond its committed corpus. The
-## timeout is per package binary, sized for a loaded machine: the e2e
-## package took 19.6 min beside two busy loops and the fault suite.
+## then every fuzzer for a few seconds beyond its committed corpus, then
+## warmpool on a real node (test-node). The timeout is per package binary,
+## sized for a loaded machine: the e2e package took 19.6 min beside two
+## busy loops and the fault suite.
 test: bins lint verify-generated
 	$(GO) test -race -count=1 -timeout 45m $(GOTESTFLAGS) ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+	$(MAKE) --no-print-directory test-node
 
 ## fuzz: run every fuzzer for FUZZTIME (default 60 s) each, one after the
 ## other; a finding is written to the package's testdata/fuzz and fails.

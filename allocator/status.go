@@ -79,10 +79,15 @@ func (a *Allocator) countsLocked(ps *poolState) (free, warm, assigned int64) {
 // zero if this is the run's first message, else (a run that began under
 // an earlier leader, whose status holds what it counted) its counts so far
 // are taken as counted: what it served between its last message to that
-// leader and its first to this one is lost, never counted twice.
+// leader and its first to this one is lost, never counted twice. The
+// result is never nil, since nil means a run not heard of: a run first
+// heard of before it served anything would otherwise lose its first
+// ADDs.
 func (a *Allocator) countServedLocked(node string, prev map[string]broker.Served, seq uint64, served map[string]broker.Served) map[string]broker.Served {
 	if prev == nil && seq > 1 {
-		return served
+		seen := map[string]broker.Served{}
+		maps.Copy(seen, served)
+		return seen
 	}
 	seen := maps.Clone(prev)
 	if seen == nil {

@@ -21,9 +21,8 @@ func TestServedIsCountedOnce(t *testing.T) {
 	defer cancel()
 	old, _, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 1})
 	next, _, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 2})
-	send := func(a *Allocator, kind, run string, seq uint64, hits, misses int64) {
+	send := func(a *Allocator, kind, run string, seq uint64, served map[string]broker.Served) {
 		t.Helper()
-		served := map[string]broker.Served{"p": {Hits: hits, Misses: misses}}
 		var errText string
 		if kind == "sync" {
 			m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n1", Run: run, Seq: seq, Served: served})}
@@ -55,15 +54,33 @@ func TestServedIsCountedOnce(t *testing.T) {
 		{"then counts what grows", next, "report", "r2", 8, 6, 1, 2, 1},
 		{"a run's first message on the new leader counts from zero", next, "sync", "r3", 1, 2, 2, 4, 3},
 	} {
-		send(step.a, step.kind, step.run, step.seq, step.hits, step.misses)
-		step.a.mu.Lock()
-		ps := step.a.ledger.pools["p"]
-		hits, misses := ps.hits, ps.misses
-		step.a.mu.Unlock()
+		send(step.a, step.kind, step.run, step.seq, map[string]broker.Served{"p": {Hits: step.hits, Misses: step.misses}})
+		hits, misses := counted(step.a)
 		metricHits := testutil.ToFloat64(step.a.metrics.adds.WithLabelValues("p", "n1", "hit"))
 		metricMisses := testutil.ToFloat64(step.a.metrics.adds.WithLabelValues("p", "n1", "miss"))
 		if hits != step.wantHits || misses != step.wantMiss || metricHits != float64(hits) || metricMisses != float64(misses) {
 			t.Errorf("%s: %d hits %d misses (metric %v/%v), want %d/%d", step.name, hits, misses, metricHits, metricMisses, step.wantHits, step.wantMiss)
 		}
 	}
+
+	// A run first heard of after its first message (lost, or sent before
+	// this leader served) that had served nothing yet: what it serves
+	// next is all counted. The run's counts were remembered as nil, which
+	// read as "a run not heard of" and took its first ADD as counted by
+	// an earlier leader (one hit short on a real node).
+	third, _, _ := memAllocator(t, ctx, "10.0.0.0/29", Config{Epoch: 3})
+	hits, misses := counted(third)
+	send(third, "report", "r4", 2, nil)
+	send(third, "report", "r4", 3, map[string]broker.Served{"p": {Hits: 1}})
+	if h, m := counted(third); h != hits+1 || m != misses {
+		t.Errorf("a run heard of at its second message, before it served, then serving one hit: %d hits %d misses, want %d/%d", h, m, hits+1, misses)
+	}
+}
+
+// counted is the pool's hit and miss counts.
+func counted(a *Allocator) (hits, misses int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ps := a.ledger.pools["p"]
+	return ps.hits, ps.misses
 }

@@ -86,7 +86,11 @@ func TestOperatorCLI(t *testing.T) {
 		for node, u := range agentURLs {
 			full = append(full, "--agent", node+"="+u)
 		}
-		return testenv.RunCLI(t, ctx, bin, full...)
+		out, errOut, code := testenv.RunCLI(t, ctx, bin, full...)
+		if code == inspect.ExitFailed {
+			t.Fatalf("kubectl-warmpool %s failed: %s%s", strings.Join(args, " "), out, errOut)
+		}
+		return out, code
 	}
 
 	created, owner := c.burst(t, ctx, "op", pods, func(i int) *node { return nodes[i%nodesN] })

@@ -290,7 +290,11 @@ func (w *world) apply(yaml string) {
 // warmpool runs kubectl-warmpool as the admin.
 func (w *world) warmpool(args ...string) (string, int) {
 	w.t.Helper()
-	return testenv.RunCLI(w.t, w.ctx, w.cli, append([]string{"--kubeconfig", w.n.ControlPlane().Kubeconfig()}, args...)...)
+	out, errOut, code := testenv.RunCLI(w.t, w.ctx, w.cli, append([]string{"--kubeconfig", w.n.ControlPlane().Kubeconfig()}, args...)...)
+	if code == inspect.ExitFailed {
+		w.t.Fatalf("kubectl warmpool %s failed: %s%s", strings.Join(args, " "), out, errOut)
+	}
+	return out, code
 }
 
 // waitDoctorClean waits until doctor finds nothing (the pools' status

@@ -28,7 +28,6 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"k8s.io/client-go/rest"
 
-	"github.com/warmpool/warmpool/internal/inspect"
 	"github.com/warmpool/warmpool/internal/rig/controlplane"
 	"github.com/warmpool/warmpool/internal/rig/gobuild"
 	"github.com/warmpool/warmpool/internal/rig/netsim"
@@ -152,27 +151,27 @@ func Binary(t testing.TB, name string) string {
 	return filepath.Join(dir, name)
 }
 
-// RunCLI runs kubectl-warmpool (bin) and returns its standard output and
-// exit code: a code it gives a finding is the test's to judge, but one
-// that says it could not run (inspect.ExitFailed) fails the test, with
-// its output.
-func RunCLI(t testing.TB, ctx context.Context, bin string, args ...string) (string, int) {
+// RunCLI runs a command line tool (kubectl-warmpool) for at most a
+// minute and returns its standard output and error and its exit code;
+// what a code means is the caller's to judge. A tool that could not be
+// run fails the test.
+func RunCLI(t testing.TB, ctx context.Context, bin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
 	var exit *exec.ExitError
 	switch {
 	case err == nil:
-		return stdout.String(), 0
-	case errors.As(err, &exit) && exit.ExitCode() != inspect.ExitFailed:
-		return stdout.String(), exit.ExitCode()
+		return out.String(), errOut.String(), 0
+	case errors.As(err, &exit):
+		return out.String(), errOut.String(), exit.ExitCode()
 	}
-	t.Fatalf("kubectl-warmpool %s: %v: %s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
-	return "", 0
+	t.Fatalf("run %s %s: %v", bin, strings.Join(args, " "), err)
+	return "", "", 0
 }
 
 // CNI returns a libcni runtime that execs plugins from paths, with a result
