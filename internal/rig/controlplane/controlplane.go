@@ -192,7 +192,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	if err != nil {
 		return cp, err
 	}
-	if err := waitListening(ctx, etcd, etcdClient, httpCheck(http.DefaultClient, cp.etcdURL+"/health", "")); err != nil {
+	if err := waitListening(ctx, etcd, etcdClient, HTTPCheck(http.DefaultClient, cp.etcdURL+"/health", "")); err != nil {
 		return cp, classify(etcd, err)
 	}
 
@@ -236,7 +236,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	// The serving certificate is self-signed and written at start-up, so the
 	// readiness probe cannot verify it yet; the client config below does.
 	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	if err := waitListening(ctx, api, apiPort, httpCheck(insecure, cp.server+"/readyz", cp.token)); err != nil {
+	if err := waitListening(ctx, api, apiPort, HTTPCheck(insecure, cp.server+"/readyz", cp.token)); err != nil {
 		return cp, classify(api, err)
 	}
 	cp.caFile = filepath.Join(certDir, "apiserver.crt")
@@ -250,7 +250,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	if err != nil {
 		return cp, fmt.Errorf("client for %s: %w", cp.server, err)
 	}
-	if err := httpCheck(verified, cp.server+"/readyz", "")(ctx); err != nil {
+	if err := HTTPCheck(verified, cp.server+"/readyz", "")(ctx); err != nil {
 		return cp, fmt.Errorf("kube-apiserver with the generated kubeconfig: %w", err)
 	}
 
@@ -285,7 +285,7 @@ func start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		if err != nil {
 			return cp, err
 		}
-		if err := waitListening(ctx, p, c.port, httpCheck(insecure, "https://"+hostPort(c.port)+"/healthz", "")); err != nil {
+		if err := waitListening(ctx, p, c.port, HTTPCheck(insecure, "https://"+hostPort(c.port)+"/healthz", "")); err != nil {
 			return cp, classify(p, err)
 		}
 	}
@@ -337,7 +337,9 @@ func classify(p *child.Process, err error) error {
 	return err
 }
 
-func httpCheck(client *http.Client, url, token string) func(context.Context) error {
+// HTTPCheck is a readiness check: a GET of url (with token as a bearer
+// token if not empty) answered 200 OK.
+func HTTPCheck(client *http.Client, url, token string) func(context.Context) error {
 	return func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
@@ -479,7 +481,7 @@ func (cp *ControlPlane) RestartAPIServer(ctx context.Context, down time.Duration
 	if err != nil {
 		return err
 	}
-	if err := waitListening(ctx, p, cp.apiPort, httpCheck(client, cp.server+"/readyz", "")); err != nil {
+	if err := waitListening(ctx, p, cp.apiPort, HTTPCheck(client, cp.server+"/readyz", "")); err != nil {
 		return fmt.Errorf("restart kube-apiserver: %w", err)
 	}
 	return nil

@@ -336,7 +336,7 @@ func (n *Node) startKubeProxy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return p.WaitReady(ctx, httpOK("http://127.0.0.1:"+strconv.Itoa(ports[0])+"/healthz"))
+	return p.WaitReady(ctx, controlplane.HTTPCheck(http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(ports[0])+"/healthz", ""))
 }
 
 func (n *Node) startCoreDNS(ctx context.Context) error {
@@ -356,7 +356,7 @@ func (n *Node) startCoreDNS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return p.WaitReady(ctx, httpOK("http://127.0.0.1:"+strconv.Itoa(ports[0])+"/ready"))
+	return p.WaitReady(ctx, controlplane.HTTPCheck(http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(ports[0])+"/ready", ""))
 }
 
 // removePods deletes the node's workloads before the kubelet stops: the
@@ -421,23 +421,6 @@ func (n *Node) killContainers(shim string) error {
 	return errors.Join(errs...)
 }
 
-func httpOK(url string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %s", url, resp.Status)
-		}
-		return nil
-	}
-}
 
 // ControlPlane is the node's cluster.
 func (n *Node) ControlPlane() *controlplane.ControlPlane { return n.cp }
