@@ -421,7 +421,6 @@ func (n *Node) killContainers(shim string) error {
 	return errors.Join(errs...)
 }
 
-
 // ControlPlane is the node's cluster.
 func (n *Node) ControlPlane() *controlplane.ControlPlane { return n.cp }
 
