@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,7 +55,19 @@ type kubelets struct {
 	log   *slog.Logger
 
 	adds, addFailures, dels, delFailures atomic.Int64
-	wg                                   sync.WaitGroup
+	// timesMu guards addTimes and delTimes, how long each CNI call took,
+	// in the order they ended.
+	timesMu            sync.Mutex
+	addTimes, delTimes []time.Duration
+	wg                 sync.WaitGroup
+}
+
+// timed records how long a CNI call that started at start took.
+func (ks *kubelets) timed(times *[]time.Duration, start time.Time) {
+	d := time.Since(start)
+	ks.timesMu.Lock()
+	*times = append(*times, d)
+	ks.timesMu.Unlock()
 }
 
 // kubelet is one node's share.
@@ -279,6 +292,7 @@ func (k *kubelet) setup(ctx context.Context, pod *corev1.Pod) (*sandbox, error) 
 	}
 	k.ks.adds.Add(1)
 	var res *types100.Result
+	start := time.Now()
 	err := k.cniDo(func() error {
 		r, err := k.ks.cni.AddNetworkList(ctx, net.lists[k.index], rt)
 		if err == nil {
@@ -286,6 +300,7 @@ func (k *kubelet) setup(ctx context.Context, pod *corev1.Pod) (*sandbox, error) 
 		}
 		return err
 	})
+	k.ks.timed(&k.ks.addTimes, start)
 	if err != nil {
 		k.ks.addFailures.Add(1)
 		return nil, errors.Join(fmt.Errorf("ADD %s/%s: %w", pod.Namespace, pod.Name, err), k.teardown(ctx, sb))
@@ -302,7 +317,9 @@ func (k *kubelet) setup(ctx context.Context, pod *corev1.Pod) (*sandbox, error) 
 // teardown runs DEL and removes the namespace.
 func (k *kubelet) teardown(ctx context.Context, sb *sandbox) error {
 	k.ks.dels.Add(1)
+	start := time.Now()
 	err := k.cniDo(func() error { return k.ks.cni.DelNetworkList(ctx, sb.net.lists[k.index], sb.rt) })
+	k.ks.timed(&k.ks.delTimes, start)
 	if err != nil {
 		k.ks.delFailures.Add(1)
 		return fmt.Errorf("DEL %s: %w", sb.rt.ContainerID, err)
@@ -368,9 +385,25 @@ func (k *kubelet) finalise(ctx context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
-// counts are the kubelets' CNI call counters at one moment.
-type counts struct{ adds, addFailures, dels, delFailures int64 }
+// counts are the kubelets' CNI call counters at one moment, and how many
+// calls were timed.
+type counts struct {
+	adds, addFailures, dels, delFailures int64
+	addTimes, delTimes                   int
+}
 
 func (ks *kubelets) counts() counts {
-	return counts{ks.adds.Load(), ks.addFailures.Load(), ks.dels.Load(), ks.delFailures.Load()}
+	ks.timesMu.Lock()
+	defer ks.timesMu.Unlock()
+	return counts{ks.adds.Load(), ks.addFailures.Load(), ks.dels.Load(), ks.delFailures.Load(), len(ks.addTimes), len(ks.delTimes)}
+}
+
+// timesSince returns the percentiles of the ADDs' and DELs' times since c
+// was taken.
+func (ks *kubelets) timesSince(c counts) (adds, dels *Percentiles) {
+	ks.timesMu.Lock()
+	a := slices.Clone(ks.addTimes[c.addTimes:])
+	d := slices.Clone(ks.delTimes[c.delTimes:])
+	ks.timesMu.Unlock()
+	return percentiles(a), percentiles(d)
 }

@@ -98,6 +98,12 @@ type PhaseSummary struct {
 	BusMessagesPerPod float64
 	// ADDFailures and DELFailures are summed over the runs.
 	ADDFailures, DELFailures int
+	// ADDTime and DELTime hold the median of each percentile of the CNI
+	// calls' times over the runs that timed them; nil when none did.
+	ADDTime, DELTime *Percentiles
+	// CPU holds the median of each figure over the runs that measured
+	// it; nil when none did.
+	CPU *CPU
 }
 
 // HitRate is the share of ADDs served from warm caches, over all the runs;
@@ -219,11 +225,12 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 		run int
 	}
 	var (
-		durations               []timed
-		p50, p90, p99, pmax     []time.Duration
-		writesPerPod, busPerPod []float64
-		otherPerSecond          []float64
-		leasePerPod             = map[string][]float64{}
+		durations                []timed
+		ttrs, addTimes, delTimes []*Percentiles
+		cpus                     []*CPU
+		writesPerPod, busPerPod  []float64
+		otherPerSecond           []float64
+		leasePerPod              = map[string][]float64{}
 	)
 	for i, run := range r.Runs {
 		if run.Shape != shape || run.IPAM != ipam {
@@ -238,8 +245,17 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 			ps.ByRun = map[int]time.Duration{}
 		}
 		ps.ByRun[run.Index] = ph.Duration
-		if t := ph.TimeToRunning; t != nil {
-			p50, p90, p99, pmax = append(p50, t.P50), append(p90, t.P90), append(p99, t.P99), append(pmax, t.Max)
+		if ph.TimeToRunning != nil {
+			ttrs = append(ttrs, ph.TimeToRunning)
+		}
+		if ph.ADDTime != nil {
+			addTimes = append(addTimes, ph.ADDTime)
+		}
+		if ph.DELTime != nil {
+			delTimes = append(delTimes, ph.DELTime)
+		}
+		if ph.CPU != nil {
+			cpus = append(cpus, ph.CPU)
 		}
 		ps.Hits += ph.Hits
 		ps.Misses += ph.Misses
@@ -277,14 +293,8 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 	ps.MedianRun = durations[(len(durations)-1)/2].run
 	median, _ := phaseNamed(r.Runs[ps.MedianRun], phase)
 	ps.Pods = median.Pods
-	if len(p50) > 0 {
-		ps.TimeToRunning = &Percentiles{
-			P50: medianOfDurations(p50),
-			P90: medianOfDurations(p90),
-			P99: medianOfDurations(p99),
-			Max: medianOfDurations(pmax),
-		}
-	}
+	ps.TimeToRunning, ps.ADDTime, ps.DELTime = medianPercentiles(ttrs), medianPercentiles(addTimes), medianPercentiles(delTimes)
+	ps.CPU = medianCPU(cpus)
 	ps.APIWriteRuns = len(writesPerPod)
 	ps.APIWritesPerPod = medianOfFloats(writesPerPod)
 	if len(writesPerPod) > 0 {
@@ -297,6 +307,38 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 	}
 	ps.BusMessagesPerPod = medianOfFloats(busPerPod)
 	return ps, true
+}
+
+// medianPercentiles is the median of each percentile; nil for none.
+func medianPercentiles(ps []*Percentiles) *Percentiles {
+	if len(ps) == 0 {
+		return nil
+	}
+	var p50, p90, p99, pmax []time.Duration
+	for _, p := range ps {
+		p50, p90, p99, pmax = append(p50, p.P50), append(p90, p.P90), append(p99, p.P99), append(pmax, p.Max)
+	}
+	return &Percentiles{P50: medianOfDurations(p50), P90: medianOfDurations(p90), P99: medianOfDurations(p99), Max: medianOfDurations(pmax)}
+}
+
+// medianCPU is the median of each figure; nil for none.
+func medianCPU(cs []*CPU) *CPU {
+	if len(cs) == 0 {
+		return nil
+	}
+	var busy, iowait []float64
+	by := map[string][]float64{}
+	for _, c := range cs {
+		busy, iowait = append(busy, c.Busy), append(iowait, c.IOWait)
+		for g, v := range c.By {
+			by[g] = append(by[g], v)
+		}
+	}
+	out := &CPU{Busy: medianOfFloats(busy), IOWait: medianOfFloats(iowait), By: map[string]float64{}}
+	for g, vs := range by {
+		out.By[g] = medianOfFloats(vs)
+	}
+	return out
 }
 
 // phaseNamed returns the run's phase called name; false when the run has
@@ -498,6 +540,19 @@ func formatDuration(d time.Duration) string {
 
 // formatHitRate truncates rather than rounds, so that a rate just under
 // the 99 % target never reads as 99.0 %.
+// formatMillis is a duration in milliseconds, as the CNI calls' times
+// read best.
+func formatMillis(d time.Duration) string { return fmt.Sprintf("%.0fms", d.Seconds()*1000) }
+
+// formatCPUShare is busy CPU-seconds as a share of what the CPUs could
+// give over the phase ("-" when either is unknown).
+func formatCPUShare(busy float64, d time.Duration, cpus int) string {
+	if d <= 0 || cpus <= 0 {
+		return fmt.Sprintf("%.0f CPU-s", busy)
+	}
+	return fmt.Sprintf("%.0f %%", 100*busy/(d.Seconds()*float64(cpus)))
+}
+
 func formatHitRate(rate float64) string {
 	return fmt.Sprintf("%.1f %%", math.Floor(rate*1000)/10)
 }
@@ -677,6 +732,42 @@ func WriteTable(w io.Writer, r *Result) error {
 	}
 	if len(rows) > 1 {
 		b.WriteString("warmpool's API writes per pod, by cause (medians over runs of each column: the allocator's NodeLease writes by cause, and the other writes: the election Lease's renewals and the pools' status, which come with time, not pods: also per second of the phase):\n\n")
+		table(rows)
+	}
+
+	rows = [][]string{append([]string{"IPAM", "shape", "phase", "ADD p50", "ADD p99", "DEL p50", "DEL p99", "busy", "iowait"}, CPUGroups...)}
+	for _, shape := range s.Shapes {
+		for _, phase := range s.Phases {
+			for _, ipam := range s.IPAMs {
+				ps, ok := s.Phase(shape, ipam, phase)
+				if !ok || ps.ADDTime == nil && ps.DELTime == nil && ps.CPU == nil {
+					continue
+				}
+				row := []string{ipam, shape.String(), phase}
+				for _, t := range []*Percentiles{ps.ADDTime, ps.DELTime} {
+					if t == nil {
+						row = append(row, "-", "-")
+						continue
+					}
+					row = append(row, formatMillis(t.P50), formatMillis(t.P99))
+				}
+				if c := ps.CPU; c != nil {
+					row = append(row, formatCPUShare(c.Busy, ps.Median, s.Settings.CPUs), fmt.Sprintf("%.0f", c.IOWait))
+					for _, g := range CPUGroups {
+						row = append(row, fmt.Sprintf("%.0f", c.By[g]))
+					}
+				} else {
+					row = append(row, "-", "-")
+					for range CPUGroups {
+						row = append(row, "-")
+					}
+				}
+				rows = append(rows, row)
+			}
+		}
+	}
+	if len(rows) > 1 {
+		b.WriteString("Where the time goes (medians over runs): each CNI call's time from exec to result (the chain: macvlan and the IPAM); the CPU the machine spent, as its share of the phase's CPU capacity (busy) and in CPU-seconds: waiting for I/O, and by who spent it (the allocator and agents run, and watch, in every IPAM's runs; execs are the CNI plugins; other is the kernel's threads and the rest):\n\n")
 		table(rows)
 	}
 

@@ -146,6 +146,13 @@ type Phase struct {
 	// BusMessages is the number of messages published on the bus
 	// (warmpool only).
 	BusMessages int `json:"busMessages"`
+	// ADDTime and DELTime hold percentiles of the simulated kubelets' CNI
+	// calls in the phase, each timed from exec to result (the chain:
+	// macvlan and the IPAM under test), failed ones included.
+	ADDTime *Percentiles `json:"addTime,omitempty"`
+	DELTime *Percentiles `json:"delTime,omitempty"`
+	// CPU is where the machine's CPU time went during the phase.
+	CPU *CPU `json:"cpu,omitempty"`
 	// Error is set when the phase failed: it timed out, or what it handed
 	// out failed a check. Its figures are kept for a look, and left out
 	// of every median and target.
@@ -156,6 +163,16 @@ type Phase struct {
 type Point struct {
 	At    time.Duration `json:"at"`
 	Count int           `json:"count"`
+}
+
+// CPU is the CPU time a phase spent, in seconds summed over the CPUs.
+type CPU struct {
+	// Busy is the machine's time not idle nor waiting for I/O; IOWait is
+	// the time idle with I/O outstanding.
+	Busy   float64 `json:"busy"`
+	IOWait float64 `json:"iowait"`
+	// By divides Busy by the process that spent it: the CPUGroups.
+	By map[string]float64 `json:"by"`
 }
 
 // Percentiles of a set of durations.

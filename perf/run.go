@@ -127,6 +127,7 @@ func (b *bench) phase(ctx context.Context, run *Run, ns, name string, act func(c
 		return nil, err
 	}
 	kc := b.kubelets.counts()
+	cpu0, cpuErr := sampleCPU()
 	target := b.opts.Pods
 	if name == PhaseDelete {
 		target = 0
@@ -142,6 +143,10 @@ func (b *bench) phase(ctx context.Context, run *Run, ns, name string, act func(c
 	}
 	ph := b.tracker.finish(w)
 	ph.Pods = b.opts.Pods // a delete waits for 0 left, of this many
+	if cpu1, err := sampleCPU(); err == nil && cpuErr == nil {
+		ph.CPU = cpu1.since(cpu0)
+	}
+	ph.ADDTime, ph.DELTime = b.kubelets.timesSince(kc)
 	bar.finish(ph.Duration, err == nil)
 	if err != nil {
 		return &ph, err
