@@ -100,18 +100,17 @@ type Config struct {
 // The failpoints: each names the step after which a crash is the hardest
 // to recover from.
 const (
-	FailpointAddBeforePersist   = "add-before-persist"    // a unit popped, nothing recorded
-	FailpointAddAfterPersist    = "add-after-persist"     // assignment committed, ADD not answered
-	FailpointDelBeforePersist   = "del-before-persist"    // DEL received, release not recorded
-	FailpointDelAfterPersist    = "del-after-persist"     // release committed, DEL not answered, not reported
-	FailpointRecycle            = "recycle-after-persist" // units re-warmed on disk, not in memory
-	FailpointGrantAfterPersist  = "grant-after-persist"   // grant recorded, not acknowledged
-	FailpointRevokeAfterPersist = "revoke-after-persist"  // units dropped, the allocator not told
+	FailpointAddBeforePersist   = "add-before-persist"   // a unit popped, nothing recorded
+	FailpointAddAfterPersist    = "add-after-persist"    // assignment committed, ADD not answered
+	FailpointDelBeforePersist   = "del-before-persist"   // DEL received, release not recorded
+	FailpointDelAfterPersist    = "del-after-persist"    // release committed, DEL not answered, not reported
+	FailpointGrantAfterPersist  = "grant-after-persist"  // grant recorded, not acknowledged
+	FailpointRevokeAfterPersist = "revoke-after-persist" // units dropped, the allocator not told
 )
 
 // Failpoints lists every failpoint.
 var Failpoints = []string{FailpointAddBeforePersist, FailpointAddAfterPersist, FailpointDelBeforePersist,
-	FailpointDelAfterPersist, FailpointRecycle, FailpointGrantAfterPersist, FailpointRevokeAfterPersist}
+	FailpointDelAfterPersist, FailpointGrantAfterPersist, FailpointRevokeAfterPersist}
 
 func (a *Agent) failpoint(name string) {
 	if a.cfg.Failpoint != nil {
@@ -132,8 +131,6 @@ type Agent struct {
 	// from the allocator (Grant, Revoke, Reconcile), each across its store
 	// write and its memory update, so memory and bbolt never diverge.
 	recordMu sync.Mutex
-	// recycleMu serialises Recycle.
-	recycleMu sync.Mutex
 
 	mu          sync.Mutex
 	pools       map[string]store.Pool
@@ -551,48 +548,25 @@ func (a *Agent) status(req *wire.Request) *wire.Error {
 	return nil
 }
 
-// Recycle re-warms the units whose reuse delay has passed at now, persisted
-// first. The agent's loop calls it; tests call it with a moved clock.
-func (a *Agent) Recycle(now time.Time) error {
-	// ADDs waiting for cooling units call it too: one at a time, or a
-	// list of due units taken before another call re-warmed, assigned and
-	// released one would re-warm it before its new delay.
-	a.recycleMu.Lock()
-	defer a.recycleMu.Unlock()
-	a.mu.Lock()
-	var due []store.Key
-	for k, u := range a.units {
-		if u.State == store.Cooling && !now.Before(u.Since.Add(a.cfg.ReuseDelay)) {
-			due = append(due, k)
-		}
-	}
-	a.mu.Unlock()
-	if len(due) == 0 {
-		return nil
-	}
-	if err := a.store.Rewarm(due); err != nil {
-		return fmt.Errorf("recycle %d units: %w", len(due), err)
-	}
-	a.failpoint(FailpointRecycle)
+// Recycle warms the units whose reuse delay is over at now. It writes
+// nothing: the record keeps a cooling unit's release time, and whether its
+// delay is over is the clock's to say, again after a restart. The agent's
+// loop calls it; tests call it with a moved clock.
+func (a *Agent) Recycle(now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, k := range due {
-		if u, ok := a.units[k]; ok && u.State == store.Cooling {
+	for k, u := range a.units {
+		if u.State == store.Cooling && !now.Before(u.Since.Add(a.cfg.ReuseDelay)) {
 			u.State, u.Since = store.Warm, time.Time{}
 			a.units[k] = u
 			a.warm[k.Pool] = append(a.warm[k.Pool], k)
 		}
 	}
-	return nil
 }
 
 // RunRecycler calls Recycle every interval until ctx ends.
 func (a *Agent) RunRecycler(ctx context.Context, interval time.Duration) {
-	every(ctx, interval, func() {
-		if err := a.Recycle(a.cfg.Now()); err != nil {
-			a.log.Error("recycle", "err", err)
-		}
-	})
+	every(ctx, interval, func() { a.Recycle(a.cfg.Now()) })
 }
 
 // every calls f every interval until ctx ends.

@@ -159,9 +159,7 @@ func TestReleasedUnitCoolsBeforeReuse(t *testing.T) {
 		t.Fatalf("ADD with the only unit cooling and promised: %+v", resp)
 	}
 	f.clock.Advance(DefaultReuseDelay - time.Millisecond)
-	if err := f.agent.Recycle(f.clock.Now()); err != nil {
-		t.Fatal(err)
-	}
+	f.agent.Recycle(f.clock.Now())
 	if f.agent.WarmCount("dual") != 0 {
 		t.Fatal("re-warmed before the reuse delay")
 	}
@@ -199,12 +197,42 @@ func TestRestartKeepsEverything(t *testing.T) {
 		t.Fatalf("warm after restart = %d, want 1 (one assigned, one cooling)", n)
 	}
 	f.clock.Advance(DefaultReuseDelay)
-	if err := f.agent.Recycle(f.clock.Now()); err != nil {
-		t.Fatal(err)
-	}
+	f.agent.Recycle(f.clock.Now())
 	if n := f.agent.WarmCount("dual"); n != 2 {
 		t.Fatalf("warm after the cooling unit recycled = %d, want 2", n)
 	}
+}
+
+// A unit whose reuse delay is over is warm by the clock, not by a write:
+// after a restart its record still says cooling, since the DEL, and the
+// agent serves it at once.
+func TestRewarmingWritesNothing(t *testing.T) {
+	f := newFixture(t, 2)
+	mustAdd(t, f, "c1")
+	if resp := f.do(t, req(wire.OpDel, "c1")); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	f.clock.Advance(DefaultReuseDelay)
+	f.agent.Recycle(f.clock.Now())
+	if n := f.agent.WarmCount("dual"); n != 2 {
+		t.Fatalf("warm after the reuse delay = %d, want 2", n)
+	}
+	snap, err := f.agent.store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cooling := 0
+	for _, u := range snap.Units {
+		if u.State == store.Cooling {
+			cooling++
+		}
+	}
+	if cooling != 1 {
+		t.Fatalf("%d units cooling in the record, want 1: re-warming is not written", cooling)
+	}
+	f.reopen(t)
+	mustAdd(t, f, "c2")
+	mustAdd(t, f, "c3") // the unit released by c1, its delay over before the restart
 }
 
 func TestGCFreesWhatIsNotValid(t *testing.T) {
@@ -324,9 +352,7 @@ func TestAddDelRaceEndsConsistent(t *testing.T) {
 		// Clean up for the next round and let the unit cool down.
 		f.do(t, req(wire.OpDel, ctr))
 		f.clock.Advance(DefaultReuseDelay)
-		if err := f.agent.Recycle(f.clock.Now()); err != nil {
-			t.Fatal(err)
-		}
+		f.agent.Recycle(f.clock.Now())
 	}
 }
 

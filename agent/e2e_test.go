@@ -239,9 +239,7 @@ func TestGCAndStatus(t *testing.T) {
 	if got := n.agent.WarmCount("dual"); got != 0 {
 		t.Fatalf("warm right after GC = %d, want 0 (released units cool first)", got)
 	}
-	if err := n.agent.Recycle(time.Now().Add(agent.DefaultReuseDelay)); err != nil {
-		t.Fatal(err)
-	}
+	n.agent.Recycle(time.Now().Add(agent.DefaultReuseDelay))
 	if got := n.agent.WarmCount("dual"); got != 2 {
 		t.Fatalf("warm after GC and cooling = %d, want 2 (c1 and c3 freed, c2 kept)", got)
 	}

@@ -120,11 +120,7 @@ func (a *Agent) awaitCooling(ctx context.Context, pool string) (store.Unit, bool
 			ok = false // the cache was disabled meanwhile: so is this unit
 		}
 		if ok {
-			if err := a.Recycle(a.cfg.Now()); err != nil {
-				// The unit stays cooling: waiting again would spin.
-				a.log.Error("recycle", "err", err)
-				ok = false
-			}
+			a.Recycle(a.cfg.Now())
 		}
 		a.mu.Lock()
 		a.coolWaiters[pool]--

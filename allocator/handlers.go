@@ -17,6 +17,9 @@ func (a *Allocator) handleMiss(ctx context.Context, m broker.Msg) any {
 		reply.Error = err.Error()
 		return reply
 	}
+	if refused := a.refuseSender(m.Subject, req.Node); refused != nil {
+		return refused
+	}
 	a.mu.Lock()
 	a.heardFromLocked(req.Node)
 	a.mu.Unlock()
@@ -47,6 +50,9 @@ func (a *Allocator) handleReport(ctx context.Context, m broker.Msg) any {
 	if err := broker.Decode(m.Data, &r); err != nil {
 		reply.Error = err.Error()
 		return reply
+	}
+	if refused := a.refuseSender(m.Subject, r.Node); refused != nil {
+		return refused
 	}
 	reply.Seq = r.Seq
 	unlock, fresh := a.inOrder(r.Node, r.Run, r.Seq, r.Served, r.Units)
@@ -116,6 +122,9 @@ func (a *Allocator) handleSync(ctx context.Context, m broker.Msg) any {
 	if err := broker.Decode(m.Data, &req); err != nil {
 		reply.Error = err.Error()
 		return reply
+	}
+	if refused := a.refuseSender(m.Subject, req.Node); refused != nil {
+		return refused
 	}
 	unlock, fresh := a.inOrder(req.Node, req.Run, req.Seq, req.Served, req.Units)
 	// Under the order lock: a lost node's return (which takes it) is

@@ -21,7 +21,7 @@ import (
 // syncListing is what a sync of node's agent is told it holds of pool p.
 func syncListing(t *testing.T, ctx context.Context, a *Allocator, node string, seq uint64) []string {
 	t.Helper()
-	reply := a.handleSync(ctx, broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: node, Run: "r", Seq: seq})}).(*broker.SyncReply)
+	reply := a.handleSync(ctx, broker.Msg{Subject: broker.SubjectSyncFrom(node), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: node, Run: "r", Seq: seq})}).(*broker.SyncReply)
 	if reply.Error != "" {
 		t.Fatal(reply.Error)
 	}

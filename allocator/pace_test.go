@@ -94,7 +94,7 @@ func TestReportsRaiseTheHeadroom(t *testing.T) {
 	}
 	for seq := uint64(1); seq <= 20; seq++ {
 		clk.Step(time.Second)
-		m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: seq,
+		m := broker.Msg{Subject: broker.SubjectReportFrom("n1"), Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: seq,
 			Served: map[string]broker.Served{"p": {Hits: int64(2 * seq)}}})}
 		if r := a.handleReport(ctx, m).(*broker.ReportReply); r.Error != "" {
 			t.Fatal(r.Error)

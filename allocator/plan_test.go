@@ -1,12 +1,14 @@
 package allocator
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
@@ -309,5 +311,50 @@ func TestLost(t *testing.T) {
 	a.mu.Unlock()
 	if a.lost("deleted-long-ago", now) {
 		t.Error("a node whose agent just talked is lost")
+	}
+}
+
+// TestKicksWithinTheRoundGapCoalesce: a burst of kicks (a pod bound, a
+// report, each kicks) costs a round per RoundGap, not one per kick.
+func TestKicksWithinTheRoundGapCoalesce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	clk := clocktesting.NewFakeClock(time.Unix(1000, 0))
+	a, _, _ := memAllocator(t, ctx, "10.0.0.0/24", Config{Epoch: 1, Clock: clk, RoundGap: time.Second, PlanInterval: time.Hour})
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop()
+	rounds := func() uint64 {
+		m := &dto.Metric{}
+		if err := a.metrics.roundTime.Write(m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetHistogram().GetSampleCount()
+	}
+	waitRounds := func(want uint64) {
+		t.Helper()
+		for rounds() < want {
+			if ctx.Err() != nil {
+				t.Fatalf("%d rounds, want %d", rounds(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitRounds(1) // Start's own kick
+	for range 50 {
+		a.kick()
+		time.Sleep(100 * time.Microsecond)
+	}
+	// The planner waits out the gap on the fake clock: no round yet.
+	time.Sleep(50 * time.Millisecond)
+	if n := rounds(); n != 1 {
+		t.Fatalf("%d rounds before the gap was over, want 1", n)
+	}
+	clk.Step(time.Second)
+	waitRounds(2)
+	time.Sleep(50 * time.Millisecond)
+	if n := rounds(); n != 2 {
+		t.Fatalf("50 kicks within the gap: %d rounds, want 2", n)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -29,13 +28,15 @@ func (a *Allocator) kick() {
 
 // runPlanner plans on every kick, every PlanInterval, and again soon after
 // a round that could not do all it planned (an agent busy with those
-// units, a write that failed), backing off up to PlanInterval.
+// units, a write that failed), backing off up to PlanInterval; never two
+// rounds' starts closer than RoundGap.
 func (a *Allocator) runPlanner(ctx context.Context) {
 	defer a.wg.Done()
 	resync := a.cfg.Clock.NewTicker(a.cfg.PlanInterval)
 	defer resync.Stop()
 	var retry <-chan time.Time
 	backoff := a.cfg.RetryInterval
+	var start time.Time // of the last round
 	for {
 		select {
 		case <-ctx.Done():
@@ -44,7 +45,14 @@ func (a *Allocator) runPlanner(ctx context.Context) {
 		case <-resync.C():
 		case <-retry:
 		}
-		start := a.cfg.Clock.Now()
+		if wait := a.cfg.RoundGap - a.cfg.Clock.Since(start); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-a.cfg.Clock.After(wait):
+			}
+		}
+		start = a.cfg.Clock.Now()
 		complete := a.round(ctx)
 		a.metrics.roundTime.Observe(a.cfg.Clock.Since(start).Seconds())
 		if complete {
@@ -105,21 +113,23 @@ func (a *Allocator) demand() map[string]poolDemand {
 	a.mu.Lock()
 	out := make(map[string]poolDemand, len(a.ledger.pools))
 	pools := make([]*v1alpha1.IPPool, 0, len(a.ledger.pools))
-	addressed := map[string]map[string]bool{} // pool -> addressedKey of the pods with an address
+	// The agents' reported pods with an address, by pool and node: a pod
+	// has its address on its own node. The sets are the reports' own,
+	// never changed once made, so they are read after the lock is let go.
+	addressed := map[poolNode]map[string]bool{}
 	warm, recent := map[poolNode]int{}, map[poolNode]int{}
 	candidates := map[string]map[string]bool{} // pool -> nodes to plan for
 	for name, ps := range a.ledger.pools {
 		pools = append(pools, &v1alpha1.IPPool{Spec: ps.spec})
 		pools[len(pools)-1].Name = name
 		out[name] = poolDemand{knobs: ps.spec.Warm.Resolved(), free: ps.freeLocked()}
-		addressed[name] = map[string]bool{}
 		candidates[name] = make(map[string]bool, len(ps.leases))
 		for node := range ps.leases {
 			candidates[name][node] = true
 			warm[poolNode{name, node}] = a.warmLocked(ps, node)
 			recent[poolNode{name, node}] = a.recentLocked(name, node, now)
 			if st := a.agents[node][name]; st != nil {
-				maps.Copy(addressed[name], st.pods)
+				addressed[poolNode{name, node}] = st.pods
 			}
 		}
 	}
@@ -151,14 +161,18 @@ func (a *Allocator) demand() map[string]poolDemand {
 			}
 		}
 		choice, err := selectors.Select(p.annotations, p.labels, ns.Annotations, ns.Labels, nodeLabels, p.namespace)
-		if err != nil || addressed[choice.Name] == nil || addressed[choice.Name][string(p.uid)] || addressed[choice.Name][addressedKey(p.namespace, p.name, "")] {
+		if err != nil || candidates[choice.Name] == nil {
 			continue
 		}
 		if p.node == "" {
 			unbound[choice.Name]++
-		} else {
-			bound[poolNode{choice.Name, p.node}]++
+			continue
 		}
+		k := poolNode{choice.Name, p.node}
+		if has := addressed[k]; has[string(p.uid)] || has[addressedKey(p.namespace, p.name, "")] {
+			continue
+		}
+		bound[k]++
 	}
 
 	pending := map[string]int{}

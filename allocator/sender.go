@@ -1,7 +1,6 @@
 package allocator
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -24,29 +23,25 @@ func subjectNode(subject string) string {
 	return strings.ReplaceAll(token, "_", ".")
 }
 
-// checkSender refuses an agent's request whose body names another node
-// than its subject, "warmpool.v1.agent.<node>.<kind>". A server that
-// limits each agent's credential to its own node's subjects
-// (broker.AgentPermissions) then stops an agent from speaking for another
-// node: it can only publish on its own subject, and here the body must
-// agree with it. A body that does not decode is left to the handler, which
-// answers the decoding error.
-func (a *Allocator) checkSender(m broker.Msg) error {
-	token, ok := broker.SubjectNodeToken(m.Subject)
-	if !ok {
-		a.log.Warn("request refused: not an agent's subject", "subject", m.Subject)
-		return fmt.Errorf("subject %q is not an agent's", m.Subject)
-	}
-	var head struct {
-		V    int    `json:"v"`
-		Node string `json:"node"`
-	}
-	if err := json.Unmarshal(m.Data, &head); err != nil || head.V != broker.ProtocolVersion {
+// refuseSender refuses an agent's request whose body names another node
+// than its subject, "warmpool.v1.agent.<node>.<kind>": nil when they
+// agree. A server that limits each agent's credential to its own node's
+// subjects (broker.AgentPermissions) then stops an agent from speaking for
+// another node: it can only publish on its own subject, and here the body
+// must agree with it. The handlers ask once they decoded the body.
+func (a *Allocator) refuseSender(subject, node string) *refusal {
+	token, ok := broker.SubjectNodeToken(subject)
+	var err error
+	switch {
+	case !ok:
+		a.log.Warn("request refused: not an agent's subject", "subject", subject)
+		err = fmt.Errorf("subject %q is not an agent's", subject)
+	case broker.NodeToken(node) != token:
+		a.log.Warn("request refused: its body names another node than its subject", "subject", subject, "node", subjectNode(subject), "body_node", node)
+		err = fmt.Errorf("request on %s names node %q: an agent may speak only for the node of its subject", subject, node)
+	default:
 		return nil
 	}
-	if broker.NodeToken(head.Node) != token {
-		a.log.Warn("request refused: its body names another node than its subject", "subject", m.Subject, "node", subjectNode(m.Subject), "body_node", head.Node)
-		return fmt.Errorf("request on %s names node %q: an agent may speak only for the node of its subject", m.Subject, head.Node)
-	}
-	return nil
+	a.metrics.refused.WithLabelValues(subject[strings.LastIndex(subject, ".")+1:]).Inc()
+	return &refusal{V: broker.ProtocolVersion, Epoch: a.cfg.Epoch, Error: err.Error()}
 }

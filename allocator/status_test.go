@@ -25,10 +25,10 @@ func TestServedIsCountedOnce(t *testing.T) {
 		t.Helper()
 		var errText string
 		if kind == "sync" {
-			m := broker.Msg{Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n1", Run: run, Seq: seq, Served: served})}
+			m := broker.Msg{Subject: broker.SubjectSyncFrom("n1"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "n1", Run: run, Seq: seq, Served: served})}
 			errText = a.handleSync(ctx, m).(*broker.SyncReply).Error
 		} else {
-			m := broker.Msg{Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: run, Seq: seq, Served: served})}
+			m := broker.Msg{Subject: broker.SubjectReportFrom("n1"), Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: run, Seq: seq, Served: served})}
 			errText = a.handleReport(ctx, m).(*broker.ReportReply).Error
 		}
 		if errText != "" && errText != "stale sync: a newer report or sync of this agent was applied" {

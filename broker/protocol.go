@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 )
 
@@ -296,21 +297,40 @@ func Encode(msg any) []byte {
 	return b
 }
 
-// Decode unmarshals a message and checks its version.
+// Decode unmarshals a message and checks its version. The body is parsed
+// once (a report lists every unit of its node); only a body that does not
+// decode is parsed again, for its version alone, so that an agent of
+// another version is told so rather than given a decoding error.
 func Decode(data []byte, msg any) error {
-	var head struct {
-		V int `json:"v"`
-	}
-	if err := json.Unmarshal(data, &head); err != nil {
-		return fmt.Errorf("decode %T: %w", msg, err)
-	}
-	if head.V != ProtocolVersion {
-		return fmt.Errorf("decode %T: %w: got v%d, want v%d", msg, ErrVersion, head.V, ProtocolVersion)
-	}
 	if err := json.Unmarshal(data, msg); err != nil {
+		var head struct {
+			V int `json:"v"`
+		}
+		if json.Unmarshal(data, &head) == nil && head.V != ProtocolVersion {
+			return fmt.Errorf("decode %T: %w: got v%d, want v%d", msg, ErrVersion, head.V, ProtocolVersion)
+		}
 		return fmt.Errorf("decode %T: %w", msg, err)
+	}
+	if v := versionOf(msg); v != ProtocolVersion {
+		return fmt.Errorf("decode %T: %w: got v%d, want v%d", msg, ErrVersion, v, ProtocolVersion)
 	}
 	return nil
+}
+
+// versionOf reads the V field every message has.
+func versionOf(msg any) int {
+	v := reflect.ValueOf(msg)
+	for v.Kind() == reflect.Pointer {
+		v = v.Elem()
+	}
+	if v.Kind() != reflect.Struct {
+		return 0
+	}
+	f := v.FieldByName("V")
+	if !f.IsValid() || !f.CanInt() {
+		return 0
+	}
+	return int(f.Int())
 }
 
 // SplitAttachment splits an event's or an assignment's attachment,

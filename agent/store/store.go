@@ -6,7 +6,7 @@
 // acknowledge) and rebuilds its cache from here on restart.
 //
 // A Store is safe for concurrent use: bbolt serialises writers, and
-// concurrent Assign, Release and Rewarm calls are coalesced into one commit
+// concurrent Assign and Release calls are coalesced into one commit
 // (one fsync) by a group committer that never waits for company.
 package store
 
@@ -36,8 +36,10 @@ const (
 	Warm State = "warm"
 	// Assigned: given to the pod of Unit.Attachment.
 	Assigned State = "assigned"
-	// Cooling: released by a DEL, waiting out the reuse delay before it is
-	// warm again (neighbours' ARP/ND caches may still point at the old pod).
+	// Cooling: released by a DEL at Since, waiting out the reuse delay
+	// (neighbours' ARP/ND caches may still point at the old pod). The
+	// agent's clock, not a write, makes it warm again: the record of a
+	// unit released by a DEL stays cooling until it is assigned again.
 	Cooling State = "cooling"
 )
 
@@ -117,8 +119,8 @@ type Snapshot struct {
 
 // Errors callers act on.
 var (
-	// ErrUnitNotWarm: Assign was asked for a unit that is not warm on this
-	// node (unknown, assigned or cooling).
+	// ErrUnitNotWarm: Assign was asked for a unit that is not free on
+	// this node (unknown or assigned).
 	ErrUnitNotWarm = errors.New("unit is not warm on this node")
 	// ErrAttachmentTaken: Assign was asked for an attachment that already
 	// holds a unit.
@@ -139,7 +141,7 @@ var (
 // Store is the agent's bbolt file.
 type Store struct {
 	db     *bolt.DB
-	commit committer // Assign, Release and Rewarm, the per-pod writes
+	commit committer // Assign and Release, the per-pod writes
 }
 
 // Options tune the store. The zero value is what production uses.
@@ -303,7 +305,8 @@ func (s *Store) Grant(units []Unit) error {
 	})
 }
 
-// Assign records a as made: its unit goes from warm to assigned and the
+// Assign records a as made: its unit goes from warm (or cooling: whether
+// its reuse delay is over is the agent's to judge) to assigned and the
 // assignment is stored, in one transaction. It fails with ErrUnitNotWarm or
 // ErrAttachmentTaken and writes nothing if either record disagrees.
 func (s *Store) Assign(a Assignment) error {
@@ -317,7 +320,7 @@ func (s *Store) Assign(a Assignment) error {
 		if err != nil {
 			return err
 		}
-		if !ok || u.State != Warm {
+		if !ok || u.State == Assigned {
 			return ErrUnitNotWarm
 		}
 		u.State, u.Attachment, u.Since = Assigned, a.Attachment, time.Time{}
@@ -369,28 +372,6 @@ func (s *Store) Release(attachment string, now time.Time) (Assignment, bool, err
 		return Assignment{}, false, fmt.Errorf("release %s: %w", attachment, err)
 	}
 	return a, found, nil
-}
-
-// Rewarm moves cooling units to warm. Units in another state are left alone.
-func (s *Store) Rewarm(keys []Key) error {
-	return s.commit.do(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketUnits)
-		for _, key := range keys {
-			k := unitKey(key)
-			u, ok, err := getUnit(b, k)
-			if err != nil {
-				return err
-			}
-			if !ok || u.State != Cooling {
-				continue
-			}
-			u.State, u.Since = Warm, time.Time{}
-			if err := putJSON(b, k, u); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
 }
 
 // Drop removes units the node gives up (revoked, or not in the
