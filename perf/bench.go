@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/invoke"
-	"github.com/containernetworking/cni/pkg/version"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -397,8 +395,7 @@ func (b *bench) startKubelets(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: io.Discard}, PluginDecoder: version.PluginDecoder{}}
-	cni := libcni.NewCNIConfigWithCacheDir([]string{cniDir, b.bins}, filepath.Join(b.dir, "cni-cache"), exec)
+	cni := libcni.NewCNIConfigWithCacheDir([]string{cniDir, b.bins}, filepath.Join(b.dir, "cni-cache"), newMeteredExec())
 	if b.kubelets, err = newKubelets(b.kube, cni, informer, b.nodes, b.hosts, !b.opts.NoNetNS, b.opts.DAD, b.opts.Log.With("component", "kubelet")); err != nil {
 		return err
 	}

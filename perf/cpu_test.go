@@ -1,8 +1,17 @@
 package perf
 
 import (
+	"context"
+	"errors"
 	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
 )
 
 func TestParseProcStat(t *testing.T) {
@@ -81,5 +90,39 @@ func TestCPUGroupOf(t *testing.T) {
 		if got := cpuGroupOf(c.comm, func() string { return c.arg1 }); got != c.want {
 			t.Errorf("%s %s: %q, want %q", c.comm, c.arg1, got, c.want)
 		}
+	}
+}
+
+// TestMeteredExecCountsThePluginsCPU: the exec counts what the plugin
+// process and its children spent, and reports a failure as libcni's
+// RawExec does.
+func TestMeteredExecCountsThePluginsCPU(t *testing.T) {
+	dir := t.TempDir()
+	plugin := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	e := newMeteredExec()
+	var n atomic.Int64
+	ctx := withExecCPU(context.Background(), &n)
+	busy := plugin("busy", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; echo '{\"ok\":1}'\n")
+	out, err := e.ExecPlugin(ctx, busy, nil, nil)
+	if err != nil || string(out) != "{\"ok\":1}\n" {
+		t.Fatalf("%q %v", out, err)
+	}
+	if cpuOf(&n) < time.Millisecond {
+		t.Fatalf("CPU %v for a busy plugin", cpuOf(&n))
+	}
+	failing := plugin("fail", `echo '{"code":11,"msg":"try later"}'; exit 1`+"\n")
+	var cniErr *types.Error
+	if _, err := e.ExecPlugin(ctx, failing, nil, nil); !errors.As(err, &cniErr) || cniErr.Code != 11 || cniErr.Msg != "try later" {
+		t.Fatalf("failing plugin: %v", err)
+	}
+	silent := plugin("silent", "echo oops >&2; exit 1\n")
+	if _, err := e.ExecPlugin(ctx, silent, nil, nil); err == nil || !strings.Contains(err.Error(), "oops") {
+		t.Fatalf("a plugin failing on stderr: %v", err)
 	}
 }

@@ -55,19 +55,27 @@ type kubelets struct {
 	log   *slog.Logger
 
 	adds, addFailures, dels, delFailures atomic.Int64
-	// timesMu guards addTimes and delTimes, how long each CNI call took,
-	// in the order they ended.
-	timesMu            sync.Mutex
-	addTimes, delTimes []time.Duration
-	wg                 sync.WaitGroup
+	// timesMu guards add and del, how long each CNI call took and the CPU
+	// its processes spent, in the order the calls ended.
+	timesMu  sync.Mutex
+	add, del callTimes
+	wg       sync.WaitGroup
 }
 
-// timed records how long a CNI call that started at start took.
-func (ks *kubelets) timed(times *[]time.Duration, start time.Time) {
+// callTimes are the CNI calls of one kind: each one's time, and the CPU
+// time of the plugin processes it ran.
+type callTimes struct{ wall, cpu []time.Duration }
+
+// timed runs a CNI call and records its time and CPU in times.
+func (ks *kubelets) timed(ctx context.Context, times *callTimes, call func(context.Context) error) error {
+	var cpu atomic.Int64
+	start := time.Now()
+	err := call(withExecCPU(ctx, &cpu))
 	d := time.Since(start)
 	ks.timesMu.Lock()
-	*times = append(*times, d)
+	times.wall, times.cpu = append(times.wall, d), append(times.cpu, cpuOf(&cpu))
 	ks.timesMu.Unlock()
+	return err
 }
 
 // kubelet is one node's share.
@@ -292,15 +300,15 @@ func (k *kubelet) setup(ctx context.Context, pod *corev1.Pod) (*sandbox, error) 
 	}
 	k.ks.adds.Add(1)
 	var res *types100.Result
-	start := time.Now()
-	err := k.cniDo(func() error {
-		r, err := k.ks.cni.AddNetworkList(ctx, net.lists[k.index], rt)
-		if err == nil {
-			res, err = types100.NewResultFromResult(r)
-		}
-		return err
+	err := k.ks.timed(ctx, &k.ks.add, func(ctx context.Context) error {
+		return k.cniDo(func() error {
+			r, err := k.ks.cni.AddNetworkList(ctx, net.lists[k.index], rt)
+			if err == nil {
+				res, err = types100.NewResultFromResult(r)
+			}
+			return err
+		})
 	})
-	k.ks.timed(&k.ks.addTimes, start)
 	if err != nil {
 		k.ks.addFailures.Add(1)
 		return nil, errors.Join(fmt.Errorf("ADD %s/%s: %w", pod.Namespace, pod.Name, err), k.teardown(ctx, sb))
@@ -317,9 +325,9 @@ func (k *kubelet) setup(ctx context.Context, pod *corev1.Pod) (*sandbox, error) 
 // teardown runs DEL and removes the namespace.
 func (k *kubelet) teardown(ctx context.Context, sb *sandbox) error {
 	k.ks.dels.Add(1)
-	start := time.Now()
-	err := k.cniDo(func() error { return k.ks.cni.DelNetworkList(ctx, sb.net.lists[k.index], sb.rt) })
-	k.ks.timed(&k.ks.delTimes, start)
+	err := k.ks.timed(ctx, &k.ks.del, func(ctx context.Context) error {
+		return k.cniDo(func() error { return k.ks.cni.DelNetworkList(ctx, sb.net.lists[k.index], sb.rt) })
+	})
 	if err != nil {
 		k.ks.delFailures.Add(1)
 		return fmt.Errorf("DEL %s: %w", sb.rt.ContainerID, err)
@@ -395,15 +403,14 @@ type counts struct {
 func (ks *kubelets) counts() counts {
 	ks.timesMu.Lock()
 	defer ks.timesMu.Unlock()
-	return counts{ks.adds.Load(), ks.addFailures.Load(), ks.dels.Load(), ks.delFailures.Load(), len(ks.addTimes), len(ks.delTimes)}
+	return counts{ks.adds.Load(), ks.addFailures.Load(), ks.dels.Load(), ks.delFailures.Load(), len(ks.add.wall), len(ks.del.wall)}
 }
 
-// timesSince returns the percentiles of the ADDs' and DELs' times since c
-// was taken.
-func (ks *kubelets) timesSince(c counts) (adds, dels *Percentiles) {
+// timesSince fills in ph's percentiles of the ADDs' and DELs' times and
+// CPU since c was taken.
+func (ks *kubelets) timesSince(c counts, ph *Phase) {
 	ks.timesMu.Lock()
-	a := slices.Clone(ks.addTimes[c.addTimes:])
-	d := slices.Clone(ks.delTimes[c.delTimes:])
-	ks.timesMu.Unlock()
-	return percentiles(a), percentiles(d)
+	defer ks.timesMu.Unlock()
+	ph.ADDTime, ph.ADDCPU = percentiles(slices.Clone(ks.add.wall[c.addTimes:])), percentiles(slices.Clone(ks.add.cpu[c.addTimes:]))
+	ph.DELTime, ph.DELCPU = percentiles(slices.Clone(ks.del.wall[c.delTimes:])), percentiles(slices.Clone(ks.del.cpu[c.delTimes:]))
 }

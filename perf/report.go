@@ -101,6 +101,8 @@ type PhaseSummary struct {
 	// ADDTime and DELTime hold the median of each percentile of the CNI
 	// calls' times over the runs that timed them; nil when none did.
 	ADDTime, DELTime *Percentiles
+	// ADDCPU and DELCPU: the same of the calls' plugin processes' CPU.
+	ADDCPU, DELCPU *Percentiles
 	// CPU holds the median of each figure over the runs that measured
 	// it; nil when none did.
 	CPU *CPU
@@ -227,6 +229,7 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 	var (
 		durations                []timed
 		ttrs, addTimes, delTimes []*Percentiles
+		addCPUs, delCPUs         []*Percentiles
 		cpus                     []*CPU
 		writesPerPod, busPerPod  []float64
 		otherPerSecond           []float64
@@ -256,6 +259,12 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 		}
 		if ph.CPU != nil {
 			cpus = append(cpus, ph.CPU)
+		}
+		if ph.ADDCPU != nil {
+			addCPUs = append(addCPUs, ph.ADDCPU)
+		}
+		if ph.DELCPU != nil {
+			delCPUs = append(delCPUs, ph.DELCPU)
 		}
 		ps.Hits += ph.Hits
 		ps.Misses += ph.Misses
@@ -294,7 +303,7 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 	median, _ := phaseNamed(r.Runs[ps.MedianRun], phase)
 	ps.Pods = median.Pods
 	ps.TimeToRunning, ps.ADDTime, ps.DELTime = medianPercentiles(ttrs), medianPercentiles(addTimes), medianPercentiles(delTimes)
-	ps.CPU = medianCPU(cpus)
+	ps.ADDCPU, ps.DELCPU, ps.CPU = medianPercentiles(addCPUs), medianPercentiles(delCPUs), medianCPU(cpus)
 	ps.APIWriteRuns = len(writesPerPod)
 	ps.APIWritesPerPod = medianOfFloats(writesPerPod)
 	if len(writesPerPod) > 0 {
@@ -735,7 +744,7 @@ func WriteTable(w io.Writer, r *Result) error {
 		table(rows)
 	}
 
-	rows = [][]string{append([]string{"IPAM", "shape", "phase", "ADD p50", "ADD p99", "DEL p50", "DEL p99", "busy", "iowait"}, CPUGroups...)}
+	rows = [][]string{append([]string{"IPAM", "shape", "phase", "ADD p50", "ADD p99", "ADD CPU p50", "DEL p50", "DEL p99", "DEL CPU p50", "busy", "iowait"}, CPUGroups...)}
 	for _, shape := range s.Shapes {
 		for _, phase := range s.Phases {
 			for _, ipam := range s.IPAMs {
@@ -744,12 +753,16 @@ func WriteTable(w io.Writer, r *Result) error {
 					continue
 				}
 				row := []string{ipam, shape.String(), phase}
-				for _, t := range []*Percentiles{ps.ADDTime, ps.DELTime} {
-					if t == nil {
-						row = append(row, "-", "-")
+				for _, t := range [][2]*Percentiles{{ps.ADDTime, ps.ADDCPU}, {ps.DELTime, ps.DELCPU}} {
+					wall, cpu := t[0], t[1]
+					if wall == nil {
+						row = append(row, "-", "-", "-")
 						continue
 					}
-					row = append(row, formatMillis(t.P50), formatMillis(t.P99))
+					row = append(row, formatMillis(wall.P50), formatMillis(wall.P99), "-")
+					if cpu != nil {
+						row[len(row)-1] = formatMillis(cpu.P50)
+					}
 				}
 				if c := ps.CPU; c != nil {
 					row = append(row, formatCPUShare(c.Busy, ps.Median, s.Settings.CPUs), fmt.Sprintf("%.0f", c.IOWait))
@@ -767,7 +780,7 @@ func WriteTable(w io.Writer, r *Result) error {
 		}
 	}
 	if len(rows) > 1 {
-		b.WriteString("Where the time goes (medians over runs): each CNI call's time from exec to result (the chain: macvlan and the IPAM); the CPU the machine spent, as its share of the phase's CPU capacity (busy) and in CPU-seconds: waiting for I/O, and by who spent it (the allocator and agents run, and watch, in every IPAM's runs; execs are the CNI plugins; other is the kernel's threads and the rest):\n\n")
+		b.WriteString("Where the time goes (medians over runs): each CNI call's time from exec to result (the chain: macvlan and the IPAM) and the CPU its processes spent; the CPU the machine spent, as its share of the phase's CPU capacity (busy) and in CPU-seconds: waiting for I/O, and by who spent it (the allocator and agents run, and watch, in every IPAM's runs; execs are the CNI plugins; other is the kernel's threads and the rest):\n\n")
 		table(rows)
 	}
 

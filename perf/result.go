@@ -151,6 +151,10 @@ type Phase struct {
 	// macvlan and the IPAM under test), failed ones included.
 	ADDTime *Percentiles `json:"addTime,omitempty"`
 	DELTime *Percentiles `json:"delTime,omitempty"`
+	// ADDCPU and DELCPU hold percentiles of the CPU time each call's
+	// plugin processes spent (macvlan's includes the IPAM's).
+	ADDCPU *Percentiles `json:"addCPU,omitempty"`
+	DELCPU *Percentiles `json:"delCPU,omitempty"`
 	// CPU is where the machine's CPU time went during the phase.
 	CPU *CPU `json:"cpu,omitempty"`
 	// Error is set when the phase failed: it timed out, or what it handed

@@ -146,7 +146,7 @@ func (b *bench) phase(ctx context.Context, run *Run, ns, name string, act func(c
 	if cpu1, err := sampleCPU(); err == nil && cpuErr == nil {
 		ph.CPU = cpu1.since(cpu0)
 	}
-	ph.ADDTime, ph.DELTime = b.kubelets.timesSince(kc)
+	b.kubelets.timesSince(kc, &ph)
 	bar.finish(ph.Duration, err == nil)
 	if err != nil {
 		return &ph, err
