@@ -248,24 +248,8 @@ func summarisePhase(r *Result, shape Shape, ipam, phase string) (PhaseSummary, b
 			ps.ByRun = map[int]time.Duration{}
 		}
 		ps.ByRun[run.Index] = ph.Duration
-		if ph.TimeToRunning != nil {
-			ttrs = append(ttrs, ph.TimeToRunning)
-		}
-		if ph.ADDTime != nil {
-			addTimes = append(addTimes, ph.ADDTime)
-		}
-		if ph.DELTime != nil {
-			delTimes = append(delTimes, ph.DELTime)
-		}
-		if ph.CPU != nil {
-			cpus = append(cpus, ph.CPU)
-		}
-		if ph.ADDCPU != nil {
-			addCPUs = append(addCPUs, ph.ADDCPU)
-		}
-		if ph.DELCPU != nil {
-			delCPUs = append(delCPUs, ph.DELCPU)
-		}
+		ttrs, addTimes, delTimes = appendMeasured(ttrs, ph.TimeToRunning), appendMeasured(addTimes, ph.ADDTime), appendMeasured(delTimes, ph.DELTime)
+		addCPUs, delCPUs, cpus = appendMeasured(addCPUs, ph.ADDCPU), appendMeasured(delCPUs, ph.DELCPU), appendMeasured(cpus, ph.CPU)
 		ps.Hits += ph.Hits
 		ps.Misses += ph.Misses
 		ps.CoolingWaits += ph.CoolingWaits
@@ -328,26 +312,6 @@ func medianPercentiles(ps []*Percentiles) *Percentiles {
 		p50, p90, p99, pmax = append(p50, p.P50), append(p90, p.P90), append(p99, p.P99), append(pmax, p.Max)
 	}
 	return &Percentiles{P50: medianOfDurations(p50), P90: medianOfDurations(p90), P99: medianOfDurations(p99), Max: medianOfDurations(pmax)}
-}
-
-// medianCPU is the median of each figure; nil for none.
-func medianCPU(cs []*CPU) *CPU {
-	if len(cs) == 0 {
-		return nil
-	}
-	var busy, iowait []float64
-	by := map[string][]float64{}
-	for _, c := range cs {
-		busy, iowait = append(busy, c.Busy), append(iowait, c.IOWait)
-		for g, v := range c.By {
-			by[g] = append(by[g], v)
-		}
-	}
-	out := &CPU{Busy: medianOfFloats(busy), IOWait: medianOfFloats(iowait), By: map[string]float64{}}
-	for g, vs := range by {
-		out.By[g] = medianOfFloats(vs)
-	}
-	return out
 }
 
 // phaseNamed returns the run's phase called name; false when the run has
@@ -549,19 +513,6 @@ func formatDuration(d time.Duration) string {
 
 // formatHitRate truncates rather than rounds, so that a rate just under
 // the 99 % target never reads as 99.0 %.
-// formatMillis is a duration in milliseconds, as the CNI calls' times
-// read best.
-func formatMillis(d time.Duration) string { return fmt.Sprintf("%.0fms", d.Seconds()*1000) }
-
-// formatCPUShare is busy CPU-seconds as a share of what the CPUs could
-// give over the phase ("-" when either is unknown).
-func formatCPUShare(busy float64, d time.Duration, cpus int) string {
-	if d <= 0 || cpus <= 0 {
-		return fmt.Sprintf("%.0f CPU-s", busy)
-	}
-	return fmt.Sprintf("%.0f %%", 100*busy/(d.Seconds()*float64(cpus)))
-}
-
 func formatHitRate(rate float64) string {
 	return fmt.Sprintf("%.1f %%", math.Floor(rate*1000)/10)
 }
@@ -744,41 +695,7 @@ func WriteTable(w io.Writer, r *Result) error {
 		table(rows)
 	}
 
-	rows = [][]string{append([]string{"IPAM", "shape", "phase", "ADD p50", "ADD p99", "ADD CPU p50", "DEL p50", "DEL p99", "DEL CPU p50", "busy", "iowait"}, CPUGroups...)}
-	for _, shape := range s.Shapes {
-		for _, phase := range s.Phases {
-			for _, ipam := range s.IPAMs {
-				ps, ok := s.Phase(shape, ipam, phase)
-				if !ok || ps.ADDTime == nil && ps.DELTime == nil && ps.CPU == nil {
-					continue
-				}
-				row := []string{ipam, shape.String(), phase}
-				for _, t := range [][2]*Percentiles{{ps.ADDTime, ps.ADDCPU}, {ps.DELTime, ps.DELCPU}} {
-					wall, cpu := t[0], t[1]
-					if wall == nil {
-						row = append(row, "-", "-", "-")
-						continue
-					}
-					row = append(row, formatMillis(wall.P50), formatMillis(wall.P99), "-")
-					if cpu != nil {
-						row[len(row)-1] = formatMillis(cpu.P50)
-					}
-				}
-				if c := ps.CPU; c != nil {
-					row = append(row, formatCPUShare(c.Busy, ps.Median, s.Settings.CPUs), fmt.Sprintf("%.0f", c.IOWait))
-					for _, g := range CPUGroups {
-						row = append(row, fmt.Sprintf("%.0f", c.By[g]))
-					}
-				} else {
-					row = append(row, "-", "-")
-					for range CPUGroups {
-						row = append(row, "-")
-					}
-				}
-				rows = append(rows, row)
-			}
-		}
-	}
+	rows = s.timeRows()
 	if len(rows) > 1 {
 		b.WriteString("Where the time goes (medians over runs): each CNI call's time from exec to result (the chain: macvlan and the IPAM) and the CPU its processes spent; the CPU the machine spent, as its share of the phase's CPU capacity (busy) and in CPU-seconds: waiting for I/O, and by who spent it (the allocator and agents run, and watch, in every IPAM's runs; execs are the CNI plugins; other is the kernel's threads and the rest):\n\n")
 		table(rows)
