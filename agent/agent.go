@@ -157,6 +157,9 @@ type Agent struct {
 	misses  singleflight.Group
 	// coolWaiters counts the ADDs of each pool waiting for a cooling unit.
 	coolWaiters map[string]int
+	// cooled wakes the recycler when a release cools a unit: it sleeps
+	// until the next unit is due, not on a ticker.
+	cooled chan struct{}
 	// leakMu serialises the leak GC's passes; suspects are the
 	// assignments (by attachment) whose pods its last pass found gone.
 	leakMu   sync.Mutex
@@ -204,6 +207,7 @@ func New(cfg Config) (*Agent, error) {
 		listedAt:    map[string]int64{},
 		missing:     map[string]int{},
 		coolWaiters: map[string]int{},
+		cooled:      make(chan struct{}, 1),
 	}
 	a.metrics = newMetrics(a)
 	keys := make([]store.Key, 0, len(snap.Units))
@@ -466,6 +470,10 @@ func (a *Agent) delIf(req *wire.Request, match func(store.Assignment) bool, why 
 	if u, ok := a.units[k]; ok && u.State == store.Assigned && u.Attachment == key {
 		u.State, u.Attachment, u.Since = store.Cooling, "", a.cfg.Now()
 		a.units[k] = u
+		select {
+		case a.cooled <- struct{}{}:
+		default: // the recycler has a wake-up pending already
+		}
 	}
 	level, msg := slog.LevelDebug, "released"
 	if why != "" {
@@ -548,25 +556,48 @@ func (a *Agent) status(req *wire.Request) *wire.Error {
 	return nil
 }
 
-// Recycle warms the units whose reuse delay is over at now. It writes
+// Recycle warms the units whose reuse delay is over at now, and returns
+// when the next of those still cooling is due (zero: none is). It writes
 // nothing: the record keeps a cooling unit's release time, and whether its
-// delay is over is the clock's to say, again after a restart. The agent's
-// loop calls it; tests call it with a moved clock.
-func (a *Agent) Recycle(now time.Time) {
+// delay is over is the clock's to say, again after a restart. The
+// recycler calls it; tests call it with a moved clock.
+func (a *Agent) Recycle(now time.Time) (next time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for k, u := range a.units {
-		if u.State == store.Cooling && !now.Before(u.Since.Add(a.cfg.ReuseDelay)) {
+		if u.State != store.Cooling {
+			continue
+		}
+		due := u.Since.Add(a.cfg.ReuseDelay)
+		if !now.Before(due) {
 			u.State, u.Since = store.Warm, time.Time{}
 			a.units[k] = u
 			a.warm[k.Pool] = append(a.warm[k.Pool], k)
+		} else if next.IsZero() || due.Before(next) {
+			next = due
 		}
 	}
+	return next
 }
 
-// RunRecycler calls Recycle every interval until ctx ends.
-func (a *Agent) RunRecycler(ctx context.Context, interval time.Duration) {
-	every(ctx, interval, func() { a.Recycle(a.cfg.Now()) })
+// RunRecycler warms each cooling unit once its reuse delay is over, until
+// ctx ends. It sleeps until the next one is due, or until a release cools
+// another: an idle agent is not woken ten times a second for nothing.
+func (a *Agent) RunRecycler(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		timer.Stop()
+		if next := a.Recycle(a.cfg.Now()); !next.IsZero() {
+			timer.Reset(max(next.Sub(a.cfg.Now()), time.Millisecond))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.cooled:
+		case <-timer.C:
+		}
+	}
 }
 
 // every calls f every interval until ctx ends.

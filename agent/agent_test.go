@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/agent/wire"
@@ -178,6 +179,58 @@ func TestReleasedUnitCoolsBeforeReuse(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(f.agent.metrics.coolingWaits.WithLabelValues("dual")); n != 1 {
 		t.Errorf("%v cooling waits counted, want 1", n)
+	}
+}
+
+// Recycle says when the next cooling unit is due, so that the recycler
+// sleeps until then rather than ticking.
+func TestRecycleSaysWhenTheNextUnitIsDue(t *testing.T) {
+	f := newFixture(t, 3)
+	mustAdd(t, f, "c1")
+	mustAdd(t, f, "c2")
+	if next := f.agent.Recycle(f.clock.Now()); !next.IsZero() {
+		t.Fatalf("nothing cooling, next due %v; want none", next)
+	}
+	released := f.clock.Now()
+	if resp := f.do(t, req(wire.OpDel, "c1")); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	f.clock.Advance(400 * time.Millisecond)
+	if resp := f.do(t, req(wire.OpDel, "c2")); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	if next, want := f.agent.Recycle(f.clock.Now()), released.Add(DefaultReuseDelay); !next.Equal(want) {
+		t.Fatalf("two cooling, next due %v; want the first's, %v", next, want)
+	}
+	f.clock.Advance(DefaultReuseDelay - 400*time.Millisecond)
+	if next, want := f.agent.Recycle(f.clock.Now()), released.Add(400*time.Millisecond+DefaultReuseDelay); !next.Equal(want) || f.agent.WarmCount("dual") != 2 {
+		t.Fatalf("first recycled: next due %v, %d warm; want the second's, %v, and 2 warm", next, f.agent.WarmCount("dual"), want)
+	}
+	f.clock.Advance(400 * time.Millisecond)
+	if next := f.agent.Recycle(f.clock.Now()); !next.IsZero() || f.agent.WarmCount("dual") != 3 {
+		t.Fatalf("both recycled: next due %v, %d warm; want none and 3 warm", next, f.agent.WarmCount("dual"))
+	}
+}
+
+// The recycler, asleep with nothing cooling, is woken by a release and
+// warms the unit when its delay is over.
+func TestRecyclerWakesOnARelease(t *testing.T) {
+	f := newFixture(t, 1)
+	f.agent.cfg.ReuseDelay = 20 * time.Millisecond
+	mustAdd(t, f, "c1")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.agent.RunRecycler(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	if resp := f.do(t, req(wire.OpDel, "c1")); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	f.clock.Advance(20 * time.Millisecond)
+	err := wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return f.agent.WarmCount("dual") == 1, nil
+	})
+	if err != nil {
+		t.Fatalf("released unit not recycled by the running recycler: %d warm (%v)", f.agent.WarmCount("dual"), err)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -76,6 +77,7 @@ func main() {
 		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
 		metricsAddr = flag.String("metrics-addr", ":9420", "where to serve /metrics; empty serves none")
 		pprof       = flag.Bool("pprof", false, "also serve Go's profiles at /debug/pprof/ on the metrics address")
+		maxProcs    = flag.Int("max-procs", 1, "how many threads run the agent's Go code at once (GOMAXPROCS); 0 keeps Go's default (the node's CPUs, or the container's CPU limit, or $GOMAXPROCS)")
 		natsAuth    broker.ClientAuth
 	)
 	// --nats-token-file: the pod's projected service-account token for
@@ -83,9 +85,17 @@ func main() {
 	natsAuth.AddFlags(flag.CommandLine)
 	flag.Parse()
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil || *node == "" || *natsURL == "" {
-		fmt.Fprintln(os.Stderr, "warmpool-agent: --node (or $NODE_NAME) and --nats-url are required; --log-level is debug, info, warn or error")
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil || *node == "" || *natsURL == "" || *maxProcs < 0 {
+		fmt.Fprintln(os.Stderr, "warmpool-agent: --node (or $NODE_NAME) and --nats-url are required; --log-level is debug, info, warn or error; --max-procs is 0 or more")
 		os.Exit(2)
+	}
+	// The agent serves a few requests a second on a node whose CPUs are its
+	// pods'. With more than one P, every goroutine it wakes (a request, a
+	// watch event, a bus reply) wakes another thread to look for work too:
+	// on a busy node those wake-ups cost the node's pods more CPU than the
+	// agent's own work does (docs/benchmark.md, "Where the time goes").
+	if *maxProcs > 0 {
+		runtime.GOMAXPROCS(*maxProcs)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	natsOpts, err := natsAuth.Options()
@@ -152,9 +162,9 @@ func run(node, socket, state, natsURL, kubeconfig, metricsAddr string, pprof boo
 	errs := make(chan error, 2)
 	go func() { errs <- bus.Run(ctx) }()
 	go func() { errs <- srv.Serve(ctx) }()
-	go a.RunRecycler(ctx, 100*time.Millisecond)
+	go a.RunRecycler(ctx)
 	go a.RunLeakGC(ctx, gcInterval)
-	log.Info("agent serving", "socket", socket, "state", state)
+	log.Info("agent serving", "socket", socket, "state", state, "max_procs", runtime.GOMAXPROCS(0))
 	err = <-errs
 	stop()
 	return errors.Join(err, <-errs)

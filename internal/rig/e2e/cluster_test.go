@@ -187,7 +187,7 @@ func (c *cluster) addNode(name string, labels ...string) *node {
 	served, bused := make(chan error, 1), make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()
 	go func() { bused <- bus.Run(ctx) }()
-	go a.RunRecycler(ctx, 100*time.Millisecond)
+	go a.RunRecycler(ctx)
 	go a.RunLeakGC(ctx, c.gcInterval)
 	var once sync.Once
 	n.stop = func() {
