@@ -234,6 +234,29 @@ func TestRecyclerWakesOnARelease(t *testing.T) {
 	}
 }
 
+// A report or sync tells the allocator the pods with an address, not the
+// node's whole cache: it goes out after every ADD and DEL.
+func TestAddressedListsTheAssignedUnitsOnly(t *testing.T) {
+	f := newFixture(t, 3)
+	if got := f.agent.Addressed(); len(got) != 0 {
+		t.Fatalf("nothing assigned, Addressed() = %+v; want none", got)
+	}
+	mustAdd(t, f, "c1")
+	mustAdd(t, f, "c2")
+	if resp := f.do(t, req(wire.OpDel, "c2")); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	got := f.agent.Addressed()
+	want := broker.HeldUnit{Pool: "dual", Assigned: true, Pod: broker.Pod{Namespace: "default", Name: "pod-c1", UID: "uid-c1"}}
+	if len(got) != 1 || got[0].Unit.ID == "" {
+		t.Fatalf("one assigned, one cooling, one warm: Addressed() = %+v; want the assigned one, by ID", got)
+	}
+	got[0].Unit.ID = ""
+	if got[0] != want {
+		t.Fatalf("Addressed() = %+v; want %+v with its ID (no addresses, no attachment)", got[0], want)
+	}
+}
+
 func TestRestartKeepsEverything(t *testing.T) {
 	f := newFixture(t, 3)
 	a1 := mustAdd(t, f, "c1")

@@ -405,7 +405,7 @@ func (b *Bus) report(ctx context.Context) error {
 	sent := b.agent.cfg.Now()
 	seq := b.nextSeq()
 	if err := b.request(ctx, broker.SubjectReportFrom(b.node), &broker.Report{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq,
-		Units: b.agent.Held(), Served: b.agent.Served()}, &r); err != nil {
+		Units: b.agent.Addressed(), Served: b.agent.Served()}, &r); err != nil {
 		return err
 	}
 	if r.Error != "" {
@@ -423,7 +423,7 @@ func (b *Bus) report(ctx context.Context) error {
 func (b *Bus) sync(ctx context.Context) error {
 	var r broker.SyncReply
 	seq := b.nextSeq()
-	held, served, gaveBack := b.agent.Held(), b.agent.Served(), b.agent.GaveBack()
+	held, served, gaveBack := b.agent.Addressed(), b.agent.Served(), b.agent.GaveBack()
 	sent := b.agent.cfg.Now()
 	if err := b.request(ctx, broker.SubjectSyncFrom(b.node), &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Units: held,
 		Served: served, GaveBack: gaveBack}, &r); err != nil {

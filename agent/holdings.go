@@ -91,8 +91,8 @@ func (a *Agent) AcceptEpoch(epoch uint64) (bool, error) {
 	return epoch >= highest, nil
 }
 
-// Held returns the node's record for a sync: every unit, and for assigned
-// ones the attachment and pod.
+// Held returns the node's record: every unit, and for assigned ones the
+// attachment and pod.
 func (a *Agent) Held() []broker.HeldUnit {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -104,6 +104,29 @@ func (a *Agent) Held() []broker.HeldUnit {
 			if as, ok := a.assignments[u.Attachment]; ok {
 				h.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
 			}
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// Addressed returns what a report or sync tells the allocator of the
+// node's units: each assigned one, by ID, with its pool and pod. The
+// allocator counts a pod with an address as served (not demand), and a
+// node's warm units as its lease less these, so the warm and cooling
+// units, the addresses and the attachments are not sent: a report goes
+// out after every ADD and DEL, and they were most of its bytes.
+func (a *Agent) Addressed() []broker.HeldUnit {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []broker.HeldUnit
+	for _, u := range a.units {
+		if u.State != store.Assigned {
+			continue
+		}
+		h := broker.HeldUnit{Pool: u.Pool, Unit: broker.Unit{ID: u.ID}, Assigned: true}
+		if as, ok := a.assignments[u.Attachment]; ok {
+			h.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
 		}
 		out = append(out, h)
 	}

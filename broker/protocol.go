@@ -194,8 +194,9 @@ type Pod struct {
 	UID       string `json:"uid,omitempty"`
 }
 
-// Report is an agent's state: every unit it holds, warm or assigned and to
-// which pod, and what its run served. It is soft state: the allocator
+// Report is an agent's state: its assigned units and to which pod (the
+// pods with an address; a node's warm units are its lease less these, so
+// they are not sent), and what its run served. It is soft state: the allocator
 // keeps the newest in memory for planning (a pod with an address is not
 // demand), the pools' status and metrics, and never writes it to the API,
 // so a lost report costs nothing but freshness. Run identifies the agent
