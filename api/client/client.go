@@ -79,8 +79,8 @@ func (c *Clientset) NodeLeases() *NodeLeases {
 }
 
 // Clients returns the Kubernetes and warmpool clients for a kubeconfig
-// file, or for the in-cluster config when path is empty: what every
-// warmpool binary starts with. qps and burst set client-go's rate limiter
+// file, or for the in-cluster config when path is empty: what warmpool's
+// daemons start with. qps and burst set client-go's rate limiter
 // (its default, 5 per second, would throttle the allocator's lease writes
 // in a burst).
 func Clients(path string, qps float32, burst int) (kubernetes.Interface, *Clientset, error) {
@@ -95,6 +95,11 @@ func Clients(path string, qps float32, burst int) (kubernetes.Interface, *Client
 		return nil, nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
 	cfg.QPS, cfg.Burst = qps, burst
+	// The daemons run in the cluster, next to the apiserver: gzip on their
+	// watches (the apiserver compresses large responses, watches included)
+	// costs the apiserver a compression per event per watcher, and them a
+	// decompression, for bandwidth a cluster's network has.
+	cfg.DisableCompression = true
 	kube, err := kubernetes.NewForConfig(KubeConfig(cfg))
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
