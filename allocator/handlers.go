@@ -146,7 +146,7 @@ func (a *Allocator) handleSync(ctx context.Context, m broker.Msg) any {
 		}
 		reply.Leases = append(reply.Leases, broker.Lease{Pool: ps.info, Gen: ls.gen, Units: ps.brokerUnits(ls.listed())})
 	}
-	a.log.Debug("sync answered", "node", req.Node, "run", req.Run, "seq", req.Seq, "assigned", len(req.Units), "leases", len(reply.Leases))
+	a.log.Debug("sync answered", "node", req.Node, "run", req.Run, "seq", req.Seq, "assignments", len(req.Units), "leases", len(reply.Leases))
 	// Top-ups go out as grants after the reply, not inline: a sync must
 	// answer within the agent's timeout.
 	a.kick()

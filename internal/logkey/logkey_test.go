@@ -52,6 +52,7 @@ var keys = map[string]string{
 	"leases":      "a number of NodeLeases",
 	"listed_gen":  "the NodeLease generation of the last sync reply an agent applied",
 	"listen":      "an address a server listens on",
+	"max_procs":   "GOMAXPROCS: how many threads run a process's Go code at once",
 	"name":        "a bus client's name",
 	"nats":        "the bus's URL",
 	"network":     "a CNI network's name",
