@@ -423,9 +423,9 @@ func (b *Bus) report(ctx context.Context) error {
 func (b *Bus) sync(ctx context.Context) error {
 	var r broker.SyncReply
 	seq := b.nextSeq()
-	held, served, gaveBack := b.agent.Addressed(), b.agent.Served(), b.agent.GaveBack()
+	addressed, served, gaveBack := b.agent.Addressed(), b.agent.Served(), b.agent.GaveBack()
 	sent := b.agent.cfg.Now()
-	if err := b.request(ctx, broker.SubjectSyncFrom(b.node), &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Units: held,
+	if err := b.request(ctx, broker.SubjectSyncFrom(b.node), &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Units: addressed,
 		Served: served, GaveBack: gaveBack}, &r); err != nil {
 		return err
 	}

@@ -90,10 +90,10 @@ func main() {
 		os.Exit(2)
 	}
 	// The agent serves a few requests a second on a node whose CPUs are its
-	// pods'. With more than one P, every goroutine it wakes (a request, a
-	// watch event, a bus reply) wakes another thread to look for work too:
-	// on a busy node those wake-ups cost the node's pods more CPU than the
-	// agent's own work does (docs/benchmark.md, "Where the time goes").
+	// pods'. With more than one P, a goroutine it makes runnable (a
+	// request, a watch event, a bus reply) may wake another thread to look
+	// for work: on a busy node those wake-ups cost the pods CPU (measured:
+	// docs/benchmark.md, "What an agent's threads cost").
 	if *maxProcs > 0 {
 		runtime.GOMAXPROCS(*maxProcs)
 	}
