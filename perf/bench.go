@@ -2,6 +2,7 @@ package perf
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -74,6 +75,10 @@ type Options struct {
 	// LogDir keeps the logs of warmpool's allocator and agents; empty
 	// writes them to the temporary directory removed at the end.
 	LogDir string
+	// CallLog, if set, is the path of a CSV file that gets a line per CNI
+	// call: when it started, its pod's namespace and node, ADD or DEL, its
+	// time, its processes' CPU, and whether it succeeded.
+	CallLog string
 	// WarmpoolLogLevel is their --log-level; default warn.
 	WarmpoolLogLevel string
 	// Progress, if set, shows a progress bar.
@@ -402,13 +407,17 @@ func (b *bench) startKubelets(ctx context.Context) error {
 	if b.tracker, err = newTracker(informer); err != nil {
 		return err
 	}
+	closeCalls, err := b.kubelets.openCallLog(b.opts.CallLog)
+	if err != nil {
+		return err
+	}
 	kctx, cancel := context.WithCancel(context.Background())
 	stop := make(chan struct{})
 	factory.Start(stop)
 	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
 		close(stop)
 		cancel()
-		return fmt.Errorf("pod informer never synced: %w", ctx.Err())
+		return errors.Join(fmt.Errorf("pod informer never synced: %w", ctx.Err()), closeCalls())
 	}
 	b.kubelets.run(kctx, b.opts.Parallel)
 	var once sync.Once
@@ -418,6 +427,9 @@ func (b *bench) startKubelets(ctx context.Context) error {
 			defer scancel()
 			cancel()
 			b.kubelets.stop(sctx)
+			if err := closeCalls(); err != nil {
+				b.opts.Log.Warn("call log", "err", err)
+			}
 			close(stop)
 			factory.Shutdown()
 		})

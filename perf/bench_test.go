@@ -2,8 +2,12 @@ package perf
 
 import (
 	"context"
+	"encoding/csv"
+	"errors"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -23,13 +27,15 @@ func TestBenchmarkReduced(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	res, err := Benchmark(ctx, Options{Nodes: 3, Pods: 60, Log: testenv.Logger(t)})
+	calls := filepath.Join(t.TempDir(), "calls.csv")
+	res, err := Benchmark(ctx, Options{Nodes: 3, Pods: 60, CallLog: calls, Log: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(res.Runs) != 6 {
 		t.Fatalf("%d runs, want 2 shapes x 3 IPAMs", len(res.Runs))
 	}
+	checkCallLog(t, calls, res)
 	for _, run := range res.Runs {
 		if run.Error != "" {
 			t.Errorf("%s %s: %s", run.IPAM, run.Shape, run.Error)
@@ -81,6 +87,50 @@ func TestBenchmarkReduced(t *testing.T) {
 			t.Errorf("%s: no hit rate reported", shape)
 		}
 		t.Logf("%s: warmpool create %s, hit rate %.1f %%", shape, ph.Median, 100*rate)
+	}
+}
+
+// checkCallLog: the call log has a well-formed line for every CNI call
+// the phases counted, from one namespace per run, and each phase says
+// when it started, after the one before it.
+func checkCallLog(t *testing.T, path string, res *Result) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatalf("call log: %v", err)
+	}
+	if len(rows) == 0 || !slices.Equal(rows[0], callLogHeader) {
+		t.Fatalf("call log header %v, want %v", rows[:min(1, len(rows))], callLogHeader)
+	}
+	namespaces := map[string]bool{}
+	for _, r := range rows[1:] {
+		_, terr := time.Parse(time.RFC3339Nano, r[0])
+		secs, serr := strconv.ParseFloat(r[4], 64)
+		cpu, cerr := strconv.ParseFloat(r[5], 64)
+		_, oerr := strconv.ParseBool(r[6])
+		if terr != nil || serr != nil || cerr != nil || oerr != nil || r[1] == "" || r[2] == "" || (r[3] != "ADD" && r[3] != "DEL") || secs <= 0 || cpu < 0 {
+			t.Fatalf("call log line %q: %v", r, errors.Join(terr, serr, cerr, oerr))
+		}
+		namespaces[r[1]] = true
+	}
+	counted := 0
+	var last time.Time
+	for _, run := range res.Runs {
+		for _, ph := range run.Phases {
+			counted += ph.ADDs + ph.DELs
+			if !ph.Start.After(last) {
+				t.Errorf("%s %s %s started at %s, not after %s", run.IPAM, run.Shape, ph.Name, ph.Start, last)
+			}
+			last = ph.Start
+		}
+	}
+	if len(rows)-1 < counted || len(namespaces) != len(res.Runs) {
+		t.Errorf("call log: %d calls from %d namespaces; the phases counted %d calls, in %d runs", len(rows)-1, len(namespaces), counted, len(res.Runs))
 	}
 }
 

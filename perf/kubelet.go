@@ -2,11 +2,14 @@ package perf
 
 import (
 	"context"
+	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,26 +59,72 @@ type kubelets struct {
 
 	adds, addFailures, dels, delFailures atomic.Int64
 	// timesMu guards add and del, how long each CNI call took and the CPU
-	// its processes spent, in the order the calls ended.
+	// its processes spent, in the order the calls ended, and calls.
 	timesMu  sync.Mutex
 	add, del callTimes
-	wg       sync.WaitGroup
+	// calls, if set, gets a CSV line per CNI call (callLogHeader).
+	calls *csv.Writer
+	wg    sync.WaitGroup
 }
+
+// callLogHeader names the columns of the call log: when the call
+// started, the pod's namespace (one per run) and node, ADD or DEL, its
+// time and its processes' CPU in seconds, and whether it succeeded.
+var callLogHeader = []string{"start", "namespace", "node", "call", "seconds", "cpu_seconds", "ok"}
 
 // callTimes are the CNI calls of one kind: each one's time, and the CPU
 // time of the plugin processes it ran.
 type callTimes struct{ wall, cpu []time.Duration }
 
-// timed runs a CNI call and records its time and CPU in times.
-func (ks *kubelets) timed(ctx context.Context, times *callTimes, call func(context.Context) error) error {
+// timed runs a CNI call (ADD or DEL) of a pod of namespace on node, and
+// records its time and CPU.
+func (ks *kubelets) timed(ctx context.Context, kind, namespace, node string, call func(context.Context) error) error {
 	var cpu atomic.Int64
 	start := time.Now()
 	err := call(withExecCPU(ctx, &cpu))
-	d := time.Since(start)
+	d, c := time.Since(start), cpuOf(&cpu)
 	ks.timesMu.Lock()
-	times.wall, times.cpu = append(times.wall, d), append(times.cpu, cpuOf(&cpu))
-	ks.timesMu.Unlock()
+	defer ks.timesMu.Unlock()
+	times := &ks.add
+	if kind == "DEL" {
+		times = &ks.del
+	}
+	times.wall, times.cpu = append(times.wall, d), append(times.cpu, c)
+	if ks.calls != nil {
+		// A write error stays in the csv.Writer: closing the log reports it.
+		_ = ks.calls.Write([]string{start.UTC().Format(time.RFC3339Nano), namespace, node, kind,
+			strconv.FormatFloat(d.Seconds(), 'f', 6, 64), strconv.FormatFloat(c.Seconds(), 'f', 6, 64), strconv.FormatBool(err == nil)})
+	}
 	return err
+}
+
+// openCallLog starts the call log at path (none if path is empty) and
+// returns what flushes and closes it once the kubelets have stopped.
+func (ks *kubelets) openCallLog(path string) (closeLog func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("call log: %w", err)
+	}
+	w := csv.NewWriter(f)
+	if err := w.Write(callLogHeader); err != nil {
+		return nil, errors.Join(fmt.Errorf("call log %s: %w", path, err), f.Close())
+	}
+	ks.timesMu.Lock()
+	ks.calls = w
+	ks.timesMu.Unlock()
+	return func() error {
+		ks.timesMu.Lock()
+		defer ks.timesMu.Unlock()
+		ks.calls = nil
+		w.Flush()
+		if err := errors.Join(w.Error(), f.Close()); err != nil {
+			return fmt.Errorf("call log %s: %w", path, err)
+		}
+		return nil
+	}, nil
 }
 
 // kubelet is one node's share.
@@ -99,12 +148,13 @@ type kubelet struct {
 
 // sandbox is a pod's network as the runtime set it up.
 type sandbox struct {
-	uid      types.UID
-	net      *network
-	rt       *libcni.RuntimeConf
-	netns    *netsim.Pod
-	ips      []string
-	reported bool
+	uid       types.UID
+	namespace string
+	net       *network
+	rt        *libcni.RuntimeConf
+	netns     *netsim.Pod
+	ips       []string
+	reported  bool
 }
 
 // A failed ADD is retried per pod with exponential back-off, as the
@@ -285,7 +335,7 @@ func (k *kubelet) setup(ctx context.Context, pod *corev1.Pod) (*sandbox, error) 
 	if net.podArgs != nil {
 		rt.Args = append(rt.Args, net.podArgs(k.index, pod)...)
 	}
-	sb := &sandbox{uid: pod.UID, net: net, rt: rt}
+	sb := &sandbox{uid: pod.UID, namespace: pod.Namespace, net: net, rt: rt}
 	if k.host != nil {
 		p, err := k.host.NewPod(pod.Name)
 		if err != nil {
@@ -300,7 +350,7 @@ func (k *kubelet) setup(ctx context.Context, pod *corev1.Pod) (*sandbox, error) 
 	}
 	k.ks.adds.Add(1)
 	var res *types100.Result
-	err := k.ks.timed(ctx, &k.ks.add, func(ctx context.Context) error {
+	err := k.ks.timed(ctx, "ADD", pod.Namespace, k.name, func(ctx context.Context) error {
 		return k.cniDo(func() error {
 			r, err := k.ks.cni.AddNetworkList(ctx, net.lists[k.index], rt)
 			if err == nil {
@@ -325,7 +375,7 @@ func (k *kubelet) setup(ctx context.Context, pod *corev1.Pod) (*sandbox, error) 
 // teardown runs DEL and removes the namespace.
 func (k *kubelet) teardown(ctx context.Context, sb *sandbox) error {
 	k.ks.dels.Add(1)
-	err := k.ks.timed(ctx, &k.ks.del, func(ctx context.Context) error {
+	err := k.ks.timed(ctx, "DEL", sb.namespace, k.name, func(ctx context.Context) error {
 		return k.cniDo(func() error { return k.ks.cni.DelNetworkList(ctx, sb.net.lists[k.index], sb.rt) })
 	})
 	if err != nil {

@@ -111,7 +111,10 @@ type Run struct {
 
 // Phase is one timed phase of a run.
 type Phase struct {
-	Name     string        `json:"name"`
+	Name string `json:"name"`
+	// Start is when the phase's action began: the calls in calls.csv
+	// are placed in their phase by it.
+	Start    time.Time     `json:"start"`
 	Duration time.Duration `json:"duration"`
 	// Pods is the number of pods the phase waited for: to be Running
 	// (create, re-create) or gone (delete).

@@ -163,7 +163,7 @@ func (t *tracker) finish(w *phaseWatch) Phase {
 	if end.IsZero() {
 		end = time.Now()
 	}
-	ph := Phase{Name: w.name, Duration: end.Sub(w.start), Pods: w.target, Curve: slices.Clone(w.curve), APIWrites: -1}
+	ph := Phase{Name: w.name, Start: w.start, Duration: end.Sub(w.start), Pods: w.target, Curve: slices.Clone(w.curve), APIWrites: -1}
 	if w.name != PhaseDelete {
 		var ds []time.Duration
 		for uid, p := range t.pods {

@@ -88,6 +88,7 @@ func main() {
 		*out = filepath.Join("perf-results", time.Now().Format("20060102-150405"))
 	}
 	o.LogDir = filepath.Join(*out, "logs")
+	o.CallLog = filepath.Join(*out, "calls.csv")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
