@@ -43,10 +43,7 @@ func (a *Agent) grantRecordLocked(pool store.Pool, units []store.Unit, gen int64
 		fresh = append(fresh, u)
 	}
 	a.mu.Unlock()
-	if err := a.store.PutPool(pool); err != nil {
-		return fmt.Errorf("grant to %s: %w", pool.Name, err)
-	}
-	if err := a.store.Grant(fresh); err != nil {
+	if err := a.store.Grant(pool, fresh); err != nil {
 		return fmt.Errorf("grant to %s: %w", pool.Name, err)
 	}
 	if len(fresh) > 0 {

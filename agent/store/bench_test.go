@@ -12,7 +12,7 @@ import (
 func BenchmarkAssign(b *testing.B) {
 	s, _ := open(b)
 	us := units("p", b.N)
-	if err := s.Grant(us); err != nil {
+	if err := s.Grant(Pool{Name: "p"}, us); err != nil {
 		b.Fatal(err)
 	}
 	var next atomic.Int64

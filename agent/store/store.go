@@ -280,18 +280,22 @@ func (s *Store) SetEpoch(epoch uint64) (uint64, error) {
 	return cur, nil
 }
 
-// PutPool records a pool's network parameters.
-func (s *Store) PutPool(p Pool) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		return putJSON(tx.Bucket(bucketPools), []byte(p.Name), p)
-	})
-}
-
-// Grant records units as warm on this node. A unit the node already holds,
-// in any state, is left as it is: grants are idempotent, and a grant that
-// crossed the report of an assignment must not undo it.
-func (s *Store) Grant(units []Unit) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// Grant records a grant: the pool's network parameters (as of the
+// grant) and its units, warm on this node, in one transaction shared with
+// the commits of concurrent ADDs and DELs (one fsync for them all). A
+// unit the node already holds, in any state, is left as it is: grants
+// are idempotent, and a grant that crossed the report of an assignment
+// must not undo it.
+func (s *Store) Grant(p Pool, units []Unit) error {
+	for _, u := range units {
+		if u.Pool != p.Name {
+			return fmt.Errorf("grant of pool %s: unit %s is of pool %s", p.Name, u.ID, u.Pool)
+		}
+	}
+	return s.commit.do(func(tx *bolt.Tx) error {
+		if err := putJSON(tx.Bucket(bucketPools), []byte(p.Name), p); err != nil {
+			return err
+		}
 		b := tx.Bucket(bucketUnits)
 		for _, u := range units {
 			k := unitKey(u.Key())

@@ -40,11 +40,8 @@ func assignment(att string, u Unit) Assignment {
 func TestLifecycleSurvivesReopen(t *testing.T) {
 	s, path := open(t)
 	pool := Pool{Name: "p", Prefix4: 24, Prefix6: 64, Gateway4: "10.0.0.254", Routes: []Route{{Dst: "0.0.0.0/0", GW: "10.0.0.254"}}}
-	if err := s.PutPool(pool); err != nil {
-		t.Fatal(err)
-	}
 	us := units("p", 3)
-	if err := s.Grant(us); err != nil {
+	if err := s.Grant(pool, us); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Assign(assignment("c1/eth0", us[0])); err != nil {
@@ -90,10 +87,45 @@ func TestLifecycleSurvivesReopen(t *testing.T) {
 	}
 }
 
+// TestGrantRecordsPoolAndUnitsTogether: a grant stores the pool's
+// parameters with its units (one transaction), a later grant updates
+// them, and a grant listing a unit of another pool writes nothing.
+func TestGrantRecordsPoolAndUnitsTogether(t *testing.T) {
+	s, path := open(t)
+	if err := s.Grant(Pool{Name: "p", Prefix4: 24}, append(units("p", 1), units("q", 1)...)); err == nil {
+		t.Fatal("a grant of pool p listing a unit of pool q was accepted")
+	}
+	snap, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Pools) != 0 || len(snap.Units) != 0 {
+		t.Fatalf("the refused grant wrote %d pools and %d units", len(snap.Pools), len(snap.Units))
+	}
+	if err := s.Grant(Pool{Name: "p", Prefix4: 24}, units("p", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Grant(Pool{Name: "p", Prefix4: 25, Gateway4: "10.0.0.254"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if snap, err = s.Load(); err != nil {
+		t.Fatal(err)
+	}
+	if p := snap.Pools["p"]; p.Prefix4 != 25 || p.Gateway4 != "10.0.0.254" || len(snap.Units) != 2 {
+		t.Fatalf("after two grants and a reopen: pool %+v, %d units, want /25 with its gateway and 2 units", p, len(snap.Units))
+	}
+}
+
 func TestAssignRefusesWhatIsNotWarm(t *testing.T) {
 	s, _ := open(t)
 	us := units("p", 2)
-	if err := s.Grant(us); err != nil {
+	if err := s.Grant(Pool{Name: "p"}, us); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Assign(assignment("c1/eth0", us[0])); err != nil {
@@ -133,13 +165,13 @@ func TestReleaseUnknownSucceeds(t *testing.T) {
 func TestGrantAndDropNeverUndoAnAssignment(t *testing.T) {
 	s, _ := open(t)
 	us := units("p", 2)
-	if err := s.Grant(us); err != nil {
+	if err := s.Grant(Pool{Name: "p"}, us); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Assign(assignment("c1/eth0", us[0])); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Grant(us[:1]); err != nil {
+	if err := s.Grant(Pool{Name: "p"}, us[:1]); err != nil {
 		t.Errorf("re-grant an assigned unit: %v", err)
 	}
 	if snap, _ := s.Load(); snap.Units[us[0].Key()].State != Assigned || len(snap.Assignments) != 1 {
@@ -180,7 +212,7 @@ func TestFormatVersionChecked(t *testing.T) {
 func TestConcurrentAssignsNeverShareAUnit(t *testing.T) {
 	s, _ := open(t)
 	us := units("p", 10)
-	if err := s.Grant(us); err != nil {
+	if err := s.Grant(Pool{Name: "p"}, us); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -219,7 +251,7 @@ func TestConcurrentAssignsNeverShareAUnit(t *testing.T) {
 func TestVoidRemovesUnitsAndTheirAssignments(t *testing.T) {
 	s, _ := open(t)
 	us := units("p", 3)
-	if err := s.Grant(us); err != nil {
+	if err := s.Grant(Pool{Name: "p"}, us); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Assign(assignment("c1/eth0", us[0])); err != nil {
@@ -256,7 +288,7 @@ func TestVoidRemovesUnitsAndTheirAssignments(t *testing.T) {
 // write; a missing file is an error, not a new store.
 func TestReadOnlyOpenWritesNothing(t *testing.T) {
 	s, path := open(t)
-	if err := s.Grant(units("p", 1)); err != nil {
+	if err := s.Grant(Pool{Name: "p"}, units("p", 1)); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
