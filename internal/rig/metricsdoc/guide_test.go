@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/warmpool/warmpool/agent/wire"
+	"github.com/warmpool/warmpool/internal/rig/gobuild"
 )
 
 // The operator's guide names flags, CNI error codes, metrics and alert
@@ -23,7 +24,7 @@ import (
 
 func readGuide(t *testing.T) (string, []string) {
 	t.Helper()
-	root, err := ModuleRoot()
+	root, err := gobuild.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +105,7 @@ var flagRef = regexp.MustCompile("`--([a-z][a-z0-9-]*)")
 // TestOperatorGuideFlagsExist: every --flag the guide's prose and tables
 // name is one the agent or the allocator defines.
 func TestOperatorGuideFlagsExist(t *testing.T) {
-	root, err := ModuleRoot()
+	root, err := gobuild.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +176,7 @@ var codeRow = regexp.MustCompile(`^\| (\d+) \|`)
 // plugin can return has a row in the guide's table of CNI errors, and
 // every row's code is one they return.
 func TestOperatorGuideCoversEveryCNIError(t *testing.T) {
-	root, err := ModuleRoot()
+	root, err := gobuild.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/warmpool/warmpool/internal/rig/gobuild"
 )
 
 // Metric is one metric as the doc lists it or a registry holds it.
@@ -116,7 +118,7 @@ func ParseDoc(md []byte) (Doc, error) {
 // ReadDoc reads docs/metrics.md of the module the working directory is in
 // (a test's: its package's folder).
 func ReadDoc() (Doc, error) {
-	root, err := ModuleRoot()
+	root, err := gobuild.ModuleRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -125,25 +127,6 @@ func ReadDoc() (Doc, error) {
 		return nil, err
 	}
 	return ParseDoc(md)
-}
-
-// ModuleRoot is the nearest folder above the working directory with a
-// go.mod.
-func ModuleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
 }
 
 var (
