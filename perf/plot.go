@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -50,6 +51,7 @@ func phasePlot(r *Result, s Summary, shape Shape, phase string) (*plot.Plot, err
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("%s · %s · %s", shape, phase, what)
 	p.X.Label.Text = "seconds since the phase started"
+	p.X.Tick.Marker = plainTicks{}
 	p.Y.Label.Text = what
 	// Curves of pods Running rise from the bottom left to the top right,
 	// those of pods remaining fall from the top left: put the legend in
@@ -95,6 +97,21 @@ func phasePlot(r *Result, s Summary, shape Shape, phase string) (*plot.Plot, err
 	p.X.Min, p.X.Max = 0, max(maxX*1.03, 1)
 	p.Y.Min, p.Y.Max = 0, max(maxY*1.05, 1)
 	return p, nil
+}
+
+// plainTicks are gonum's default ticks labelled as plainly as their
+// values allow: "25", not "25.00" (the default's precision follows the
+// step's, and some ranges got two decimals on whole seconds).
+type plainTicks struct{}
+
+func (plainTicks) Ticks(min, max float64) []plot.Tick {
+	ticks := plot.DefaultTicks{}.Ticks(min, max)
+	for i, t := range ticks {
+		if t.Label != "" {
+			ticks[i].Label = strconv.FormatFloat(t.Value, 'f', -1, 64)
+		}
+	}
+	return ticks
 }
 
 // stepVertices turns a curve, each point the count from its time onwards,

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -572,4 +573,24 @@ func FuzzParseShape(f *testing.F) {
 			t.Fatalf("%q: %+v prints %q, which parses as %+v, %v", in, s, s.String(), back, err)
 		}
 	})
+}
+
+// TestPlainTicks: the time axis says "25", not "25.00", whatever the
+// range, and keeps the fraction of a tick that has one.
+func TestPlainTicks(t *testing.T) {
+	for _, max := range []float64{1.03, 7.5, 77.2, 123.6, 450} {
+		labelled := 0
+		for _, tk := range (plainTicks{}).Ticks(0, max) {
+			if tk.Label == "" {
+				continue
+			}
+			labelled++
+			if want := strconv.FormatFloat(tk.Value, 'f', -1, 64); tk.Label != want || strings.HasSuffix(tk.Label, ".00") {
+				t.Errorf("range 0-%g: tick %g labelled %q, want %q", max, tk.Value, tk.Label, want)
+			}
+		}
+		if labelled < 2 {
+			t.Errorf("range 0-%g: %d labelled ticks", max, labelled)
+		}
+	}
 }
