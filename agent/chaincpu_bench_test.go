@@ -9,7 +9,6 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 
-	"github.com/warmpool/warmpool/internal/rig/netsim"
 	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
@@ -37,11 +36,7 @@ func BenchmarkChainCPU(b *testing.B) {
 				if socket != "" {
 					section = fmt.Sprintf(`{"type":"warmpool","pool":"dual","socket":%q}`, socket)
 				}
-				conf, err := libcni.ConfListFromBytes([]byte(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"macvlan","master":"` +
-					netsim.Master + `","mode":"bridge","ipam":` + section + `}]}`))
-				if err != nil {
-					b.Fatal(err)
-				}
+				conf := macvlanChain(b, section)
 				pod, err := host.NewPod(fmt.Sprintf("p%d", i))
 				if err != nil {
 					b.Fatal(err)

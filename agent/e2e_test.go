@@ -83,14 +83,23 @@ func newNode(t *testing.T, name string, units []store.Unit) *node {
 	})
 	n.cni = testenv.CNI(t, paths...)
 	ipam := fmt.Sprintf(`{"type":"warmpool","pool":"dual","socket":%q}`, n.socket)
-	if n.chain, err = libcni.ConfListFromBytes([]byte(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"macvlan","master":"` +
-		netsim.Master + `","mode":"bridge","ipam":` + ipam + `}]}`)); err != nil {
-		t.Fatal(err)
-	}
+	n.chain = macvlanChain(t, ipam)
 	if n.alone, err = libcni.ConfListFromBytes([]byte(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"warmpool","ipam":` + ipam + `}]}`)); err != nil {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// macvlanChain is the network a node runs: macvlan on the host
+// namespace's master, with ipam (a JSON object) as its IPAM section.
+func macvlanChain(t testing.TB, ipam string) *libcni.NetworkConfigList {
+	t.Helper()
+	l, err := libcni.ConfListFromBytes([]byte(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"macvlan","master":"` +
+		netsim.Master + `","mode":"bridge","ipam":` + ipam + `}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 func runtimeConf(ctr string, pod *netsim.Pod) *libcni.RuntimeConf {
