@@ -64,7 +64,7 @@ test: bins lint verify-generated
 ## racing its own -fuzztime deadline (golang/go#75804, "context deadline
 ## exceeded"): it is run once more, and fails only if that fails too.
 FUZZTIME ?= 60s
-FUZZERS := ./cni:FuzzParseConfig ./cni:FuzzParseArgs ./agent/wire:FuzzRead \
+FUZZERS := ./cni:FuzzParseConfig ./cni:FuzzParseArgs ./agent/wire:FuzzParseInvocation ./agent/wire:FuzzParseAnswer \
 	./broker:FuzzDecode ./broker:FuzzSplitAttachment ./allocator:FuzzEnumerate \
 	./api/v1alpha1:FuzzNodeLeaseName ./api/v1alpha1:FuzzSelectPool \
 	./internal/inspect:FuzzParseState ./internal/inspect:FuzzParseMetrics ./internal/inspect:FuzzParseNetworkStatus \

@@ -248,14 +248,10 @@ func (a *Agent) WarmCount(pool string) int {
 	return len(a.warm[pool])
 }
 
-// Handle serves one request of the plugin.
+// Handle serves one request of the CNI layer (package cni), which the
+// server runs for each exec the plugin forwards.
 func (a *Agent) Handle(ctx context.Context, req *wire.Request) *wire.Response {
-	resp := &wire.Response{V: wire.Version}
-	if req.V != wire.Version {
-		resp.Error = &wire.Error{Code: wire.CodeIncompatible,
-			Msg: fmt.Sprintf("the plugin speaks protocol v%d, this agent v%d", req.V, wire.Version), Details: "upgrade the plugin and the agent together"}
-		return resp
-	}
+	resp := &wire.Response{}
 	start := time.Now()
 	switch req.Op {
 	case wire.OpAdd:

@@ -85,7 +85,7 @@ func (f *fixture) reopen(t *testing.T) {
 }
 
 func req(op wire.Op, ctr string) *wire.Request {
-	return &wire.Request{V: wire.Version, Op: op, Network: "underlay", Attachment: wire.Attachment{ContainerID: ctr, IfName: "eth0"},
+	return &wire.Request{Op: op, Network: "underlay", Attachment: wire.Attachment{ContainerID: ctr, IfName: "eth0"},
 		Pod: wire.Pod{Namespace: "default", Name: "pod-" + ctr, UID: "uid-" + ctr}}
 }
 
@@ -324,7 +324,7 @@ func TestGCFreesWhatIsNotValid(t *testing.T) {
 	if resp := f.do(t, other); resp.Error != nil {
 		t.Fatal(resp.Error)
 	}
-	gc := &wire.Request{V: wire.Version, Op: wire.OpGC, Network: "underlay", Valid: []wire.Attachment{{ContainerID: "c2", IfName: "eth0"}}}
+	gc := &wire.Request{Op: wire.OpGC, Network: "underlay", Valid: []wire.Attachment{{ContainerID: "c2", IfName: "eth0"}}}
 	if resp := f.do(t, gc); resp.Error != nil {
 		t.Fatal(resp.Error)
 	}
@@ -338,7 +338,7 @@ func TestGCFreesWhatIsNotValid(t *testing.T) {
 
 func TestStatus(t *testing.T) {
 	f := newFixture(t, 1)
-	st := &wire.Request{V: wire.Version, Op: wire.OpStatus, Pool: "dual"}
+	st := &wire.Request{Op: wire.OpStatus, Pool: "dual"}
 	if resp := f.do(t, st); resp.Error != nil {
 		t.Fatalf("STATUS with a warm unit: %v", resp.Error)
 	}
@@ -354,9 +354,8 @@ func TestBadRequests(t *testing.T) {
 		r    *wire.Request
 		code uint
 	}{
-		"old protocol":  {&wire.Request{V: 0, Op: wire.OpAdd}, wire.CodeIncompatible},
-		"unknown op":    {&wire.Request{V: wire.Version, Op: "FROB"}, wire.CodeInvalidConfig},
-		"no container":  {&wire.Request{V: wire.Version, Op: wire.OpAdd, Attachment: wire.Attachment{IfName: "eth0"}}, wire.CodeInvalidEnv},
+		"unknown op":    {&wire.Request{Op: "FROB"}, wire.CodeInvalidConfig},
+		"no container":  {&wire.Request{Op: wire.OpAdd, Attachment: wire.Attachment{IfName: "eth0"}}, wire.CodeInvalidEnv},
 		"unknown pool":  {func() *wire.Request { r := req(wire.OpAdd, "c1"); r.Pool = "nope"; return r }(), wire.CodeUnknownPool},
 		"empty to miss": {func() *wire.Request { f.do(t, req(wire.OpAdd, "x")); return req(wire.OpAdd, "c2") }(), wire.CodeMissTimeout},
 	} {

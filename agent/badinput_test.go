@@ -1,10 +1,12 @@
 package agent_test
 
 import (
-	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -13,13 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
-
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
 	"github.com/warmpool/warmpool/agent/wire"
-	"github.com/warmpool/warmpool/cni"
+	"github.com/warmpool/warmpool/cni/shim"
 )
 
 var badPool = store.Pool{Name: "dual", Prefix4: 24, Prefix6: 64, Gateway4: "10.0.0.1", Gateway6: "fd00::1"}
@@ -81,7 +80,7 @@ func newBadAgent(t *testing.T, warm int, alloc agent.Allocator, resolver agent.P
 }
 
 func badReq(op wire.Op, ctr string) *wire.Request {
-	return &wire.Request{V: wire.Version, Op: op, Network: "underlay", Attachment: wire.Attachment{ContainerID: ctr, IfName: "eth0"},
+	return &wire.Request{Op: op, Network: "underlay", Attachment: wire.Attachment{ContainerID: ctr, IfName: "eth0"},
 		Pod: wire.Pod{Namespace: "default", Name: "web-0", UID: "uid-0"}}
 }
 
@@ -90,9 +89,6 @@ func badReq(op wire.Op, ctr string) *wire.Request {
 // allocator's client; a trailing "*": an exact prefix).
 func wantWireError(t *testing.T, resp *wire.Response, code uint, msg, details string) {
 	t.Helper()
-	if resp.V != wire.Version {
-		t.Fatalf("answered protocol v%d", resp.V)
-	}
 	e := resp.Error
 	if e == nil {
 		t.Fatalf("no error, result %+v; want code %d %q", resp.Result, code, msg)
@@ -133,10 +129,6 @@ func TestEveryBadRequestHasItsCodeAndMessage(t *testing.T) {
 		code         uint
 		msg, details string
 	}{
-		{name: "protocol v0", warm: 1, req: func() *wire.Request { r := badReq(wire.OpAdd, "c1"); r.V = 0; return r }(),
-			code: wire.CodeIncompatible, msg: "the plugin speaks protocol v0, this agent v1", details: "upgrade the plugin and the agent together"},
-		{name: "protocol v2", warm: 1, req: func() *wire.Request { r := badReq(wire.OpDel, "c1"); r.V = 2; return r }(),
-			code: wire.CodeIncompatible, msg: "the plugin speaks protocol v2, this agent v1", details: "upgrade the plugin and the agent together"},
 		{name: "unknown operation", req: badReq("FROB", "c1"), code: wire.CodeInvalidConfig, msg: `unknown operation "FROB"`},
 		{name: "no operation", req: badReq("", "c1"), code: wire.CodeInvalidConfig, msg: `unknown operation ""`},
 		{name: "ADD without container ID", warm: 1, req: badReq(wire.OpAdd, ""), code: wire.CodeInvalidEnv, msg: "CNI_CONTAINERID and CNI_IFNAME are required"},
@@ -180,16 +172,16 @@ func TestEveryBadRequestHasItsCodeAndMessage(t *testing.T) {
 				t.Fatal(resp.Error)
 			}
 			b.store.Close()
-		}, req: &wire.Request{V: wire.Version, Op: wire.OpGC, Network: "underlay", Valid: []wire.Attachment{}},
+		}, req: &wire.Request{Op: wire.OpGC, Network: "underlay", Valid: []wire.Attachment{}},
 			code: wire.CodeIOFailure, msg: "the agent could not record the release", details: "release c1/eth0: *"},
 		{name: "CHECK of an attachment holding nothing", warm: 1, req: badReq(wire.OpCheck, "c9"),
 			code: wire.CodeCheckMismatch, msg: "c9/eth0 holds no address", details: "the runtime should delete and re-create the sandbox"},
-		{name: "STATUS of a pool, nothing warm, no allocator", req: &wire.Request{V: wire.Version, Op: wire.OpStatus, Pool: "dual"},
+		{name: "STATUS of a pool, nothing warm, no allocator", req: &wire.Request{Op: wire.OpStatus, Pool: "dual"},
 			code: wire.CodeNotAvailable, msg: "node node-1 holds no warm address of pool dual and no allocator is connected"},
-		{name: "STATUS of any pool, nothing warm, no allocator", req: &wire.Request{V: wire.Version, Op: wire.OpStatus},
+		{name: "STATUS of any pool, nothing warm, no allocator", req: &wire.Request{Op: wire.OpStatus},
 			code: wire.CodeNotAvailable, msg: "node node-1 holds no warm address of any pool and no allocator is connected"},
 		{name: "STATUS, nothing warm, allocator cannot serve", alloc: &badAllocator{canServe: false},
-			req:  &wire.Request{V: wire.Version, Op: wire.OpStatus, Pool: "dual"},
+			req:  &wire.Request{Op: wire.OpStatus, Pool: "dual"},
 			code: wire.CodeNotAvailable, msg: "node node-1 holds no warm address of pool dual, and the allocator is unreachable or the pool exhausted"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -228,39 +220,84 @@ func serveBad(t *testing.T, a *agent.Agent) string {
 	return sock
 }
 
-// TestUnreadableRequests: what is not one line of a JSON request of at
-// most MaxMessage bytes gets code 6 on the socket.
+// TestUnreadableRequests: what is not a framed exec of at most
+// MaxMessage bytes gets code 6 on the socket, in the framing's answer; a
+// plugin of protocol v1 gets an answer it reads as "upgrade".
 func TestUnreadableRequests(t *testing.T) {
 	sock := serveBad(t, newBadAgent(t, 1, nil, nil).agent)
+	exchange := func(t *testing.T, send string) []byte {
+		t.Helper()
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		// The agent may answer and close before reading all of an
+		// oversized message: a failed write is fine, the answer counts.
+		_, _ = c.Write([]byte(send))
+		_ = c.(*net.UnixConn).CloseWrite()
+		b, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
 	for _, tc := range []struct {
 		name, send, details string
 	}{
-		{"not JSON", "ADD please\n", "decode: *"},
-		{"cut short", `{"v":1,"op":"ADD"` + "\n", "decode: *"},
-		{"a JSON array", "[1,2]\n", "decode: *"},
-		{"a field of the wrong type", `{"v":"1","op":"ADD"}` + "\n", "decode: *"},
-		{"longer than MaxMessage", strings.Repeat(" ", wire.MaxMessage+1) + "{}\n", "message longer than 1048576 bytes"},
+		{"not framed", "ADD please\n", "the peer speaks another protocol: header *"},
+		{"another version", "warmpool-cni/3\n\n{}", `the peer speaks another protocol: version "3", this side speaks 2`},
+		{"an unknown variable", "warmpool-cni/2\nPATH=/bin\n\n{}", `environment line "PATH=/bin" is not one of the CNI variables`},
+		{"no end of the environment", "warmpool-cni/2\nCNI_COMMAND=ADD\n", "the environment does not end in an empty line"},
+		{"longer than MaxMessage", "warmpool-cni/2\n\n" + strings.Repeat(" ", wire.MaxMessage), "message longer than 1048576 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.Dial("unix", sock)
+			out, exit, err := wire.ParseAnswer(exchange(t, tc.send))
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-			// The agent may answer and close before reading all of an
-			// oversized line: a failed write is fine, the answer counts.
-			_, _ = c.Write([]byte(tc.send))
-			resp := &wire.Response{}
-			if err := wire.Read(bufio.NewReader(c), resp); err != nil {
-				t.Fatal(err)
+			if exit != 1 {
+				t.Errorf("exit %d, want 1", exit)
 			}
-			wantWireError(t, resp, wire.CodeDecoding, "the agent could not read the request", tc.details)
+			wantCNIOutput(t, out, wire.CodeDecoding, "the agent could not read the request", tc.details)
 		})
 	}
+	t.Run("a plugin of protocol v1", func(t *testing.T) {
+		got := string(exchange(t, `{"v":1,"op":"ADD"}`+"\n"))
+		want := `{"v":2,"error":{"code":1,"msg":"the plugin speaks protocol v1, this agent v2","details":"upgrade the plugin and the agent together"}}` + "\n"
+		if got != want {
+			t.Fatalf("answered %q\nwant %q", got, want)
+		}
+	})
 }
 
-// TestAgentErrorsReachTheRuntime: through the real plugin and the real
+// wantCNIOutput checks what the plugin printed: a CNI error of exactly
+// code, msg and details (details as in wantWireError).
+func wantCNIOutput(t *testing.T, out []byte, code uint, msg, details string) {
+	t.Helper()
+	e := &wire.Error{}
+	if err := json.Unmarshal(out, e); err != nil {
+		t.Fatalf("printed %q: %v", out, err)
+	}
+	wantWireError(t, &wire.Response{Error: e}, code, msg, details)
+}
+
+// runPlugin runs the plugin binary's code (cni/shim) as the runtime execs
+// it, with env (CNI_PATH added) and stdin.
+func runPlugin(env map[string]string, stdin []byte) ([]byte, int) {
+	var out, errOut bytes.Buffer
+	getenv := func(k string) string {
+		if k == "CNI_PATH" {
+			return "/opt/cni/bin"
+		}
+		return env[k]
+	}
+	exit := shim.Main(getenv, bytes.NewReader(stdin), &out, &errOut)
+	return out.Bytes(), exit
+}
+
+// TestAgentErrorsReachTheRuntime: through the plugin's code and the real
 // socket, the runtime gets the agent's code, message and details as the
 // agent wrote them.
 func TestAgentErrorsReachTheRuntime(t *testing.T) {
@@ -269,35 +306,32 @@ func TestAgentErrorsReachTheRuntime(t *testing.T) {
 	conf := func(pool string) []byte {
 		return fmt.Appendf(nil, `{"cniVersion":"1.1.0","name":"underlay","ipam":{"type":"warmpool","pool":%q,"socket":%q}}`, pool, sock)
 	}
-	p := &cni.Plugin{Call: wire.Call}
 	podArgs := "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_UID=uid-0"
+	exec := func(cmd, ctr string) map[string]string {
+		return map[string]string{"CNI_COMMAND": cmd, "CNI_CONTAINERID": ctr, "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0", "CNI_ARGS": podArgs}
+	}
 	for _, tc := range []struct {
 		name         string
-		op           func(*cni.Plugin, *skel.CmdArgs) error
-		args         *skel.CmdArgs
+		env          map[string]string
+		pool         string
 		code         uint
 		msg, details string
 	}{
-		{"unknown pool", (*cni.Plugin).Add, &skel.CmdArgs{ContainerID: "c1", IfName: "eth0", Args: podArgs, StdinData: conf("nope")},
+		{"unknown pool", exec("ADD", "c1"), "nope",
 			wire.CodeUnknownPool, `pool "nope" does not exist`, "create the IPPool or fix ipam.pool in the network config"},
-		{"empty cache", (*cni.Plugin).Add, &skel.CmdArgs{ContainerID: "c1", IfName: "eth0", Args: podArgs, StdinData: conf("dual")},
+		{"empty cache", exec("ADD", "c1"), "dual",
 			wire.CodeMissTimeout, "node node-1 holds no warm address of pool dual", "no allocator is connected to refill it; the runtime retries"},
-		{"no container ID", (*cni.Plugin).Del, &skel.CmdArgs{IfName: "eth0", StdinData: conf("dual")},
-			wire.CodeInvalidEnv, "CNI_CONTAINERID and CNI_IFNAME are required", ""},
-		{"CHECK of nothing", (*cni.Plugin).Check, &skel.CmdArgs{ContainerID: "c1", IfName: "eth0", Args: podArgs, StdinData: conf("dual")},
+		{"CHECK of nothing", exec("CHECK", "c1"), "dual",
 			wire.CodeCheckMismatch, "c1/eth0 holds no address", "the runtime should delete and re-create the sandbox"},
-		{"STATUS", (*cni.Plugin).Status, &skel.CmdArgs{StdinData: conf("dual")},
+		{"STATUS", map[string]string{"CNI_COMMAND": "STATUS"}, "dual",
 			wire.CodeNotAvailable, "node node-1 holds no warm address of pool dual and no allocator is connected", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.op(p, tc.args)
-			var e *types.Error
-			if !errors.As(err, &e) {
-				t.Fatalf("got %v (%T), want a CNI error", err, err)
+			out, exit := runPlugin(tc.env, conf(tc.pool))
+			if exit != 1 {
+				t.Errorf("exit %d, want 1", exit)
 			}
-			if e.Code != tc.code || e.Msg != tc.msg || e.Details != tc.details {
-				t.Fatalf("got %d %q %q\nwant %d %q %q", e.Code, e.Msg, e.Details, tc.code, tc.msg, tc.details)
-			}
+			wantCNIOutput(t, out, tc.code, tc.msg, tc.details)
 		})
 	}
 }

@@ -76,25 +76,32 @@ func servingAgent(b *testing.B, n int) string {
 }
 
 // BenchmarkWarmHitAdd: a warm-hit ADD as the agent serves it over its
-// socket, the bbolt commit (fsync) included, the plugin's process start
-// not. Run with -cpu 1,2: parallel ADDs share commits.
+// socket (the plugin's framing and client, the agent's CNI layer), the
+// bbolt commit (fsync) included, the plugin's process start not. Run with -cpu 1,2: parallel ADDs share commits.
 //
 //	go test ./agent -run XXX -bench WarmHitAdd -cpu 1,2 -benchtime 3000x
 func BenchmarkWarmHitAdd(b *testing.B) {
 	sock := servingAgent(b, b.N)
+	conf := []byte(`{"cniVersion":"1.1.0","name":"underlay","ipam":{"type":"warmpool","pool":"dual"}}`)
 	var next atomic.Int64
 	var lat latencies
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := next.Add(1)
-			req := &wire.Request{Op: wire.OpAdd, Pool: "dual", Attachment: wire.Attachment{ContainerID: fmt.Sprintf("c%d", i), IfName: "eth0"},
-				Pod: wire.Pod{Namespace: "default", Name: fmt.Sprintf("p%d", i)}}
+			env := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": fmt.Sprintf("c%d", i), "CNI_NETNS": "/run/netns/x",
+				"CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin", "CNI_ARGS": fmt.Sprintf("K8S_POD_NAMESPACE=default;K8S_POD_NAME=p%d", i)}
+			msg, err := wire.EncodeInvocation(func(k string) string { return env[k] }, conf)
+			if err != nil {
+				b.Error(err)
+				return
+			}
 			start := time.Now()
-			resp, err := wire.Call(context.Background(), sock, req)
+			answer, err := wire.Call(sock, msg, time.Now().Add(time.Minute))
 			lat.add(time.Since(start))
-			if err != nil || resp.Error != nil || !resp.Result.Hit {
-				b.Errorf("ADD %d: %v %+v", i, err, resp)
+			out, exit, perr := wire.ParseAnswer(answer)
+			if err != nil || perr != nil || exit != 0 {
+				b.Errorf("ADD %d: %v %v exit %d: %s", i, err, perr, exit, out)
 				return
 			}
 		}

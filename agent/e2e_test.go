@@ -214,7 +214,7 @@ func TestCheckDetectsALostAssignment(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Free it behind the runtime's back, as a GC of a confused runtime would.
-	if resp := n.agent.Handle(ctx, &wire.Request{V: wire.Version, Op: wire.OpDel, Attachment: wire.Attachment{ContainerID: "c1", IfName: "eth0"}}); resp.Error != nil {
+	if resp := n.agent.Handle(ctx, &wire.Request{Op: wire.OpDel, Attachment: wire.Attachment{ContainerID: "c1", IfName: "eth0"}}); resp.Error != nil {
 		t.Fatal(resp.Error)
 	}
 	err := n.host.Do(func() error { return n.cni.CheckNetworkList(ctx, n.chain, rt) })

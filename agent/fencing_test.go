@@ -427,7 +427,7 @@ func TestNoADDWaitsOnTheAllocatorButAMiss(t *testing.T) {
 	defer cancel()
 	f, _, syncs, answering := onAnsweringBus(t, ctx)
 	podReq := func(op wire.Op, ctr, ifname, pod, pool string) *wire.Request {
-		return &wire.Request{V: wire.Version, Op: op, Network: "underlay", Pool: pool, Attachment: wire.Attachment{ContainerID: ctr, IfName: ifname},
+		return &wire.Request{Op: op, Network: "underlay", Pool: pool, Attachment: wire.Attachment{ContainerID: ctr, IfName: ifname},
 			Pod: wire.Pod{Namespace: "default", Name: pod, UID: "uid-" + pod}}
 	}
 	if werr := f.do(t, podReq(wire.OpAdd, "s1", "eth0", "p", "")).Error; werr != nil {

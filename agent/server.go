@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,7 +13,7 @@ import (
 	"time"
 
 	"github.com/warmpool/warmpool/agent/wire"
-	"github.com/warmpool/warmpool/internal/logkey"
+	"github.com/warmpool/warmpool/cni"
 )
 
 // Server serves the plugin's unix socket.
@@ -88,15 +89,38 @@ func (s *Server) Close() error { return s.l.Close() }
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	// A plugin that connects and says nothing must not hold a goroutine.
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	req := &wire.Request{}
-	if err := wire.Read(bufio.NewReader(conn), req); err != nil {
-		_ = wire.Write(conn, &wire.Response{V: wire.Version, Error: &wire.Error{
-			Code: wire.CodeDecoding, Msg: "the agent could not read the request", Details: err.Error()}})
+	r := bufio.NewReader(conn)
+	if b, err := r.Peek(1); err == nil && b[0] == '{' {
+		s.refuseV1(r, conn)
 		return
 	}
-	_ = conn.SetReadDeadline(time.Time{})
-	resp := s.agent.Handle(ctx, req)
-	if err := wire.Write(conn, resp); err != nil {
-		s.agent.log.Warn("write response", "op", req.Op, "pod", logkey.Pod(req.Pod.Namespace, req.Pod.Name), "attachment", req.Attachment.String(), "err", err)
+	var out []byte
+	exit := 1
+	msg, err := io.ReadAll(io.LimitReader(r, wire.MaxMessage+1))
+	var inv *wire.Invocation
+	if err == nil {
+		inv, err = wire.ParseInvocation(msg)
 	}
+	if err != nil {
+		out, exit = cni.Refusal(wire.CodeDecoding, "the agent could not read the request", err.Error())
+		// Closing with the client's bytes unread would reset the
+		// connection, and the client would never read why: read them (to
+		// the deadline) after answering.
+		defer func() { _, _ = io.Copy(io.Discard, r) }()
+	} else {
+		_ = conn.SetReadDeadline(time.Time{})
+		out, exit = cni.Serve(ctx, s.agent.Handle, inv)
+	}
+	if _, err := conn.Write(wire.EncodeAnswer(out, exit)); err != nil {
+		s.agent.log.Warn("write answer", "op", inv.Getenv("CNI_COMMAND"), "attachment", inv.Getenv("CNI_CONTAINERID")+"/"+inv.Getenv("CNI_IFNAME"), "err", err)
+	}
+}
+
+// refuseV1 answers a plugin of protocol v1 (a JSON line each way) in its
+// own framing, so that it tells the runtime to upgrade it rather than
+// waiting for an answer it cannot read.
+func (s *Server) refuseV1(r *bufio.Reader, conn net.Conn) {
+	_, _ = r.ReadSlice('\n')
+	_, _ = conn.Write([]byte(fmt.Sprintf(`{"v":%d,"error":{"code":%d,"msg":"the plugin speaks protocol v1, this agent v%d","details":"upgrade the plugin and the agent together"}}`+"\n",
+		wire.Version, wire.CodeIncompatible, wire.Version)))
 }

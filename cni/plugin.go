@@ -1,12 +1,14 @@
-// Package cni is the IPAM plugin the container runtime execs (type
-// "warmpool" in the ipam section of a network config). It is wiring: it
-// parses the netconf and CNI_ARGS, asks the node agent over its unix socket
-// (agent/wire), and prints the result in the CNI version the runtime asked
-// for. It holds no state and imports no Kubernetes client, so the binary is
-// small and starts fast.
+// Package cni is what the IPAM plugin means, served by the node agent. The
+// plugin binary (cni/shim) forwards each exec as the runtime made it;
+// Serve checks it as the CNI library's skel would in a plugin, parses the
+// netconf and CNI_ARGS, asks the agent, and returns what the plugin prints,
+// in the CNI version the runtime asked for. Keeping it here, not in the
+// binary, leaves the binary nothing to parse but the socket's path, and
+// makes the agent the one place that knows what an exec means.
 package cni
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,23 +16,21 @@ import (
 	"io"
 	"net"
 	"regexp"
-	"syscall"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/warmpool/warmpool/agent/wire"
+	"github.com/warmpool/warmpool/cni/shim"
 )
 
 // PluginType is the ipam type that selects this plugin.
 const PluginType = "warmpool"
-
-// DefaultTimeout bounds one call to the agent. A warm hit answers in
-// milliseconds; the bound covers a cache miss that waits for the allocator.
-const DefaultTimeout = 10 * time.Second
 
 // IPAMConfig is the ipam section of the network config.
 type IPAMConfig struct {
@@ -38,9 +38,12 @@ type IPAMConfig struct {
 	// Pool names the IPPool to allocate from; empty lets the agent choose by
 	// the pod's annotation and the pools' selectors.
 	Pool string `json:"pool,omitempty"`
-	// Socket is the agent's socket; default wire.DefaultSocket.
+	// Socket is the agent's socket; default wire.DefaultSocket. The
+	// plugin binary reads it; the agent only checks the config holds it
+	// as a string.
 	Socket string `json:"socket,omitempty"`
-	// Timeout bounds a call to the agent, as a Go duration ("10s").
+	// Timeout bounds the agent's work on a request, as a Go duration
+	// ("10s"); default shim.DefaultTimeout.
 	Timeout string `json:"timeout,omitempty"`
 }
 
@@ -61,21 +64,137 @@ type K8sArgs struct {
 	K8S_POD_UID                types.UnmarshallableString //nolint:revive
 }
 
-// Caller sends one request to the agent; wire.Call in production.
-type Caller func(ctx context.Context, socket string, req *wire.Request) (*wire.Response, error)
+// Handler answers one request: the agent's Handle.
+type Handler func(ctx context.Context, req *wire.Request) *wire.Response
 
 // Plugin implements the CNI operations against the agent.
 type Plugin struct {
-	Call Caller
-}
-
-// Funcs returns the operations for skel.
-func (p *Plugin) Funcs() skel.CNIFuncs {
-	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, GC: p.GC, Status: p.Status}
+	Handle Handler
 }
 
 // Versions are the CNI spec versions the plugin speaks.
-var Versions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+var Versions = version.PluginSupports(wire.SpecVersions...)
+
+// Serve answers one exec of the plugin: the bytes it prints on stdout and
+// its exit code. A failure is a CNI error, printed as skel prints it.
+func Serve(ctx context.Context, h Handler, inv *wire.Invocation) ([]byte, int) {
+	var out bytes.Buffer
+	if err := (&Plugin{Handle: h}).dispatch(ctx, inv, &out); err != nil {
+		return Refusal(err.Code, err.Msg, err.Details)
+	}
+	return out.Bytes(), 0
+}
+
+// Refusal is the answer to an exec the agent could not read.
+func Refusal(code uint, msg, details string) ([]byte, int) {
+	b, _ := json.MarshalIndent(types.NewError(code, msg, details), "", "    ")
+	return b, 1
+}
+
+// required lists, per command, the variables skel requires.
+var required = map[string][]string{
+	"ADD":    {"CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"},
+	"CHECK":  {"CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"},
+	"DEL":    {"CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"},
+	"GC":     {"CNI_PATH"},
+	"STATUS": {"CNI_PATH"},
+}
+
+// minimum is the lowest config version a command exists in.
+var minimum = map[string]string{"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
+
+// dispatch checks the exec as skel does for a plugin, with skel's codes
+// and messages (a runtime and its operators know them), then runs the
+// command. Not checked: skel's refusal of a CNI_NETNS that is the plugin's
+// own namespace, which guards plugins that configure interfaces; an IPAM
+// enters no namespace.
+func (p *Plugin) dispatch(ctx context.Context, inv *wire.Invocation, out io.Writer) *types.Error {
+	cmd := inv.Getenv("CNI_COMMAND")
+	missing := []string{}
+	if cmd == "" {
+		missing = append(missing, "CNI_COMMAND")
+	}
+	for _, name := range required[cmd] {
+		if inv.Getenv(name) == "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) == 0 && (cmd == "ADD" || cmd == "CHECK" || cmd == "DEL") {
+		if err := utils.ValidateContainerID(inv.Getenv("CNI_CONTAINERID")); err != nil {
+			return err
+		}
+		if err := utils.ValidateInterfaceName(inv.Getenv("CNI_IFNAME")); err != nil {
+			return err
+		}
+	}
+	if len(missing) > 0 {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("required env variables [%s] missing", strings.Join(missing, ",")), "")
+	}
+	if cmd == "VERSION" {
+		if err := Versions.Encode(out); err != nil {
+			return types.NewError(types.ErrIOFailure, err.Error(), "")
+		}
+		return nil
+	}
+	ops := map[string]func(context.Context, *skel.CmdArgs, io.Writer) error{
+		"ADD": p.Add, "DEL": p.Del, "CHECK": p.Check, "GC": p.GC, "STATUS": p.Status,
+	}
+	op, ok := ops[cmd]
+	if !ok {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("unknown CNI_COMMAND: %v", cmd), "")
+	}
+	if err := validateName(inv.Stdin); err != nil {
+		return err
+	}
+	confVersion, err := (&version.ConfigDecoder{}).Decode(inv.Stdin)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, err.Error(), "")
+	}
+	if low, ok := minimum[cmd]; ok {
+		atLeast, err := version.GreaterThanOrEqualTo(confVersion, low)
+		if err != nil {
+			return types.NewError(types.ErrDecodingFailure, err.Error(), "")
+		}
+		if !atLeast {
+			return types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("config version does not allow %s", cmd), "")
+		}
+	}
+	if verErr := (&version.Reconciler{}).Check(confVersion, Versions); verErr != nil {
+		return types.NewError(types.ErrIncompatibleCNIVersion, "incompatible CNI versions", verErr.Details())
+	}
+	args := &skel.CmdArgs{
+		ContainerID:   inv.Getenv("CNI_CONTAINERID"),
+		Netns:         inv.Getenv("CNI_NETNS"),
+		IfName:        inv.Getenv("CNI_IFNAME"),
+		Args:          inv.Getenv("CNI_ARGS"),
+		Path:          inv.Getenv("CNI_PATH"),
+		NetnsOverride: inv.Getenv("CNI_NETNS_OVERRIDE"),
+		StdinData:     inv.Stdin,
+	}
+	if err := op(ctx, args, out); err != nil {
+		var e *types.Error
+		if errors.As(err, &e) {
+			return e
+		}
+		return types.NewError(types.ErrInternal, err.Error(), "")
+	}
+	return nil
+}
+
+// validateName is skel's first look at the config: JSON with a valid
+// network name.
+func validateName(stdin []byte) *types.Error {
+	var conf struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(stdin, &conf); err != nil {
+		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("error unmarshall network config: %v", err), "")
+	}
+	if conf.Name == "" {
+		return types.NewError(types.ErrInvalidNetworkConfig, "missing network name", "")
+	}
+	return utils.ValidateNetworkName(conf.Name)
+}
 
 // dnsSubdomain is the shape of a Kubernetes object name.
 var dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
@@ -94,10 +213,7 @@ func ParseConfig(stdin []byte) (*NetConf, time.Duration, error) {
 		return nil, 0, types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("ipam.pool %q is not a valid IPPool name", p), "use the name of an IPPool object (lower-case DNS subdomain)")
 	}
-	if conf.IPAM.Socket == "" {
-		conf.IPAM.Socket = wire.DefaultSocket
-	}
-	timeout := DefaultTimeout
+	timeout := shim.DefaultTimeout
 	if conf.IPAM.Timeout != "" {
 		d, err := time.ParseDuration(conf.IPAM.Timeout)
 		if err != nil || d <= 0 {
@@ -143,37 +259,20 @@ func (p *Plugin) request(args *skel.CmdArgs, op wire.Op) (*NetConf, time.Duratio
 	return conf, timeout, req, nil
 }
 
-// call sends req and turns every failure into a CNI error.
-func (p *Plugin) call(conf *NetConf, timeout time.Duration, req *wire.Request) (*wire.Response, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+// call asks the agent, bounded by ipam.timeout, and turns its error into a
+// CNI error.
+func (p *Plugin) call(ctx context.Context, timeout time.Duration, req *wire.Request) (*wire.Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	resp, err := p.Call(ctx, conf.IPAM.Socket, req)
-	switch {
-	case errors.Is(err, wire.ErrAgentUnreachable):
-		code := types.ErrTryAgainLater
-		if req.Op == wire.OpStatus {
-			code = types.ErrPluginNotAvailable
-		}
-		return nil, types.NewError(code,
-			fmt.Sprintf("the warmpool agent is not running on this node (no socket at %s)", conf.IPAM.Socket),
-			"check the warmpool-agent DaemonSet's pod on this node; the runtime retries")
-	case errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
-		return nil, types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("the warmpool agent closed the connection before answering %s (restarting?)", req.Op),
-			"the runtime retries; an ADD retried for the same container gets what the agent recorded")
-	case errors.Is(err, context.DeadlineExceeded):
-		return nil, types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("the warmpool agent did not answer %s within %s", req.Op, timeout), err.Error())
-	case err != nil:
-		return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("talking to the warmpool agent at %s failed", conf.IPAM.Socket), err.Error())
-	case resp.Error != nil:
+	resp := p.Handle(ctx, req)
+	if resp.Error != nil {
 		return nil, types.NewError(resp.Error.Code, resp.Error.Msg, resp.Error.Details)
 	}
 	return resp, nil
 }
 
 // Add asks the agent for the attachment's addresses and prints the result.
-func (p *Plugin) Add(args *skel.CmdArgs) error {
+func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) error {
 	conf, timeout, req, err := p.request(args, wire.OpAdd)
 	if err != nil {
 		return err
@@ -183,7 +282,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 			"CNI_ARGS lacks K8S_POD_NAMESPACE or K8S_POD_NAME",
 			"warmpool allocates per Kubernetes pod: the runtime (kubelet) must pass them")
 	}
-	resp, err := p.call(conf, timeout, req)
+	resp, err := p.call(ctx, timeout, req)
 	if err != nil {
 		return err
 	}
@@ -194,28 +293,33 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInternal, "the warmpool agent answered ADD with a malformed result", err.Error())
 	}
-	return types.PrintResult(result, conf.CNIVersion)
+	// What types.PrintResult does, to out rather than os.Stdout.
+	versioned, err := result.GetAsVersion(conf.CNIVersion)
+	if err != nil {
+		return err
+	}
+	return versioned.PrintTo(out)
 }
 
 // Del releases the attachment's addresses. The agent acknowledges at once
 // and succeeds for an attachment it does not know.
-func (p *Plugin) Del(args *skel.CmdArgs) error {
-	conf, timeout, req, err := p.request(args, wire.OpDel)
+func (p *Plugin) Del(ctx context.Context, args *skel.CmdArgs, _ io.Writer) error {
+	_, timeout, req, err := p.request(args, wire.OpDel)
 	if err != nil {
 		return err
 	}
-	_, err = p.call(conf, timeout, req)
+	_, err = p.call(ctx, timeout, req)
 	return err
 }
 
 // Check asks the agent whether the attachment still holds its addresses
 // and compares them with the runtime's previous result.
-func (p *Plugin) Check(args *skel.CmdArgs) error {
+func (p *Plugin) Check(ctx context.Context, args *skel.CmdArgs, _ io.Writer) error {
 	conf, timeout, req, err := p.request(args, wire.OpCheck)
 	if err != nil {
 		return err
 	}
-	resp, err := p.call(conf, timeout, req)
+	resp, err := p.call(ctx, timeout, req)
 	if err != nil {
 		return err
 	}
@@ -245,7 +349,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 
 // GC frees every assignment of this network whose attachment is not in the
 // runtime's valid list.
-func (p *Plugin) GC(args *skel.CmdArgs) error {
+func (p *Plugin) GC(ctx context.Context, args *skel.CmdArgs, _ io.Writer) error {
 	conf, timeout, err := ParseConfig(args.StdinData)
 	if err != nil {
 		return err
@@ -254,17 +358,17 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	for _, a := range conf.ValidAttachments {
 		req.Valid = append(req.Valid, wire.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
 	}
-	_, err = p.call(conf, timeout, req)
+	_, err = p.call(ctx, timeout, req)
 	return err
 }
 
 // Status reports whether the agent is reachable and can serve an ADD.
-func (p *Plugin) Status(args *skel.CmdArgs) error {
+func (p *Plugin) Status(ctx context.Context, args *skel.CmdArgs, _ io.Writer) error {
 	conf, timeout, err := ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
-	_, err = p.call(conf, timeout, &wire.Request{Op: wire.OpStatus, Network: conf.Name, Pool: conf.IPAM.Pool})
+	_, err = p.call(ctx, timeout, &wire.Request{Op: wire.OpStatus, Network: conf.Name, Pool: conf.IPAM.Pool})
 	return err
 }
 

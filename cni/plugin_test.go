@@ -1,7 +1,6 @@
 package cni
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,12 +8,8 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/warmpool/warmpool/agent/wire"
+	"github.com/warmpool/warmpool/cni/shim"
 	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
@@ -87,15 +83,15 @@ func TestParseConfigErrors(t *testing.T) {
 			wantCNIError(t, err, tc.code, tc.msg, tc.details)
 			// Every operation parses the config first: the runtime sees the same error.
 			for op, run := range map[string]func(*Plugin, *skel.CmdArgs) error{
-				"ADD": (*Plugin).Add, "DEL": (*Plugin).Del, "CHECK": (*Plugin).Check, "GC": (*Plugin).GC, "STATUS": (*Plugin).Status,
+				"ADD": (*Plugin).add, "DEL": (*Plugin).del, "CHECK": (*Plugin).check, "GC": (*Plugin).gc, "STATUS": (*Plugin).status,
 			} {
-				f := &fakeAgent{answer: func(*wire.Request) (*wire.Response, error) { t.Fatalf("%s: agent called", op); return nil, nil }}
-				wantCNIError(t, run(&Plugin{Call: f.call}, args(tc.conf)), tc.code, tc.msg, tc.details)
+				f := &fakeAgent{answer: func(*wire.Request) *wire.Response { t.Fatalf("%s: agent called", op); return nil }}
+				wantCNIError(t, run(&Plugin{Handle: f.handle}, args(tc.conf)), tc.code, tc.msg, tc.details)
 			}
 		})
 	}
 	conf, timeout, err := ParseConfig([]byte(`{"name":"n","ipam":{"type":"warmpool"}}`))
-	if err != nil || conf.IPAM.Socket != wire.DefaultSocket || timeout != DefaultTimeout {
+	if err != nil || conf.IPAM.Socket != "" || timeout != shim.DefaultTimeout {
 		t.Fatalf("defaults: %+v %s %v", conf, timeout, err)
 	}
 	long = strings.Repeat("a", 253)
@@ -129,11 +125,11 @@ func TestParseArgs(t *testing.T) {
 			_, err := ParseArgs(bad)
 			wantCNIError(t, err, types.ErrInvalidEnvironmentVariables, "CNI_ARGS cannot be parsed", "ARGS: *")
 			// ADD, DEL and CHECK read CNI_ARGS: the runtime sees the same error.
-			for op, run := range map[string]func(*Plugin, *skel.CmdArgs) error{"ADD": (*Plugin).Add, "DEL": (*Plugin).Del, "CHECK": (*Plugin).Check} {
-				f := &fakeAgent{answer: func(*wire.Request) (*wire.Response, error) { t.Fatalf("%s: agent called", op); return nil, nil }}
+			for op, run := range map[string]func(*Plugin, *skel.CmdArgs) error{"ADD": (*Plugin).add, "DEL": (*Plugin).del, "CHECK": (*Plugin).check} {
+				f := &fakeAgent{answer: func(*wire.Request) *wire.Response { t.Fatalf("%s: agent called", op); return nil }}
 				a := args(goodConf)
 				a.Args = bad
-				wantCNIError(t, run(&Plugin{Call: f.call}, a), types.ErrInvalidEnvironmentVariables, "CNI_ARGS cannot be parsed", "ARGS: *")
+				wantCNIError(t, run(&Plugin{Handle: f.handle}, a), types.ErrInvalidEnvironmentVariables, "CNI_ARGS cannot be parsed", "ARGS: *")
 			}
 		})
 	}
@@ -142,13 +138,21 @@ func TestParseArgs(t *testing.T) {
 // fakeAgent answers from a function, recording requests.
 type fakeAgent struct {
 	reqs   []*wire.Request
-	answer func(*wire.Request) (*wire.Response, error)
+	answer func(*wire.Request) *wire.Response
 }
 
-func (f *fakeAgent) call(_ context.Context, _ string, req *wire.Request) (*wire.Response, error) {
+func (f *fakeAgent) handle(_ context.Context, req *wire.Request) *wire.Response {
 	f.reqs = append(f.reqs, req)
 	return f.answer(req)
 }
+
+// The operations as the tests call them: no context to cancel, the output
+// dropped.
+func (p *Plugin) add(a *skel.CmdArgs) error    { return p.Add(context.Background(), a, io.Discard) }
+func (p *Plugin) del(a *skel.CmdArgs) error    { return p.Del(context.Background(), a, io.Discard) }
+func (p *Plugin) check(a *skel.CmdArgs) error  { return p.Check(context.Background(), a, io.Discard) }
+func (p *Plugin) gc(a *skel.CmdArgs) error     { return p.GC(context.Background(), a, io.Discard) }
+func (p *Plugin) status(a *skel.CmdArgs) error { return p.Status(context.Background(), a, io.Discard) }
 
 func args(conf string) *skel.CmdArgs {
 	return &skel.CmdArgs{ContainerID: "c1", Netns: "/run/netns/x", IfName: "eth0", Args: podArgs, StdinData: []byte(conf)}
@@ -163,196 +167,74 @@ func TestAddNeedsPodArgs(t *testing.T) {
 		"IgnoreUnknown=1;K8S_POD_UID=u-1;K8S_POD_INFRA_CONTAINER_ID=c1",
 	} {
 		t.Run(cniArgs, func(t *testing.T) {
-			f := &fakeAgent{answer: func(*wire.Request) (*wire.Response, error) { t.Fatal("agent called"); return nil, nil }}
+			f := &fakeAgent{answer: func(*wire.Request) *wire.Response { t.Fatal("agent called"); return nil }}
 			a := args(goodConf)
 			a.Args = cniArgs
-			wantCNIError(t, (&Plugin{Call: f.call}).Add(a), types.ErrInvalidEnvironmentVariables,
+			wantCNIError(t, (&Plugin{Handle: f.handle}).add(a), types.ErrInvalidEnvironmentVariables,
 				"CNI_ARGS lacks K8S_POD_NAMESPACE or K8S_POD_NAME", "warmpool allocates per Kubernetes pod: the runtime (kubelet) must pass them")
 		})
 	}
 	// DEL and CHECK do not need the pod: the attachment identifies the assignment.
-	f := &fakeAgent{answer: func(*wire.Request) (*wire.Response, error) { return &wire.Response{V: wire.Version}, nil }}
+	f := &fakeAgent{answer: func(*wire.Request) *wire.Response { return &wire.Response{} }}
 	a := args(goodConf)
 	a.Args = ""
-	if err := (&Plugin{Call: f.call}).Del(a); err != nil {
+	if err := (&Plugin{Handle: f.handle}).del(a); err != nil {
 		t.Fatalf("DEL without pod args: %v", err)
 	}
-	if err := (&Plugin{Call: f.call}).Check(a); err != nil {
+	if err := (&Plugin{Handle: f.handle}).check(a); err != nil {
 		t.Fatalf("CHECK without pod args: %v", err)
 	}
 }
 
-// TestAgentErrorsBecomeCNIErrors: every way a call to the agent can fail,
-// as Caller reports it, and every error the agent answers, reaches the
-// runtime as a CNI error with its exact code, message and details.
+// TestAgentErrorsBecomeCNIErrors: every error the agent answers reaches
+// the runtime as a CNI error with its exact code, message and details, and
+// an ADD answer that cannot be printed is an internal error.
 func TestAgentErrorsBecomeCNIErrors(t *testing.T) {
-	const sock = "/tmp/none.sock" // goodConf's
-	unreachable := fmt.Errorf("%w: boom", wire.ErrAgentUnreachable)
-	notRunning := "the warmpool agent is not running on this node (no socket at " + sock + ")"
-	notRunningDetails := "check the warmpool-agent DaemonSet's pod on this node; the runtime retries"
-	closed := func(op string) string {
-		return "the warmpool agent closed the connection before answering " + op + " (restarting?)"
-	}
-	closedDetails := "the runtime retries; an ADD retried for the same container gets what the agent recorded"
 	agentSays := func(code uint, msg, details string) *wire.Response {
-		return &wire.Response{V: wire.Version, Error: &wire.Error{Code: code, Msg: msg, Details: details}}
+		return &wire.Response{Error: &wire.Error{Code: code, Msg: msg, Details: details}}
 	}
 	for _, tc := range []struct {
 		name         string
 		op           func(*Plugin, *skel.CmdArgs) error
-		err          error
 		resp         *wire.Response
 		code         uint
 		msg, details string
 	}{
-		// No agent on the socket: try again later, but STATUS says "not available".
-		{"add unreachable", (*Plugin).Add, unreachable, nil, types.ErrTryAgainLater, notRunning, notRunningDetails},
-		{"del unreachable", (*Plugin).Del, unreachable, nil, types.ErrTryAgainLater, notRunning, notRunningDetails},
-		{"check unreachable", (*Plugin).Check, unreachable, nil, types.ErrTryAgainLater, notRunning, notRunningDetails},
-		{"gc unreachable", (*Plugin).GC, unreachable, nil, types.ErrTryAgainLater, notRunning, notRunningDetails},
-		{"status unreachable", (*Plugin).Status, unreachable, nil, types.ErrPluginNotAvailable, notRunning, notRunningDetails},
-		// The agent went away mid-request (restarting).
-		{"agent died mid-ADD", (*Plugin).Add, fmt.Errorf("read: %w", io.EOF), nil, types.ErrTryAgainLater, closed("ADD"), closedDetails},
-		{"connection reset mid-DEL", (*Plugin).Del, fmt.Errorf("read: %w", syscall.ECONNRESET), nil, types.ErrTryAgainLater, closed("DEL"), closedDetails},
-		{"broken pipe mid-CHECK", (*Plugin).Check, fmt.Errorf("write: %w", syscall.EPIPE), nil, types.ErrTryAgainLater, closed("CHECK"), closedDetails},
-		// No answer within ipam.timeout (goodConf's 2s).
-		{"add timeout", (*Plugin).Add, fmt.Errorf("x: %w", context.DeadlineExceeded), nil, types.ErrTryAgainLater, "the warmpool agent did not answer ADD within 2s", "x: context deadline exceeded"},
-		{"status timeout", (*Plugin).Status, fmt.Errorf("x: %w", context.DeadlineExceeded), nil, types.ErrTryAgainLater, "the warmpool agent did not answer STATUS within 2s", "x: context deadline exceeded"},
-		// Anything else on the socket (garbage, a protocol version mismatch) is an I/O failure.
-		{"add io", (*Plugin).Add, errors.New("garbled"), nil, types.ErrIOFailure, "talking to the warmpool agent at " + sock + " failed", "garbled"},
 		// The agent's own errors pass through unchanged.
-		{"add unknown pool", (*Plugin).Add, nil, agentSays(wire.CodeUnknownPool, `pool "nope" does not exist`, "create it"), wire.CodeUnknownPool, `pool "nope" does not exist`, "create it"},
-		{"add no pool", (*Plugin).Add, nil, agentSays(wire.CodeNoPool, "no pool for pod default/web-0", "name one"), wire.CodeNoPool, "no pool for pod default/web-0", "name one"},
-		{"add exhausted", (*Plugin).Add, nil, agentSays(wire.CodePoolExhausted, "pool underlay-dual is exhausted", ""), wire.CodePoolExhausted, "pool underlay-dual is exhausted", ""},
-		{"add pod not found", (*Plugin).Add, nil, agentSays(wire.CodePodNotFound, "pod default/web-0 is not in the API", "deleted?"), wire.CodePodNotFound, "pod default/web-0 is not in the API", "deleted?"},
-		{"add miss timeout", (*Plugin).Add, nil, agentSays(wire.CodeMissTimeout, "node n holds no warm address of pool p", "later"), wire.CodeMissTimeout, "node n holds no warm address of pool p", "later"},
-		{"add version refused by the agent", (*Plugin).Add, nil, agentSays(wire.CodeIncompatible, "the plugin speaks protocol v0, this agent v1", "upgrade"), wire.CodeIncompatible, "the plugin speaks protocol v0, this agent v1", "upgrade"},
-		{"check mismatch", (*Plugin).Check, nil, agentSays(wire.CodeCheckMismatch, "c1/eth0 holds no address", "re-create"), wire.CodeCheckMismatch, "c1/eth0 holds no address", "re-create"},
-		{"del store failure", (*Plugin).Del, nil, agentSays(wire.CodeIOFailure, "the agent could not record the release", "disk"), wire.CodeIOFailure, "the agent could not record the release", "disk"},
-		{"gc failure", (*Plugin).GC, nil, agentSays(wire.CodeInvalidEnv, "CNI_CONTAINERID and CNI_IFNAME are required", ""), wire.CodeInvalidEnv, "CNI_CONTAINERID and CNI_IFNAME are required", ""},
-		{"status not available", (*Plugin).Status, nil, agentSays(wire.CodeNotAvailable, "node n holds no warm address of any pool and no allocator is connected", ""), wire.CodeNotAvailable, "node n holds no warm address of any pool and no allocator is connected", ""},
+		{"add unknown pool", (*Plugin).add, agentSays(wire.CodeUnknownPool, `pool "nope" does not exist`, "create it"), wire.CodeUnknownPool, `pool "nope" does not exist`, "create it"},
+		{"add no pool", (*Plugin).add, agentSays(wire.CodeNoPool, "no pool for pod default/web-0", "name one"), wire.CodeNoPool, "no pool for pod default/web-0", "name one"},
+		{"add exhausted", (*Plugin).add, agentSays(wire.CodePoolExhausted, "pool underlay-dual is exhausted", ""), wire.CodePoolExhausted, "pool underlay-dual is exhausted", ""},
+		{"add pod not found", (*Plugin).add, agentSays(wire.CodePodNotFound, "pod default/web-0 is not in the API", "deleted?"), wire.CodePodNotFound, "pod default/web-0 is not in the API", "deleted?"},
+		{"add miss timeout", (*Plugin).add, agentSays(wire.CodeMissTimeout, "node n holds no warm address of pool p", "later"), wire.CodeMissTimeout, "node n holds no warm address of pool p", "later"},
+		{"add version refused by the agent", (*Plugin).add, agentSays(wire.CodeIncompatible, "the plugin speaks protocol v0, this agent v1", "upgrade"), wire.CodeIncompatible, "the plugin speaks protocol v0, this agent v1", "upgrade"},
+		{"check mismatch", (*Plugin).check, agentSays(wire.CodeCheckMismatch, "c1/eth0 holds no address", "re-create"), wire.CodeCheckMismatch, "c1/eth0 holds no address", "re-create"},
+		{"del store failure", (*Plugin).del, agentSays(wire.CodeIOFailure, "the agent could not record the release", "disk"), wire.CodeIOFailure, "the agent could not record the release", "disk"},
+		{"gc failure", (*Plugin).gc, agentSays(wire.CodeInvalidEnv, "CNI_CONTAINERID and CNI_IFNAME are required", ""), wire.CodeInvalidEnv, "CNI_CONTAINERID and CNI_IFNAME are required", ""},
+		{"status not available", (*Plugin).status, agentSays(wire.CodeNotAvailable, "node n holds no warm address of any pool and no allocator is connected", ""), wire.CodeNotAvailable, "node n holds no warm address of any pool and no allocator is connected", ""},
 		// An ADD answer the plugin cannot use.
-		{"add no result", (*Plugin).Add, nil, &wire.Response{V: wire.Version}, types.ErrInternal, "the warmpool agent answered ADD without a result", ""},
-		{"add bad address", (*Plugin).Add, nil, &wire.Response{V: wire.Version, Result: &wire.Result{IPs: []wire.Address{{CIDR: "nonsense"}}}},
+		{"add no result", (*Plugin).add, &wire.Response{}, types.ErrInternal, "the warmpool agent answered ADD without a result", ""},
+		{"add bad address", (*Plugin).add, &wire.Response{Result: &wire.Result{IPs: []wire.Address{{CIDR: "nonsense"}}}},
 			types.ErrInternal, "the warmpool agent answered ADD with a malformed result", `address "nonsense": *`},
-		{"add bad gateway", (*Plugin).Add, nil, &wire.Response{V: wire.Version, Result: &wire.Result{IPs: []wire.Address{{CIDR: "10.0.0.5/24", Gateway: "10.0.0"}}}},
+		{"add bad gateway", (*Plugin).add, &wire.Response{Result: &wire.Result{IPs: []wire.Address{{CIDR: "10.0.0.5/24", Gateway: "10.0.0"}}}},
 			types.ErrInternal, "the warmpool agent answered ADD with a malformed result", `gateway "10.0.0" is not an address`},
-		{"add bad route", (*Plugin).Add, nil, &wire.Response{V: wire.Version, Result: &wire.Result{IPs: []wire.Address{{CIDR: "10.0.0.5/24"}}, Routes: []wire.Route{{Dst: "default"}}}},
+		{"add bad route", (*Plugin).add, &wire.Response{Result: &wire.Result{IPs: []wire.Address{{CIDR: "10.0.0.5/24"}}, Routes: []wire.Route{{Dst: "default"}}}},
 			types.ErrInternal, "the warmpool agent answered ADD with a malformed result", `route "default": *`},
-		{"add bad route gateway", (*Plugin).Add, nil, &wire.Response{V: wire.Version, Result: &wire.Result{IPs: []wire.Address{{CIDR: "10.0.0.5/24"}}, Routes: []wire.Route{{Dst: "0.0.0.0/0", GW: "x"}}}},
+		{"add bad route gateway", (*Plugin).add, &wire.Response{Result: &wire.Result{IPs: []wire.Address{{CIDR: "10.0.0.5/24"}}, Routes: []wire.Route{{Dst: "0.0.0.0/0", GW: "x"}}}},
 			types.ErrInternal, "the warmpool agent answered ADD with a malformed result", `route gateway "x" is not an address`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := &fakeAgent{answer: func(*wire.Request) (*wire.Response, error) { return tc.resp, tc.err }}
-			wantCNIError(t, tc.op(&Plugin{Call: f.call}, args(goodConf)), tc.code, tc.msg, tc.details)
+			f := &fakeAgent{answer: func(*wire.Request) *wire.Response { return tc.resp }}
+			wantCNIError(t, tc.op(&Plugin{Handle: f.handle}, args(goodConf)), tc.code, tc.msg, tc.details)
 		})
 	}
 }
 
-// badAgent serves a unix socket with handle, one connection at a time.
-func badAgent(t *testing.T, handle func(net.Conn)) string {
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			handle(c)
-			c.Close()
-		}
-	}()
-	return sock
-}
-
-// TestAgentFailuresOverTheSocket: the production Caller (wire.Call) on a
-// real unix socket, against agents that are absent, dead, silent, confused
-// or of another protocol version; what the runtime gets for each.
-func TestAgentFailuresOverTheSocket(t *testing.T) {
-	readReq := func(c net.Conn) { _ = wire.Read(bufio.NewReader(c), &wire.Request{}) }
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
-	dead := filepath.Join(t.TempDir(), "dead.sock")
-	l, err := net.Listen("unix", dead)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	l.Close()
-	for _, tc := range []struct {
-		name         string
-		socket       func() string
-		op           func(*Plugin, *skel.CmdArgs) error
-		code         uint
-		msg, details string // "%s" in msg is the socket
-	}{
-		{"no socket, ADD", func() string { return filepath.Join(t.TempDir(), "absent.sock") }, (*Plugin).Add,
-			types.ErrTryAgainLater, "the warmpool agent is not running on this node (no socket at %s)", "check the warmpool-agent DaemonSet's pod on this node; the runtime retries"},
-		{"no socket, DEL", func() string { return filepath.Join(t.TempDir(), "absent.sock") }, (*Plugin).Del,
-			types.ErrTryAgainLater, "the warmpool agent is not running on this node (no socket at %s)", "check the warmpool-agent DaemonSet's pod on this node; the runtime retries"},
-		{"no socket, STATUS", func() string { return filepath.Join(t.TempDir(), "absent.sock") }, (*Plugin).Status,
-			types.ErrPluginNotAvailable, "the warmpool agent is not running on this node (no socket at %s)", "check the warmpool-agent DaemonSet's pod on this node; the runtime retries"},
-		{"dead agent (socket file, nobody listening)", func() string { return dead }, (*Plugin).Add,
-			types.ErrTryAgainLater, "the warmpool agent is not running on this node (no socket at %s)", "check the warmpool-agent DaemonSet's pod on this node; the runtime retries"},
-		{"agent closes after reading", func() string { return badAgent(t, readReq) }, (*Plugin).Add,
-			types.ErrTryAgainLater, "the warmpool agent closed the connection before answering ADD (restarting?)", "the runtime retries; an ADD retried for the same container gets what the agent recorded"},
-		{"agent closes without reading", func() string { return badAgent(t, func(net.Conn) {}) }, (*Plugin).Del,
-			types.ErrTryAgainLater, "the warmpool agent closed the connection before answering DEL (restarting?)", "the runtime retries; an ADD retried for the same container gets what the agent recorded"},
-		{"agent answers garbage", func() string { return badAgent(t, func(c net.Conn) { readReq(c); _, _ = c.Write([]byte("ok\n")) }) }, (*Plugin).Add,
-			types.ErrIOFailure, "talking to the warmpool agent at %s failed", "read warmpool agent's answer to ADD: decode: *"},
-		{"agent breaks off mid-answer", func() string {
-			return badAgent(t, func(c net.Conn) { readReq(c); _, _ = c.Write([]byte(`{"v":1,"res`)) })
-		}, (*Plugin).Add,
-			types.ErrIOFailure, "talking to the warmpool agent at %s failed", "read warmpool agent's answer to ADD: decode: *"},
-		{"agent answers too much", func() string {
-			return badAgent(t, func(c net.Conn) { readReq(c); _, _ = c.Write(bytes.Repeat([]byte(" "), wire.MaxMessage+1)) })
-		}, (*Plugin).Add,
-			types.ErrIOFailure, "talking to the warmpool agent at %s failed", "read warmpool agent's answer to ADD: message longer than 1048576 bytes"},
-		// docs/protocol.md gives code 1 for a protocol version mismatch;
-		// the plugin refuses the answer before reading its error, so the
-		// runtime gets 5 with the advice in the details.
-		{"agent of another protocol version", func() string {
-			return badAgent(t, func(c net.Conn) {
-				readReq(c)
-				_ = wire.Write(c, &wire.Response{V: wire.Version + 1, Error: &wire.Error{Code: wire.CodeIncompatible, Msg: "the plugin speaks protocol v1, this agent v2"}})
-			})
-		}, (*Plugin).Add,
-			types.ErrIOFailure, "talking to the warmpool agent at %s failed", "warmpool agent speaks protocol v2, this plugin v1: upgrade them together"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			sock := tc.socket()
-			// Not the timeout under test: long enough that a loaded
-			// machine (1 MB over the socket under the race detector)
-			// does not turn another failure into one.
-			conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"underlay","ipam":{"type":"warmpool","socket":%q,"timeout":"30s"}}`, sock)
-			msg := tc.msg
-			if strings.Contains(msg, "%s") {
-				msg = fmt.Sprintf(msg, sock)
-			}
-			wantCNIError(t, tc.op(&Plugin{Call: wire.Call}, args(conf)), tc.code, msg, tc.details)
-		})
-	}
-	t.Run("silent agent", func(t *testing.T) {
-		sock := badAgent(t, func(net.Conn) { <-release })
-		conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"underlay","ipam":{"type":"warmpool","socket":%q,"timeout":"200ms"}}`, sock)
-		wantCNIError(t, (*Plugin).Add(&Plugin{Call: wire.Call}, args(conf)), types.ErrTryAgainLater,
-			"the warmpool agent did not answer ADD within 200ms", "warmpool agent did not answer ADD in time: context deadline exceeded")
-	})
-}
-
-// TestRuntimeSeesEntryPointErrors runs the plugin as cmd/warmpool does,
-// through skel with the CNI environment and stdin: skel's own checks of
-// the environment and the config come first, with their codes.
+// TestRuntimeSeesEntryPointErrors: the agent checks each forwarded exec
+// as skel checks a plugin's, with skel's codes and messages, before the
+// plugin's own checks.
 func TestRuntimeSeesEntryPointErrors(t *testing.T) {
-	absent := filepath.Join(t.TempDir(), "absent.sock")
 	conf := func(version string) string {
-		return fmt.Sprintf(`{"cniVersion":%q,"name":"underlay","type":"macvlan","ipam":{"type":"warmpool","socket":%q}}`, version, absent)
+		return fmt.Sprintf(`{"cniVersion":%q,"name":"underlay","type":"macvlan","ipam":{"type":"warmpool"}}`, version)
 	}
 	good := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
 		"CNI_PATH": "/opt/cni/bin", "CNI_ARGS": podArgs}
@@ -372,57 +254,111 @@ func TestRuntimeSeesEntryPointErrors(t *testing.T) {
 		code         uint
 		msg, details string
 	}{
+		{"no CNI_COMMAND", with("CNI_COMMAND", ""), conf("1.1.0"), types.ErrInvalidEnvironmentVariables, "required env variables [CNI_COMMAND] missing", ""},
 		{"no CNI_CONTAINERID", with("CNI_CONTAINERID", ""), conf("1.1.0"), types.ErrInvalidEnvironmentVariables, "required env variables [CNI_CONTAINERID] missing", ""},
 		{"no CNI_IFNAME", with("CNI_IFNAME", ""), conf("1.1.0"), types.ErrInvalidEnvironmentVariables, "required env variables [CNI_IFNAME] missing", ""},
+		{"no CNI_NETNS", with("CNI_NETNS", ""), conf("1.1.0"), types.ErrInvalidEnvironmentVariables, "required env variables [CNI_NETNS] missing", ""},
+		{"no CNI_PATH nor CNI_IFNAME", with("CNI_PATH", ""), conf("1.1.0"), types.ErrInvalidEnvironmentVariables, "required env variables [CNI_PATH] missing", ""},
 		{"bad CNI_CONTAINERID", with("CNI_CONTAINERID", "c 1"), conf("1.1.0"), types.ErrInvalidEnvironmentVariables, "invalid characters in containerID", "c 1"},
 		{"bad CNI_IFNAME", with("CNI_IFNAME", "eth/0"), conf("1.1.0"), types.ErrInvalidEnvironmentVariables, "interface name contains / or : or whitespace characters", ""},
 		{"unknown CNI_COMMAND", with("CNI_COMMAND", "FROB"), conf("1.1.0"), types.ErrInvalidEnvironmentVariables, "unknown CNI_COMMAND: FROB", ""},
 		{"config not JSON", good, `{"name":`, types.ErrDecodingFailure, "error unmarshall network config: unexpected end of JSON input", ""},
 		{"config without a name", good, `{"cniVersion":"1.1.0","ipam":{"type":"warmpool"}}`, types.ErrInvalidNetworkConfig, "missing network name", ""},
+		{"network name with a slash", good, `{"cniVersion":"1.1.0","name":"a/b","ipam":{"type":"warmpool"}}`, types.ErrInvalidNetworkConfig, "invalid characters found in network name", "a/b"},
 		{"unsupported cniVersion", good, conf("0.2.0"), types.ErrIncompatibleCNIVersion, "incompatible CNI versions", "*"},
+		{"cniVersion not a version", good, conf("one"), types.ErrIncompatibleCNIVersion, "incompatible CNI versions", "*"},
+		{"CHECK of a cniVersion that is not a version", with("CNI_COMMAND", "CHECK"), conf("one"), types.ErrDecodingFailure, "*", ""},
 		{"CHECK below 0.4.0", with("CNI_COMMAND", "CHECK"), conf("0.3.1"), types.ErrIncompatibleCNIVersion, "config version does not allow CHECK", ""},
-		// Past skel, the plugin's own errors.
+		{"GC below 1.1.0", with("CNI_COMMAND", "GC"), conf("1.0.0"), types.ErrIncompatibleCNIVersion, "config version does not allow GC", ""},
+		{"STATUS below 1.1.0", with("CNI_COMMAND", "STATUS"), conf("0.4.0"), types.ErrIncompatibleCNIVersion, "config version does not allow STATUS", ""},
+		// Past skel's checks, the plugin's own errors.
 		{"ipam section wrong", good, `{"cniVersion":"1.1.0","name":"underlay","ipam":{"type":"host-local"}}`, types.ErrInvalidNetworkConfig, `ipam.type is "host-local"; this plugin is "warmpool"`, ""},
 		{"ipam not an object", good, `{"cniVersion":"1.1.0","name":"underlay","ipam":"warmpool"}`, types.ErrDecodingFailure, "the network config is not valid JSON", "*"},
 		{"no pod in CNI_ARGS", with("CNI_ARGS", "IgnoreUnknown=1"), conf("1.1.0"), types.ErrInvalidEnvironmentVariables,
 			"CNI_ARGS lacks K8S_POD_NAMESPACE or K8S_POD_NAME", "warmpool allocates per Kubernetes pod: the runtime (kubelet) must pass them"},
-		{"no agent", good, conf("1.1.0"), types.ErrTryAgainLater, "the warmpool agent is not running on this node (no socket at " + absent + ")",
-			"check the warmpool-agent DaemonSet's pod on this node; the runtime retries"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, k := range []string{"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH", "CNI_NETNS_OVERRIDE"} {
-				t.Setenv(k, tc.env[k])
+			f := &fakeAgent{answer: func(*wire.Request) *wire.Response { t.Fatal("agent called"); return nil }}
+			out, exit := Serve(context.Background(), f.handle, &wire.Invocation{Env: tc.env, Stdin: []byte(tc.stdin)})
+			if exit != 1 {
+				t.Errorf("exit %d, want 1", exit)
 			}
-			stdin := filepath.Join(t.TempDir(), "stdin")
-			if err := os.WriteFile(stdin, []byte(tc.stdin), 0o600); err != nil {
-				t.Fatal(err)
+			e := &types.Error{}
+			if err := json.Unmarshal(out, e); err != nil {
+				t.Fatalf("printed %q: %v", out, err)
 			}
-			f, err := os.Open(stdin)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			saved := os.Stdin
-			os.Stdin = f
-			defer func() { os.Stdin = saved }()
-			p := &Plugin{Call: wire.Call}
-			e := skel.PluginMainFuncsWithError(p.Funcs(), Versions, "")
-			if e == nil {
-				t.Fatal("succeeded")
+			if tc.msg == "*" {
+				if e.Code != tc.code || e.Msg == "" {
+					t.Fatalf("got %d %q, want code %d", e.Code, e.Msg, tc.code)
+				}
+				return
 			}
 			wantCNIError(t, e, tc.code, tc.msg, tc.details)
 		})
 	}
 }
 
+// TestServePrintsWhatSkelWould: a successful ADD prints the result in the
+// config's CNI version, DEL prints nothing, and VERSION (which the plugin
+// binary answers itself) what skel prints for the same versions.
+func TestServePrintsWhatSkelWould(t *testing.T) {
+	f := &fakeAgent{answer: func(r *wire.Request) *wire.Response {
+		if r.Op != wire.OpAdd {
+			return &wire.Response{}
+		}
+		return &wire.Response{Result: &wire.Result{Pool: "p", Hit: true, IPs: []wire.Address{{CIDR: "10.0.0.5/24", Gateway: "10.0.0.1"}, {CIDR: "fd00::5/64"}}}}
+	}}
+	env := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+		"CNI_PATH": "/opt/cni/bin", "CNI_ARGS": podArgs}
+	for _, v := range Versions.SupportedVersions() {
+		stdin := fmt.Sprintf(`{"cniVersion":%q,"name":"underlay","ipam":{"type":"warmpool"}}`, v)
+		out, exit := Serve(context.Background(), f.handle, &wire.Invocation{Env: env, Stdin: []byte(stdin)})
+		if exit != 0 {
+			t.Fatalf("%s: exit %d: %s", v, exit, out)
+		}
+		r, err := ToCNIResult(f.answer(&wire.Request{Op: wire.OpAdd}).Result)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conv, err := r.GetAsVersion(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want bytes.Buffer
+		if err := conv.PrintTo(&want); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(out, want.Bytes()) {
+			t.Errorf("%s: printed\n%s\nwant\n%s", v, out, want.Bytes())
+		}
+	}
+	del := maps.Clone(env)
+	del["CNI_COMMAND"] = "DEL"
+	if out, exit := Serve(context.Background(), f.handle, &wire.Invocation{Env: del, Stdin: []byte(goodConf)}); exit != 0 || len(out) != 0 {
+		t.Errorf("DEL: exit %d, printed %q", exit, out)
+	}
+	var skelSays, shimSays bytes.Buffer
+	if err := Versions.Encode(&skelSays); err != nil {
+		t.Fatal(err)
+	}
+	if exit := shim.Main(func(k string) string { return map[string]string{"CNI_COMMAND": "VERSION"}[k] }, strings.NewReader(""), &shimSays, io.Discard); exit != 0 ||
+		shimSays.String() != skelSays.String() {
+		t.Errorf("VERSION: the plugin printed %q (exit %d), skel would print %q", shimSays.String(), exit, skelSays.String())
+	}
+	if out, exit := Serve(context.Background(), f.handle, &wire.Invocation{Env: map[string]string{"CNI_COMMAND": "VERSION"}}); exit != 0 ||
+		string(out) != skelSays.String() {
+		t.Errorf("VERSION to the agent: %q (exit %d)", out, exit)
+	}
+}
+
 func TestRequestsCarryTheAttachment(t *testing.T) {
-	f := &fakeAgent{answer: func(*wire.Request) (*wire.Response, error) { return &wire.Response{}, nil }}
-	p := &Plugin{Call: f.call}
-	if err := p.Del(args(goodConf)); err != nil {
+	f := &fakeAgent{answer: func(*wire.Request) *wire.Response { return &wire.Response{} }}
+	p := &Plugin{Handle: f.handle}
+	if err := p.del(args(goodConf)); err != nil {
 		t.Fatal(err)
 	}
 	gc := `{"cniVersion":"1.1.0","name":"underlay","ipam":{"type":"warmpool"},"cni.dev/valid-attachments":[{"containerID":"c2","ifname":"eth0"}]}`
-	if err := p.GC(&skel.CmdArgs{StdinData: []byte(gc)}); err != nil {
+	if err := p.gc(&skel.CmdArgs{StdinData: []byte(gc)}); err != nil {
 		t.Fatal(err)
 	}
 	del, gcReq := f.reqs[0], f.reqs[1]
@@ -439,8 +375,8 @@ func TestRequestsCarryTheAttachment(t *testing.T) {
 
 func TestCheckComparesPrevResult(t *testing.T) {
 	held := &wire.Response{Result: &wire.Result{IPs: []wire.Address{{CIDR: "10.0.0.5/24"}, {CIDR: "fd00::5/64"}}}}
-	f := &fakeAgent{answer: func(*wire.Request) (*wire.Response, error) { return held, nil }}
-	p := &Plugin{Call: f.call}
+	f := &fakeAgent{answer: func(*wire.Request) *wire.Response { return held }}
+	p := &Plugin{Handle: f.handle}
 	withPrev := func(ips ...string) string {
 		var parts []string
 		for _, ip := range ips {
@@ -448,10 +384,10 @@ func TestCheckComparesPrevResult(t *testing.T) {
 		}
 		return `{"cniVersion":"1.1.0","name":"underlay","ipam":{"type":"warmpool"},"prevResult":{"cniVersion":"1.1.0","ips":[` + strings.Join(parts, ",") + `]}}`
 	}
-	if err := p.Check(args(withPrev("10.0.0.5/24", "fd00::5/64"))); err != nil {
+	if err := p.check(args(withPrev("10.0.0.5/24", "fd00::5/64"))); err != nil {
 		t.Fatalf("matching CHECK: %v", err)
 	}
-	err := p.Check(args(withPrev("10.0.0.6/24")))
+	err := p.check(args(withPrev("10.0.0.6/24")))
 	if err == nil || testenv.CNICode(err) != wire.CodeCheckMismatch || !strings.Contains(err.Error(), "10.0.0.6/24 is no longer assigned") {
 		t.Fatalf("mismatching CHECK: %v", err)
 	}
@@ -505,7 +441,8 @@ func plain(c *NetConf) plainNetConf {
 
 // FuzzParseConfig: any input either parses or fails with the CNI error its
 // first defect calls for (6 for what is not a config, 7 for a wrong ipam
-// section); it never panics. What parses has type warmpool, a socket, a
+// section); it never panics. What parses has type warmpool, the socket it
+// names (the plugin binary reads it; the agent keeps it as given), a
 // pool that is empty or a DNS subdomain (checked against the apiserver's
 // own rule), the timeout it names (or the default), and is stable: written
 // back out and parsed again, it is the same config.
@@ -543,16 +480,16 @@ func FuzzParseConfig(f *testing.F) {
 		if wantCode != 0 {
 			t.Fatalf("%q accepted, want code %d %q", b, wantCode, wantMsg)
 		}
-		if conf.IPAM.Type != PluginType || conf.IPAM.Socket == "" || timeout <= 0 {
+		if conf.IPAM.Type != PluginType || timeout <= 0 {
 			t.Fatalf("accepted %q as %+v, timeout %s", b, conf.IPAM, timeout)
 		}
 		if p := conf.IPAM.Pool; p != "" && (len(p) > 253 || !dnsSubdomain.MatchString(p)) {
 			t.Fatalf("accepted pool %q", p)
 		}
-		if raw.IPAM.Socket == "" && conf.IPAM.Socket != wire.DefaultSocket || raw.IPAM.Socket != "" && conf.IPAM.Socket != raw.IPAM.Socket {
+		if conf.IPAM.Socket != raw.IPAM.Socket {
 			t.Fatalf("socket %q from %q", conf.IPAM.Socket, raw.IPAM.Socket)
 		}
-		if want, _ := time.ParseDuration(raw.IPAM.Timeout); raw.IPAM.Timeout == "" && timeout != DefaultTimeout || raw.IPAM.Timeout != "" && timeout != want {
+		if want, _ := time.ParseDuration(raw.IPAM.Timeout); raw.IPAM.Timeout == "" && timeout != shim.DefaultTimeout || raw.IPAM.Timeout != "" && timeout != want {
 			t.Fatalf("timeout %s from %q", timeout, raw.IPAM.Timeout)
 		}
 		// Re-parsing is stable.

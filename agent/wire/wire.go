@@ -1,26 +1,18 @@
-// Package wire is the protocol between the CNI plugin and the node agent on
-// the agent's unix socket: one JSON request and one JSON response per
-// connection, each a single line. It holds the message types and the
-// client the plugin uses; it imports only the standard library so that the
-// plugin binary stays small and starts fast. docs/protocol.md describes it.
+// Package wire is the protocol between the CNI plugin and the node agent
+// on the agent's unix socket (frame.go), and the request and response the
+// agent's CNI layer (package cni, in the agent) hands to the agent.
+//
+// The plugin forwards: it sends the exec as the runtime made it (the CNI
+// environment and the network config) and prints what the agent answers
+// (its stdout and exit code). What CNI means (the version checks, the
+// config, the result in the runtime's version) is the agent's alone, so the
+// binary on a host does not change with it, and an exec, twice per pod,
+// costs little more than Go's start. The package imports only the standard
+// library and no encoding/json, so that the plugin binary stays small.
+// docs/protocol.md describes it.
 package wire
 
-import (
-	"bufio"
-	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"net"
-	"os"
-	"syscall"
-	"time"
-)
-
-// Version is the protocol version. The agent rejects a request of another
-// version with CodeIncompatible, so a plugin and an agent of mismatched
-// releases fail loudly instead of misreading each other.
-const Version = 1
+import "fmt"
 
 // DefaultSocket is where the agent listens unless configured otherwise.
 const DefaultSocket = "/run/warmpool/agent.sock"
@@ -56,8 +48,7 @@ func (a Attachment) String() string { return a.ContainerID + "/" + a.IfName }
 
 // Request is what the plugin sends.
 type Request struct {
-	V  int `json:"v"`
-	Op Op  `json:"op"`
+	Op Op `json:"op"`
 	// Network is the netconf's name; Pool is the ipam section's pool, empty
 	// to let the agent pick by the pod's annotations and the pools' selectors.
 	Network string `json:"network,omitempty"`
@@ -95,7 +86,6 @@ type Result struct {
 // Response is what the agent answers. Exactly one of Error and Result is
 // set for ADD; DEL, GC and STATUS set only Error, and only on failure.
 type Response struct {
-	V      int     `json:"v"`
 	Error  *Error  `json:"error,omitempty"`
 	Result *Result `json:"result,omitempty"`
 }
@@ -143,81 +133,3 @@ const (
 	// (or no longer) assigned to it.
 	CodeCheckMismatch uint = 105
 )
-
-// ErrAgentUnreachable means the socket could not be dialled: no agent
-// listens there.
-var ErrAgentUnreachable = errors.New("warmpool agent unreachable")
-
-// Call sends req to the agent at socket and returns its response. It fails
-// with an error wrapping ErrAgentUnreachable when nothing listens on the
-// socket; ctx bounds the whole exchange.
-func Call(ctx context.Context, socket string, req *Request) (*Response, error) {
-	req.V = Version
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", socket)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
-			return nil, fmt.Errorf("%w at %s: %w", ErrAgentUnreachable, socket, err)
-		}
-		return nil, fmt.Errorf("dial warmpool agent at %s: %w", socket, err)
-	}
-	defer conn.Close()
-	if deadline, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(deadline)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	if err := Write(conn, req); err != nil {
-		return nil, fmt.Errorf("send %s to warmpool agent: %w", req.Op, err)
-	}
-	resp := &Response{}
-	if err := Read(bufio.NewReader(conn), resp); err != nil {
-		// The socket deadline is ctx's, so it may fire a moment before ctx
-		// itself reports the deadline.
-		var ne net.Error
-		if ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout() {
-			return nil, fmt.Errorf("warmpool agent did not answer %s in time: %w", req.Op, context.DeadlineExceeded)
-		}
-		return nil, fmt.Errorf("read warmpool agent's answer to %s: %w", req.Op, err)
-	}
-	if resp.V != Version {
-		return nil, fmt.Errorf("warmpool agent speaks protocol v%d, this plugin v%d: upgrade them together", resp.V, Version)
-	}
-	return resp, nil
-}
-
-// MaxMessage bounds one message, so a confused peer cannot make the other
-// side buffer without limit.
-const MaxMessage = 1 << 20
-
-// Write writes v as one line of JSON.
-func Write(conn net.Conn, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	_, err = conn.Write(append(b, '\n'))
-	return err
-}
-
-// Read reads one line of JSON into v, refusing lines longer than MaxMessage.
-func Read(r *bufio.Reader, v any) error {
-	var line []byte
-	for {
-		chunk, isPrefix, err := r.ReadLine()
-		if err != nil {
-			return err
-		}
-		line = append(line, chunk...)
-		if len(line) > MaxMessage {
-			return fmt.Errorf("message longer than %d bytes", MaxMessage)
-		}
-		if !isPrefix {
-			break
-		}
-	}
-	if err := json.Unmarshal(line, v); err != nil {
-		return fmt.Errorf("decode: %w", err)
-	}
-	return nil
-}

@@ -1,261 +1,207 @@
 package wire
 
 import (
-	"bufio"
 	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
+	"maps"
 	"net"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/warmpool/warmpool/internal/rig/testenv"
 )
 
-// serve answers one connection on a unix socket with handle.
-func serve(t *testing.T, handle func(net.Conn)) string {
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	l, err := net.Listen("unix", sock)
+var addEnv = map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+	"CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0", "CNI_PATH": "/opt/cni/bin"}
+
+func getenv(env map[string]string) func(string) string {
+	return func(k string) string { return env[k] }
+}
+
+func TestInvocationRoundTrip(t *testing.T) {
+	env := maps.Clone(addEnv)
+	env["HOME"] = "/root" // not a CNI variable: not forwarded
+	conf := []byte("{\"cniVersion\":\"1.1.0\",\n\"name\":\"underlay\"}\n")
+	msg, err := EncodeInvocation(getenv(env), conf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
+	inv, err := ParseInvocation(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(inv.Env, addEnv) || !bytes.Equal(inv.Stdin, conf) {
+		t.Fatalf("got %v %q\nwant %v %q", inv.Env, inv.Stdin, addEnv, conf)
+	}
+	if inv.Getenv("CNI_NETNS_OVERRIDE") != "" || (*Invocation)(nil).Getenv("CNI_COMMAND") != "" {
+		t.Fatal("an unset variable reads as set")
+	}
+	// An exec with no stdin (VERSION) and no variables frames too.
+	if inv, err := ParseInvocation(must(EncodeInvocation(getenv(nil), nil))); err != nil || len(inv.Env) != 0 || len(inv.Stdin) != 0 {
+		t.Fatalf("empty exec: %+v %v", inv, err)
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func TestEncodeInvocationRefuses(t *testing.T) {
+	env := maps.Clone(addEnv)
+	env["CNI_ARGS"] = "K8S_POD_NAME=a\nCNI_COMMAND=DEL"
+	if _, err := EncodeInvocation(getenv(env), nil); !errors.Is(err, ErrUnframable) || !strings.Contains(err.Error(), "CNI_ARGS contains a newline") {
+		t.Fatalf("newline in a variable: %v", err)
+	}
+	if _, err := EncodeInvocation(getenv(addEnv), make([]byte, MaxMessage)); !errors.Is(err, ErrUnframable) {
+		t.Fatalf("oversized config: %v", err)
+	}
+}
+
+func TestParseInvocationRefuses(t *testing.T) {
+	for _, tc := range []struct{ name, msg, err string }{
+		{"empty", "", `the message ends in its header line ""`},
+		{"cut in the header", "warmpool-cni/", `the message ends in its header line "warmpool-cni/"`},
+		{"no header line", "ADD", `the peer speaks another protocol: no header line in "ADD"`},
+		{"v1's JSON", `{"v":1,"op":"ADD"}` + "\n", "the peer speaks another protocol: header"},
+		{"another version", "warmpool-cni/1\n\n", `version "1", this side speaks 2`},
+		{"extra in the header", "warmpool-cni/2 0\n\n", `unexpected "0" after the version`},
+		{"unknown variable", "warmpool-cni/2\nCNI_FOO=1\n\n", `environment line "CNI_FOO=1" is not one of the CNI variables`},
+		{"no equals sign", "warmpool-cni/2\nCNI_COMMAND\n\n", `environment line "CNI_COMMAND" is not one of the CNI variables`},
+		{"twice", "warmpool-cni/2\nCNI_COMMAND=ADD\nCNI_COMMAND=DEL\n\n", "CNI_COMMAND given twice"},
+		{"empty value", "warmpool-cni/2\nCNI_COMMAND=\n\n", "CNI_COMMAND given empty"},
+		{"environment not ended", "warmpool-cni/2\nCNI_COMMAND=ADD\n", "the environment does not end in an empty line"},
+		{"too long", "warmpool-cni/2\n\n" + strings.Repeat(" ", MaxMessage), "message longer than 1048576 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := ParseInvocation([]byte(tc.msg)); err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("got %v, want %q", err, tc.err)
 			}
-			handle(c)
-			c.Close()
+		})
+	}
+}
+
+func TestAnswerRoundTrip(t *testing.T) {
+	for _, exit := range []int{0, 1, 255} {
+		out, code, err := ParseAnswer(EncodeAnswer([]byte("{\n  \"ips\": []\n}"), exit))
+		if err != nil || code != exit || string(out) != "{\n  \"ips\": []\n}" {
+			t.Fatalf("exit %d: %q %d %v", exit, out, code, err)
 		}
-	}()
-	return sock
+	}
+	for _, bad := range []string{"", "ok\n", `{"v":1,"result":{}}` + "\n", "warmpool-cni/2\n", "warmpool-cni/2 x\n", "warmpool-cni/2 256\n",
+		"warmpool-cni/2 -1\n", "warmpool-cni/2 01\n", "warmpool-cni/3 0\n"} {
+		if _, _, err := ParseAnswer([]byte(bad)); err == nil {
+			t.Errorf("answer %q accepted", bad)
+		}
+	}
 }
 
 func TestCallRoundTrip(t *testing.T) {
-	sock := serve(t, func(c net.Conn) {
-		req := &Request{}
-		if err := Read(bufio.NewReader(c), req); err != nil {
+	sock := testenv.UnixServer(t, func(c *net.UnixConn) {
+		msg, err := io.ReadAll(c) // until the plugin half-closes
+		if err != nil {
 			t.Errorf("server read: %v", err)
 			return
 		}
-		_ = Write(c, &Response{V: Version, Result: &Result{Pool: req.Pool, IPs: []Address{{CIDR: "10.0.0.5/24"}}, Hit: true}})
+		inv, err := ParseInvocation(msg)
+		if err != nil {
+			t.Errorf("server parse: %v", err)
+			return
+		}
+		_, _ = c.Write(EncodeAnswer(append([]byte(inv.Getenv("CNI_COMMAND")+" "), inv.Stdin...), 0))
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	resp, err := Call(ctx, sock, &Request{Op: OpAdd, Pool: "p1", Attachment: Attachment{ContainerID: "c", IfName: "eth0"}})
+	// An answer larger than one read.
+	conf := bytes.Repeat([]byte("x"), 100_000)
+	answer, err := Call(sock, must(EncodeInvocation(getenv(addEnv), conf)), time.Now().Add(10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Result == nil || resp.Result.Pool != "p1" || !resp.Result.Hit || resp.Result.IPs[0].CIDR != "10.0.0.5/24" {
-		t.Fatalf("response %+v", resp)
+	out, exit, err := ParseAnswer(answer)
+	if err != nil || exit != 0 || !bytes.Equal(out, append([]byte("ADD "), conf...)) {
+		t.Fatalf("answer of %d bytes, exit %d, %v", len(out), exit, err)
 	}
 }
 
-func TestCallNoAgent(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	_, err := Call(ctx, filepath.Join(t.TempDir(), "absent.sock"), &Request{Op: OpAdd})
-	if !errors.Is(err, ErrAgentUnreachable) {
-		t.Fatalf("absent socket: %v, want ErrAgentUnreachable", err)
+func TestCallFailures(t *testing.T) {
+	msg := must(EncodeInvocation(getenv(addEnv), []byte("{}")))
+	long := time.Now().Add(10 * time.Second)
+	if _, err := Call(filepath.Join(t.TempDir(), "absent.sock"), msg, long); !errors.Is(err, ErrAgentUnreachable) {
+		t.Errorf("absent socket: %v, want ErrAgentUnreachable", err)
 	}
 	// A socket file whose listener is gone refuses connections: also unreachable.
-	sock := filepath.Join(t.TempDir(), "dead.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
+	if _, err := Call(testenv.DeadSocket(t), msg, long); !errors.Is(err, ErrAgentUnreachable) {
+		t.Errorf("dead socket: %v, want ErrAgentUnreachable", err)
 	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	l.Close()
-	if _, err := Call(ctx, sock, &Request{Op: OpAdd}); !errors.Is(err, ErrAgentUnreachable) {
-		t.Fatalf("dead socket: %v, want ErrAgentUnreachable", err)
+	closes := testenv.UnixServer(t, func(c *net.UnixConn) { _, _ = io.ReadAll(c) })
+	if _, err := Call(closes, msg, long); !errors.Is(err, ErrClosed) {
+		t.Errorf("agent closing without an answer: %v, want ErrClosed", err)
 	}
-}
-
-func TestCallSilentAgentTimesOut(t *testing.T) {
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	sock := serve(t, func(net.Conn) { <-release })
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	_, err := Call(ctx, sock, &Request{Op: OpAdd})
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "did not answer ADD in time") {
-		t.Fatalf("silent agent: %v", err)
+	silent := testenv.UnixServer(t, func(*net.UnixConn) { <-release })
+	start := time.Now()
+	if _, err := Call(silent, msg, time.Now().Add(200*time.Millisecond)); !errors.Is(err, ErrTimeout) {
+		t.Errorf("silent agent: %v, want ErrTimeout", err)
 	}
-}
-
-func TestCallVersionMismatch(t *testing.T) {
-	sock := serve(t, func(c net.Conn) {
-		_ = Read(bufio.NewReader(c), &Request{})
-		_ = Write(c, &Response{V: Version + 1})
+	if waited := time.Since(start); waited < 200*time.Millisecond {
+		t.Errorf("gave up after %s, before the deadline", waited)
+	}
+	if _, err := Call(silent, msg, time.Now().Add(-time.Second)); !errors.Is(err, ErrTimeout) {
+		t.Errorf("deadline passed: %v, want ErrTimeout", err)
+	}
+	huge := testenv.UnixServer(t, func(c *net.UnixConn) {
+		_, _ = io.ReadAll(c)
+		_, _ = c.Write(bytes.Repeat([]byte(" "), MaxMessage+1))
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := Call(ctx, sock, &Request{Op: OpAdd}); err == nil || !strings.Contains(err.Error(), "upgrade them together") {
-		t.Fatalf("version mismatch: %v", err)
+	if _, err := Call(huge, msg, long); err == nil || !strings.Contains(err.Error(), "answer longer than 1048576 bytes") {
+		t.Errorf("oversized answer: %v", err)
 	}
 }
 
-func TestReadRefusesHugeAndMalformed(t *testing.T) {
-	huge := strings.Repeat("x", MaxMessage+10) + "\n"
-	if err := Read(bufio.NewReader(strings.NewReader(huge)), &Request{}); err == nil || !strings.Contains(err.Error(), "longer than") {
-		t.Fatalf("huge message: %v", err)
-	}
-	if err := Read(bufio.NewReader(strings.NewReader("{\"op\":\n")), &Request{}); err == nil {
-		t.Fatal("malformed message accepted")
-	}
-}
-
-// TestReadBoundary: a line of exactly MaxMessage bytes is read, one byte
-// more is refused, a "\r\n" ending is a line end, and Read takes one line
-// only, leaving the next for the next Read.
-func TestReadBoundary(t *testing.T) {
-	msg := `{"v":1,"op":"DEL","containerID":"c","ifName":"eth0","pod":{"namespace":"a","name":"b"}}`
-	pad := func(n int) string { return strings.Repeat(" ", n-len(msg)) + msg }
-	req := &Request{}
-	if err := Read(bufio.NewReader(strings.NewReader(pad(MaxMessage)+"\n")), req); err != nil || req.Op != OpDel {
-		t.Fatalf("a line of MaxMessage bytes: %v (%+v)", err, req)
-	}
-	if err := Read(bufio.NewReader(strings.NewReader(pad(MaxMessage+1)+"\n")), &Request{}); err == nil || err.Error() != "message longer than 1048576 bytes" {
-		t.Fatalf("a line of MaxMessage+1 bytes: %v", err)
-	}
-	r := bufio.NewReader(strings.NewReader(msg + "\r\n" + `{"v":1,"op":"STATUS","pod":{"namespace":"","name":""}}` + "\n"))
-	first, second := &Request{}, &Request{}
-	if err := Read(r, first); err != nil || first.Op != OpDel {
-		t.Fatalf("first of two lines: %v %+v", err, first)
-	}
-	if err := Read(r, second); err != nil || second.Op != OpStatus {
-		t.Fatalf("second of two lines: %v %+v", err, second)
-	}
-	if err := Read(r, &Request{}); !errors.Is(err, io.EOF) {
-		t.Fatalf("after the last line: %v, want EOF", err)
-	}
-}
-
-// firstLine is the line Read reads from b: up to the first "\n", without
-// it and a "\r" before it; all of b when there is no "\n". ok is false for
-// empty input (EOF before any line).
-func firstLine(b []byte) (line, rest []byte, ok bool) {
-	i := bytes.IndexByte(b, '\n')
-	if i < 0 {
-		return b, nil, len(b) > 0
-	}
-	return bytes.TrimSuffix(b[:i], []byte("\r")), b[i+1:], true
-}
-
-// canonical drops what one encode/decode round trip legitimately changes:
-// empty lists under omitempty become absent.
-func canonical(v any) any {
-	switch m := v.(type) {
-	case *Request:
-		c := *m
-		if len(c.Valid) == 0 {
-			c.Valid = nil
+// FuzzParseInvocation: the agent's parser of what arrives on its socket
+// never panics, and what it accepts encodes back to the same message.
+func FuzzParseInvocation(f *testing.F) {
+	f.Add(must(EncodeInvocation(getenv(addEnv), []byte(`{"name":"n"}`))))
+	f.Add([]byte("warmpool-cni/2\n\n"))
+	f.Add([]byte("warmpool-cni/2\nCNI_COMMAND=ADD\nCNI_COMMAND=ADD\n\n"))
+	f.Add([]byte(`{"v":1}` + "\n"))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		inv, err := ParseInvocation(msg)
+		if err != nil {
+			return
 		}
-		return &c
-	case *Response:
-		c := *m
-		if c.Result != nil {
-			r := *c.Result
-			if len(r.Routes) == 0 {
-				r.Routes = nil
-			}
-			c.Result = &r
+		again, err := EncodeInvocation(inv.Getenv, inv.Stdin)
+		if err != nil {
+			t.Fatalf("accepted %q, cannot encode it back: %v", msg, err)
 		}
-		return &c
-	}
-	panic(fmt.Sprintf("canonical: %T", v))
+		inv2, err := ParseInvocation(again)
+		if err != nil || !maps.Equal(inv.Env, inv2.Env) || !bytes.Equal(inv.Stdin, inv2.Stdin) {
+			t.Fatalf("accepted %q as %+v, re-encoded as %+v (%v)", msg, inv, inv2, err)
+		}
+	})
 }
 
-// FuzzRead: Read is line framing plus JSON. For any bytes, as a Request
-// and as a Response: Read never panics; it accepts exactly when the first
-// line is at most MaxMessage bytes of JSON that decodes into the message,
-// and then gives what json.Unmarshal of that line gives and leaves the
-// rest of the input unread. What it accepts re-encodes (Write) and reads
-// back equal, and the encoding is then a fixpoint. The same message padded
-// past MaxMessage is refused.
-func FuzzRead(f *testing.F) {
-	f.Add([]byte(`{"v":1,"op":"ADD","containerID":"c","ifName":"eth0","pod":{"namespace":"a","name":"b"}}` + "\n"))
-	f.Add([]byte(`{"v":1,"op":"GC","valid":[{"containerID":"c","ifName":"eth0"}]}` + "\n"))
-	f.Add([]byte("\n"))
+// FuzzParseAnswer: the plugin's parser of the agent's answer never
+// panics, and accepts only exit codes a process can have.
+func FuzzParseAnswer(f *testing.F) {
+	f.Add(EncodeAnswer([]byte(`{"ips":[]}`), 0))
+	f.Add([]byte("warmpool-cni/2 1\n"))
+	f.Add([]byte(`{"v":1}` + "\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, fresh := range []func() any{func() any { return &Request{} }, func() any { return &Response{} }} {
-			msg := fresh()
-			r := bufio.NewReader(bytes.NewReader(b))
-			err := Read(r, msg)
-			line, rest, ok := firstLine(b)
-			want := fresh()
-			var wantErr error
-			switch {
-			case !ok:
-				wantErr = io.EOF
-			case len(line) > MaxMessage:
-				wantErr = fmt.Errorf("message longer than %d bytes", MaxMessage)
-			default:
-				wantErr = json.Unmarshal(line, want)
-			}
-			if (err == nil) != (wantErr == nil) {
-				t.Fatalf("%T from %q: Read says %v, the line %q says %v", msg, b, err, line, wantErr)
-			}
-			if err != nil {
-				continue
-			}
-			if !reflect.DeepEqual(msg, want) {
-				t.Fatalf("%T from %q: Read gave %+v, json.Unmarshal of the line %+v", msg, b, msg, want)
-			}
-			if left, _ := io.ReadAll(r); !bytes.Equal(left, rest) {
-				t.Fatalf("%T from %q: Read left %q unread, want %q", msg, b, left, rest)
-			}
-
-			// Round trip through the writer's encoding.
-			var buf bytes.Buffer
-			if err := Write(pipeConn{&buf}, msg); err != nil {
-				t.Fatalf("re-encode %+v: %v", msg, err)
-			}
-			enc := bytes.Clone(buf.Bytes())
-			if bytes.Count(enc, []byte("\n")) != 1 || enc[len(enc)-1] != '\n' {
-				t.Fatalf("Write did not write one line: %q", enc)
-			}
-			again := fresh()
-			if err := Read(bufio.NewReader(bytes.NewReader(enc)), again); err != nil {
-				t.Fatalf("decode of our own encoding %s: %v", enc, err)
-			}
-			if !reflect.DeepEqual(canonical(again), canonical(msg)) {
-				t.Fatalf("round trip changed %T:\n%+v\n%+v", msg, msg, again)
-			}
-			buf.Reset()
-			if err := Write(pipeConn{&buf}, again); err != nil || !bytes.Equal(buf.Bytes(), enc) {
-				t.Fatalf("round trip is not stable: %s then %s (%v)", enc, buf.Bytes(), err)
-			}
-
-			// Oversized: the same line behind enough whitespace to pass
-			// MaxMessage (still valid JSON) is refused before decoding.
-			if len(line) < 4096 {
-				padded := append(bytes.Repeat([]byte(" "), MaxMessage+1-len(line)), b...)
-				if err := Read(bufio.NewReader(bytes.NewReader(padded)), fresh()); err == nil || err.Error() != wantErrTooLong {
-					t.Fatalf("%T from %q padded to %d bytes: %v, want refused", msg, b, MaxMessage+1, err)
-				}
-			}
+		out, exit, err := ParseAnswer(b)
+		if err != nil {
+			return
+		}
+		if exit < 0 || exit > 255 {
+			t.Fatalf("exit %d accepted", exit)
+		}
+		if !bytes.Equal(EncodeAnswer(out, exit), b) {
+			t.Fatalf("%q does not encode back", b)
 		}
 	})
 }
-
-const wantErrTooLong = "message longer than 1048576 bytes"
-
-// pipeConn is a net.Conn that only writes, into a buffer: Write's target.
-type pipeConn struct{ w *bytes.Buffer }
-
-func (c pipeConn) Write(p []byte) (int, error)    { return c.w.Write(p) }
-func (pipeConn) Read([]byte) (int, error)         { return 0, io.EOF }
-func (pipeConn) Close() error                     { return nil }
-func (pipeConn) LocalAddr() net.Addr              { return nil }
-func (pipeConn) RemoteAddr() net.Addr             { return nil }
-func (pipeConn) SetDeadline(time.Time) error      { return nil }
-func (pipeConn) SetReadDeadline(time.Time) error  { return nil }
-func (pipeConn) SetWriteDeadline(time.Time) error { return nil }

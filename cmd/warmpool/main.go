@@ -1,15 +1,14 @@
 // Command warmpool is the IPAM plugin binary the container runtime execs
-// from its CNI bin directory.
+// from its CNI bin directory. It forwards each exec to the node agent
+// (cni/shim); the agent does the work.
 package main
 
 import (
-	"github.com/containernetworking/cni/pkg/skel"
+	"os"
 
-	"github.com/warmpool/warmpool/agent/wire"
-	"github.com/warmpool/warmpool/cni"
+	"github.com/warmpool/warmpool/cni/shim"
 )
 
 func main() {
-	p := &cni.Plugin{Call: wire.Call}
-	skel.PluginMainFuncs(p.Funcs(), cni.Versions, "warmpool IPAM: addresses from the node's warm cache")
+	os.Exit(shim.Main(os.Getenv, os.Stdin, os.Stdout, os.Stderr))
 }
