@@ -32,14 +32,6 @@ const DefaultTimeout = 10 * time.Second
 // more than the plugin can.
 const margin = 2 * time.Second
 
-// CNI error codes the plugin gives for its own failures.
-const (
-	codeInvalidEnv   uint = 4
-	codeIOFailure    uint = 5
-	codeTryAgain     uint = 11
-	codeNotAvailable uint = 50
-)
-
 // target is what the plugin reads of the network config.
 type target struct {
 	IPAM struct {
@@ -66,37 +58,37 @@ func Main(getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer)
 	}
 	in, err := io.ReadAll(io.LimitReader(stdin, wire.MaxMessage+1))
 	if err != nil {
-		return fail(stdout, codeIOFailure, fmt.Sprintf("error reading from stdin: %v", err), "")
+		return fail(stdout, wire.CodeIOFailure, fmt.Sprintf("error reading from stdin: %v", err), "")
 	}
 	socket, timeout := where(in)
 	msg, err := wire.EncodeInvocation(getenv, in)
 	if err != nil {
-		return fail(stdout, codeInvalidEnv, err.Error(), "")
+		return fail(stdout, wire.CodeInvalidEnv, err.Error(), "")
 	}
 	answer, err := wire.Call(socket, msg, time.Now().Add(timeout+margin))
 	switch {
 	case errors.Is(err, wire.ErrAgentUnreachable):
-		code := codeTryAgain
+		code := wire.CodeTryAgainLater
 		if cmd == "STATUS" {
-			code = codeNotAvailable
+			code = wire.CodeNotAvailable
 		}
 		return fail(stdout, code, fmt.Sprintf("the warmpool agent is not running on this node (no socket at %s)", socket),
 			"check the warmpool-agent DaemonSet's pod on this node; the runtime retries")
 	case errors.Is(err, wire.ErrClosed):
-		return fail(stdout, codeTryAgain, fmt.Sprintf("the warmpool agent closed the connection before answering %s (restarting?)", cmd),
+		return fail(stdout, wire.CodeTryAgainLater, fmt.Sprintf("the warmpool agent closed the connection before answering %s (restarting?)", cmd),
 			"the runtime retries; an ADD retried for the same container gets what the agent recorded")
 	case errors.Is(err, wire.ErrTimeout):
-		return fail(stdout, codeTryAgain, fmt.Sprintf("the warmpool agent did not answer %s within %s", cmd, timeout+margin), err.Error())
+		return fail(stdout, wire.CodeTryAgainLater, fmt.Sprintf("the warmpool agent did not answer %s within %s", cmd, timeout+margin), err.Error())
 	case err != nil:
-		return fail(stdout, codeIOFailure, fmt.Sprintf("talking to the warmpool agent at %s failed", socket), err.Error())
+		return fail(stdout, wire.CodeIOFailure, fmt.Sprintf("talking to the warmpool agent at %s failed", socket), err.Error())
 	}
 	out, exit, err := wire.ParseAnswer(answer)
 	switch {
 	case errors.Is(err, wire.ErrOtherVersion):
-		return fail(stdout, codeIOFailure, fmt.Sprintf("the warmpool agent at %s speaks another protocol", socket),
+		return fail(stdout, wire.CodeIOFailure, fmt.Sprintf("the warmpool agent at %s speaks another protocol", socket),
 			"upgrade the plugin and the agent together: "+err.Error())
 	case err != nil:
-		return fail(stdout, codeIOFailure, fmt.Sprintf("talking to the warmpool agent at %s failed", socket), err.Error())
+		return fail(stdout, wire.CodeIOFailure, fmt.Sprintf("talking to the warmpool agent at %s failed", socket), err.Error())
 	}
 	if _, err := stdout.Write(out); err != nil {
 		return 1

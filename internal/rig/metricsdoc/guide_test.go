@@ -147,17 +147,18 @@ var codeNames = map[string]uint{
 }
 
 // returnedCodes are the codes the agent's and the plugin's code refer to
-// (wire.Code*, and types.Err* in the plugin), outside tests.
+// (wire.Code*, and types.Err* in the agent's CNI layer), outside tests.
 func returnedCodes(t *testing.T, root string) map[uint]bool {
 	t.Helper()
 	out := map[uint]bool{}
-	walkSources(t, root, []string{"agent/*.go", "cni/*.go"}, func(path string, n ast.Node) {
+	walkSources(t, root, []string{"agent/*.go", "cni/*.go", "cni/shim/*.go"}, func(path string, n ast.Node) {
 		sel, ok := n.(*ast.SelectorExpr)
 		if !ok {
 			return
 		}
 		x, ok := sel.X.(*ast.Ident)
-		if !ok || !(x.Name == "wire" && strings.HasPrefix(sel.Sel.Name, "Code") || x.Name == "types" && strings.HasPrefix(sel.Sel.Name, "Err")) {
+		// types.Error is the error type, not a code.
+		if !ok || sel.Sel.Name == "Error" || !(x.Name == "wire" && strings.HasPrefix(sel.Sel.Name, "Code") || x.Name == "types" && strings.HasPrefix(sel.Sel.Name, "Err")) {
 			return
 		}
 		code, known := codeNames[sel.Sel.Name]
