@@ -136,11 +136,19 @@ func (p *Plugin) dispatch(ctx context.Context, inv *wire.Invocation, out io.Writ
 		}
 		return nil
 	}
-	ops := map[string]func(context.Context, *skel.CmdArgs, io.Writer) error{
-		"ADD": p.Add, "DEL": p.Del, "CHECK": p.Check, "GC": p.GC, "STATUS": p.Status,
-	}
-	op, ok := ops[cmd]
-	if !ok {
+	var op func(context.Context, *skel.CmdArgs, io.Writer) error
+	switch cmd {
+	case "ADD":
+		op = p.Add
+	case "DEL":
+		op = p.Del
+	case "CHECK":
+		op = p.Check
+	case "GC":
+		op = p.GC
+	case "STATUS":
+		op = p.Status
+	default:
 		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("unknown CNI_COMMAND: %v", cmd), "")
 	}
 	if err := validateName(inv.Stdin); err != nil {
