@@ -70,12 +70,12 @@ type nodeStep struct {
 // buffer while another has a pod waiting, and with as many addresses as
 // pods every waiting pod is covered.
 //
-// Moves: a node below its share is topped up in batches (see below), and
-// deficits are filled from free units first, then by revoking the
-// surplus of nodes above their share, largest surplus first. Surplus that
-// nobody needs stays where it is (the next burst there is a hit), except
-// on excluded nodes, which give everything back, and above maxWarm (down
-// to three quarters of it).
+// Moves: a node below its share is topped up in batches (see below).
+// Free units fill the deficits; the surplus of nodes above their share
+// is revoked (largest surplus first) only for pods bound now that free
+// units cannot cover. Surplus that nobody's bound pods need stays where
+// it is (the next burst there is a hit), except on excluded nodes, which
+// give everything back, and above maxWarm (down to three quarters of it).
 func plan(p poolDemand) []nodeStep {
 	k := p.knobs
 	minWarm, warmTarget, maxWarm := int(k.MinWarm), int(k.WarmTarget), int(k.MaxWarm)
@@ -118,18 +118,21 @@ func plan(p poolDemand) []nodeStep {
 	if targets(true); total > supply {
 		targets(false)
 	}
+	// first is the part of each share that serves pods bound now (tier 1).
+	first := make([]int, len(p.nodes))
+	// Ties go to the nodes already holding units, so a share moves as few
+	// units as it can.
+	order := make([]int, len(p.nodes))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(x, y int) int { return cmp.Compare(p.nodes[y].warm, p.nodes[x].warm) })
 	if total <= supply {
 		for i := range steps {
 			steps[i].share = steps[i].target
+			first[i] = need1[i]
 		}
 	} else {
-		// Ties go to the nodes already holding units, so a share moves as
-		// few units as it can.
-		order := make([]int, len(p.nodes))
-		for i := range order {
-			order[i] = i
-		}
-		slices.SortStableFunc(order, func(x, y int) int { return cmp.Compare(p.nodes[y].warm, p.nodes[x].warm) })
 		s1 := waterFill(need1, supply, order)
 		left := supply
 		for _, v := range s1 {
@@ -138,51 +141,66 @@ func plan(p poolDemand) []nodeStep {
 		s2 := waterFill(need2, left, order)
 		for i := range steps {
 			steps[i].share = s1[i] + s2[i]
+			first[i] = s1[i]
 		}
 	}
 
-	// Deficits, and what free units cannot cover of them. A grant is a
-	// lease write, so a node is topped up in batches: one that covers the
-	// pods that exist for it and minWarm waits until it is down to half
-	// its share, then gets all it lacks at once. So known pods are warm
-	// before their ADD when the share holds them all (bound pods when the
-	// share holds those), and a node with more pods bound than its share
-	// holds (a burst above maxWarm, scarcity) or serving a stream costs a
-	// write per half share, not one per round.
-	deficit := 0
+	// Forced returns, which do not wait for a need: an excluded node
+	// empties, and a node above maxWarm comes down a quarter below it (not
+	// below the pods known there), so that the DELs that follow do not
+	// cost a revoke and a write each.
+	available := p.free
+	for i, n := range p.nodes {
+		surplus := n.warm - steps[i].share
+		switch {
+		case surplus <= 0:
+		case n.status == nodeExcluded:
+			steps[i].revoke = surplus
+		case n.warm > maxWarm:
+			steps[i].revoke = n.warm - max(maxWarm-maxWarm/4, min(known[i], steps[i].share))
+		}
+		available += steps[i].revoke
+	}
+
+	// Deficits. A grant is a lease write, so a node is topped up in
+	// batches: one that covers the pods that exist for it and minWarm
+	// waits until it is down to half its share, then gets all it lacks at
+	// once. So known pods are warm before their ADD when the share holds
+	// them all (bound pods when the share holds those), and a node with
+	// more pods bound than its share holds (a burst above maxWarm,
+	// scarcity) or serving a stream costs a write per half share, not one
+	// per round.
+	//
+	// Of a grant, the part for pods bound now is urgent; the rest
+	// (minWarm, headroom, the spread of unbound pods) is speculation. A
+	// unit is taken from another node (a bus round trip and two writes)
+	// only for the urgent parts; speculation gets what free units are
+	// left. So under scarcity units do not shuttle between idle nodes, nor
+	// towards nodes whose own pods are about to free theirs.
+	urgent := 0
+	spec := make([]int, len(p.nodes))
 	for i, n := range p.nodes {
 		d := steps[i].share - n.warm
 		uncovered := known[i] <= steps[i].share && n.warm < known[i] || n.bound <= steps[i].share && n.warm < n.bound
 		if d > 0 && (uncovered || n.warm < minWarm || 2*d >= steps[i].share) {
 			steps[i].grant = d
-			deficit += d
+			u := min(d, max(first[i]-n.warm, 0))
+			urgent += u
+			spec[i] = d - u
 		}
 	}
-	fromSurplus := max(deficit-p.free, 0)
+	if got := waterFill(spec, max(available-urgent, 0), order); !slices.Equal(got, spec) {
+		for i := range steps {
+			steps[i].grant -= spec[i] - got[i]
+		}
+	}
+	fromSurplus := max(urgent-available, 0)
 	type donor struct{ i, surplus int }
 	var donors []donor
 	for i, n := range p.nodes {
-		surplus := n.warm - steps[i].share
-		if surplus <= 0 {
-			continue
+		if surplus := n.warm - steps[i].share - steps[i].revoke; surplus > 0 {
+			donors = append(donors, donor{i, surplus})
 		}
-		// Forced returns come first and do not count against the need:
-		// an excluded node empties, a node above maxWarm comes down below it.
-		forced := 0
-		switch {
-		case n.status == nodeExcluded:
-			forced = surplus
-		case n.warm > maxWarm:
-			// A return is a revoke and a write: come down a quarter
-			// below the cap (not below the share), so that the DELs
-			// that follow do not cost one each.
-			forced = n.warm - max(maxWarm-maxWarm/4, steps[i].share)
-		}
-		steps[i].revoke = forced
-		if surplus > forced {
-			donors = append(donors, donor{i, surplus - forced})
-		}
-		fromSurplus -= forced
 	}
 	slices.SortStableFunc(donors, func(x, y donor) int { return cmp.Compare(y.surplus, x.surplus) })
 	for _, d := range donors {

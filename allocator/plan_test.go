@@ -185,7 +185,40 @@ func TestPlanAboveMaxWarmReturnsTheExcess(t *testing.T) {
 	}
 	s = plan(poolDemand{knobs: defaultKnobs, free: 0, unbound: 100, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 100} })})
 	if s[0].revoke != 36 {
-		t.Fatalf("step %+v: want 36 back (100 held, maxWarm 64, its share 64)", s[0])
+		t.Fatalf("step %+v: want 36 back (100 held, maxWarm 64, 100 pods known there)", s[0])
+	}
+	// A share of maxWarm from recent ADDs alone (a node whose pods are
+	// being deleted after a burst) does not hold the node at the cap: at
+	// the cap each round of DELs would cost a revoke.
+	s = plan(poolDemand{knobs: defaultKnobs, free: 0, nodes: nodesOf(1, func(int) nodeDemand { return nodeDemand{warm: 65, recent: 200} })})
+	if s[0].share != 64 || s[0].revoke != 17 {
+		t.Fatalf("step %+v: want share 64 and 17 back (65 held, down to 48)", s[0])
+	}
+}
+
+// Under scarcity, units move for pods bound now, not for headroom: while
+// every node's pods are being deleted (a Deployment scaled to 0), nodes
+// whose pods go first do not feed the others' warmTarget, which their
+// own DELs are about to fill.
+func TestPlanSpeculationTakesNoUnitFromAnotherNode(t *testing.T) {
+	nodes := nodesOf(4, func(i int) nodeDemand { return nodeDemand{warm: []int{30, 20, 0, 0}[i], recent: 100} })
+	for _, s := range plan(poolDemand{knobs: defaultKnobs, free: 0, nodes: nodes}) {
+		if s.grant != 0 || s.revoke != 0 {
+			t.Fatalf("step %+v: want no move with no pod bound and nothing free", s)
+		}
+	}
+	// Free units still go to speculation: 6 free for shares of 4 and 4
+	// (tier 2, max-min fair), all of the 6 granted, 3 each.
+	nodes = nodesOf(4, func(i int) nodeDemand { return nodeDemand{warm: []int{30, 20, 0, 0}[i]} })
+	s := plan(poolDemand{knobs: defaultKnobs, free: 6, nodes: nodes})
+	if s[2].grant+s[3].grant != 6 || s[0].revoke+s[1].revoke != 0 {
+		t.Fatalf("steps %+v: want the 6 free units granted to the empty nodes, nothing revoked", s)
+	}
+	// A pod bound on an empty node takes a unit from the fullest.
+	nodes[3].bound = 5
+	s = plan(poolDemand{knobs: defaultKnobs, free: 0, nodes: nodes})
+	if s[3].grant < 5 || s[0].revoke < 5 || s[2].grant != 0 {
+		t.Fatalf("steps %+v: want at least 5 from node-00 to node-03 for its bound pods, none to node-02", s)
 	}
 }
 
@@ -206,6 +239,7 @@ func TestPlanInvariantsRandom(t *testing.T) {
 		})
 		steps := plan(p)
 		supply, shares, grants, revokes, boundNeed := p.free, 0, 0, 0, 0
+		waiting := false // a bound pod somewhere without a warm unit
 		for i, s := range steps {
 			n := p.nodes[i]
 			supply += n.warm
@@ -223,6 +257,17 @@ func TestPlanInvariantsRandom(t *testing.T) {
 			}
 			if n.status == nodeEligible {
 				boundNeed += min(n.bound, int(knobs.MaxWarm))
+				waiting = waiting || n.bound > n.warm
+			}
+		}
+		if !waiting {
+			// Nobody's bound pods lack a unit: a unit leaves a node only
+			// when it must (excluded, or above maxWarm), never for
+			// another node's speculation.
+			for i, s := range steps {
+				if n := p.nodes[i]; s.revoke > 0 && n.status != nodeExcluded && n.warm <= int(knobs.MaxWarm) {
+					t.Fatalf("iter %d: node %s gives %d back with no pod waiting anywhere: %+v %+v", iter, s.node, s.revoke, n, s)
+				}
 			}
 		}
 		if shares > supply || grants > p.free+revokes {
@@ -230,16 +275,16 @@ func TestPlanInvariantsRandom(t *testing.T) {
 		}
 		if boundNeed <= supply {
 			// Every bound pod is within its node's share, and covered
-			// when the share holds every pod known there; the rest is
-			// topped up in batches: a node ends with at least half its
-			// share, so a node with pods waiting can serve them.
+			// when the share holds them all; a node with more bound
+			// than its share holds streams: it ends with at least half
+			// its share, so a node with pods waiting can serve them.
 			for i, s := range steps {
 				n := p.nodes[i]
 				need, end := min(n.bound, int(knobs.MaxWarm)), n.warm-s.revoke+s.grant
 				if n.status != nodeEligible {
 					continue
 				}
-				if s.share < need || n.bound <= s.share && end < n.bound || 2*end < s.share {
+				if s.share < need || n.bound <= s.share && end < n.bound || n.bound > s.share && 2*end < s.share {
 					t.Fatalf("iter %d: node %s has %d bound pods, held %d and ends with %d (supply %d covers %d): %+v", iter, s.node, n.bound, n.warm, end, supply, boundNeed, s)
 				}
 			}
