@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -246,14 +247,17 @@ func TestAddressedListsTheAssignedUnitsOnly(t *testing.T) {
 	if resp := f.do(t, req(wire.OpDel, "c2")); resp.Error != nil {
 		t.Fatal(resp.Error)
 	}
-	got := f.agent.Addressed()
-	want := broker.HeldUnit{Pool: "dual", Assigned: true, Pod: broker.Pod{Namespace: "default", Name: "pod-c1", UID: "uid-c1"}}
-	if len(got) != 1 || got[0].Unit.ID == "" {
-		t.Fatalf("one assigned, one cooling, one warm: Addressed() = %+v; want the assigned one, by ID", got)
+	// A second attachment of the same pod (Multus) is a second unit, not
+	// a second pod.
+	r := req(wire.OpAdd, "c1")
+	r.IfName = "net1"
+	if resp := f.do(t, r); resp.Error != nil {
+		t.Fatal(resp.Error)
 	}
-	got[0].Unit.ID = ""
-	if got[0] != want {
-		t.Fatalf("Addressed() = %+v; want %+v with its ID (no addresses, no attachment)", got[0], want)
+	got := f.agent.Addressed()
+	want := map[string]broker.Addressed{"dual": {Assigned: 2, Pods: []string{"uid-c1"}}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("two assigned to one pod, one cooling: Addressed() = %+v; want %+v (no IDs, addresses or attachments)", got, want)
 	}
 }
 

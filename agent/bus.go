@@ -405,7 +405,7 @@ func (b *Bus) report(ctx context.Context) error {
 	sent := b.agent.cfg.Now()
 	seq := b.nextSeq()
 	if err := b.request(ctx, broker.SubjectReportFrom(b.node), &broker.Report{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq,
-		Units: b.agent.Addressed(), Served: b.agent.Served()}, &r); err != nil {
+		Pools: b.agent.Addressed(), Served: b.agent.Served()}, &r); err != nil {
 		return err
 	}
 	if r.Error != "" {
@@ -425,7 +425,7 @@ func (b *Bus) sync(ctx context.Context) error {
 	seq := b.nextSeq()
 	addressed, served, gaveBack := b.agent.Addressed(), b.agent.Served(), b.agent.GaveBack()
 	sent := b.agent.cfg.Now()
-	if err := b.request(ctx, broker.SubjectSyncFrom(b.node), &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Units: addressed,
+	if err := b.request(ctx, broker.SubjectSyncFrom(b.node), &broker.SyncRequest{V: broker.ProtocolVersion, Node: b.node, Run: b.run, Seq: seq, Pools: addressed,
 		Served: served, GaveBack: gaveBack}, &r); err != nil {
 		return err
 	}

@@ -108,24 +108,30 @@ func (a *Agent) Held() []broker.HeldUnit {
 }
 
 // Addressed returns what a report or sync tells the allocator of the
-// node's units: each assigned one, by ID, with its pool and pod. The
+// node's units: per pool, how many are assigned and to which pods. The
 // allocator counts a pod with an address as served (not demand), and a
-// node's warm units as its lease less these, so the warm and cooling
-// units, the addresses and the attachments are not sent: a report goes
-// out after every ADD and DEL, and they were most of its bytes.
-func (a *Agent) Addressed() []broker.HeldUnit {
+// node's warm units as its lease less the assigned ones; it needs no
+// unit ID, address or attachment, and a report goes out after every ADD
+// and DEL.
+func (a *Agent) Addressed() map[string]broker.Addressed {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var out []broker.HeldUnit
+	out := map[string]broker.Addressed{}
+	seen := map[string]bool{} // pool and pod key: a pod with two attachments of a pool is one pod
 	for _, u := range a.units {
 		if u.State != store.Assigned {
 			continue
 		}
-		h := broker.HeldUnit{Pool: u.Pool, Unit: broker.Unit{ID: u.ID}, Assigned: true}
+		p := out[u.Pool]
+		p.Assigned++
 		if as, ok := a.assignments[u.Attachment]; ok {
-			h.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
+			key := broker.PodKey(as.Pod.Namespace, as.Pod.Name, as.Pod.UID)
+			if !seen[u.Pool+"\x00"+key] {
+				seen[u.Pool+"\x00"+key] = true
+				p.Pods = append(p.Pods, key)
+			}
 		}
-		out = append(out, h)
+		out[u.Pool] = p
 	}
 	return out
 }

@@ -283,7 +283,7 @@ func TestGivenBackUnitsAreNeverListedBack(t *testing.T) {
 	leases.setFault(nil)
 	held := ag.Held()
 	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
-	m := broker.Msg{Subject: broker.SubjectSyncFrom("node-a"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
+	m := broker.Msg{Subject: broker.SubjectSyncFrom("node-a"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Pools: addressed(held...)})}
 	reply := a.handleSync(ctx, m).(*broker.SyncReply)
 	if reply.Error != "" {
 		t.Fatal(reply.Error)
@@ -401,7 +401,7 @@ func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 	held := []broker.HeldUnit{{Pool: "p", Unit: units[0]}, {Pool: "p", Unit: units[1], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}}}
 	for seq := uint64(1); seq <= 6; seq++ {
 		var r broker.SyncReply
-		resp, err := request("node-a", &broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held})
+		resp, err := request("node-a", &broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Pools: addressed(held...)})
 		if err != nil {
 			t.Fatalf("node-a sync %d not answered: %v", seq, err)
 		}
@@ -560,10 +560,10 @@ func TestReportsAndSyncsNeverWriteTheLease(t *testing.T) {
 	writes := leases.writes
 	held := []broker.HeldUnit{{Pool: "p", Unit: units[0], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}},
 		{Pool: "p", Unit: units[1]}, {Pool: "p", Unit: units[2]}}
-	if r := a.handleReport(ctx, broker.Msg{Subject: broker.SubjectReportFrom("node-a"), Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}).(*broker.ReportReply); r.Error != "" {
+	if r := a.handleReport(ctx, broker.Msg{Subject: broker.SubjectReportFrom("node-a"), Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Pools: addressed(held...)})}).(*broker.ReportReply); r.Error != "" {
 		t.Fatal(r.Error)
 	}
-	reply := a.handleSync(ctx, broker.Msg{Subject: broker.SubjectSyncFrom("node-a"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 2, Units: held})}).(*broker.SyncReply)
+	reply := a.handleSync(ctx, broker.Msg{Subject: broker.SubjectSyncFrom("node-a"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 2, Pools: addressed(held...)})}).(*broker.SyncReply)
 	if reply.Error != "" || len(reply.Leases) != 1 || len(reply.Leases[0].Units) != 3 {
 		t.Fatalf("sync reply %+v, want the 3 units, the assigned one included", reply)
 	}
@@ -611,7 +611,7 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	held := broker.HeldUnit{Pool: "p", Unit: got[0], Assigned: true, Attachment: "c1/eth0", Pod: broker.Pod{Namespace: "default", Name: "web", UID: "uid-web"}}
-	m := broker.Msg{Subject: broker.SubjectReportFrom("n1"), Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1, Units: []broker.HeldUnit{held}})}
+	m := broker.Msg{Subject: broker.SubjectReportFrom("n1"), Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1, Pools: addressed(held)})}
 	if r := a.handleReport(ctx, m).(*broker.ReportReply); r.Error != "" {
 		t.Fatal(r.Error)
 	}
@@ -711,7 +711,7 @@ func TestSyncListsOnlyTheNodesUnits(t *testing.T) {
 		{Pool: "p", Unit: got[0], Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
 		{Pool: "p", Unit: inFlight[0], Assigned: true, Attachment: "old/eth1", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
 	}
-	m := broker.Msg{Subject: broker.SubjectSyncFrom("node-a"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Units: held})}
+	m := broker.Msg{Subject: broker.SubjectSyncFrom("node-a"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Pools: addressed(held...)})}
 	reply := a.handleSync(ctx, m).(*broker.SyncReply)
 	if reply.Error != "" || len(reply.Leases) != 1 || len(reply.Leases[0].Units) != 1 {
 		t.Fatalf("reply %+v, want node-a's one unit listed", reply)
@@ -807,7 +807,7 @@ func TestNoSyncIsRefused(t *testing.T) {
 			units = append(units, broker.HeldUnit{Pool: "p", Unit: u, Assigned: true, Attachment: fmt.Sprintf("sb%d/eth0", i),
 				Pod: broker.Pod{Namespace: "d", Name: fmt.Sprintf("pod-%d", i), UID: fmt.Sprintf("u%d", i)}})
 		}
-		m := broker.Msg{Subject: broker.SubjectSyncFrom(node), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: node, Run: "r-" + node, Seq: seq, Units: units})}
+		m := broker.Msg{Subject: broker.SubjectSyncFrom(node), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: node, Run: "r-" + node, Seq: seq, Pools: addressed(units...)})}
 		reply := a.handleSync(ctx, m).(*broker.SyncReply)
 		if reply.Error != "" {
 			t.Fatalf("sync of %s refused: %s", node, reply.Error)
@@ -873,7 +873,7 @@ func TestAGiveBackWhoseAnswerWasLostLeavesTheLease(t *testing.T) {
 	sync := func(seq uint64, gaveBack []broker.GaveBack) {
 		t.Helper()
 		held := []broker.HeldUnit{{Pool: "p", Unit: got[1]}}
-		m := broker.Msg{Subject: broker.SubjectSyncFrom("node-a"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Units: held, GaveBack: gaveBack})}
+		m := broker.Msg{Subject: broker.SubjectSyncFrom("node-a"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Pools: addressed(held...), GaveBack: gaveBack})}
 		if reply := a.handleSync(ctx, m).(*broker.SyncReply); reply.Error != "" {
 			t.Fatal(reply.Error)
 		}
@@ -910,4 +910,22 @@ func TestAGiveBackWhoseAnswerWasLostLeavesTheLease(t *testing.T) {
 	if owner != "" {
 		t.Fatalf("the unit given back is %q's, want free", owner)
 	}
+}
+
+// addressed is what an agent holding these units reports of them: per
+// pool, the assigned ones and their pods.
+func addressed(held ...broker.HeldUnit) map[string]broker.Addressed {
+	out := map[string]broker.Addressed{}
+	for _, h := range held {
+		if !h.Assigned {
+			continue
+		}
+		p := out[h.Pool]
+		p.Assigned++
+		if key := broker.PodKey(h.Pod.Namespace, h.Pod.Name, h.Pod.UID); !slices.Contains(p.Pods, key) {
+			p.Pods = append(p.Pods, key)
+		}
+		out[h.Pool] = p
+	}
+	return out
 }

@@ -55,7 +55,7 @@ func (a *Allocator) handleReport(ctx context.Context, m broker.Msg) any {
 		return refused
 	}
 	reply.Seq = r.Seq
-	unlock, fresh := a.inOrder(r.Node, r.Run, r.Seq, r.Served, r.Units)
+	unlock, fresh := a.inOrder(r.Node, r.Run, r.Seq, r.Served, r.Pools)
 	unlock()
 	if !fresh {
 		a.log.Debug("report overtaken", "node", r.Node, "run", r.Run, "seq", r.Seq)
@@ -70,7 +70,7 @@ func (a *Allocator) handleReport(ctx context.Context, m broker.Msg) any {
 // after a timeout may arrive after the later request that superseded it.
 // A new run (an agent restart) starts afresh. A fresh one's state
 // (units, what the run served) becomes the node's.
-func (a *Allocator) inOrder(node, run string, seq uint64, served map[string]broker.Served, units []broker.HeldUnit) (unlock func(), fresh bool) {
+func (a *Allocator) inOrder(node, run string, seq uint64, served map[string]broker.Served, pools map[string]broker.Addressed) (unlock func(), fresh bool) {
 	unlock = a.lockOrder(node)
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -86,7 +86,7 @@ func (a *Allocator) inOrder(node, run string, seq uint64, served map[string]brok
 		prev = map[string]broker.Served{} // a restart this allocator saw: the new run counts from zero
 	}
 	a.lastSeq[node] = runSeq{run, seq, a.countServedLocked(node, prev, seq, served)}
-	a.agents[node] = agentStateOf(units)
+	a.agents[node] = agentStateOf(pools)
 	return unlock, true
 }
 
@@ -126,7 +126,7 @@ func (a *Allocator) handleSync(ctx context.Context, m broker.Msg) any {
 	if refused := a.refuseSender(m.Subject, req.Node); refused != nil {
 		return refused
 	}
-	unlock, fresh := a.inOrder(req.Node, req.Run, req.Seq, req.Served, req.Units)
+	unlock, fresh := a.inOrder(req.Node, req.Run, req.Seq, req.Served, req.Pools)
 	// Under the order lock: a lost node's return (which takes it) is
 	// either committed before this listing or not begun.
 	defer unlock()
@@ -146,7 +146,7 @@ func (a *Allocator) handleSync(ctx context.Context, m broker.Msg) any {
 		}
 		reply.Leases = append(reply.Leases, broker.Lease{Pool: ps.info, Gen: ls.gen, Units: ps.brokerUnits(ls.listed())})
 	}
-	a.log.Debug("sync answered", "node", req.Node, "run", req.Run, "seq", req.Seq, "assignments", len(req.Units), "leases", len(reply.Leases))
+	a.log.Debug("sync answered", "node", req.Node, "run", req.Run, "seq", req.Seq, "pools", len(req.Pools), "leases", len(reply.Leases))
 	// Top-ups go out as grants after the reply, not inline: a sync must
 	// answer within the agent's timeout.
 	a.kick()

@@ -169,7 +169,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 			continue
 		}
 		k := poolNode{choice.Name, p.node}
-		if has := addressed[k]; has[string(p.uid)] || has[addressedKey(p.namespace, p.name, "")] {
+		if has := addressed[k]; has[string(p.uid)] || has[broker.PodKey(p.namespace, p.name, "")] {
 			continue
 		}
 		bound[k]++
@@ -221,15 +221,6 @@ func (a *Allocator) demand() map[string]poolDemand {
 		out[pool.Name] = d
 	}
 	return out
-}
-
-// addressedKey identifies the pod of an assignment: its UID, or its name
-// when the runtime passed no UID.
-func addressedKey(namespace, name, uid string) string {
-	if uid != "" {
-		return uid
-	}
-	return "name:" + namespace + "/" + name
 }
 
 // nodeStatus classifies a node for a pool.

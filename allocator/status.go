@@ -20,23 +20,19 @@ type agentState map[string]*heldByAgent
 
 type heldByAgent struct {
 	assigned int
-	// pods are the addressedKey of the pods with an address of the pool.
+	// pods are the broker.PodKey of the pods with an address of the pool.
 	pods map[string]bool
 }
 
-// agentStateOf summarises the units of a report or sync.
-func agentStateOf(units []broker.HeldUnit) agentState {
-	st := agentState{}
-	for _, h := range units {
-		p := st[h.Pool]
-		if p == nil {
-			p = &heldByAgent{pods: map[string]bool{}}
-			st[h.Pool] = p
+// agentStateOf summarises what a report or sync says of each pool.
+func agentStateOf(pools map[string]broker.Addressed) agentState {
+	st := make(agentState, len(pools))
+	for pool, p := range pools {
+		h := &heldByAgent{assigned: p.Assigned, pods: make(map[string]bool, len(p.Pods))}
+		for _, key := range p.Pods {
+			h.pods[key] = true
 		}
-		if h.Assigned {
-			p.assigned++
-			p.pods[addressedKey(h.Pod.Namespace, h.Pod.Name, h.Pod.UID)] = true
-		}
+		st[pool] = h
 	}
 	return st
 }

@@ -9,7 +9,10 @@ import (
 )
 
 // ProtocolVersion is the version of the bus messages. A message of another
-// version is refused with ErrVersion, never guessed at. Version 3: a
+// version is refused with ErrVersion, never guessed at. Version 4: reports
+// and syncs carry per pool a count of assigned units and the pods'
+// keys, not a list of units (a version 3 allocator would read a version 4
+// report as no pod addressed, and plan for every pod again). Version 3: a
 // NodeLease lists units only and the agent's assignments are its own
 // (reports carry the agent's state, never written to the API); a sync
 // reply lists every unit the node may hold, assigned ones included, and
@@ -17,7 +20,7 @@ import (
 // Version 2's agent would take a version 3 sync reply as granting the
 // units it assigned and version 3's would void what a version 2 reply
 // leaves out: either half with the other is unsafe.
-const ProtocolVersion = 3
+const ProtocolVersion = 4
 
 // Subjects. Every exchange is a request with a reply: core NATS may drop a
 // message, so each sender retries until answered, and every message is
@@ -194,21 +197,40 @@ type Pod struct {
 	UID       string `json:"uid,omitempty"`
 }
 
-// Report is an agent's state: its assigned units and to which pod (the
-// pods with an address; a node's warm units are its lease less these, so
-// they are not sent), and what its run served. It is soft state: the allocator
-// keeps the newest in memory for planning (a pod with an address is not
-// demand), the pools' status and metrics, and never writes it to the API,
-// so a lost report costs nothing but freshness. Run identifies the agent
-// process and Seq numbers its reports and syncs: the allocator ignores
-// one older than the newest it applied from that run.
+// Report is an agent's state: per pool, how many of its units are
+// assigned and to which pods (a node's warm units are its lease less
+// these, so they are not sent), and what its run served. It is soft
+// state: the allocator keeps the newest in memory for planning (a pod
+// with an address is not demand), the pools' status and metrics, and
+// never writes it to the API, so a lost report costs nothing but
+// freshness. Run identifies the agent process and Seq numbers its reports
+// and syncs: the allocator ignores one older than the newest it applied
+// from that run.
 type Report struct {
-	V      int               `json:"v"`
-	Node   string            `json:"node"`
-	Run    string            `json:"run"`
-	Seq    uint64            `json:"seq"`
-	Units  []HeldUnit        `json:"units"`
-	Served map[string]Served `json:"served,omitempty"`
+	V      int                  `json:"v"`
+	Node   string               `json:"node"`
+	Run    string               `json:"run"`
+	Seq    uint64               `json:"seq"`
+	Pools  map[string]Addressed `json:"pools,omitempty"`
+	Served map[string]Served    `json:"served,omitempty"`
+}
+
+// Addressed is what an agent's state says of one pool: how many of its
+// units are assigned, and the pods they are assigned to, each once, by
+// PodKey. A report goes out after every ADD and DEL, so it carries no
+// unit IDs, addresses or attachments: the allocator needs none of them.
+type Addressed struct {
+	Assigned int      `json:"assigned"`
+	Pods     []string `json:"pods,omitempty"`
+}
+
+// PodKey identifies the pod of an assignment in an Addressed: its UID, or
+// its name when the runtime passed no UID.
+func PodKey(namespace, name, uid string) string {
+	if uid != "" {
+		return uid
+	}
+	return "name:" + namespace + "/" + name
 }
 
 // Served counts, per pool, the ADDs an agent run assigned an address to,
@@ -242,13 +264,13 @@ type HeldUnit struct {
 // SyncRequest asks for the node's leases, with the agent's state (as a
 // Report's), on start, on every reconnection and periodically.
 type SyncRequest struct {
-	V     int        `json:"v"`
-	Node  string     `json:"node"`
-	Run   string     `json:"run"`
-	Seq   uint64     `json:"seq"`
-	Units []HeldUnit `json:"units"`
-	// Served: as Report's.
-	Served map[string]Served `json:"served,omitempty"`
+	V    int    `json:"v"`
+	Node string `json:"node"`
+	Run  string `json:"run"`
+	Seq  uint64 `json:"seq"`
+	// Pools and Served: as Report's.
+	Pools  map[string]Addressed `json:"pools,omitempty"`
+	Served map[string]Served    `json:"served,omitempty"`
 	// GaveBack are the units the agent gave back to a revoke and has not
 	// seen listed at a newer generation since: the revoke's answer may
 	// never have reached the allocator (lost, or past its timeout).

@@ -61,8 +61,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"v":2}`))
 	f.Add(Encode(&Grant{V: ProtocolVersion, Epoch: 3, Node: "node-1", Gen: 7, Pool: PoolInfo{Name: "dual", Prefix4: 24, Gateway4: "10.0.0.1",
 		Routes: []Route{{Dst: "0.0.0.0/0", GW: "10.0.0.1"}}}, Units: []Unit{{ID: "10.0.0.5", IPv4: "10.0.0.5", IPv6: "fd00::5"}}}))
-	f.Add(Encode(&Report{V: ProtocolVersion, Node: "n", Run: "r", Seq: 2, Units: []HeldUnit{{Pool: "p", Unit: Unit{ID: "u", IPv4: "u"}, Assigned: true,
-		Attachment: "c/eth0", Pod: Pod{Namespace: "a", Name: "b", UID: "x"}}, {Pool: "p", Unit: Unit{ID: "w", IPv4: "w"}}},
+	f.Add(Encode(&Report{V: ProtocolVersion, Node: "n", Run: "r", Seq: 2, Pools: map[string]Addressed{"p": {Assigned: 2, Pods: []string{"x", PodKey("a", "b", "")}}},
 		Served: map[string]Served{"p": {Hits: 3, Misses: 1}}}))
 	f.Add([]byte(`{"v":1,"epoch":1}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
