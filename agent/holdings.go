@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/broker"
 	"github.com/warmpool/warmpool/internal/logkey"
 )
@@ -88,18 +89,27 @@ func (a *Agent) AcceptEpoch(epoch uint64) (bool, error) {
 	return epoch >= highest, nil
 }
 
+// HeldUnit is a unit as the agent's record has it.
+type HeldUnit struct {
+	Pool       string
+	Unit       broker.Unit
+	Assigned   bool
+	Attachment string
+	Pod        wire.Pod
+}
+
 // Held returns the node's record: every unit, and for assigned ones the
-// attachment and pod.
-func (a *Agent) Held() []broker.HeldUnit {
+// attachment and pod. Tests read it to see what a node holds.
+func (a *Agent) Held() []HeldUnit {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := make([]broker.HeldUnit, 0, len(a.units))
+	out := make([]HeldUnit, 0, len(a.units))
 	for _, u := range a.units {
-		h := broker.HeldUnit{Pool: u.Pool, Unit: broker.Unit{ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6}}
+		h := HeldUnit{Pool: u.Pool, Unit: broker.Unit{ID: u.ID, IPv4: u.IPv4, IPv6: u.IPv6}}
 		if u.State == store.Assigned {
 			h.Assigned, h.Attachment = true, u.Attachment
 			if as, ok := a.assignments[u.Attachment]; ok {
-				h.Pod = broker.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
+				h.Pod = wire.Pod{Namespace: as.Pod.Namespace, Name: as.Pod.Name, UID: as.Pod.UID}
 			}
 		}
 		out = append(out, h)

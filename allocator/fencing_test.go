@@ -25,6 +25,7 @@ import (
 
 	"github.com/warmpool/warmpool/agent"
 	"github.com/warmpool/warmpool/agent/store"
+	"github.com/warmpool/warmpool/agent/wire"
 	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 	"github.com/warmpool/warmpool/broker"
@@ -282,7 +283,7 @@ func TestGivenBackUnitsAreNeverListedBack(t *testing.T) {
 	}
 	leases.setFault(nil)
 	held := ag.Held()
-	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", broker.Pod{Namespace: "d", Name: "x", UID: "u"}
+	held[0].Assigned, held[0].Attachment, held[0].Pod = true, "ctr/eth0", wire.Pod{Namespace: "d", Name: "x", UID: "u"}
 	m := broker.Msg{Subject: broker.SubjectSyncFrom("node-a"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Pools: addressed(held...)})}
 	reply := a.handleSync(ctx, m).(*broker.SyncReply)
 	if reply.Error != "" {
@@ -398,7 +399,7 @@ func TestAPIDownDoesNotStarveTheBus(t *testing.T) {
 	if _, _, _, err := a.grant(ctx, "p", "node-a", 1); !errors.Is(err, errUnknownOutcome) {
 		t.Fatalf("grant with the API down: %v, want errUnknownOutcome", err)
 	}
-	held := []broker.HeldUnit{{Pool: "p", Unit: units[0]}, {Pool: "p", Unit: units[1], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}}}
+	held := []agent.HeldUnit{{Pool: "p", Unit: units[0]}, {Pool: "p", Unit: units[1], Assigned: true, Attachment: "c/eth0", Pod: wire.Pod{Namespace: "d", Name: "x", UID: "u"}}}
 	for seq := uint64(1); seq <= 6; seq++ {
 		var r broker.SyncReply
 		resp, err := request("node-a", &broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Pools: addressed(held...)})
@@ -558,7 +559,7 @@ func TestReportsAndSyncsNeverWriteTheLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	writes := leases.writes
-	held := []broker.HeldUnit{{Pool: "p", Unit: units[0], Assigned: true, Attachment: "c/eth0", Pod: broker.Pod{Namespace: "d", Name: "x", UID: "u"}},
+	held := []agent.HeldUnit{{Pool: "p", Unit: units[0], Assigned: true, Attachment: "c/eth0", Pod: wire.Pod{Namespace: "d", Name: "x", UID: "u"}},
 		{Pool: "p", Unit: units[1]}, {Pool: "p", Unit: units[2]}}
 	if r := a.handleReport(ctx, broker.Msg{Subject: broker.SubjectReportFrom("node-a"), Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Pools: addressed(held...)})}).(*broker.ReportReply); r.Error != "" {
 		t.Fatal(r.Error)
@@ -610,7 +611,7 @@ func TestLostNodeReturnsEverythingOnceItsPodsAreGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := broker.HeldUnit{Pool: "p", Unit: got[0], Assigned: true, Attachment: "c1/eth0", Pod: broker.Pod{Namespace: "default", Name: "web", UID: "uid-web"}}
+	held := agent.HeldUnit{Pool: "p", Unit: got[0], Assigned: true, Attachment: "c1/eth0", Pod: wire.Pod{Namespace: "default", Name: "web", UID: "uid-web"}}
 	m := broker.Msg{Subject: broker.SubjectReportFrom("n1"), Data: broker.Encode(&broker.Report{V: broker.ProtocolVersion, Node: "n1", Run: "r", Seq: 1, Pools: addressed(held)})}
 	if r := a.handleReport(ctx, m).(*broker.ReportReply); r.Error != "" {
 		t.Fatal(r.Error)
@@ -707,9 +708,9 @@ func TestSyncListsOnlyTheNodesUnits(t *testing.T) {
 	ps := a.ledger.pools["p"]
 	inFlight := ps.brokerUnits(ps.claimLocked("node-b", 1)) // its write not sent yet
 	a.mu.Unlock()
-	held := []broker.HeldUnit{
-		{Pool: "p", Unit: got[0], Assigned: true, Attachment: "old/eth0", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
-		{Pool: "p", Unit: inFlight[0], Assigned: true, Attachment: "old/eth1", Pod: broker.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
+	held := []agent.HeldUnit{
+		{Pool: "p", Unit: got[0], Assigned: true, Attachment: "old/eth0", Pod: wire.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
+		{Pool: "p", Unit: inFlight[0], Assigned: true, Attachment: "old/eth1", Pod: wire.Pod{Namespace: "d", Name: "gone", UID: "u0"}},
 	}
 	m := broker.Msg{Subject: broker.SubjectSyncFrom("node-a"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: 1, Pools: addressed(held...)})}
 	reply := a.handleSync(ctx, m).(*broker.SyncReply)
@@ -802,10 +803,10 @@ func TestNoSyncIsRefused(t *testing.T) {
 	sync := func(node string, held ...broker.Unit) []string {
 		t.Helper()
 		seq++
-		var units []broker.HeldUnit
+		var units []agent.HeldUnit
 		for i, u := range held {
-			units = append(units, broker.HeldUnit{Pool: "p", Unit: u, Assigned: true, Attachment: fmt.Sprintf("sb%d/eth0", i),
-				Pod: broker.Pod{Namespace: "d", Name: fmt.Sprintf("pod-%d", i), UID: fmt.Sprintf("u%d", i)}})
+			units = append(units, agent.HeldUnit{Pool: "p", Unit: u, Assigned: true, Attachment: fmt.Sprintf("sb%d/eth0", i),
+				Pod: wire.Pod{Namespace: "d", Name: fmt.Sprintf("pod-%d", i), UID: fmt.Sprintf("u%d", i)}})
 		}
 		m := broker.Msg{Subject: broker.SubjectSyncFrom(node), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: node, Run: "r-" + node, Seq: seq, Pools: addressed(units...)})}
 		reply := a.handleSync(ctx, m).(*broker.SyncReply)
@@ -872,7 +873,7 @@ func TestAGiveBackWhoseAnswerWasLostLeavesTheLease(t *testing.T) {
 	}
 	sync := func(seq uint64, gaveBack []broker.GaveBack) {
 		t.Helper()
-		held := []broker.HeldUnit{{Pool: "p", Unit: got[1]}}
+		held := []agent.HeldUnit{{Pool: "p", Unit: got[1]}}
 		m := broker.Msg{Subject: broker.SubjectSyncFrom("node-a"), Data: broker.Encode(&broker.SyncRequest{V: broker.ProtocolVersion, Node: "node-a", Run: "r", Seq: seq, Pools: addressed(held...), GaveBack: gaveBack})}
 		if reply := a.handleSync(ctx, m).(*broker.SyncReply); reply.Error != "" {
 			t.Fatal(reply.Error)
@@ -914,7 +915,7 @@ func TestAGiveBackWhoseAnswerWasLostLeavesTheLease(t *testing.T) {
 
 // addressed is what an agent holding these units reports of them: per
 // pool, the assigned ones and their pods.
-func addressed(held ...broker.HeldUnit) map[string]broker.Addressed {
+func addressed(held ...agent.HeldUnit) map[string]broker.Addressed {
 	out := map[string]broker.Addressed{}
 	for _, h := range held {
 		if !h.Assigned {

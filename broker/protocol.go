@@ -190,13 +190,6 @@ type MissReply struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Pod identifies a pod.
-type Pod struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid,omitempty"`
-}
-
 // Report is an agent's state: per pool, how many of its units are
 // assigned and to which pods (a node's warm units are its lease less
 // these, so they are not sent), and what its run served. It is soft
@@ -250,15 +243,6 @@ type ReportReply struct {
 	Epoch uint64 `json:"epoch"`
 	Seq   uint64 `json:"seq"`
 	Error string `json:"error,omitempty"`
-}
-
-// HeldUnit is a unit as an agent's record has it.
-type HeldUnit struct {
-	Pool       string `json:"pool"`
-	Unit       Unit   `json:"unit"`
-	Assigned   bool   `json:"assigned,omitempty"`
-	Attachment string `json:"attachment,omitempty"`
-	Pod        Pod    `json:"pod,omitzero"`
 }
 
 // SyncRequest asks for the node's leases, with the agent's state (as a
