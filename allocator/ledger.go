@@ -17,6 +17,9 @@ import (
 // lease lock too, so that one writer at a time compares them.
 type ledger struct {
 	pools map[string]*poolState
+	// upserts counts the pools' changes: a pool's selectors may have
+	// changed, so demand chooses every pod's pool again.
+	upserts uint64
 }
 
 type poolState struct {
@@ -153,6 +156,7 @@ func poolInfo(name string, spec v1alpha1.IPPoolSpec) broker.PoolInfo {
 // upsertPoolLocked adds a pool or updates its mutable parts (routes,
 // knobs). Its units never change: the API makes them immutable.
 func (l *ledger) upsertPoolLocked(p *v1alpha1.IPPool) error {
+	l.upserts++
 	if cur, ok := l.pools[p.Name]; ok {
 		cur.spec = p.Spec
 		cur.info = poolInfo(p.Name, p.Spec)

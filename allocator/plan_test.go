@@ -3,6 +3,7 @@ package allocator
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -11,10 +12,13 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/warmpool/warmpool/api/client"
 	"github.com/warmpool/warmpool/api/v1alpha1"
 )
 
@@ -401,5 +405,98 @@ func TestKicksWithinTheRoundGapCoalesce(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if n := rounds(); n != 2 {
 		t.Fatalf("50 kicks within the gap: %d rounds, want 2", n)
+	}
+}
+
+// A pod's pool is chosen once, and again only after a namespace, a node
+// or a pool changed: demand runs up to 20 times a second over every pod.
+// The informers' handlers count those changes; a namespace relabelled
+// (the handler's count) moves the pod into the pool's demand, and a pool
+// whose selector no longer matches (a ledger upsert) moves it out.
+func TestDemandChoosesAPodsPoolAgainWhenWhatItDependsOnChanges(t *testing.T) {
+	kube := fake.NewClientset()
+	wp, err := client.New(&rest.Config{Host: "http://127.0.0.1:1"}) // never started: pools go to the ledger directly
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newAllocator(Config{Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+	a.watch = newWatcher(kube, wp, time.Now, func(*v1alpha1.IPPool) {}, func() {})
+	ctx, cancel := context.WithCancel(context.Background())
+	a.watch.factory.Start(ctx.Done())
+	defer func() {
+		cancel() // the informers stop, then Shutdown returns
+		a.watch.factory.Shutdown()
+	}()
+	pool := func(team string) *v1alpha1.IPPool {
+		return &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{
+			IPv4:              &v1alpha1.Subnet{CIDR: "10.0.0.0/24", Ranges: []v1alpha1.IPRange{{Start: "10.0.0.1", End: "10.0.0.9"}}},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": team}}}}
+	}
+	a.mu.Lock()
+	if err := a.ledger.upsertPoolLocked(pool("a")); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Unlock()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "web"}}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+		Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "w", Namespace: "web", UID: "u1"}, Spec: corev1.PodSpec{NodeName: "n1"}}
+	for _, create := range []func() error{
+		func() error { _, err := kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); return err },
+		func() error { _, err := kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); return err },
+		func() error { _, err := kube.CoreV1().Pods("web").Create(ctx, pod, metav1.CreateOptions{}); return err },
+	} {
+		if err := create(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bound := func() int {
+		for _, n := range a.demand()["p"].nodes {
+			if n.node == "n1" {
+				return n.bound
+			}
+		}
+		return 0
+	}
+	waitFor := func(what string, want int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for bound() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: n1's bound pods of pool p %d, want %d", what, bound(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// Every object in the informers before the first choice: a pod seen
+	// later would be chosen afresh, whatever the counts.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		a.watch.mu.Lock()
+		seen := a.watch.pods["u1"] != nil
+		a.watch.mu.Unlock()
+		_, nsErr := a.watch.namespaces.Get("web")
+		_, nodeErr := a.watch.nodes.Get("n1")
+		if seen && nsErr == nil && nodeErr == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the informers did not see the namespace, node and pod")
+		}
+	}
+	if got := bound(); got != 0 {
+		t.Fatalf("namespace without the pool's label: n1's bound pods of pool p %d, want 0", got)
+	}
+	ns.Labels = map[string]string{"team": "a"}
+	if _, err := kube.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("namespace relabelled to match the pool", 1)
+	a.mu.Lock()
+	if err := a.ledger.upsertPoolLocked(pool("b")); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Unlock()
+	if got := bound(); got != 0 {
+		t.Fatalf("pool's selector changed to team=b: n1's bound pods of pool p %d, want 0", got)
 	}
 }

@@ -94,7 +94,12 @@ func (a *Allocator) demand() map[string]poolDemand {
 	var pods []*podInfo
 	notReady := map[string]time.Time{}
 	nodes := map[string]*corev1.Node{}
+	// A pod's pool is chosen again only when something it depends on
+	// changed: the pod (a new podInfo), a namespace, a node, a pool. Read
+	// before the pods, so a change after it is seen next round.
+	var key selectionKey
 	if w := a.watch; w != nil {
+		key.watched = w.selection.Load()
 		w.mu.Lock()
 		pods = make([]*podInfo, 0, len(w.pods))
 		for _, p := range w.pods {
@@ -111,6 +116,7 @@ func (a *Allocator) demand() map[string]poolDemand {
 	}
 
 	a.mu.Lock()
+	key.pools = a.ledger.upserts
 	out := make(map[string]poolDemand, len(a.ledger.pools))
 	pools := make([]*v1alpha1.IPPool, 0, len(a.ledger.pools))
 	// The agents' reported pods with an address, by pool and node: a pod
@@ -149,26 +155,18 @@ func (a *Allocator) demand() map[string]poolDemand {
 	unbound := map[string]int{}
 	selectors := v1alpha1.CompileSelectors(pools)
 	for _, p := range pods {
-		ns, err := a.watch.namespaces.Get(p.namespace)
-		if err != nil {
-			continue
+		if !p.chosen || p.chosenAt != key {
+			p.pool = a.choosePool(p, selectors, nodes)
+			p.chosen, p.chosenAt = true, key
 		}
-		var nodeLabels map[string]string
-		if p.node != "" {
-			nodeLabels = map[string]string{}
-			if n := nodes[p.node]; n != nil {
-				nodeLabels = n.Labels
-			}
-		}
-		choice, err := selectors.Select(p.annotations, p.labels, ns.Annotations, ns.Labels, nodeLabels, p.namespace)
-		if err != nil || candidates[choice.Name] == nil {
+		if candidates[p.pool] == nil {
 			continue
 		}
 		if p.node == "" {
-			unbound[choice.Name]++
+			unbound[p.pool]++
 			continue
 		}
-		k := poolNode{choice.Name, p.node}
+		k := poolNode{p.pool, p.node}
 		if has := addressed[k]; has[string(p.uid)] || has[broker.PodKey(p.namespace, p.name, "")] {
 			continue
 		}
@@ -221,6 +219,28 @@ func (a *Allocator) demand() map[string]poolDemand {
 		out[pool.Name] = d
 	}
 	return out
+}
+
+// choosePool is the pool a pod's network gets by the selectors (its or
+// its namespace's annotation, the pools' selectors): "" for none, an
+// ambiguous choice, or a namespace not known yet.
+func (a *Allocator) choosePool(p *podInfo, selectors v1alpha1.Selectors, nodes map[string]*corev1.Node) string {
+	ns, err := a.watch.namespaces.Get(p.namespace)
+	if err != nil {
+		return ""
+	}
+	var nodeLabels map[string]string
+	if p.node != "" {
+		nodeLabels = map[string]string{}
+		if n := nodes[p.node]; n != nil {
+			nodeLabels = n.Labels
+		}
+	}
+	choice, err := selectors.Select(p.annotations, p.labels, ns.Annotations, ns.Labels, nodeLabels, p.namespace)
+	if err != nil {
+		return ""
+	}
+	return choice.Name
 }
 
 // nodeStatus classifies a node for a pool.

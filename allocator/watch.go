@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -31,6 +32,10 @@ type watcher struct {
 	poolInf    cache.SharedIndexInformer
 	poolDone   chan struct{}
 
+	// selection counts the changes that can change a pod's pool (a
+	// namespace, a node), so that demand chooses it again only then.
+	selection atomic.Uint64
+
 	mu   sync.Mutex
 	pods map[types.UID]*podInfo
 	// notReadySince is when this allocator first saw each node not Ready
@@ -40,14 +45,24 @@ type watcher struct {
 	notReadySince map[string]time.Time
 }
 
-// podInfo is what demand needs of a pod.
+// podInfo is what demand needs of a pod. A change to the pod replaces it.
 type podInfo struct {
 	namespace, name string
 	uid             types.UID
 	node            string
 	labels          map[string]string
 	annotations     map[string]string
+
+	// The pool demand chose for the pod ("" for none), as of chosenAt;
+	// read and written by the planner's goroutine only.
+	chosen   bool
+	chosenAt selectionKey
+	pool     string
 }
+
+// selectionKey says what a pod's pool was chosen against: the watcher's
+// namespace and node changes, and the ledger's pool changes.
+type selectionKey struct{ watched, pools uint64 }
 
 func newWatcher(kube kubernetes.Interface, wp *client.Clientset, now func() time.Time, onPool func(*v1alpha1.IPPool), kick func()) *watcher {
 	w := &watcher{pods: map[types.UID]*podInfo{}, notReadySince: map[string]time.Time{}}
@@ -83,6 +98,7 @@ func newWatcher(kube kubernetes.Interface, wp *client.Clientset, now func() time
 		},
 	})
 	onNode := func(obj any) {
+		w.selection.Add(1)
 		if n, ok := obj.(*corev1.Node); ok {
 			w.mu.Lock()
 			if ready(n) {
@@ -109,6 +125,7 @@ func newWatcher(kube kubernetes.Interface, wp *client.Clientset, now func() time
 			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = d.Obj
 			}
+			w.selection.Add(1)
 			if n, ok := obj.(*corev1.Node); ok {
 				// Deleted counts as not Ready from now: the grace period
 				// applies to deletions too, since the node's agent may
@@ -122,9 +139,14 @@ func newWatcher(kube kubernetes.Interface, wp *client.Clientset, now func() time
 			kick()
 		},
 	})
+	onNamespace := func() {
+		w.selection.Add(1)
+		kick()
+	}
 	_, _ = nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { kick() },
-		UpdateFunc: func(any, any) { kick() },
+		AddFunc:    func(any) { onNamespace() },
+		UpdateFunc: func(any, any) { onNamespace() },
+		DeleteFunc: func(any) { onNamespace() },
 	})
 	onPoolObj := func(obj any) {
 		if p, ok := obj.(*v1alpha1.IPPool); ok {
