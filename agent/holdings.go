@@ -127,7 +127,7 @@ func (a *Agent) Addressed() map[string]broker.Addressed {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := map[string]broker.Addressed{}
-	seen := map[string]bool{} // pool and pod key: a pod with two attachments of a pool is one pod
+	seen := map[[2]string]bool{} // pool and pod key: a pod with two attachments of a pool is one pod
 	for _, u := range a.units {
 		if u.State != store.Assigned {
 			continue
@@ -136,8 +136,8 @@ func (a *Agent) Addressed() map[string]broker.Addressed {
 		p.Assigned++
 		if as, ok := a.assignments[u.Attachment]; ok {
 			key := broker.PodKey(as.Pod.Namespace, as.Pod.Name, as.Pod.UID)
-			if !seen[u.Pool+"\x00"+key] {
-				seen[u.Pool+"\x00"+key] = true
+			if k := [2]string{u.Pool, key}; !seen[k] {
+				seen[k] = true
 				p.Pods = append(p.Pods, key)
 			}
 		}

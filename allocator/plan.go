@@ -119,7 +119,7 @@ func plan(p poolDemand) []nodeStep {
 		targets(false)
 	}
 	// first is the part of each share that serves pods bound now (tier 1).
-	first := make([]int, len(p.nodes))
+	first := need1
 	// Ties go to the nodes already holding units, so a share moves as few
 	// units as it can.
 	order := make([]int, len(p.nodes))
@@ -130,7 +130,6 @@ func plan(p poolDemand) []nodeStep {
 	if total <= supply {
 		for i := range steps {
 			steps[i].share = steps[i].target
-			first[i] = need1[i]
 		}
 	} else {
 		s1 := waterFill(need1, supply, order)
@@ -141,8 +140,8 @@ func plan(p poolDemand) []nodeStep {
 		s2 := waterFill(need2, left, order)
 		for i := range steps {
 			steps[i].share = s1[i] + s2[i]
-			first[i] = s1[i]
 		}
+		first = s1
 	}
 
 	// Forced returns, which do not wait for a need: an excluded node
@@ -189,10 +188,8 @@ func plan(p poolDemand) []nodeStep {
 			spec[i] = d - u
 		}
 	}
-	if got := waterFill(spec, max(available-urgent, 0), order); !slices.Equal(got, spec) {
-		for i := range steps {
-			steps[i].grant -= spec[i] - got[i]
-		}
+	for i, got := range waterFill(spec, max(available-urgent, 0), order) {
+		steps[i].grant -= spec[i] - got
 	}
 	fromSurplus := max(urgent-available, 0)
 	type donor struct{ i, surplus int }
